@@ -1,0 +1,161 @@
+"""Appraisal policy as data: a TOML file, never code.
+
+```toml
+backends = ["snp", "tdx"]          # CPU TEEs accepted
+min_gpus = 0                       # GPUs in confidential-computing mode required
+clock_skew_seconds = 300
+collateral_dir = "collateral"      # optional, relative to the policy file
+
+[snp]                              # one table per backend
+roots = ["69d0...bcd"]             # SHA-256 of pinned root DER; default: the vendor's
+measurements = ["7a1e...841f"]     # or "report-only"
+allow_debug = false
+min_tcb = { bl = 3, snp = 8 }
+vmpl = 0                           # anything else is a backend-specific option
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpctrain.attest.roots import DEFAULT_ROOTS
+
+REPORT_ONLY = "report-only"
+_COMMON_KEYS = {"roots", "measurements", "allow_debug", "min_tcb"}
+
+
+class PolicyError(ValueError):
+    """The policy file itself is wrong (unknown backend, bad hex, wrong type)."""
+
+
+@dataclass(frozen=True)
+class BackendPolicy:
+    """Policy for one backend. ``measurements`` None means report-only (any value accepted)."""
+
+    kind: str
+    roots: tuple[str, ...] = ()
+    measurements: tuple[bytes, ...] | None = ()
+    allow_debug: bool = False
+    min_tcb: Mapping[str, int] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    clock_skew_seconds: int = 300
+
+    def option(self, name: str, default: Any = None) -> Any:
+        return self.options.get(name, default)
+
+
+@dataclass(frozen=True)
+class Policy:
+    backends: tuple[str, ...]
+    tables: Mapping[str, BackendPolicy]
+    min_gpus: int = 0
+    clock_skew_seconds: int = 300
+    collateral_dir: Path | None = None
+
+    def backend(self, kind: str) -> BackendPolicy:
+        found = self.tables.get(kind)
+        if found is None:
+            return BackendPolicy(
+                kind=kind, roots=DEFAULT_ROOTS.get(kind, ()), clock_skew_seconds=self.clock_skew_seconds
+            )
+        return found
+
+    @classmethod
+    def default(cls) -> Policy:
+        """Real vendors only, vendor roots pinned, debug forbidden, measurements reported, no simulation."""
+        return cls.from_dict(
+            {
+                "backends": ["snp", "tdx"],
+                "snp": {"measurements": REPORT_ONLY},
+                "tdx": {"measurements": REPORT_ONLY},
+                "nvidia-gpu": {"measurements": REPORT_ONLY},
+            }
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PolicyError(f"cannot read policy {path}: {exc}") from exc
+        return cls.from_dict(data, base_dir=path.parent)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> Policy:
+        from mpctrain.attest.backend import VERIFIERS
+
+        backends = tuple(data.get("backends", ()))
+        for kind in backends:
+            if kind not in VERIFIERS or kind == "nvidia-gpu":
+                raise PolicyError(f"policy names unknown CPU backend {kind!r}; known: sim, snp, tdx")
+        skew = _int(data.get("clock_skew_seconds", 300), "clock_skew_seconds")
+        tables: dict[str, BackendPolicy] = {}
+        for kind in VERIFIERS:
+            if kind in data:
+                tables[kind] = _backend_policy(kind, data[kind], skew)
+        coll = data.get("collateral_dir")
+        coll_path = None
+        if coll is not None:
+            coll_path = Path(coll) if base_dir is None else (base_dir / coll)
+        unknown = set(data) - set(VERIFIERS) - {"backends", "min_gpus", "clock_skew_seconds", "collateral_dir"}
+        if unknown:
+            raise PolicyError(f"unknown policy keys: {sorted(unknown)}")
+        return cls(
+            backends=backends,
+            tables=tables,
+            min_gpus=_int(data.get("min_gpus", 0), "min_gpus"),
+            clock_skew_seconds=skew,
+            collateral_dir=coll_path,
+        )
+
+
+def _int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise PolicyError(f"policy key {name} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _backend_policy(kind: str, table: Any, skew: int) -> BackendPolicy:
+    if not isinstance(table, Mapping):
+        raise PolicyError(f"policy [{kind}] must be a table")
+    roots = table.get("roots", DEFAULT_ROOTS.get(kind, ()))
+    if not isinstance(roots, list | tuple) or not all(isinstance(r, str) for r in roots):
+        raise PolicyError(f"[{kind}].roots must be a list of SHA-256 hex strings")
+    roots = tuple(r.lower() for r in roots)
+    for r in roots:
+        if len(r) != 64 or any(c not in "0123456789abcdef" for c in r):
+            raise PolicyError(f"[{kind}].roots entry {r!r} is not a SHA-256 hex digest")
+    meas = table.get("measurements", ())
+    measurements: tuple[bytes, ...] | None
+    if meas == REPORT_ONLY:
+        measurements = None
+    elif isinstance(meas, list | tuple):
+        try:
+            measurements = tuple(bytes.fromhex(m) for m in meas)
+        except (TypeError, ValueError) as exc:
+            raise PolicyError(f"[{kind}].measurements must be hex strings: {exc}") from exc
+    else:
+        raise PolicyError(f'[{kind}].measurements must be a list of hex strings or "{REPORT_ONLY}"')
+    allow_debug = table.get("allow_debug", False)
+    if not isinstance(allow_debug, bool):
+        raise PolicyError(f"[{kind}].allow_debug must be true or false")
+    min_tcb = table.get("min_tcb", {})
+    if not isinstance(min_tcb, Mapping):
+        raise PolicyError(f"[{kind}].min_tcb must be a table of component = version")
+    min_tcb = {str(k): _int(v, f"{kind}.min_tcb.{k}") for k, v in min_tcb.items()}
+    options = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
+    return BackendPolicy(
+        kind=kind,
+        roots=roots,
+        measurements=measurements,
+        allow_debug=allow_debug,
+        min_tcb=min_tcb,
+        options=options,
+        clock_skew_seconds=skew,
+    )

@@ -1,0 +1,103 @@
+"""The one verification path every backend goes through, simulated or real."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import UTC, datetime
+
+from mpctrain.attest.backend import get_verifier
+from mpctrain.attest.claims import AttestationResult, Claims
+from mpctrain.attest.collateral import Collateral
+from mpctrain.attest.errors import (
+    AttestationError,
+    BackendNotAllowed,
+    BindingMismatch,
+    DebugEnabled,
+    MeasurementNotAllowed,
+    PolicyViolation,
+    TcbTooLow,
+)
+from mpctrain.attest.evidence import Evidence, EvidenceBundle
+from mpctrain.attest.policy import BackendPolicy, Policy
+from mpctrain.seal.binding import gpu_nonce
+
+log = logging.getLogger(__name__)
+
+
+def verify_evidence(
+    evidence: Evidence,
+    expected_report_data: bytes | None,
+    policy: Policy,
+    at: datetime | None = None,
+    collateral: Collateral | None = None,
+    *,
+    gpu: bool = False,
+) -> Claims:
+    """Verify one piece of evidence: backend checks, then the common policy checks."""
+    at = at or datetime.now(UTC)
+    if gpu:
+        if evidence.kind != "nvidia-gpu":
+            raise BackendNotAllowed("GPU evidence of unknown kind", field="kind", expected="nvidia-gpu",
+                                    actual=evidence.kind)
+    elif evidence.kind not in policy.backends:
+        raise BackendNotAllowed("policy does not accept this TEE", field="backend",
+                                expected=list(policy.backends), actual=evidence.kind)
+    bpol = policy.backend(evidence.kind)
+    if collateral is None:
+        collateral = Collateral(directory=policy.collateral_dir)
+    claims = get_verifier(evidence.kind).verify(evidence, policy=bpol, at=at, collateral=collateral)
+    check_claims(claims, bpol, expected_report_data)
+    return claims
+
+
+def check_claims(claims: Claims, bpol: BackendPolicy, expected_report_data: bytes | None) -> None:
+    """The checks common to every backend, applied to verified claims."""
+    if expected_report_data is not None and not hmac.compare_digest(claims.report_data, expected_report_data):
+        raise BindingMismatch("report data is not the expected binding (replayed or substituted evidence)",
+                              field="report_data", expected=expected_report_data, actual=claims.report_data)
+    if claims.debug and not bpol.allow_debug:
+        raise DebugEnabled("TEE runs in debug mode", field="debug", expected=False, actual=True)
+    if bpol.measurements is not None and claims.measurement not in bpol.measurements:
+        raise MeasurementNotAllowed("measurement not in the policy's allowlist", field="measurement",
+                                    expected=[m.hex() for m in bpol.measurements], actual=claims.measurement)
+    for component, minimum in bpol.min_tcb.items():
+        if component not in claims.tcb:
+            raise TcbTooLow("TCB component missing from evidence", field=f"tcb.{component}",
+                            expected=minimum, actual=None)
+        if claims.tcb[component] < minimum:
+            raise TcbTooLow("TCB component below the policy minimum", field=f"tcb.{component}",
+                            expected=f">={minimum}", actual=claims.tcb[component])
+
+
+def verify(
+    bundle: EvidenceBundle,
+    expected_binding: bytes,
+    policy: Policy,
+    at: datetime | None = None,
+    collateral: Collateral | None = None,
+) -> AttestationResult:
+    """Verify a composite bundle against ``policy``; raise the failed check's error type."""
+    at = at or datetime.now(UTC)
+    try:
+        cpu = verify_evidence(bundle.cpu, expected_binding, policy, at, collateral)
+        gpus = tuple(
+            verify_evidence(ev, gpu_nonce(expected_binding, i), policy, at, collateral, gpu=True)
+            for i, ev in enumerate(bundle.gpus)
+        )
+        if len(gpus) < policy.min_gpus:
+            raise PolicyViolation("too few confidential GPUs", field="gpus", expected=f">={policy.min_gpus}",
+                                  actual=len(gpus))
+    except AttestationError as exc:
+        log.warning("attestation rejected: %s: %s", exc.check, exc)
+        raise
+    return AttestationResult(
+        cpu=cpu,
+        gpus=gpus,
+        kem_alg=bundle.kem_alg,
+        kem_public=bundle.kem_public,
+        sig_public=bundle.sig_public,
+        build=bundle.build,
+        evidence_digest=bundle.digest(),
+        verified_at=at,
+    )

@@ -1,0 +1,37 @@
+"""The ``mpctrain`` console script: one sub-command group per role."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from mpctrain.cli import aggregator, attest, audit, job, keys, party
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+
+app = typer.Typer(help="mpctrain: multi-party confidential training", no_args_is_help=True)
+app.add_typer(keys.app, name="keys")
+app.add_typer(attest.app, name="attest")
+app.add_typer(job.app, name="job")
+app.add_typer(party.app, name="party")
+app.add_typer(aggregator.app, name="aggregator")
+app.add_typer(audit.app, name="audit")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def demo() -> None:
+    """Run the main job on the embedded default: simulated TEE, bundled data, loopback gRPC."""
+    try:
+        from mpctrain.sim.demo import run_demo
+    except ImportError:
+        from mpctrain.cli.attest import attest_demo as run_demo  # until the pooled demo exists
+    run_demo()

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import pytest
+
+from mpctrain.attest.policy import REPORT_ONLY, Policy, PolicyError
+
+
+def test_default_policy_accepts_no_simulation() -> None:
+    pol = Policy.default()
+    assert "sim" not in pol.backends
+    assert pol.backend("snp").measurements is None
+    assert not pol.backend("snp").allow_debug
+
+
+def test_policy_parses_tables(tmp_path) -> None:
+    p = tmp_path / "policy.toml"
+    p.write_text(
+        'backends = ["snp"]\nmin_gpus = 1\ncollateral_dir = "coll"\n'
+        '[snp]\nmeasurements = ["aabb"]\nmin_tcb = { snp = 8 }\nvmpl = 0\n'
+        f'[nvidia-gpu]\nmeasurements = "{REPORT_ONLY}"\n'
+    )
+    pol = Policy.load(p)
+    assert pol.backend("snp").measurements == (b"\xaa\xbb",)
+    assert pol.backend("snp").min_tcb == {"snp": 8}
+    assert pol.backend("snp").option("vmpl") == 0
+    assert pol.backend("nvidia-gpu").measurements is None
+    assert pol.collateral_dir == tmp_path / "coll"
+    assert pol.min_gpus == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'backends = ["quantum"]',
+        'backends = ["snp"]\n[snp]\nroots = ["xyz"]',
+        'backends = ["snp"]\n[snp]\nmeasurements = ["zz"]',
+        'backends = ["snp"]\n[snp]\nallow_debug = "yes"',
+        'backends = ["snp"]\nmin_gpus = -1',
+        'backends = ["snp"]\nsurprise = 1',
+        "backends = [",
+    ],
+)
+def test_bad_policy_is_a_typed_error(tmp_path, text) -> None:
+    p = tmp_path / "policy.toml"
+    p.write_text(text)
+    with pytest.raises(PolicyError):
+        Policy.load(p)
