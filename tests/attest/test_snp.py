@@ -818,3 +818,16 @@ def test_verification_p50_well_under_20ms(vectors: Path, vector_time: datetime) 
         verifier.verify(ev, policy=policy, at=vector_time, collateral=Collateral())
         samples.append(time.perf_counter() - t)
     assert statistics.median(samples) < 0.020
+
+
+def test_unparseable_leaf_key_is_malformed(synth: Synth) -> None:
+    """A VCEK whose key names an unknown curve, correctly signed by the ASK: a typed error, not a crash."""
+    ev = synth.evidence("Genoa")
+    p384 = bytes.fromhex("06052b81040022")
+    assert ev.certs["vcek"].count(p384) == 1
+    patched = ev.certs["vcek"].replace(p384, bytes.fromhex("06052b8104007f"))
+    tbs = x509.load_der_x509_certificate(patched).tbs_certificate_bytes
+    resigned = patched[:-256] + synth.ask_key.sign(tbs, PSS, hashes.SHA384())
+    with pytest.raises(Malformed) as err:
+        _verify_synth(Evidence("snp", ev.data, {**ev.certs, "vcek": resigned}))
+    assert err.value.field == "evidence" and "not supported" in str(err.value)

@@ -11,14 +11,21 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from mpctrain.attest.claims import Claims
 from mpctrain.attest.collateral import Collateral
-from mpctrain.attest.errors import BackendNotAllowed, BadSignature, Malformed, PolicyViolation, UntrustedRoot
+from mpctrain.attest.errors import (
+    AttestationError,
+    BackendNotAllowed,
+    BadSignature,
+    Malformed,
+    PolicyViolation,
+    UntrustedRoot,
+)
 from mpctrain.attest.evidence import Evidence
 from mpctrain.attest.policy import BackendPolicy, PolicyError
 from mpctrain.attest.snp.certs import (
@@ -42,6 +49,15 @@ class SnpVerifier:
     kind = "snp"
 
     def verify(self, evidence: Evidence, *, policy: BackendPolicy, at: datetime, collateral: Collateral) -> Claims:
+        try:
+            return self._verify(evidence, policy, at, collateral)
+        except (AttestationError, PolicyError):
+            raise
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            # cryptography parses some certificate parts lazily; whatever it still rejects is malformed evidence
+            raise Malformed(f"SEV-SNP evidence cannot be processed: {exc}", field="evidence") from exc
+
+    def _verify(self, evidence: Evidence, policy: BackendPolicy, at: datetime, collateral: Collateral) -> Claims:
         if evidence.kind != self.kind:
             raise BackendNotAllowed("evidence is not SEV-SNP evidence", field="kind", expected=self.kind,
                                     actual=evidence.kind)
