@@ -8,6 +8,7 @@ import random
 import statistics
 import struct
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +41,7 @@ from mpctrain.attest import (
 )
 from mpctrain.attest.policy import BackendPolicy
 from mpctrain.attest.roots import AMD_ARK_SHA256
-from mpctrain.attest.snp import SnpVerifier, decode_tcb, parse_report
+from mpctrain.attest.snp import SnpVerifier, decode_tcb, parse_cert_table, parse_report
 from mpctrain.attest.snp.der import read_ia5, read_octets, read_uint
 
 # AMD VCEKs have serial number 0; the verifier silences that warning itself, the tests load them directly too
@@ -831,3 +832,58 @@ def test_unparseable_leaf_key_is_malformed(synth: Synth) -> None:
     with pytest.raises(Malformed) as err:
         _verify_synth(Evidence("snp", ev.data, {**ev.certs, "vcek": resigned}))
     assert err.value.field == "evidence" and "not supported" in str(err.value)
+
+
+# --------------------------------------------------------------------------- certificate table (auxblob)
+
+VCEK_GUID = "63da758d-e664-4564-adc5-f4b93be8accd"
+ASK_GUID = "4ab7b379-bbac-4fe4-a02f-05aef327c782"
+ARK_GUID = "c0b406a4-a803-4952-9743-3fb6014cd0ae"
+
+
+def _table(entries: list[tuple[str, bytes]], *, pad: int = 16, terminate: bool = True) -> bytes:
+    header = (len(entries) + 1) * 24
+    body, rows, offset = b"", b"", header
+    for guid, blob in entries:
+        rows += uuid.UUID(guid).bytes + struct.pack("<II", offset, len(blob) + pad)
+        body += blob + bytes(pad)
+        offset += len(blob) + pad
+    return rows + (bytes(24) if terminate else b"\x01" * 24) + body
+
+
+def _milan_table_entries(vectors: Path) -> list[tuple[str, bytes]]:
+    ask, ark = x509.load_pem_x509_certificates(_snp(vectors, "ask_ark_milan.pem"))
+    return [(VCEK_GUID, _snp(vectors, "milan_v2_vcek.der")), (ASK_GUID, _der(ask)), (ARK_GUID, _der(ark)),
+            ("00000000-0000-0000-0000-00000000abcd", b"unknown entries are skipped")]
+
+
+def test_cert_table_feeds_the_verifier(vectors: Path, vector_time: datetime) -> None:
+    certs = parse_cert_table(_table(_milan_table_entries(vectors)))
+    assert sorted(certs) == ["ark", "ask", "vcek"]
+    assert certs["vcek"] == _snp(vectors, "milan_v2_vcek.der")  # host padding trimmed
+    claims = _verify(Evidence("snp", _snp(vectors, "milan_v2_report.bin"), certs), vector_time)
+    assert claims.product == "Milan"
+    assert parse_cert_table(bytes(24)) == {}
+
+
+def test_cert_table_garbage_is_malformed(vectors: Path) -> None:
+    entries = _milan_table_entries(vectors)
+    good = _table(entries)
+    beyond = bytearray(good)
+    struct.pack_into("<I", beyond, 20, len(good))  # first entry's length runs past the end
+    into_header = bytearray(good)
+    struct.pack_into("<I", into_header, 16, 0)
+    bad = [
+        b"",
+        bytes(23),
+        _table(entries, terminate=False),
+        bytes(beyond),
+        bytes(into_header),
+        _table([entries[0], entries[0]]),
+        _table([("00000000-0000-0000-0000-00000000abcd", b"x")] * 17),
+        bytes(300 << 10),
+        "not bytes",
+    ]
+    for blob in bad:
+        with pytest.raises(Malformed):
+            parse_cert_table(blob)  # type: ignore[arg-type]
