@@ -1,7 +1,57 @@
-"""`mpctrain keys ...` commands."""
+"""`mpctrain keys ...` commands: create and inspect a party's identity and KEM keys."""
 
 from __future__ import annotations
 
+from enum import StrEnum
+from pathlib import Path
+
 import typer
 
+from mpctrain.seal.errors import SealError
+from mpctrain.seal.keys import IdentityKey, KemKey, load_identity_public, load_kem_public, write_public_files
+
 app = typer.Typer(help="keys commands", no_args_is_help=True)
+
+KEY_FILES = ("identity.pem", "identity.pub", "kem.pem", "kem.pub")
+
+
+class KemChoice(StrEnum):
+    x25519 = "x25519"
+    mlkem768_x25519 = "mlkem768-x25519"
+
+
+@app.command()
+def generate(
+    out: Path = typer.Option(..., "--out", help="directory for identity.pem/.pub and kem.pem/.pub"),
+    kem: KemChoice = typer.Option(KemChoice.x25519, "--kem", help="KEM for data sealed to you"),
+    force: bool = typer.Option(False, "--force", help="overwrite existing key files"),
+) -> None:
+    """Generate an Ed25519 identity key and an HPKE KEM key; private files are written with mode 0600."""
+    existing = [name for name in KEY_FILES if (out / name).exists()]
+    if existing and not force:
+        typer.echo(f"refusing to overwrite {', '.join(str(out / n) for n in existing)}: "
+                   "pass --force to replace these keys (the old ones are lost)", err=True)
+        raise typer.Exit(code=1)
+    identity, kem_key = IdentityKey.generate(), KemKey.generate(kem.value)
+    identity.save(out / "identity.pem")
+    kem_key.save(out / "kem.pem")
+    write_public_files(out, identity, kem_key)
+    typer.echo(f"identity  ed25519  {identity.key_id()}  {out / 'identity.pem'}")
+    typer.echo(f"kem       {kem_key.alg:<8} {kem_key.key_id()}  {out / 'kem.pem'}")
+
+
+@app.command()
+def show(directory: Path = typer.Argument(..., help="directory written by `mpctrain keys generate`")) -> None:
+    """Print the key ids of a key directory, checking that private and public files match."""
+    try:
+        identity, kem_key = IdentityKey.load(directory / "identity.pem"), KemKey.load(directory / "kem.pem")
+        identity_pub = load_identity_public(directory / "identity.pub")
+        kem_alg, kem_pub = load_kem_public(directory / "kem.pub")
+    except (SealError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(code=1) from None
+    if identity_pub != identity.public_bytes() or (kem_alg, kem_pub) != (kem_key.alg, kem_key.public_bytes()):
+        typer.echo(f"error: public files in {directory} do not match the private keys; regenerate them", err=True)
+        raise typer.Exit(code=1)
+    typer.echo(f"identity  ed25519  {identity.key_id()}")
+    typer.echo(f"kem       {kem_key.alg:<8} {kem_key.key_id()}")
