@@ -19,6 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mpctrain.attest import (
     AttestationError,
@@ -887,3 +889,53 @@ def test_cert_table_garbage_is_malformed(vectors: Path) -> None:
     for blob in bad:
         with pytest.raises(Malformed):
             parse_cert_table(blob)  # type: ignore[arg-type]
+
+
+def test_ask_ark_bundle_order_does_not_matter(vectors: Path, vector_time: datetime) -> None:
+    ask, ark = x509.load_pem_x509_certificates(_snp(vectors, "ask_ark_milan.pem"))
+    ev = _evidence(vectors)
+    claims = _verify(Evidence("snp", ev.data, {**ev.certs, "ask_ark": _pem(ark, ask)}), vector_time)
+    assert claims.chain[1].subject == ask.subject.rfc4514_string()
+
+
+def test_ask_ark_bundle_of_two_roots_rejected(vectors: Path, vector_time: datetime) -> None:
+    _, ark = x509.load_pem_x509_certificates(_snp(vectors, "ask_ark_milan.pem"))
+    ev = _evidence(vectors)
+    with pytest.raises(UntrustedRoot):
+        _verify(Evidence("snp", ev.data, {**ev.certs, "ask_ark": _pem(ark, ark)}), vector_time)
+
+
+@pytest.mark.parametrize("which", ["vcek", "ask", "ark"])
+def test_tampered_certificate_bytes_rejected(vectors: Path, vector_time: datetime, which: str) -> None:
+    """Flip bytes across the signed part (TBS) and the signature of each certificate: never accepted."""
+    ev = _evidence(vectors)
+    ask, ark = x509.load_pem_x509_certificates(ev.certs["ask_ark"])
+    cert = {"vcek": x509.load_der_x509_certificate(ev.certs["vcek"]), "ask": ask, "ark": ark}[which]
+    der = _der(cert)
+    tbs_at = der.index(cert.tbs_certificate_bytes)
+    tbs_end = tbs_at + len(cert.tbs_certificate_bytes)
+    positions = list(range(tbs_at, tbs_end, max(1, (tbs_end - tbs_at) // 40)))
+    positions += list(range(len(der) - len(cert.signature), len(der), max(1, len(cert.signature) // 8)))
+    for pos in positions:
+        mutated = bytearray(der)
+        mutated[pos] ^= 0x01
+        parts = {"vcek": ev.certs["vcek"], "ask": _der(ask), "ark": _der(ark), which: bytes(mutated)}
+        certs = {"vcek": parts["vcek"], "ask": parts["ask"], "ark": parts["ark"]}
+        try:
+            _verify(Evidence("snp", ev.data, certs), vector_time)
+        except AttestationError:
+            continue
+        pytest.fail(f"{which} mutated at byte {pos} accepted")
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(min_size=0x2A0, max_size=0x2A0), version=st.sampled_from([2, 3, 4, 5]),
+       key_info=st.integers(0, 0xFF), sig=st.binary(min_size=144, max_size=144))
+def test_fuzzed_well_formed_reports_never_accepted_never_crash(vectors: Path, vector_time: datetime, body: bytes,
+                                                               version: int, key_info: int, sig: bytes) -> None:
+    data = bytearray(body + sig + bytes(1184 - 0x2A0 - 144))
+    struct.pack_into("<I", data, 0, version)
+    struct.pack_into("<I", data, 0x34, 1)
+    struct.pack_into("<I", data, 0x48, key_info)
+    with pytest.raises(AttestationError):
+        _verify(Evidence("snp", bytes(data), _evidence(vectors).certs), vector_time)

@@ -260,7 +260,10 @@ def find_issuers(product: str, key_name: str, certs: Mapping[str, bytes],
     if len(bundle) != 2:
         raise Malformed("ASK/ARK bundle must hold the ASK (or ASVK) then the ARK", field="ask_ark",
                         expected=2, actual=len(bundle))
-    return bundle[0], bundle[1]
+    first, second = bundle
+    if first.subject == first.issuer and second.subject != second.issuer:
+        first, second = second, first  # ARK listed first: order does not matter, both are checked
+    return first, second
 
 
 def _check_pss_link(issuer: x509.Certificate, subject: x509.Certificate, *, field: str) -> None:
@@ -271,6 +274,9 @@ def _check_pss_link(issuer: x509.Certificate, subject: x509.Certificate, *, fiel
     if subject.signature_algorithm_oid != SignatureAlgorithmOID.RSASSA_PSS:
         raise BadSignature("certificate is not signed with RSASSA-PSS", field=field, expected="rsassaPss",
                            actual=subject.signature_algorithm_oid.dotted_string)
+    if not isinstance(subject.signature_hash_algorithm, hashes.SHA384):
+        raise BadSignature("certificate signature does not use SHA-384", field=field, expected="sha384",
+                           actual=getattr(subject.signature_hash_algorithm, "name", None))
     pub = issuer.public_key()
     if not isinstance(pub, rsa.RSAPublicKey):
         raise UntrustedRoot("AMD signing certificate does not hold an RSA key", field=field,
