@@ -1,0 +1,31 @@
+"""The Attestation gRPC service: evidence binding the caller's nonce to the enclave keys."""
+
+from __future__ import annotations
+
+import grpc
+
+from mpctrain.enclave.common import Rejected, guarded
+from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.identity import EnclaveIdentity
+from mpctrain.seal.binding import NONCE_BYTES
+from mpctrain.wire import attestation_pb2, attestation_pb2_grpc
+from mpctrain.wire.convert import bundle_to_proto
+
+GET_EVIDENCE = "/mpctrain.v1.Attestation/GetEvidence"
+
+
+class AttestationService(attestation_pb2_grpc.AttestationServicer):
+    def __init__(self, identity: EnclaveIdentity, events: EventSink) -> None:
+        self.identity = identity
+        self.events = events
+
+    def GetEvidence(self, request: attestation_pb2.GetEvidenceRequest,
+                    context: grpc.ServicerContext) -> attestation_pb2.EvidenceBundle:
+        with guarded(context, self.events, GET_EVIDENCE):
+            if len(request.nonce) != NONCE_BYTES:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"nonce must be exactly {NONCE_BYTES} fresh random bytes, got {len(request.nonce)}")
+            bundle = self.identity.evidence(bytes(request.nonce))
+            self.events.emit("evidence.served", backend=bundle.cpu.kind, gpus=len(bundle.gpus),
+                             evidence_digest=bundle.digest().hex())
+            return bundle_to_proto(bundle)

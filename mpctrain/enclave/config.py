@@ -1,0 +1,75 @@
+"""aggregator.toml: where to listen, which attester, limits.
+
+```toml
+listen = "127.0.0.1:50051"
+attester = "sim"                 # sim | snp | tdx (configfs-tsm inside a confidential VM)
+version = "0.1.0"
+device = "auto"                  # training device: auto | cpu | cuda
+[sim]
+root_dir = "../../.mpctrain/sim-root"   # simulated vendor root (created on first run when missing)
+[limits]
+max_concurrent_uploads = 16
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mpctrain.enclave.limits import Limits
+
+ATTESTERS = ("sim", "snp", "tdx")
+
+
+class ConfigError(ValueError):
+    """aggregator.toml is unreadable or holds a wrong value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    listen: str = "127.0.0.1:50051"
+    attester: str = "sim"
+    version: str = "0.1.0"
+    device: str = "auto"
+    sim_root_dir: Path | None = None
+    kem_alg: str = "x25519"
+    limits: Limits = field(default_factory=Limits)
+    raw: bytes = b""  # the file's bytes: its digest is the config digest the TEE measures
+
+    @property
+    def config_digest(self) -> bytes:
+        return hashlib.sha256(self.raw).digest()
+
+    @classmethod
+    def load(cls, path: str | Path) -> AggregatorConfig:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+            doc = tomllib.loads(raw.decode())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read aggregator config {path}: {exc}") from exc
+        return cls.from_dict(doc, base_dir=path.parent, raw=raw)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
+        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg"}
+        unknown = set(doc) - known
+        if unknown:
+            raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
+        attester = doc.get("attester", "sim")
+        if attester not in ATTESTERS:
+            raise ConfigError(f"attester must be one of {ATTESTERS}, got {attester!r}")
+        sim = doc.get("sim", {})
+        root = sim.get("root_dir")
+        try:
+            limits = Limits.from_dict(doc.get("limits", {}))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        return cls(listen=str(doc.get("listen", "127.0.0.1:50051")), attester=attester,
+                   version=str(doc.get("version", "0.1.0")), device=str(doc.get("device", "auto")),
+                   sim_root_dir=(base_dir / root) if root else None, kem_alg=str(doc.get("kem_alg", "x25519")),
+                   limits=limits, raw=raw or repr(sorted(doc.items())).encode())

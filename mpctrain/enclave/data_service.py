@@ -1,0 +1,222 @@
+"""The Data gRPC service: sealed shard upload with per-chunk acknowledgements, and upload status."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from mpctrain.enclave.auth import RequestAuthenticator
+from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded
+from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.identity import ENCLAVE_ID, EnclaveIdentity
+from mpctrain.enclave.limits import Limits
+from mpctrain.enclave.state import Job, JobState, JobStore
+from mpctrain.enclave.uploads import Upload, UploadTable, header_digest
+from mpctrain.seal import errors as seal_errors
+from mpctrain.seal.stream import StreamHeader, StreamOpener
+from mpctrain.wire import data_pb2, data_pb2_grpc
+
+log = logging.getLogger("mpctrain.enclave.data")
+
+UPLOAD = "/mpctrain.v1.Data/UploadShard"
+STATUS = "/mpctrain.v1.Data/GetUploadStatus"
+SHARD_PURPOSE = "shard"
+
+# How each sealing failure is reported to the uploader.
+SEAL_CODES: dict[type[Exception], grpc.StatusCode] = {
+    seal_errors.TamperedChunk: grpc.StatusCode.INVALID_ARGUMENT,
+    seal_errors.TruncatedStream: grpc.StatusCode.INVALID_ARGUMENT,
+    seal_errors.BadHeaderSignature: grpc.StatusCode.UNAUTHENTICATED,
+    seal_errors.UnexpectedSender: grpc.StatusCode.PERMISSION_DENIED,
+    seal_errors.WrongRecipient: grpc.StatusCode.INVALID_ARGUMENT,
+    seal_errors.ContextMismatch: grpc.StatusCode.INVALID_ARGUMENT,
+    seal_errors.StaleStream: grpc.StatusCode.FAILED_PRECONDITION,
+    seal_errors.MalformedStream: grpc.StatusCode.INVALID_ARGUMENT,
+    seal_errors.StreamTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+SEAL_HINTS: dict[type[Exception], str] = {
+    seal_errors.TamperedChunk: "chunk failed authentication (tampered or out of order); resend it",
+    seal_errors.WrongRecipient: "shard is not sealed to this enclave's key: attest again and reseal",
+    seal_errors.StaleStream: "header is too old (replayed?): seal the shard again",
+    seal_errors.UnexpectedSender: "header is signed by another key than the caller's identity key",
+}
+
+
+def seal_rejection(exc: seal_errors.SealError) -> Rejected:
+    for cls, code in SEAL_CODES.items():
+        if isinstance(exc, cls):
+            hint = SEAL_HINTS.get(cls, "")
+            return Rejected(code, f"{cls.__name__}: {hint or exc}")
+    return Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
+
+
+class DataService(data_pb2_grpc.DataServicer):
+    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink, identity: EnclaveIdentity,
+                 limits: Limits, uploads: UploadTable | None = None) -> None:
+        self.store = store
+        self.auth = auth
+        self.events = events
+        self.identity = identity
+        self.limits = limits
+        self.uploads = uploads or UploadTable()
+        self._slots = threading.BoundedSemaphore(limits.max_concurrent_uploads)
+
+    # -- upload -------------------------------------------------------------------------------
+    def UploadShard(self, request_iterator: Iterator[data_pb2.UploadRequest],
+                    context: grpc.ServicerContext) -> Iterator[data_pb2.UploadAck]:
+        if not self._slots.acquire(blocking=False):
+            self.events.emit("rejected", method=UPLOAD, code="RESOURCE_EXHAUSTED", reason="concurrent uploads")
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{self.limits.max_concurrent_uploads} uploads already in progress; retry later")
+        upload: Upload | None = None
+        try:
+            with guarded(context, self.events, UPLOAD):
+                first = next(request_iterator, None)
+                if first is None or first.WhichOneof("msg") != "open":
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with an UploadOpen message")
+                caller = authenticate(self.auth, self.store, context, UPLOAD, first)
+                job = self.store.get(first.open.job_id)
+                authorize(job, caller, roles=("data",))
+                upload = self._begin(job, caller.party_id, caller.identity_public, bytes(first.open.header))
+            yield self._ack(upload)
+            with guarded(context, self.events, UPLOAD):
+                for msg in request_iterator:
+                    if msg.WhichOneof("msg") != "chunk":
+                        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow UploadOpen")
+                    self._chunk(upload, msg.chunk)
+                    if upload.complete:
+                        self._finish(job, upload)
+                        yield self._ack(upload)
+                        return
+                    yield self._ack(upload)
+        finally:
+            if upload is not None:
+                upload.busy = False
+            self._slots.release()
+
+    def _begin(self, job: Job, party_id: str, identity_public: bytes, header: bytes) -> Upload:
+        if job.state == JobState.PROPOSED:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"job {job.job_id} has no complete consent yet (missing: {', '.join(job.missing())}); "
+                           "no data is accepted before every data party approved")
+        if job.state != JobState.OPEN:
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}: it takes no data")
+        if len(header) > self.limits.max_message_bytes:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream header too large")
+        try:
+            h = StreamHeader.from_bytes(header)
+        except seal_errors.SealError as exc:
+            raise seal_rejection(exc) from None
+        digest = header_digest(header)
+        with self.uploads.lock:
+            existing = self.uploads.by_object.get((job.job_id, h.object_id))
+            if existing is not None:
+                if existing.header_digest != digest:
+                    raise Rejected(grpc.StatusCode.ALREADY_EXISTS,
+                                   f"object id {h.object_id!r} already holds another upload; use a new object id")
+                if existing.party_id != party_id:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED, "this upload belongs to another party")
+                if existing.complete:
+                    raise Rejected(grpc.StatusCode.ALREADY_EXISTS,
+                                   f"replayed header: object {h.object_id!r} is already complete")
+                if existing.busy:
+                    raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
+                                   "another stream is uploading this object; wait for it to end, then resume")
+                existing.busy = True
+                self.events.emit("shard.resumed", job_id=job.job_id, party=party_id, object_id=h.object_id,
+                                 next_index=existing.next_index)
+                return existing
+            if digest in self.uploads.seen_headers:
+                raise Rejected(grpc.StatusCode.ALREADY_EXISTS, "replayed header: this stream header was already used")
+            if party_id in job.shards:
+                raise Rejected(grpc.StatusCode.ALREADY_EXISTS,
+                               f"{party_id} already uploaded its shard for {job.job_id}")
+            if h.total_size < 0:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a shard header must declare its total size")
+            try:
+                opener = StreamOpener(
+                    header,
+                    recipient_id=ENCLAVE_ID,
+                    recipient_key=self.identity.kem,
+                    expected_sender_public=identity_public,
+                    expected_purpose=SHARD_PURPOSE,
+                    expected_job_id=job.job_id,
+                    max_total=self.limits.max_shard_bytes,
+                    now=int(time.time()),
+                    max_age_s=self.limits.header_max_age_s,
+                )
+            except seal_errors.SealError as exc:
+                raise seal_rejection(exc) from None
+            total = h.total_size
+            if total > self.limits.max_shard_bytes:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"shard of {total} bytes exceeds the limit of {self.limits.max_shard_bytes}")
+            if not 0 < h.chunk_size <= self.limits.max_chunk_bytes:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"chunk size {h.chunk_size} outside 1..{self.limits.max_chunk_bytes}")
+            n_chunks = max(1, -(-total // h.chunk_size))
+            if n_chunks > self.limits.max_chunks:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{n_chunks} chunks exceed the limit of {self.limits.max_chunks}; use larger chunks")
+            upload = Upload(job_id=job.job_id, party_id=party_id, object_id=h.object_id, header_digest=digest,
+                            opener=opener, total_size=total, chunk_size=h.chunk_size, n_chunks=n_chunks,
+                            buf=bytearray(total), busy=True)
+            self.uploads.by_object[(job.job_id, h.object_id)] = upload
+            self.uploads.seen_headers.add(digest)
+        self.events.emit("shard.started", job_id=job.job_id, party=party_id, object_id=h.object_id,
+                         header_digest=digest.hex(), total_size=total, chunks=n_chunks)
+        return upload
+
+    def _chunk(self, upload: Upload, chunk: data_pb2.UploadChunk) -> None:
+        if chunk.index != upload.next_index:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"expected chunk {upload.next_index}, got {chunk.index}; ask GetUploadStatus and resume")
+        if chunk.index >= upload.n_chunks:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more chunks than the {upload.n_chunks} declared")
+        start = chunk.index * upload.chunk_size
+        region = memoryview(upload.buf)[start:start + upload.chunk_size]
+        try:  # decrypts straight into the shard buffer; the opener checks size and position first
+            plain = upload.opener.open_chunk_into(chunk.index, chunk.frame, chunk.last, region)
+        except seal_errors.SealError as exc:
+            self.events.emit("shard.chunk_rejected", job_id=upload.job_id, party=upload.party_id,
+                             index=chunk.index, reason=type(exc).__name__)
+            raise seal_rejection(exc) from None
+        except ValueError:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, "chunk exceeds the declared total size") from None
+        upload.next_index += 1
+        upload.received += len(plain)
+        if chunk.last:
+            try:
+                upload.opener.finish()
+            except seal_errors.SealError as exc:
+                raise seal_rejection(exc) from None
+            if upload.received != upload.total_size:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "stream ended short of its declared size")
+            upload.complete = True
+
+    def _finish(self, job: Job, upload: Upload) -> None:
+        self.events.emit("shard.accepted", job_id=job.job_id, party=upload.party_id, object_id=upload.object_id,
+                         header_digest=upload.header_digest.hex(), size=upload.total_size, chunks=upload.n_chunks)
+        self.store.shard_complete(job, upload.party_id, upload)
+
+    @staticmethod
+    def _ack(upload: Upload) -> data_pb2.UploadAck:
+        return data_pb2.UploadAck(next_index=upload.next_index, received_bytes=upload.received,
+                                  complete=upload.complete)
+
+    # -- status -------------------------------------------------------------------------------
+    def GetUploadStatus(self, request: data_pb2.UploadStatusRequest,
+                        context: grpc.ServicerContext) -> data_pb2.UploadStatus:
+        with guarded(context, self.events, STATUS):
+            caller = authenticate(self.auth, self.store, context, STATUS, request)
+            job = self.store.get(request.job_id)
+            authorize(job, caller, roles=("data",))
+            up = self.uploads.get(request.job_id, request.object_id)
+            if up is None or up.party_id != caller.party_id:
+                return data_pb2.UploadStatus(known=False)
+            return data_pb2.UploadStatus(known=True, next_index=up.next_index, received_bytes=up.received,
+                                         complete=up.complete, header_digest=up.header_digest)

@@ -1,0 +1,103 @@
+"""The Jobs gRPC service: propose, approve (consent), get, list, watch. Mode-independent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from mpctrain.enclave.auth import RequestAuthenticator
+from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded
+from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.state import Job, JobEventRecord, JobStore
+from mpctrain.jobs import Consent, ConsentError, JobManifest, ManifestError
+from mpctrain.wire import jobs_pb2, jobs_pb2_grpc
+
+PROPOSE = "/mpctrain.v1.Jobs/ProposeJob"
+APPROVE = "/mpctrain.v1.Jobs/ApproveJob"
+
+
+def job_status(job: Job) -> jobs_pb2.JobStatus:
+    """What anyone may read about a job: manifest, consents, uploads, state, public metrics only."""
+    with job.cond:
+        public = {k: float(v) for k, v in job.public_metrics.items() if k in job.manifest.public_metrics}
+        return jobs_pb2.JobStatus(
+            job_id=job.job_id,
+            state=str(job.state),
+            manifest=job.manifest_bytes,
+            manifest_digest=job.digest,
+            consented=sorted(job.consents),
+            missing_consents=job.missing(),
+            uploaded=sorted(job.shards),
+            error=job.error,
+            public_metrics=public,
+        )
+
+
+def event_proto(job_id: str, e: JobEventRecord) -> jobs_pb2.JobEvent:
+    return jobs_pb2.JobEvent(job_id=job_id, seq=e.seq, kind=e.kind, time_ms=e.time_ms, state=e.state,
+                             epoch=e.epoch, loss=e.loss, party_id=e.party_id, message=e.message,
+                             values=e.values)
+
+
+class JobsService(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink, max_watchers: int = 64) -> None:
+        self.store = store
+        self.auth = auth
+        self.events = events
+        self.max_watchers = max_watchers
+        self._watchers = 0
+
+    def ProposeJob(self, request: jobs_pb2.ProposeJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
+        with guarded(context, self.events, PROPOSE):
+            try:
+                manifest = JobManifest.from_bytes(request.manifest)
+            except ManifestError as exc:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"manifest refused: {exc}") from None
+            proposer = manifest.party(manifest.proposer)
+            # The proposer authenticates with the key its own manifest names; consent comes later.
+            caller = self.auth.authenticate(context.invocation_metadata(), PROPOSE, request,
+                                            lambda pid: [proposer.identity_public] if pid == proposer.id
+                                            else self.store.identities(pid))
+            if caller.party_id != manifest.proposer:
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{caller.party_id!r} is not the proposer {manifest.proposer!r} this manifest names")
+            job = self.store.add(manifest, bytes(request.manifest))
+            return job_status(job)
+
+    def ApproveJob(self, request: jobs_pb2.ApproveJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
+        with guarded(context, self.events, APPROVE):
+            caller = authenticate(self.auth, self.store, context, APPROVE, request)
+            job = self.store.get(request.job_id)
+            authorize(job, caller, roles=("data",))
+            if request.party_id != caller.party_id:
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{caller.party_id!r} cannot approve on behalf of {request.party_id!r}")
+            consent = Consent(job_id=request.job_id, party_id=request.party_id,
+                              manifest_digest=bytes(request.manifest_digest), signature=bytes(request.signature))
+            try:
+                self.store.add_consent(job, consent)
+            except ConsentError as exc:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"consent refused: {exc}") from None
+            return job_status(job)
+
+    def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
+        with guarded(context, self.events, "/mpctrain.v1.Jobs/GetJob"):
+            return job_status(self.store.get(request.job_id))
+
+    def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
+        with guarded(context, self.events, "/mpctrain.v1.Jobs/ListJobs"):
+            return jobs_pb2.ListJobsResponse(jobs=[job_status(j) for j in self.store.list()])
+
+    def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
+        with guarded(context, self.events, "/mpctrain.v1.Jobs/WatchJob"):
+            job = self.store.get(request.job_id)
+            if self._watchers >= self.max_watchers:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{self.max_watchers} watchers already connected; retry later")
+            self._watchers += 1
+        try:
+            for e in self.store.watch(job, context.is_active):
+                yield event_proto(job.job_id, e)
+        finally:
+            self._watchers -= 1

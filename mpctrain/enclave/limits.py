@@ -1,0 +1,35 @@
+"""Every size, count and concurrency limit of the aggregator's wire, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Defaults fit the bundled jobs; ``[limits]`` in aggregator.toml overrides them."""
+
+    max_message_bytes: int = 4 * MiB         # one gRPC message (a chunk frame plus framing)
+    max_chunk_bytes: int = 2 * MiB           # sealed-stream chunk size a header may declare
+    max_chunks: int = 4096                   # chunks per shard
+    max_shard_bytes: int = 1024 * MiB        # plaintext bytes per shard
+    max_concurrent_uploads: int = 16         # upload streams open at once
+    max_jobs: int = 1000
+    max_watchers: int = 64
+    header_max_age_s: int = 600              # a shard header created longer ago is a replay
+    auth_window_s: int = 300                 # request signatures older or newer than this are refused
+    upload_ttl_s: int = 24 * 3600            # how long an interrupted upload can be resumed
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown [limits] keys {sorted(unknown)}; known: {sorted(known)}")
+        for k, v in data.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"[limits] {k} must be a positive integer, got {v!r}")
+        return cls(**data)

@@ -1,0 +1,65 @@
+"""The Results gRPC service: sealed outputs for recipients only, and the signed receipt."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from mpctrain.enclave.auth import RequestAuthenticator
+from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded
+from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.receipt import Receipt
+from mpctrain.enclave.state import JobState, JobStore
+from mpctrain.wire import results_pb2, results_pb2_grpc
+
+FETCH = "/mpctrain.v1.Results/FetchOutput"
+RECEIPT = "/mpctrain.v1.Results/GetReceipt"
+
+
+def receipt_to_proto(r: Receipt) -> results_pb2.Receipt:
+    return results_pb2.Receipt(job_id=r.job_id, job_digest=r.job_digest, output_digest=r.output_digest,
+                               evidence_digest=r.evidence_digest, time=r.time, signature=r.signature,
+                               outputs=[results_pb2.OutputDigest(name=n, sha256=d) for n, d in r.outputs],
+                               evidence=r.evidence)
+
+
+def receipt_from_proto(p: results_pb2.Receipt) -> Receipt:
+    return Receipt(job_id=p.job_id, job_digest=bytes(p.job_digest), output_digest=bytes(p.output_digest),
+                   evidence_digest=bytes(p.evidence_digest), time=p.time, signature=bytes(p.signature),
+                   outputs=tuple((o.name, bytes(o.sha256)) for o in p.outputs), evidence=bytes(p.evidence))
+
+
+class ResultsService(results_pb2_grpc.ResultsServicer):
+    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink) -> None:
+        self.store = store
+        self.auth = auth
+        self.events = events
+
+    def FetchOutput(self, request: results_pb2.FetchOutputRequest,
+                    context: grpc.ServicerContext) -> Iterator[results_pb2.OutputPart]:
+        with guarded(context, self.events, FETCH):
+            caller = authenticate(self.auth, self.store, context, FETCH, request)
+            job = self.store.get(request.job_id)
+            authorize(job, caller)
+            if caller.party_id != request.recipient or request.recipient not in job.manifest.recipients:
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{caller.party_id!r} is not a recipient of job {job.job_id}'s outputs")
+            if job.state != JobState.DONE:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}, not done")
+            obj = job.outputs.get((request.recipient, request.name))
+            if obj is None:
+                raise Rejected(grpc.StatusCode.NOT_FOUND, f"job {job.job_id} has no output {request.name!r}")
+            self.events.emit("output.fetched", job_id=job.job_id, recipient=request.recipient, name=request.name)
+        yield results_pb2.OutputPart(header=obj.header)
+        n = len(obj.frames)
+        for i, frame in enumerate(obj.frames):
+            yield results_pb2.OutputPart(frame=results_pb2.OutputFrame(index=i, frame=frame, last=i == n - 1))
+
+    def GetReceipt(self, request: results_pb2.GetReceiptRequest, context: grpc.ServicerContext) -> results_pb2.Receipt:
+        with guarded(context, self.events, RECEIPT):
+            job = self.store.get(request.job_id)
+            if job.receipt is None:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"job {job.job_id} has no receipt yet ({job.state})")
+            return receipt_to_proto(job.receipt)

@@ -1,0 +1,150 @@
+"""The aggregator process: enclave keys, job store, the gRPC services, health and reflection."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mpctrain.attest import BuildInfo
+from mpctrain.attest.backend import Attester
+from mpctrain.enclave.attestation_service import AttestationService
+from mpctrain.enclave.auth import RequestAuthenticator
+from mpctrain.enclave.config import AggregatorConfig, ConfigError
+from mpctrain.enclave.data_service import DataService
+from mpctrain.enclave.events import EventSink, LogEventSink
+from mpctrain.enclave.identity import EnclaveIdentity
+from mpctrain.enclave.jobs_service import JobsService
+from mpctrain.enclave.limits import Limits
+from mpctrain.enclave.pooled import PooledRunner
+from mpctrain.enclave.results_service import ResultsService
+from mpctrain.enclave.state import JobStore, Runner
+from mpctrain.enclave.uploads import UploadTable
+from mpctrain.wire import (
+    attestation_pb2,
+    attestation_pb2_grpc,
+    data_pb2,
+    data_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    results_pb2,
+    results_pb2_grpc,
+)
+
+log = logging.getLogger("mpctrain.enclave")
+
+SERVICE_NAMES = tuple(
+    m.DESCRIPTOR.services_by_name[s].full_name
+    for m, s in ((attestation_pb2, "Attestation"), (jobs_pb2, "Jobs"), (data_pb2, "Data"), (results_pb2, "Results"))
+)
+
+
+def build_info(config_digest: bytes, version: str = "0.1.0") -> BuildInfo:
+    """Build digest = digest of the running code (what the simulated TEE measures too)."""
+    from mpctrain.attest.measure import code_digest
+
+    return BuildInfo(version=version, build_digest=code_digest(), config_digest=config_digest)
+
+
+def make_attester(config: AggregatorConfig) -> Attester:
+    """The configured TEE backend's attester; the simulated root is created on first use."""
+    if config.attester == "sim":
+        from mpctrain.attest.sim import ROOT_PEM, SimAttester, create_sim_root
+
+        root_dir = config.sim_root_dir or Path(".mpctrain/sim-root")
+        if not (root_dir / ROOT_PEM).exists():
+            create_sim_root(root_dir)
+        return SimAttester(root_dir, config_digest=config.config_digest)
+    try:
+        module = importlib.import_module("mpctrain.attest.tsm")
+        return module.TsmAttester(config.attester)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"attester {config.attester!r} is not available in this build: {exc}") from exc
+
+
+class Aggregator:
+    """Everything the enclave serves; ``start()`` binds a real gRPC server and returns its port."""
+
+    def __init__(self, identity: EnclaveIdentity, *, limits: Limits | None = None, events: EventSink | None = None,
+                 device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32) -> None:
+        self.identity = identity
+        self.limits = limits or Limits()
+        self.events = events or LogEventSink()
+        all_runners: dict[str, Runner] = {"pooled": PooledRunner(identity, self.events, device)}
+        all_runners.update(runners or {})
+        self.store = JobStore(self.events, runners=all_runners, max_jobs=self.limits.max_jobs)
+        self.auth = RequestAuthenticator(window_s=self.limits.auth_window_s)
+        self.uploads = UploadTable()
+        self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers)
+        self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
+        self.results = ResultsService(self.store, self.auth, self.events)
+        self.attestation = AttestationService(identity, self.events)
+        self.health = health.HealthServicer()
+        self.max_workers = max_workers
+        self.server: grpc.Server | None = None
+        self.port: int = 0
+
+    @classmethod
+    def from_config(cls, config: AggregatorConfig, events: EventSink | None = None) -> Aggregator:
+        attester = make_attester(config)
+        identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
+                                            kem_alg=config.kem_alg)
+        return cls(identity, limits=config.limits, events=events, device=config.device)
+
+    def server_options(self) -> list[tuple[str, Any]]:
+        return [
+            ("grpc.max_receive_message_length", self.limits.max_message_bytes),
+            ("grpc.max_send_message_length", self.limits.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+
+    def add_services(self, server: grpc.Server) -> None:
+        attestation_pb2_grpc.add_AttestationServicer_to_server(self.attestation, server)
+        jobs_pb2_grpc.add_JobsServicer_to_server(self.jobs, server)
+        data_pb2_grpc.add_DataServicer_to_server(self.data, server)
+        results_pb2_grpc.add_ResultsServicer_to_server(self.results, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    def start(self, address: str = "127.0.0.1:0") -> int:
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="enclave"),
+                             options=self.server_options())
+        self.add_services(server)
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        server.start()
+        self.server, self.port = server, port
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = address.rsplit(":", 1)[0]
+        self.events.emit("aggregator.started", address=f"{host}:{port}", attester=self.identity.attester.kind,
+                         kem_key=self.identity.kem.key_id(), sig_key=self.identity.sig.key_id())
+        return port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        if self.server is None:
+            return
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        self.store.join(timeout=5)
+        self.events.emit("aggregator.stopped")
+        self.server = None
+
+    def __enter__(self) -> Aggregator:
+        if self.server is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,207 @@
+"""Job state machine and the in-enclave job store, shared by the pooled and federated modes.
+
+proposed --(every data party consented)--> open --(quorum of shards in)--> training --> done | failed.
+State lives in enclave memory only; progress events are kept per job for ``WatchJob``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from mpctrain.enclave.events import EventSink
+from mpctrain.jobs import Consent, JobManifest, missing_consents, verify_consent
+
+
+class JobState(StrEnum):
+    PROPOSED = "proposed"
+    OPEN = "open"
+    TRAINING = "training"
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL = (JobState.DONE, JobState.FAILED)
+
+
+class JobError(Exception):
+    """A job operation is not possible; ``reason`` maps to a gRPC status in the services."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason  # not_found | already_exists | failed_precondition | invalid | exhausted
+
+
+@dataclass
+class JobEventRecord:
+    seq: int
+    kind: str
+    time_ms: int
+    state: str
+    epoch: int = 0
+    loss: float = 0.0
+    party_id: str = ""
+    message: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """One job in the enclave: the manifest bytes as proposed, consents, shards, outputs, events."""
+
+    manifest: JobManifest
+    manifest_bytes: bytes
+    digest: bytes
+    state: JobState = JobState.PROPOSED
+    consents: dict[str, Consent] = field(default_factory=dict)
+    shards: dict[str, Any] = field(default_factory=dict)  # party id -> completed upload (enclave memory)
+    outputs: dict[tuple[str, str], Any] = field(default_factory=dict)  # (recipient, name) -> sealed object
+    receipt: Any = None
+    public_metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    events: list[JobEventRecord] = field(default_factory=list)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    @property
+    def job_id(self) -> str:
+        return self.manifest.job_id
+
+    def missing(self) -> list[str]:
+        return missing_consents(self.manifest, self.consents.values())
+
+
+# A runner trains one job; it is started in a thread once the quorum's shards are in.
+Runner = Callable[[Job, "JobStore"], None]
+
+
+class JobStore:
+    """All jobs; the mode-dispatch point (``runners``) lets the federated mode plug in its own runner."""
+
+    def __init__(self, events: EventSink, runners: dict[str, Runner] | None = None, max_jobs: int = 1000,
+                 known_parties: dict[str, set[bytes]] | None = None) -> None:
+        self.events = events
+        self.runners: dict[str, Runner] = dict(runners or {})
+        self.max_jobs = max_jobs
+        self._jobs: dict[str, Job] = {}
+        self._known: dict[str, set[bytes]] = {k: set(v) for k, v in (known_parties or {}).items()}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # -- identities ---------------------------------------------------------------------------
+    def identities(self, party_id: str) -> list[bytes]:
+        """Identity keys known for a party id: from the aggregator config and every stored manifest."""
+        with self._lock:
+            return sorted(self._known.get(party_id, ()))
+
+    # -- jobs ---------------------------------------------------------------------------------
+    def add(self, manifest: JobManifest, raw: bytes, now: float | None = None) -> Job:
+        now = time.time() if now is None else now
+        if manifest.expires <= now:
+            raise JobError("failed_precondition", f"job {manifest.job_id} expired at {manifest.expires}")
+        if manifest.mode not in self.runners:
+            raise JobError("failed_precondition",
+                           f"this aggregator does not run {manifest.mode!r} jobs (runs: {sorted(self.runners)})")
+        with self._lock:
+            if manifest.job_id in self._jobs:
+                raise JobError("already_exists", f"job {manifest.job_id} already exists")
+            if len(self._jobs) >= self.max_jobs:
+                raise JobError("exhausted", f"the aggregator holds its maximum of {self.max_jobs} jobs")
+            job = Job(manifest=manifest, manifest_bytes=raw, digest=manifest.digest())
+            self._jobs[manifest.job_id] = job
+            for p in manifest.parties:
+                self._known.setdefault(p.id, set()).add(p.identity_public)
+        self.events.emit("job.proposed", job_id=manifest.job_id, digest=job.digest.hex(), mode=manifest.mode,
+                         proposer=manifest.proposer, parties=[p.id for p in manifest.parties])
+        self.record(job, "state", message="proposed")
+        return job
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            job = self._jobs.get(job_id)
+        if job is None:
+            raise JobError("not_found", f"no job {job_id!r} on this aggregator")
+        return job
+
+    def list(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    # -- transitions ---------------------------------------------------------------------------
+    def add_consent(self, job: Job, consent: Consent) -> None:
+        verify_consent(job.manifest, consent)  # ConsentError on wrong digest / party / signature
+        with job.cond:
+            if job.state != JobState.PROPOSED and consent.party_id in job.consents:
+                return
+            job.consents[consent.party_id] = consent
+        self.events.emit("job.consent", job_id=job.job_id, party=consent.party_id, digest=job.digest.hex())
+        self.record(job, "consent", party_id=consent.party_id)
+        if not job.missing() and job.state == JobState.PROPOSED:
+            self.set_state(job, JobState.OPEN)
+
+    def shard_complete(self, job: Job, party_id: str, shard: Any) -> None:
+        """Record a complete shard; start the job's runner when the quorum's shards are in."""
+        start = False
+        with job.cond:
+            if party_id in job.shards:
+                raise JobError("already_exists", f"{party_id} already uploaded its shard for {job.job_id}")
+            job.shards[party_id] = shard
+            self.record(job, "shard", party_id=party_id)
+            if job.state == JobState.OPEN and len(job.shards) >= job.manifest.quorum:
+                job.state = JobState.TRAINING
+                self.record(job, "state", message=str(JobState.TRAINING))
+                start = True
+        if start:
+            self.events.emit("job.state", job_id=job.job_id, state=str(JobState.TRAINING))
+            runner = self.runners[job.manifest.mode]
+            t = threading.Thread(target=self._run, args=(runner, job), name=f"job-{job.job_id}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _run(self, runner: Runner, job: Job) -> None:
+        self.events.emit("training.started", job_id=job.job_id, parties=sorted(job.shards))
+        try:
+            runner(job, self)
+        except Exception as exc:  # the runner's error is reported, never its data
+            job.error = f"{type(exc).__name__}: {exc}"[:500]
+            self.events.emit("training.failed", job_id=job.job_id, error=type(exc).__name__)
+            self.set_state(job, JobState.FAILED, message=job.error)
+            return
+        self.events.emit("training.finished", job_id=job.job_id)
+        self.set_state(job, JobState.DONE)
+
+    def set_state(self, job: Job, state: JobState, message: str = "") -> None:
+        with job.cond:  # state and its event change together, so a watcher never misses the last one
+            job.state = state
+            self.record(job, "state", message=message or str(state))
+        self.events.emit("job.state", job_id=job.job_id, state=str(state))
+
+    def join(self, timeout: float | None = None) -> None:
+        for t in list(self._threads):
+            t.join(timeout)
+
+    # -- events --------------------------------------------------------------------------------
+    def record(self, job: Job, kind: str, **fields: Any) -> None:
+        """Append a progress event for watchers (metadata only) and wake them."""
+        with job.cond:
+            rec = JobEventRecord(seq=len(job.events), kind=kind, time_ms=int(time.time() * 1000),
+                                 state=str(job.state), **fields)
+            job.events.append(rec)
+            job.cond.notify_all()
+
+    def watch(self, job: Job, alive: Callable[[], bool], poll_s: float = 0.5) -> Iterator[JobEventRecord]:
+        """Past events, then live ones, until the job is terminal or ``alive()`` turns false."""
+        seq = 0
+        while True:
+            with job.cond:
+                while seq >= len(job.events) and job.state not in TERMINAL and alive():
+                    job.cond.wait(poll_s)
+                batch = job.events[seq:]
+                seq = len(job.events)
+                done = job.state in TERMINAL or not alive()
+            yield from batch
+            if done and seq >= len(job.events):
+                return

@@ -1,0 +1,69 @@
+"""Sealed shard uploads held in enclave memory: opened chunk by chunk, acknowledged, resumable.
+
+Plaintext exists only in this process's (TEE-encrypted) memory: nothing here touches the disk. Every
+chunk that opened is kept, so an upload interrupted by a network failure or a tampered frame resumes
+from the next index with the same header and the same opener.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mpctrain.seal.stream import StreamOpener
+
+
+@dataclass
+class Upload:
+    job_id: str
+    party_id: str
+    object_id: str
+    header_digest: bytes
+    opener: StreamOpener
+    total_size: int
+    chunk_size: int
+    n_chunks: int
+    buf: bytearray
+    next_index: int = 0
+    received: int = 0
+    complete: bool = False
+    busy: bool = False
+    started: float = field(default_factory=time.time)
+
+    def plaintext(self) -> bytes:
+        """The opened shard (only once complete)."""
+        if not self.complete:
+            raise RuntimeError("upload is not complete")
+        return bytes(self.buf)
+
+    def wipe(self) -> None:
+        """Overwrite the plaintext once training no longer needs it."""
+        self.buf[:] = bytes(len(self.buf))
+
+
+def header_digest(header_bytes: bytes) -> bytes:
+    return hashlib.sha256(header_bytes).digest()
+
+
+class UploadTable:
+    """Uploads by (job id, object id), plus every header digest ever accepted (replay detection)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_object: dict[tuple[str, str], Upload] = {}
+        self.seen_headers: set[bytes] = set()
+
+    def get(self, job_id: str, object_id: str) -> Upload | None:
+        with self.lock:
+            return self.by_object.get((job_id, object_id))
+
+    def expire(self, ttl_s: float, now: float | None = None) -> None:
+        """Drop incomplete uploads older than ``ttl_s`` (their parties start again)."""
+        now = time.time() if now is None else now
+        with self.lock:
+            for key, up in list(self.by_object.items()):
+                if not up.complete and not up.busy and now - up.started > ttl_s:
+                    up.wipe()
+                    del self.by_object[key]

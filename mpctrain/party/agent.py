@@ -1,0 +1,110 @@
+"""The party agent: attest, review and approve the job, validate/seal/upload data, fetch outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from mpctrain.attest import AttestationResult, Policy
+from mpctrain.jobs import Consent, JobManifest, sign_consent
+from mpctrain.party.attestation import attest_aggregator, check_job_policy
+from mpctrain.party.client import AggregatorClient
+from mpctrain.party.errors import ManifestRejected, PartyError
+from mpctrain.party.outputs import fetch_outputs
+from mpctrain.party.rules import PartyRules, check_manifest
+from mpctrain.party.uploader import Progress, UploadResult, upload_shard
+from mpctrain.seal.keys import IdentityKey, KemKey
+
+log = logging.getLogger("mpctrain.party")
+
+
+def load_shard(path: Path, manifest: JobManifest) -> bytes:
+    """Read the party's table (CSV/Parquet), validate it against the job schema, encode the shard."""
+    from mpctrain.enclave.pooled import table_schema
+    from mpctrain.train.data import read_table, table_to_bytes, validate
+
+    X, y = validate(read_table(path), table_schema(manifest.schema))
+    return table_to_bytes(X, y)
+
+
+@dataclass
+class PartyAgent:
+    """One party: its keys, its policy, its data, its rules, and a client to the aggregator."""
+
+    party_id: str
+    identity: IdentityKey
+    kem: KemKey
+    policy: Policy
+    client: AggregatorClient
+    data_path: Path | None = None
+    rules: PartyRules = field(default_factory=PartyRules)
+    outputs_dir: Path | None = None
+    at: Callable[[], datetime] | None = None
+    enclave: AttestationResult | None = None
+
+    # -- steps ----------------------------------------------------------------------------------
+    def attest(self) -> AttestationResult:
+        """Verify the aggregator against this party's own policy; refuse everything else on failure."""
+        self.enclave = attest_aggregator(self.client, self.policy, self.at() if self.at else None)
+        return self.enclave
+
+    def _attested(self) -> AttestationResult:
+        if self.enclave is None:
+            raise PartyError("attest the aggregator first: nothing is sent to an unverified enclave")
+        return self.enclave
+
+    def manifest(self, job_id: str) -> JobManifest:
+        return JobManifest.from_bytes(self.client.get_job(job_id).manifest)
+
+    def review(self, manifest: JobManifest) -> list[str]:
+        problems = check_manifest(manifest, self.rules, self.party_id, self.identity, self.kem)
+        try:
+            check_job_policy(self._attested(), manifest)
+        except PartyError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def approve(self, manifest: JobManifest, *, force: bool = False) -> Consent:
+        """Sign consent over the manifest digest: automatic when the rules pass, else only with ``force``."""
+        problems = self.review(manifest)
+        if problems and not force:
+            raise ManifestRejected(problems)
+        consent = sign_consent(manifest, self.party_id, self.identity)
+        self.client.approve(consent)
+        return consent
+
+    def upload(self, manifest: JobManifest, progress: Progress | None = None, *,
+               chunk_size: int = 1 << 20) -> UploadResult:
+        enclave = self._attested()
+        if self.data_path is None:
+            raise PartyError(f"{self.party_id} has no data file configured")
+        shard = load_shard(self.data_path, manifest)
+        return upload_shard(self.client, manifest.job_id, enclave, self.identity, self.party_id, shard,
+                            progress=progress, chunk_size=chunk_size)
+
+    def wait(self, job_id: str, states: tuple[str, ...], timeout: float = 300.0,
+             on_event: Callable[[object], None] | None = None) -> str:
+        """Follow WatchJob until the job reaches one of ``states`` (or a terminal one)."""
+        deadline = time.monotonic() + timeout
+        for ev in self.client.watch(job_id, timeout=timeout):
+            if on_event is not None:
+                on_event(ev)
+            if ev.kind == "state" and (ev.state in states or ev.state in ("done", "failed")):
+                return ev.state
+            if time.monotonic() > deadline:
+                break
+        return self.client.get_job(job_id).state
+
+    def fetch(self, manifest: JobManifest) -> dict[str, bytes]:
+        """Fetch, open and verify this party's outputs; write them to ``outputs_dir`` when set."""
+        opened, _receipt = fetch_outputs(self.client, self._attested(), manifest, self.party_id, self.kem)
+        if self.outputs_dir is not None:
+            d = self.outputs_dir / manifest.job_id
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "model.safetensors").write_bytes(opened["model"])
+            (d / "metrics.json").write_bytes(opened["metrics"])
+        return opened

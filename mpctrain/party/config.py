@@ -1,0 +1,85 @@
+"""party.toml: who the party is, where its keys, policy and data are, and its approval rules.
+
+```toml
+id = "hospital-a"
+aggregator = "127.0.0.1:50051"
+policy = "policy.toml"          # the party's own attestation policy
+data = "../../examples/hospitals_pooled/data/hospital-a.csv"   # .csv or .parquet
+keys_dir = "keys"               # identity.key + kem.key, created on first run (never commit them)
+outputs_dir = "outputs"         # where opened outputs go when this party is a recipient
+[rules]
+auto_approve = true
+allowed_recipients = ["hospital-a", "hospital-b", "hospital-c"]
+allowed_models = ["mlp", "logreg"]
+```
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mpctrain.party.rules import PartyRules
+from mpctrain.seal.keys import IdentityKey, KemKey, write_public_files
+
+
+class PartyConfigError(ValueError):
+    """party.toml is unreadable or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    id: str
+    aggregator: str
+    policy: Path
+    data: Path | None
+    keys_dir: Path
+    outputs_dir: Path
+    rules: PartyRules
+
+    @classmethod
+    def load(cls, path: str | Path) -> PartyConfig:
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise PartyConfigError(f"cannot read party config {path}: {exc}") from exc
+        return cls.from_dict(doc, path.parent)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], base: Path) -> PartyConfig:
+        known = {"id", "aggregator", "policy", "data", "keys_dir", "outputs_dir", "rules", "schema"}
+        unknown = set(doc) - known
+        if unknown:
+            raise PartyConfigError(f"unknown party config keys {sorted(unknown)}; known: {sorted(known)}")
+        if "id" not in doc:
+            raise PartyConfigError("party config needs an id")
+        schema: dict[str, Any] = {}
+        if "schema" in doc:
+            try:
+                schema = tomllib.loads((base / str(doc["schema"])).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise PartyConfigError(f"cannot read schema {doc['schema']}: {exc}") from exc
+        try:
+            rules = PartyRules.from_dict(doc.get("rules", {}), schema)
+        except ValueError as exc:
+            raise PartyConfigError(str(exc)) from exc
+        return cls(id=str(doc["id"]), aggregator=str(doc.get("aggregator", "127.0.0.1:50051")),
+                   policy=base / str(doc.get("policy", "policy.toml")),
+                   data=(base / str(doc["data"])) if "data" in doc else None,
+                   keys_dir=base / str(doc.get("keys_dir", "keys")),
+                   outputs_dir=base / str(doc.get("outputs_dir", "outputs")), rules=rules)
+
+    def load_keys(self, create: bool = True) -> tuple[IdentityKey, KemKey]:
+        """Load the party's keys; generate them on first run (private files 0600, public files beside)."""
+        ident, kem = self.keys_dir / "identity.key", self.keys_dir / "kem.key"
+        if not ident.exists() or not kem.exists():
+            if not create:
+                raise PartyConfigError(f"no keys in {self.keys_dir}; run `mpctrain keys generate` first")
+            i, k = IdentityKey.generate(), KemKey.generate()
+            i.save(ident)
+            k.save(kem)
+            write_public_files(self.keys_dir, i, k)
+        return IdentityKey.load(ident), KemKey.load(kem)
