@@ -366,3 +366,37 @@ def test_demo_fails_loudly_if_a_replay_were_accepted(monkeypatch) -> None:
     result = run("demo")
     assert result.exit_code == 1
     assert "demo failed" in result.output and "replayed bundle was accepted" in result.output
+
+
+# --------------------------------------------------------------------------- real vendor evidence (default policy)
+
+
+def _snp(vectors, report: str, vcek: str, *extra: str):
+    snp = vectors / "snp"
+    return run("verify", "--kind", "snp", "--evidence", str(snp / report), "--certs", str(snp / vcek),
+               "--certs", str(snp / "ask_ark_milan.pem"), "--at", "2026-11-22T00:00:00Z", *extra)
+
+
+def test_real_snp_report_passes_the_default_policy(vectors) -> None:
+    report_data = (vectors / "snp" / "milan_v2_report.bin").read_bytes()[0x50:0x90]
+    result = _snp(vectors, "milan_v2_report.bin", "milan_v2_vcek.der", "--expect-report-data", report_data.hex(),
+                  "--json")
+    assert result.exit_code == 0, result.output
+    claims = json.loads(result.stdout)["claims"]
+    assert claims["backend"] == "snp" and claims["measurement"].startswith("7a1e5c26")
+
+
+@pytest.mark.parametrize(("report", "vcek", "check"), [
+    ("milan_v2_debug_report.bin", "milan_v2_debug_vcek.der", "debug-enabled"),
+    ("milan_v2_report.bin", "invalid_vcek_new.der", "bad-signature"),
+])
+def test_real_snp_failures_name_their_check(vectors, report, vcek, check) -> None:
+    result = _snp(vectors, report, vcek, "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["check"] == check
+
+
+def test_real_snp_report_with_other_report_data_is_a_binding_mismatch(vectors) -> None:
+    result = _snp(vectors, "milan_v2_report.bin", "milan_v2_vcek.der", "--expect-report-data", "00" * 64)
+    assert result.exit_code == 1
+    assert "binding-mismatch" in result.output
