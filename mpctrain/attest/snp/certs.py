@@ -85,6 +85,8 @@ class _Lru:
 
 _PARSED = _Lru(_CACHE_SIZE)  # sha256(cert DER) -> Certificate
 _LINKS = _Lru(_CACHE_SIZE)  # (sha256(issuer DER), sha256(subject DER)) -> True once the signature verified
+_DIGESTS = _Lru(_CACHE_SIZE)  # Certificate (equal iff same DER) -> sha256 hex
+_SUMMARIES = _Lru(_CACHE_SIZE)  # Certificate -> CertSummary
 
 
 @dataclass(frozen=True)
@@ -100,17 +102,28 @@ class SnpChain:
 
 
 def der_sha256(cert: x509.Certificate) -> str:
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    """SHA-256 of the DER certificate (hex): the ARK pin and the memo key."""
+    cached = _DIGESTS.get(cert)
+    if isinstance(cached, str):
+        return cached
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    _DIGESTS.put(cert, digest)
+    return digest
 
 
 def summary(cert: x509.Certificate) -> CertSummary:
-    return CertSummary(
+    cached = _SUMMARIES.get(cert)
+    if isinstance(cached, CertSummary):
+        return cached
+    found = CertSummary(
         subject=cert.subject.rfc4514_string(),
         issuer=cert.issuer.rfc4514_string(),
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         sha256=der_sha256(cert),
     )
+    _SUMMARIES.put(cert, found)
+    return found
 
 
 def _quiet_load(loader, blob: bytes):
