@@ -64,6 +64,8 @@ def _write_private(path: str | os.PathLike[str], data: bytes) -> None:
 def _read_private(path: str | os.PathLike[str]) -> bytes:
     """Read a private key file after checking that only its owner can access it."""
     p = Path(path)
+    if not stat.S_ISREG(os.stat(p).st_mode):  # before open(): a FIFO would block, a directory would not parse
+        raise KeyFormatError(f"{p} is not a regular file")
     with open(p, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):

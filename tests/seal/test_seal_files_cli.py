@@ -1,0 +1,173 @@
+"""Frame files (seal_file/open_file) and `mpctrain keys generate|show`."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import stat
+import struct
+
+import pytest
+from seal_helpers import CHUNK
+from typer.testing import CliRunner
+
+from mpctrain.cli.main import app
+from mpctrain.seal import (
+    IdentityKey,
+    KemKey,
+    MalformedStream,
+    SealError,
+    StreamTooLarge,
+    TamperedChunk,
+    TruncatedStream,
+    WrongRecipient,
+    iter_frame_file,
+    load_identity_public,
+    load_kem_public,
+    open_bytes,
+    open_file,
+    seal_bytes,
+    seal_file,
+    write_frame,
+)
+from mpctrain.seal.stream import FRAME_FILE_MAGIC
+
+
+def sealed_file(tmp_path, parties, size: int) -> tuple[bytes, os.PathLike]:
+    data = random.Random(size).randbytes(size)
+    src, dst = tmp_path / "plain.bin", tmp_path / "sealed.mpcs"
+    src.write_bytes(data)
+    header = seal_file(src, dst, **parties.seal_kw())
+    assert header.total_size == size
+    return data, dst
+
+
+@pytest.mark.parametrize("size", [0, 1, CHUNK, 3 * CHUNK + 5])
+def test_file_round_trip_and_format(tmp_path, parties, size):
+    data, sealed = sealed_file(tmp_path, parties, size)
+    raw = sealed.read_bytes()
+    assert raw.startswith(FRAME_FILE_MAGIC)
+    frames = list(iter_frame_file(io.BytesIO(raw)))
+    assert len(frames) == 1 + max(1, -(-size // CHUNK))
+    assert open_bytes(frames, **parties.open_kw()) == data
+    out = tmp_path / "out" / "plain.bin"
+    header = open_file(sealed, out, **parties.open_kw())
+    assert out.read_bytes() == data and header.object_id == "shard-0"
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_write_frame_matches_reader(parties):
+    frames = seal_bytes(b"x" * 100, **parties.seal_kw())
+    buf = io.BytesIO()
+    buf.write(FRAME_FILE_MAGIC)
+    for f in frames:
+        write_frame(buf, f)
+    buf.seek(0)
+    assert list(iter_frame_file(buf)) == frames
+
+
+def test_every_cut_of_a_frame_file_is_refused_and_leaves_no_output(tmp_path, parties):
+    _, sealed = sealed_file(tmp_path, parties, 2 * CHUNK + 3)
+    raw = sealed.read_bytes()
+    cut_file, out = tmp_path / "cut.mpcs", tmp_path / "cut.out"
+    for cut in range(len(raw)):
+        cut_file.write_bytes(raw[:cut])
+        expected = MalformedStream if cut < len(FRAME_FILE_MAGIC) else TruncatedStream
+        with pytest.raises(expected):
+            open_file(cut_file, out, **parties.open_kw())
+        assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.mpcs", "plain.bin", "sealed.mpcs"]
+
+
+def test_tampered_and_oversized_frame_files(tmp_path, parties):
+    _, sealed = sealed_file(tmp_path, parties, 2 * CHUNK + 3)
+    raw = bytearray(sealed.read_bytes())
+    out = tmp_path / "o.bin"
+    bad = tmp_path / "bad.mpcs"
+    flipped = bytearray(raw)
+    flipped[-3] ^= 4
+    bad.write_bytes(flipped)
+    with pytest.raises(TamperedChunk):
+        open_file(bad, out, **parties.open_kw())
+    assert not out.exists()
+    bad.write_bytes(b"NOTSEAL!" + raw[8:])
+    with pytest.raises(MalformedStream, match="magic"):
+        open_file(bad, out, **parties.open_kw())
+    bad.write_bytes(FRAME_FILE_MAGIC + struct.pack(">I", 1 << 30))
+    with pytest.raises(StreamTooLarge, match="header frame"):
+        open_file(bad, out, **parties.open_kw())
+    header_len = struct.unpack(">I", raw[8:12])[0]
+    pos = 12 + header_len
+    big = raw[:pos] + struct.pack(">I", CHUNK + 17) + bytes(CHUNK + 17)
+    bad.write_bytes(big)
+    with pytest.raises(StreamTooLarge, match="chunk frame"):
+        open_file(bad, out, **parties.open_kw())
+    bad.write_bytes(raw + struct.pack(">I", 20) + bytes(20))
+    with pytest.raises(TamperedChunk):
+        open_file(bad, out, **parties.open_kw())
+    with pytest.raises(WrongRecipient):
+        open_file(sealed, out, **parties.open_kw(recipient_key=parties.outsider))
+    assert not out.exists()
+    with pytest.raises(SealError):
+        list(iter_frame_file(io.BytesIO(FRAME_FILE_MAGIC)))
+
+
+def test_seal_file_detects_size_mismatch(tmp_path, parties):
+    src = tmp_path / "p.bin"
+    src.write_bytes(bytes(100))
+    with pytest.raises(TruncatedStream, match="shrank"):
+        seal_file(src, tmp_path / "s1", **parties.seal_kw(total_size=200))
+    with pytest.raises(StreamTooLarge, match="grew"):
+        seal_file(src, tmp_path / "s2", **parties.seal_kw(total_size=50))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.bin"]
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+@pytest.mark.parametrize("kem", ["x25519", "mlkem768-x25519"])
+def test_keys_generate_writes_all_files(tmp_path, kem):
+    out = tmp_path / "keys"
+    res = CliRunner().invoke(app, ["keys", "generate", "--out", str(out), "--kem", kem])
+    assert res.exit_code == 0, res.output
+    for name in ("identity.pem", "kem.pem"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
+    ident, kem_key = IdentityKey.load(out / "identity.pem"), KemKey.load(out / "kem.pem")
+    assert load_identity_public(out / "identity.pub") == ident.public_bytes()
+    assert load_kem_public(out / "kem.pub") == (kem, kem_key.public_bytes())
+    assert (out / "kem.pub").read_text().startswith(kem + " ")
+    assert ident.key_id() in res.output and kem_key.key_id() in res.output
+    shown = CliRunner().invoke(app, ["keys", "show", str(out)])
+    assert shown.exit_code == 0 and ident.key_id() in shown.output and kem_key.key_id() in shown.output
+
+
+def test_keys_generate_refuses_overwrite_without_force(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)]).exit_code == 0
+    before = (tmp_path / "identity.pub").read_text()
+    res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "--force" in res.output
+    assert (tmp_path / "identity.pub").read_text() == before
+    (tmp_path / "identity.pem").unlink()
+    res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
+    assert res.exit_code == 1, "one remaining file is enough to refuse"
+    res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--force"])
+    assert res.exit_code == 0 and (tmp_path / "identity.pub").read_text() != before
+
+
+def test_keys_generate_rejects_unknown_kem(tmp_path):
+    res = CliRunner().invoke(app, ["keys", "generate", "--out", str(tmp_path), "--kem", "rsa"])
+    assert res.exit_code == 2 and not (tmp_path / "identity.pem").exists()
+
+
+def test_keys_show_detects_problems(tmp_path):
+    runner = CliRunner()
+    runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
+    (tmp_path / "identity.pem").chmod(0o644)
+    res = runner.invoke(app, ["keys", "show", str(tmp_path)])
+    assert res.exit_code == 1 and "chmod 600" in res.output
+    (tmp_path / "identity.pem").chmod(0o600)
+    (tmp_path / "identity.pub").write_text(IdentityKey.generate().public_bytes().hex())
+    res = runner.invoke(app, ["keys", "show", str(tmp_path)])
+    assert res.exit_code == 1 and "do not match" in res.output
