@@ -643,6 +643,11 @@ def test_synthetic_vcek_extension_mismatch(synth: Synth, product: str, ext: str,
     assert err.value.field == field
 
 
+def test_synthetic_siena_product_name_is_genoa(synth: Synth) -> None:
+    ev = synth.evidence("Genoa", version=2, chain_kw={"product_name": "Siena-A0"})
+    assert _verify_synth(ev).product == "Genoa"
+
+
 def test_synthetic_hwid_wrapped_in_octet_string_accepted(synth: Synth) -> None:
     chip = bytes(range(64))
     ev = synth.evidence("Genoa", chain_kw={"leaf_exts": {f"{AMD}.4": b"\x04\x40" + chip}})

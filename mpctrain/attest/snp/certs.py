@@ -57,6 +57,7 @@ OID_TCB = {
     "fmc": f"{AMD_OID}.3.9",
 }
 LEAF_CN = {"vcek": "SEV-VCEK", "vlek": "SEV-VLEK"}
+PRODUCT_ALIASES = {"Siena": "Genoa"}  # Siena parts are certified under the Genoa ARK/ASK
 _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA384()), salt_length=48)
 
 
@@ -216,6 +217,7 @@ def leaf_product(leaf: x509.Certificate) -> str | None:
     if raw is not None:
         name = read_ia5(raw, field="vcek.product_name")
         from_ext = name.split("-", 1)[0]
+        from_ext = PRODUCT_ALIASES.get(from_ext, from_ext)
         if from_ext not in PRODUCTS:
             raise UntrustedRoot("VCEK/VLEK names an unknown product", field="vcek.product_name",
                                 expected=list(PRODUCTS), actual=name)

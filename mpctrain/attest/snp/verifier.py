@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,7 +98,7 @@ def _product(report: SnpReport, from_cert: str | None) -> str:
     return product
 
 
-def _check_report_signature(report: SnpReport, leaf) -> None:
+def _check_report_signature(report: SnpReport, leaf: x509.Certificate) -> None:
     pub = leaf.public_key()
     try:
         signature = encode_dss_signature(report.signature_r, report.signature_s)
