@@ -944,3 +944,17 @@ def test_fuzzed_well_formed_reports_never_accepted_never_crash(vectors: Path, ve
     struct.pack_into("<I", data, 0x48, key_info)
     with pytest.raises(AttestationError):
         _verify(Evidence("snp", bytes(data), _evidence(vectors).certs), vector_time)
+
+
+def test_memoised_chain_never_skips_per_call_checks(vectors: Path, vector_time: datetime) -> None:
+    ev = _evidence(vectors)
+    assert _verify(ev, vector_time).product == "Milan"  # chain links now memoised
+    with pytest.raises(CertificateExpired):
+        _verify(ev, datetime(2060, 1, 1, tzinfo=UTC))
+    with pytest.raises(UntrustedRoot):
+        _verify(ev, vector_time, roots=[AMD_ARK_SHA256["Genoa"]])
+    tampered = bytearray(ev.data)
+    tampered[0x90] ^= 1
+    with pytest.raises(BadSignature):
+        _verify(Evidence("snp", bytes(tampered), ev.certs), vector_time)
+    assert _verify(ev, vector_time).measurement == ev.data[0x90:0xC0]
