@@ -16,6 +16,8 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpctrain.attest import BindingMismatch, BuildInfo, Evidence, EvidenceBundle, Malformed, Policy, verify
 from mpctrain.attest.evidence import MAX_EVIDENCE_BYTES, MAX_GPUS
@@ -144,6 +146,9 @@ def test_bundle_round_trips_through_protobuf_bytes() -> None:
     assert bundle_from_proto(bundle_to_proto(no_gpu)) == no_gpu
 
 
+_SMALL = bundle_to_proto(_bundle(cpu=Evidence("sim", b"r" * 40, {"ak": b"a" * 8}))).SerializeToString()
+
+
 def _msg() -> pb.EvidenceBundle:
     return bundle_to_proto(_bundle())
 
@@ -207,6 +212,27 @@ def test_invalid_utf8_in_a_string_field_is_malformed() -> None:
     raw = raw.replace(b"\x0a\x03snp", b"\x0a\x03s\xc3\x28", 1)
     with pytest.raises(Malformed):
         bundle_from_bytes(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(max_size=512))
+def test_random_bytes_give_a_bundle_or_malformed(raw) -> None:
+    try:
+        bundle = bundle_from_bytes(raw)
+    except Malformed:
+        return
+    assert isinstance(bundle, EvidenceBundle) and bundle.cpu.kind and bundle.kem_public
+
+
+@settings(max_examples=100, deadline=None)
+@given(position=st.integers(min_value=0), value=st.integers(min_value=1, max_value=255))
+def test_mutated_bundles_give_a_bundle_or_malformed(position, value) -> None:
+    raw = bytearray(_SMALL)
+    raw[position % len(raw)] ^= value
+    try:
+        bundle_from_bytes(bytes(raw))
+    except Malformed:
+        pass
 
 
 def test_oversized_bytes_are_refused_before_parsing() -> None:
