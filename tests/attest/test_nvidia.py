@@ -685,28 +685,28 @@ def test_rims_under_another_root_are_untrusted(device, rim_signer, vector_time) 
         _rim_check(device, rim_signer, _signed_rims(stranger, synth.measurements()), vector_time)
 
 
+_M3 = synth.measurements()[3].hex().encode()
 RIM_RESOURCE_CASES = {
-    "index out of range": (b'index="3"', b'index="255"'),
-    "index not a number": (b'index="3"', b'index="three"'),
-    "index repeated": (b'index="4"', b'index="3"'),
-    "no alternatives": (b'alternatives="1"', b'alternatives="0"'),
-    "too many alternatives": (b'alternatives="1"', b'alternatives="17"'),
-    "active not boolean": (b'active="True"', b'active="maybe"'),
-    "hash wrong length": (b'Hash0="', b'Hash0="00'),
-    "hash not hex": (b'Hash0="', b'Hash0="zz'),
-    "hash missing": (b'ns2:Hash0="', b'ns2:Other="'),
-    "no version": (b'colloquialVersion="96.00.9F.00.01"', b'colloquialVersion=""'),
-    "no payload": (b"<Payload>", b"<PayloadX>"),
+    "index out of range": (b'index="3"', b'index="255"', "resource.index"),
+    "index not a number": (b'index="3"', b'index="three"', "resource.index"),
+    "index repeated": (b'index="4"', b'index="3"', "resource[3]"),
+    "no alternatives": (b'alternatives="1"', b'alternatives="0"', "alternatives"),
+    "too many alternatives": (b'alternatives="1"', b'alternatives="17"', "alternatives"),
+    "active not boolean": (b'active="True"', b'active="maybe"', "active"),
+    "hash wrong length": (b'Hash0="', b'Hash0="00', "Hash0"),
+    "hash not hex": (b'Hash0="' + _M3[:2], b'Hash0="zz', "Hash0"),
+    "hash missing": (b'ns2:Hash0="', b'ns2:Other="', "Hash0"),
+    "no version": (b'colloquialVersion="96.00.9F.00.01"', b'colloquialVersion=""', "meta"),
+    "no payload": (b"Payload>", b"PayloadX>", "payload"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(RIM_RESOURCE_CASES))
 def test_signed_but_malformed_rim_contents_are_malformed(rim_signer, vector_time, case: str) -> None:
-    old, new = RIM_RESOURCE_CASES[case]
+    old, new, field = RIM_RESOURCE_CASES[case]
     xml = synth.rim_xml("96.00.9F.00.01", {i: [v] for i, v in enumerate(synth.measurements()) if i >= 3})
     assert old in xml
-    xml = xml.replace(old, new, 1)
-    if case == "no payload":
-        xml = xml.replace(b"</Payload>", b"</PayloadX>")
-    with pytest.raises(Malformed):
+    xml = xml.replace(old, new, 1 if case != "no payload" else -1)
+    with pytest.raises(Malformed) as err:
         verify_rim(synth.sign_rim(xml, rim_signer), roots=[rim_signer.root_sha256], at=vector_time, skew_seconds=0)
+    assert field in (err.value.field or ""), err.value
