@@ -387,3 +387,59 @@ def test_bad_policy_options(spr, blobs, vector_time, table) -> None:
 def test_wrong_kind_refused(spr, vector_time) -> None:
     with pytest.raises(AttestationError):
         TdxVerifier().verify(Evidence("snp", spr), policy=bpol(), at=vector_time, collateral=Collateral())
+
+
+# ------------------------------------------------------------------ mutation test (spr_v4_quote.dat)
+
+
+SPR_REGIONS = {
+    "header.version": 0x000, "header.att_key_type": 0x002, "header.tee_type": 0x004, "header.reserved": 0x009,
+    "header.qe_vendor_id": 0x010, "header.user_data": 0x020, "tee_tcb_svn": 0x030, "mrseam": 0x050,
+    "mrsignerseam": 0x080, "seam_attributes": 0x0A0, "td_attributes": 0x0A8, "xfam": 0x0B0, "mrtd": 0x0C0,
+    "mrconfigid": 0x0F0, "mrowner": 0x120, "mrownerconfig": 0x150, "rtmr0": 0x180, "rtmr1": 0x1B0, "rtmr2": 0x1E0,
+    "rtmr3": 0x210, "report_data": 0x240, "sig_data_len": 0x278, "signature": 0x290, "attestation_key": 0x2D0,
+    "cert_data_type": 0x2FC, "cert_data_size": 0x2FE, "qe_report.cpusvn": 0x302, "qe_report.miscselect": 0x312,
+    "qe_report.attributes": 0x332, "qe_report.mrenclave": 0x350, "qe_report.mrsigner": 0x390,
+    "qe_report.isvprodid": 0x402, "qe_report.isvsvn": 0x404, "qe_report.report_data": 0x450,
+    "qe_report_signature": 0x4A0, "qe_auth_data_len": 0x4C2, "qe_auth_data": 0x4D0, "pck_cert_data_type": 0x4E4,
+    "pck_cert_data_size": 0x4E6, "pck_chain.leaf": 0x600,
+}
+
+
+@pytest.mark.parametrize("region", list(SPR_REGIONS))
+def test_spr_field_mutation_rejected(spr, blobs, verifier, vector_time, region) -> None:
+    offset = SPR_REGIONS[region]
+    pol = bpol(accepted_tcb_statuses=NO_MATCH_OK)
+    verifier.verify(Evidence("tdx", spr, blobs), policy=pol, at=vector_time, collateral=Collateral())
+    for flip in (0x01, 0x80):
+        bad = bytearray(spr)
+        bad[offset] ^= flip
+        with pytest.raises(AttestationError):
+            verifier.verify(Evidence("tdx", bytes(bad), blobs), policy=pol, at=vector_time, collateral=Collateral())
+
+
+def test_spr_every_byte_mutation(spr, blobs, verifier, vector_time) -> None:
+    """Every single-byte change before the PCK chain (and every 5th byte of the chain, for time) is rejected
+    with a typed error, except PEM line breaks (re-wrapping is no change: the certificates decode to the same
+    DER)."""
+    q = parse_quote(spr)
+    end = len(spr) - q.trailing_bytes
+    chain_start = end - len(q.pck_chain)
+    good = [c.public_bytes(serialization.Encoding.DER) for c in load_chain(q.pck_chain, "c")]
+    pol = bpol(accepted_tcb_statuses=NO_MATCH_OK)
+    accepted = []
+    for i in [*range(chain_start), *range(chain_start, end, 5), *range(end - 70, end)]:
+        bad = bytearray(spr)
+        bad[i] ^= 0x01
+        try:
+            verifier.verify(Evidence("tdx", bytes(bad), blobs), policy=pol, at=vector_time, collateral=Collateral())
+        except AttestationError:
+            continue
+        accepted.append(i)
+    assert accepted, "expected PEM whitespace variants to be tolerated"
+    for i in accepted:
+        assert i >= chain_start and spr[i : i + 1] == b"\n"
+        bad = bytearray(spr)
+        bad[i] ^= 0x01
+        chain = parse_quote(bytes(bad)).pck_chain
+        assert [c.public_bytes(serialization.Encoding.DER) for c in load_chain(chain, "c")] == good

@@ -156,9 +156,9 @@ class TdxVerifier:
         at = _utc(at)
         skew = policy.clock_skew_seconds
         quote = parse_quote(evidence.data)
-        certs = load_chain(quote.pck_chain, "pck_chain")
-        pck_key = verify_chain(certs, policy.roots, name="pck_chain", leaf_cns=(PCK_LEAF_CN,), ca_cns=PCK_CA_CNS,
-                               at=at, skew=skew)
+        certs, pck_key = self._pck_chain(quote.pck_chain, policy.roots)
+        for i, cert in enumerate(certs):
+            check_validity(cert, at, skew, f"pck_chain[{i}]")
         coll.verify_raw_p256(pck_key, quote.qe_report_signature, quote.qe_report.raw, "qe_report")
         expected = hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() + bytes(32)
         if not hmac.compare_digest(expected, quote.qe_report.report_data):
@@ -179,6 +179,19 @@ class TdxVerifier:
         details["collateral_next_update"] = state.next_update
         _check_options(quote, opts)
         return self._claims(quote, certs, pck, details)
+
+    def _pck_chain(
+        self, raw: bytes, roots: tuple[str, ...]
+    ) -> tuple[list[x509.Certificate], ec.EllipticCurvePublicKey]:
+        """Parse and check the PCK chain's links and pin (time-independent, so cacheable)."""
+
+        def build() -> tuple[list[x509.Certificate], ec.EllipticCurvePublicKey]:
+            certs = load_chain(raw, "pck_chain")
+            key = verify_chain(certs, roots, name="pck_chain", leaf_cns=(PCK_LEAF_CN,), ca_cns=PCK_CA_CNS, at=None,
+                               skew=0)
+            return certs, key
+
+        return self._cached((b"pck", raw, *(r.encode() for r in roots)), build)
 
     # ------------------------------------------------------------ collateral
 
