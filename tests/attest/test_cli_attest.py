@@ -400,3 +400,32 @@ def test_real_snp_report_with_other_report_data_is_a_binding_mismatch(vectors) -
     result = _snp(vectors, "milan_v2_report.bin", "milan_v2_vcek.der", "--expect-report-data", "00" * 64)
     assert result.exit_code == 1
     assert "binding-mismatch" in result.output
+
+
+NVIDIA_NONCE = "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
+
+
+def _nvidia(vectors, nonce: str):
+    nv = vectors / "nvidia"
+    return run("verify", "--kind", "nvidia-gpu", "--evidence", str(nv / "h100_report.hex"),
+               "--certs", str(nv / "h100_cert_chain.pem"), "--at", "2026-11-22T00:00:00Z",
+               "--expect-report-data", nonce, "--json")
+
+
+def test_real_gpu_evidence_passes_with_its_nonce(vectors) -> None:
+    result = _nvidia(vectors, NVIDIA_NONCE)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["claims"]["backend"] == "nvidia-gpu"
+
+
+def test_real_gpu_evidence_with_another_nonce_is_a_binding_mismatch(vectors) -> None:
+    result = _nvidia(vectors, "00" * 32)
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["check"] == "binding-mismatch"
+
+
+def test_tdx_quote_under_a_fake_intel_root_is_untrusted(vectors) -> None:
+    result = run("verify", "--kind", "tdx", "--evidence", str(vectors / "tdx" / "fake_root_v4_quote.dat"),
+                 "--at", "2026-11-22T00:00:00Z", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["check"] == "untrusted-root"
