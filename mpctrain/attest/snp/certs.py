@@ -127,9 +127,13 @@ def summary(cert: x509.Certificate) -> CertSummary:
     return found
 
 
+_LOAD_LOCK = threading.Lock()
+
+
 def _quiet_load(loader, blob: bytes):
-    # AMD VCEKs carry serial number 0, which cryptography accepts with a deprecation warning.
-    with warnings.catch_warnings():
+    # AMD VCEKs carry serial number 0, which cryptography accepts with a deprecation warning. catch_warnings
+    # swaps process-wide state, so loads are serialised (they are rare: parsed certificates are memoised).
+    with _LOAD_LOCK, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*serial number.*")
         return loader(blob)
 
