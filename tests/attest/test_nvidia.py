@@ -710,3 +710,30 @@ def test_signed_but_malformed_rim_contents_are_malformed(rim_signer, vector_time
     with pytest.raises(Malformed) as err:
         verify_rim(synth.sign_rim(xml, rim_signer), roots=[rim_signer.root_sha256], at=vector_time, skew_seconds=0)
     assert field in (err.value.field or ""), err.value
+
+
+# --------------------------------------------------------------------------- caching and TOML policies
+
+
+def test_remembered_links_do_not_hide_a_tampered_leaf(report, chain_pem, vector_time) -> None:
+    check(gpu(report, chain_pem), vector_time)  # every link of the real chain is now remembered
+    certs = x509.load_pem_x509_certificates(chain_pem)
+    der = certs[0].public_bytes(serialization.Encoding.DER)
+    leaf = x509.load_der_x509_certificate(flip(der, len(der) - 2))
+    pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [leaf, *certs[1:]])
+    with pytest.raises(BadSignature) as err:
+        check(gpu(report, pem), vector_time)
+    assert err.value.field == "chain[0].signature"
+
+
+def test_rim_options_load_from_a_toml_policy(nv, report, chain_pem, vector_time, tmp_path) -> None:
+    toml = tmp_path / "policy.toml"
+    toml.write_text(
+        'backends = ["snp"]\n[nvidia-gpu]\nmeasurements = "report-only"\nrequire_rim = true\n'
+        "rim_verification_time = 2024-06-01T00:00:00Z\n"
+        f'rim_files = {{ driver = "{nv / DRIVER_RIM}", vbios = "{nv / VBIOS_PROD}" }}\n'
+        'drivers = ["550.90.07"]\n'
+    )
+    with pytest.raises(ReferenceMismatch) as err:
+        check(gpu(report, chain_pem), vector_time, Policy.load(toml))
+    assert err.value.actual == sorted(PROD_MISMATCHES + DRIVER_MISMATCHES)
