@@ -146,7 +146,10 @@ class SimRoot:
         key_pem = self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise SimRootError(f"cannot write {key_path}: {exc.strerror or exc} (a symlink is refused)") from exc
         try:
             os.fchmod(fd, 0o600)
             os.write(fd, key_pem)

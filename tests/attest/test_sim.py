@@ -175,6 +175,14 @@ def test_create_sim_root_refuses_to_overwrite(tmp_path) -> None:
     assert root_pin(tmp_path / "sim-root.pem") != first
 
 
+def test_key_file_symlink_is_refused(tmp_path, root) -> None:
+    (tmp_path / "elsewhere").write_text("victim")
+    (tmp_path / "sim-root.key").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(SimRootError, match="symlink"):
+        root.save(tmp_path, overwrite=True)
+    assert (tmp_path / "elsewhere").read_text() == "victim"
+
+
 def test_attester_loads_root_from_directory(tmp_path, vector_time) -> None:
     create_sim_root(tmp_path)
     att = SimAttester(tmp_path, config_digest=CONFIG)
