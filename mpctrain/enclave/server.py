@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,8 @@ class Aggregator:
     """Everything the enclave serves; ``start()`` binds a real gRPC server and returns its port."""
 
     def __init__(self, identity: EnclaveIdentity, *, limits: Limits | None = None, events: EventSink | None = None,
-                 device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32) -> None:
+                 device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32,
+                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> None:
         self.identity = identity
         self.limits = limits or Limits()
         self.events = events or LogEventSink()
@@ -87,6 +89,7 @@ class Aggregator:
         self.attestation = AttestationService(identity, self.events)
         self.health = health.HealthServicer()
         self.max_workers = max_workers
+        self.interceptors = tuple(interceptors)
         self.server: grpc.Server | None = None
         self.port: int = 0
 
@@ -114,7 +117,7 @@ class Aggregator:
 
     def start(self, address: str = "127.0.0.1:0") -> int:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="enclave"),
-                             options=self.server_options())
+                             options=self.server_options(), interceptors=self.interceptors)
         self.add_services(server)
         port = server.add_insecure_port(address)
         if port == 0:

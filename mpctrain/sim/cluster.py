@@ -69,6 +69,7 @@ class SimCluster:
     aggregator: Aggregator | None = None
     parties: dict[str, PartyIdentity] = field(default_factory=dict)
     attester: SimAttester | None = None
+    interceptors: Sequence[Any] = ()
 
     def start(self) -> SimCluster:
         root_dir = self.workdir / "sim-root"
@@ -77,7 +78,8 @@ class SimCluster:
         self.root_pin = root_pin(root_dir / ROOT_PEM)
         self.attester = SimAttester(root_dir, config_digest=self.config_digest)
         identity = EnclaveIdentity.generate(self.attester, build_info(self.config_digest))
-        self.aggregator = Aggregator(identity, limits=self.limits, events=self.events, device=self.device)
+        self.aggregator = Aggregator(identity, limits=self.limits, events=self.events, device=self.device,
+                                     interceptors=self.interceptors)
         self.aggregator.start("127.0.0.1:0")
         for pid in self.party_ids:
             self.parties[pid] = PartyIdentity.create(pid, "data", self.workdir)
@@ -128,7 +130,7 @@ class SimCluster:
             "training": doc.get("training", {"epochs": 5, "batch_size": 32, "lr": 0.01, "seed": 7,
                                              "val_fraction": 0.2}),
             "privacy": doc.get("privacy", {}),
-            "recipients": list(doc.get("recipients", names)),
+            "recipients": [r for r in doc.get("recipients", names) if r in names] or names[:1],
             "public_metrics": doc.get("public_metrics", ["accuracy", "auc"]),
             "enclave_policy": self.enclave_policy(),
             "expires": int(time.time()) + 3600,
