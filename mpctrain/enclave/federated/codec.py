@@ -1,0 +1,185 @@
+"""A Flower ``RecordDict`` as one byte string, so a whole message body can be sealed as a stream.
+
+Arrays travel as safetensors (never pickle, never ``np.load`` on foreign bytes); metric and config
+records as JSON with bytes tagged. Decoding is strict and bounded: anything malformed, oversized or
+inconsistent raises ``CodecError``.
+
+Layout: ``MAGIC ‖ u32 meta length ‖ meta JSON ‖ safetensors``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from safetensors import SafetensorError
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+MAGIC = b"MPCFLR1\x00"
+MAX_META_BYTES = 16 << 20
+MAX_RECORDS = 64
+MAX_ARRAYS = 100_000
+DEFAULT_MAX_PAYLOAD = 4 << 30
+_LEN = struct.Struct(">I")
+_KINDS = ("arrays", "metrics", "configs")
+
+
+class CodecError(ValueError):
+    """The bytes are not a well-formed encoded RecordDict (truncated, garbage, oversized, bad types)."""
+
+
+def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise ``content`` plus a small JSON ``context`` (protocol fields that get sealed with it)."""
+    records: list[dict[str, Any]] = []
+    tensors: dict[str, np.ndarray] = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            keys = list(record.keys())
+            for i, key in enumerate(keys):
+                tensors[f"{len(records)}.{i}"] = np.require(record[key].numpy(), requirements="C")
+            records.append({"name": name, "kind": "arrays", "keys": keys})
+        elif isinstance(record, MetricRecord):
+            records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
+        elif isinstance(record, ConfigRecord):
+            records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
+        else:
+            raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
+    meta = json.dumps({"v": 1, "records": records, "ctx": dict(context or {})}, separators=(",", ":")).encode()
+    if len(meta) > MAX_META_BYTES:
+        raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
+    blob = st_save(tensors) if tensors else b""
+    return MAGIC + _LEN.pack(len(meta)) + meta + blob
+
+
+def decode_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[RecordDict, dict[str, Any]]:
+    """Inverse of ``encode_record``: returns the RecordDict and the context."""
+    records, ctx, arrays = _split(data, max_bytes)
+    out = RecordDict()
+    for idx, rec in enumerate(records):
+        if rec["kind"] == "arrays":
+            out[rec["name"]] = ArrayRecord(
+                {key: Array(arrays.pop(f"{idx}.{i}")) for i, key in enumerate(rec["keys"])}
+            )
+        elif rec["kind"] == "metrics":
+            out[rec["name"]] = _build(MetricRecord, rec["values"])
+        else:
+            out[rec["name"]] = _build(ConfigRecord, rec["values"])
+    return out, ctx
+
+
+def decode_numpy(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[
+    list[tuple[str, list[str], list[np.ndarray]]], dict[str, dict[str, Any]], dict[str, Any]
+]:
+    """Decode without building Flower objects (the streaming aggregation path).
+
+    Returns ``(array records as (name, keys, ndarrays), metric/config records by name, context)``.
+    """
+    records, ctx, arrays = _split(data, max_bytes)
+    array_records = []
+    others: dict[str, dict[str, Any]] = {}
+    for idx, rec in enumerate(records):
+        if rec["kind"] == "arrays":
+            ndarrays = [arrays.pop(f"{idx}.{i}") for i in range(len(rec["keys"]))]
+            array_records.append((rec["name"], rec["keys"], ndarrays))
+        else:
+            others[rec["name"]] = {"kind": rec["kind"], "values": _untag(rec["values"])}
+    return array_records, others, ctx
+
+
+def _split(data: bytes, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray]]:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise CodecError(f"encoded record is {len(data)} bytes; the limit is {max_bytes}")
+    head = len(MAGIC) + _LEN.size
+    if len(data) < head or data[: len(MAGIC)] != MAGIC:
+        raise CodecError("not an encoded RecordDict (bad magic or truncated header)")
+    (meta_len,) = _LEN.unpack_from(data, len(MAGIC))
+    if meta_len > MAX_META_BYTES or head + meta_len > len(data):
+        raise CodecError(f"record metadata length {meta_len} is out of bounds")
+    try:
+        meta = json.loads(data[head : head + meta_len])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CodecError(f"record metadata is not JSON: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("v") != 1:
+        raise CodecError("record metadata has an unknown version")
+    records = meta.get("records")
+    ctx = meta.get("ctx", {})
+    if not isinstance(records, list) or len(records) > MAX_RECORDS or not isinstance(ctx, dict):
+        raise CodecError("record metadata has a bad record list or context")
+    expected: set[str] = set()
+    for idx, rec in enumerate(records):
+        if not isinstance(rec, dict) or rec.get("kind") not in _KINDS or not isinstance(rec.get("name"), str):
+            raise CodecError(f"record {idx} has a bad kind or name")
+        if rec["kind"] == "arrays":
+            keys = rec.get("keys")
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys) or len(keys) > MAX_ARRAYS:
+                raise CodecError(f"array record {idx} has bad keys")
+            if len(set(keys)) != len(keys):
+                raise CodecError(f"array record {idx} repeats a key")
+            expected.update(f"{idx}.{i}" for i in range(len(keys)))
+        elif not isinstance(rec.get("values"), dict):
+            raise CodecError(f"record {idx} has no values table")
+    names = [r["name"] for r in records]
+    if len(set(names)) != len(names):
+        raise CodecError("two records share a name")
+    blob = data[head + meta_len :]
+    arrays: dict[str, np.ndarray] = {}
+    if blob:
+        try:
+            arrays = st_load(blob)
+        except (SafetensorError, ValueError, TypeError) as exc:
+            raise CodecError(f"array payload is not valid safetensors: {exc}") from exc
+    if set(arrays) != expected:
+        raise CodecError("array payload does not hold exactly the arrays the metadata names")
+    return records, ctx, arrays
+
+
+def _tag(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _tag_value(v) for k, v in values.items()}
+
+
+def _tag_value(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return {"$b": base64.b64encode(v).decode()}
+    if isinstance(v, list):
+        return [_tag_value(x) for x in v]
+    return v
+
+
+def _untag(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _untag_value(v) for k, v in values.items()}
+
+
+def _untag_value(v: Any) -> Any:
+    if isinstance(v, dict):
+        if set(v) != {"$b"} or not isinstance(v["$b"], str):
+            raise CodecError("record value is an object that is not tagged bytes")
+        try:
+            return base64.b64decode(v["$b"], validate=True)
+        except ValueError as exc:
+            raise CodecError(f"tagged bytes are not base64: {exc}") from exc
+    if isinstance(v, list):
+        return [_untag_value(x) for x in v]
+    return v
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    try:
+        return cls(_untag(values))
+    except (TypeError, ValueError) as exc:
+        raise CodecError(f"{cls.__name__} value of the wrong type: {exc}") from exc
+
+
+def iter_arrays(content: RecordDict) -> Iterator[tuple[str, np.ndarray]]:
+    """All arrays of a RecordDict as ``record/key`` names and ndarrays (for tests and canary scans)."""
+    for name, record in content.array_records.items():
+        for key, arr in record.items():
+            yield f"{name}/{key}", arr.numpy()

@@ -1,0 +1,93 @@
+"""FedAvg aggregation that streams: one running weighted sum, each reply opened, added and dropped.
+
+Flower's ``aggregate_arrayrecords`` needs every update in memory at once (O(parties x model)); inside an
+enclave, memory is the scarce resource, so the FedAvg path keeps a single float64 buffer per array
+(O(model)) and opens the next sealed reply only after the previous one has been added.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord
+
+
+class InconsistentUpdate(ValueError):
+    """An update's record name, keys, shapes or weight do not match the first update of the round."""
+
+
+class StreamingMean:
+    """Weighted mean of array records and metric records, fed one reply at a time."""
+
+    def __init__(self, weighted_by_key: str) -> None:
+        self.weighted_by_key = weighted_by_key
+        self.total_weight = 0.0
+        self.count = 0
+        self._name: str | None = None
+        self._keys: list[str] = []
+        self._dtypes: list[np.dtype] = []
+        self._sums: list[np.ndarray] = []
+        self._metric_keys: set[str] | None = None
+        self._metric_sums: dict[str, Any] = {}
+
+    def check(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any]) -> float:
+        """Validate one update against the round's first; return its weight. Raises ``InconsistentUpdate``."""
+        weight = metrics.get(self.weighted_by_key)
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not np.isfinite(weight) or weight < 0:
+            raise InconsistentUpdate(f"metric {self.weighted_by_key!r} must be a finite non-negative number")
+        if self._name is not None:
+            if name != self._name or keys != self._keys:
+                raise InconsistentUpdate("array record name or keys differ from the round's first update")
+            for arr, ref in zip(arrays, self._sums, strict=True):
+                if arr.shape != ref.shape:
+                    raise InconsistentUpdate(f"array shape {arr.shape} differs from {ref.shape}")
+            if set(metrics) != self._metric_keys:
+                raise InconsistentUpdate("metric keys differ from the round's first update")
+        for key, value in metrics.items():
+            if isinstance(value, list) and key != self.weighted_by_key and self._metric_keys is not None:
+                ref = self._metric_sums.get(key)
+                if isinstance(ref, list) and len(ref) != len(value):
+                    raise InconsistentUpdate(f"metric list {key!r} has another length than the first update's")
+        return float(weight)
+
+    def add(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any]) -> None:
+        """Add one update (after ``check``); the caller drops its arrays afterwards."""
+        weight = self.check(name, keys, arrays, metrics)
+        if self._name is None:
+            self._name, self._keys = name, list(keys)
+            self._dtypes = [a.dtype for a in arrays]
+            self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
+            self._metric_keys = set(metrics)
+        for buf, arr in zip(self._sums, arrays, strict=True):
+            buf += arr * weight  # one temporary in the update's dtype; the sum itself is float64
+        for key, value in metrics.items():
+            if key == self.weighted_by_key:
+                continue
+            if isinstance(value, list):
+                prev = self._metric_sums.get(key, [0.0] * len(value))
+                self._metric_sums[key] = [p + float(v) * weight for p, v in zip(prev, value, strict=True)]
+            else:
+                self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value) * weight
+        self.total_weight += weight
+        self.count += 1
+
+    def result(self) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The weighted means, in each array's original dtype; (None, None) when nothing was added."""
+        if self.count == 0 or self._name is None:
+            return None, None
+        if self.total_weight <= 0:
+            raise InconsistentUpdate(f"the sum of {self.weighted_by_key!r} over the round is zero")
+        inv = 1.0 / self.total_weight
+        arrays = ArrayRecord({
+            key: Array(np.asarray(buf * inv).astype(dtype, copy=False))
+            for key, buf, dtype in zip(self._keys, self._sums, self._dtypes, strict=True)
+        })
+        metrics = MetricRecord({
+            k: ([x * inv for x in v] if isinstance(v, list) else v * inv) for k, v in self._metric_sums.items()
+        })
+        return arrays, metrics
+
+    @property
+    def record_name(self) -> str | None:
+        return self._name

@@ -1,0 +1,129 @@
+"""The sealed envelope both sides of federated mode speak (enclave strategy wrapper and party mod).
+
+A sealed Flower message holds exactly two records:
+
+- ``mpctrain.sealed``: an ArrayRecord whose raw arrays are the frames of one sealed stream
+  (``mpctrain.seal.stream``): header with the data key wrapped to every recipient, then AES-GCM chunks.
+  The plaintext is the original RecordDict (``codec.encode_record``) plus a sealed context.
+- ``mpctrain.envelope``: a small ConfigRecord in clear (version, job id, object id, enclave key id,
+  sender party) that only routes the message; everything it says is re-checked after opening.
+
+Instructions (enclave → parties) are sealed once per distinct content, signed by the enclave key and
+wrapped to each selected party's KEM key. Replies (party → enclave) are sealed to the attested enclave
+KEM key, signed by the party's identity key, and name the instruction's fresh nonce in their object id,
+so a reply cannot be replayed into another round, message or job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+
+from mpctrain.enclave.federated.codec import CodecError, decode_record, encode_record
+from mpctrain.enclave.federated.errors import EnvelopeError
+from mpctrain.seal.binding import canonical
+
+VERSION = 1
+SEALED_KEY = "mpctrain.sealed"
+ENVELOPE_KEY = "mpctrain.envelope"
+PURPOSE_INSTRUCTION = "mpctrain/v1/fl-instruction"
+PURPOSE_REPLY = "mpctrain/v1/fl-reply"
+PURPOSE_OUTPUT = "mpctrain/v1/fl-output"
+ENCLAVE_SENDER = "enclave"
+FRAME_STYPE = "mpctrain.sealed-frame"
+MAX_FRAMES = 1 << 16
+KEY_ID_DOMAIN = b"mpctrain/v1/enclave-key-id"
+
+
+def enclave_key_id(kem_public: bytes, sig_public: bytes) -> str:
+    """Names one enclave key pair; a different id means a restarted enclave and a fresh attestation."""
+    return hashlib.sha256(canonical(KEY_ID_DOMAIN, kem_public, sig_public)).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """The clear routing fields of a sealed message (untrusted until the sealed context confirms them)."""
+
+    job_id: str
+    object_id: str
+    enclave_key: str
+    party: str = ""
+
+
+def frames_to_record(frames: Sequence[bytes]) -> ArrayRecord:
+    """Carry stream frames as raw arrays, so Flower's transport chunks them like any model array."""
+    if len(frames) > MAX_FRAMES:
+        raise EnvelopeError(f"{len(frames)} frames exceed the limit of {MAX_FRAMES}")
+    return ArrayRecord({f"{i:06d}": Array("uint8", (len(f),), FRAME_STYPE, bytes(f)) for i, f in enumerate(frames)})
+
+
+def make_sealed_content(frames: Sequence[bytes], envelope: Envelope) -> RecordDict:
+    env = ConfigRecord({"v": VERSION, "job": envelope.job_id, "object": envelope.object_id,
+                        "enclave": envelope.enclave_key, "party": envelope.party})
+    return RecordDict({SEALED_KEY: frames_to_record(frames), ENVELOPE_KEY: env})
+
+
+def read_sealed_content(content: RecordDict) -> tuple[list[bytes], Envelope]:
+    """Split a sealed message body into frames and envelope; ``EnvelopeError`` for anything else."""
+    if set(content.keys()) != {SEALED_KEY, ENVELOPE_KEY}:
+        raise EnvelopeError(f"message is not sealed: records {sorted(content.keys())}, expected "
+                            f"{sorted([SEALED_KEY, ENVELOPE_KEY])}")
+    sealed = content[SEALED_KEY]
+    env = content[ENVELOPE_KEY]
+    if not isinstance(sealed, ArrayRecord) or not isinstance(env, ConfigRecord):
+        raise EnvelopeError("sealed message records have the wrong types")
+    if env.get("v") != VERSION:
+        raise EnvelopeError(f"envelope version {env.get('v')!r} is not {VERSION}")
+    fields = {}
+    for name in ("job", "object", "enclave", "party"):
+        value = env.get(name)
+        if not isinstance(value, str) or len(value) > 256:
+            raise EnvelopeError(f"envelope field {name!r} must be a short string")
+        fields[name] = value
+    if len(sealed) == 0 or len(sealed) > MAX_FRAMES:
+        raise EnvelopeError(f"sealed record holds {len(sealed)} frames")
+    frames = []
+    for i, key in enumerate(sealed.keys()):
+        arr = sealed[key]
+        if key != f"{i:06d}" or arr.stype != FRAME_STYPE or arr.dtype != "uint8":
+            raise EnvelopeError(f"sealed frame {key!r} is out of order or of the wrong type")
+        frames.append(arr.data)
+    return frames, Envelope(job_id=fields["job"], object_id=fields["object"], enclave_key=fields["enclave"],
+                            party=fields["party"])
+
+
+def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any, sender_id: str,
+                 recipients: Sequence[tuple[str, str, bytes]], purpose: str, job_id: str, object_id: str,
+                 chunk_size: int = 1 << 20) -> list[bytes]:
+    """Encode ``content`` with its sealed ``context`` and seal it once to every recipient."""
+    from mpctrain.seal.stream import seal_bytes
+
+    payload = encode_record(content, context)
+    return seal_bytes(payload, sender=sender, sender_id=sender_id, recipients=list(recipients), purpose=purpose,
+                      job_id=job_id, object_id=object_id, chunk_size=chunk_size)
+
+
+def open_payload(frames: Sequence[bytes], *, recipient_id: str, recipient_key: Any, sender_public: bytes,
+                 purpose: str, job_id: str, object_id: str, max_bytes: int) -> bytes:
+    """Open a sealed stream with every context field pinned; raises the seal module's typed errors."""
+    from mpctrain.seal.stream import open_bytes
+
+    payload = open_bytes(list(frames), recipient_id=recipient_id, recipient_key=recipient_key,
+                         expected_sender_public=sender_public, expected_purpose=purpose,
+                         expected_job_id=job_id, expected_object_id=object_id, max_total=max_bytes)
+    if len(payload) > max_bytes:
+        raise EnvelopeError(f"sealed payload is {len(payload)} bytes; the limit is {max_bytes}")
+    return payload
+
+
+def open_content(frames: Sequence[bytes], *, max_bytes: int, **kwargs: Any) -> tuple[RecordDict, dict[str, Any]]:
+    """``open_payload`` then decode; codec errors become ``EnvelopeError``."""
+    payload = open_payload(frames, max_bytes=max_bytes, **kwargs)
+    try:
+        return decode_record(payload, max_bytes=max_bytes)
+    except CodecError as exc:
+        raise EnvelopeError(f"sealed payload is not a RecordDict: {exc}") from exc

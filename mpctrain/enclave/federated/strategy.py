@@ -1,0 +1,425 @@
+"""``Confidential(strategy)``: any Flower strategy, run inside the attested enclave on sealed traffic.
+
+The inner strategy never sees ciphertext and the host never sees plaintext. Per round and message
+kind, the wrapper seals each distinct instruction body once under a fresh data key wrapped to every
+selected party, and opens each reply inside the enclave: wrong job, unknown or outside party, node
+bound to another party, stale enclave key, replay from another round, tampering or truncation all
+reject the reply before the inner strategy runs. FedAvg-style aggregation streams (``fedavg.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.exception import PrivacyBudgetExhausted
+from flwr.serverapp.grid import Grid
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from mpctrain.enclave.events import EventSink, LogEventSink
+from mpctrain.enclave.federated.codec import CodecError, decode_numpy
+from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
+from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean
+from mpctrain.enclave.federated.protocol import (
+    ENCLAVE_SENDER,
+    PURPOSE_INSTRUCTION,
+    PURPOSE_OUTPUT,
+    PURPOSE_REPLY,
+    Envelope,
+    enclave_key_id,
+    make_sealed_content,
+    open_content,
+    open_payload,
+    read_sealed_content,
+    seal_content,
+)
+from mpctrain.enclave.identity import EnclaveIdentity
+from mpctrain.jobs import Consent, JobManifest, missing_consents
+from mpctrain.seal.errors import SealError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_UPDATE_BYTES = 1 << 30
+
+
+@dataclass
+class FederatedResult(Result):
+    """What leaves the enclave: the final model sealed to the manifest's recipients, public metrics only.
+
+    ``arrays`` stays empty: the plaintext model never leaves the strategy. ``sealed_output`` is one
+    sealed stream (frames) every recipient opens with ``mpctrain.party.flower.open_output``.
+    """
+
+    sealed_output: list[bytes] = field(default_factory=list)
+    rounds_completed: int = 0
+    stop_reason: str = "completed"
+    epsilon: dict[int, float] = field(default_factory=dict)
+    rejected: list[str] = field(default_factory=list)
+
+
+def check_job(manifest: JobManifest, consents: Iterable[Consent], now: datetime | None = None) -> None:
+    """The enclave starts a federated job only in federated mode, unexpired, with every data party's consent."""
+    if manifest.mode != "federated":
+        raise JobNotReady(f"job {manifest.job_id} is a {manifest.mode!r} job, not a federated one")
+    if manifest.expired(now):
+        raise JobNotReady(f"job {manifest.job_id} expired at {manifest.expires}; propose a new manifest")
+    missing = missing_consents(manifest, consents)
+    if missing:
+        raise JobNotReady(f"job {manifest.job_id} lacks valid consent from {missing}; "
+                          "each data party must sign this exact manifest (`mpctrain job approve`)")
+
+
+def is_fedavg_aggregation(strategy: Strategy) -> bool:
+    """True when ``aggregate_train`` is Flower's FedAvg one (FedAvg, FedProx): it can stream."""
+    return isinstance(strategy, FedAvg) and type(strategy).aggregate_train is FedAvg.aggregate_train
+
+
+class _JobGrid(Grid):
+    """The grid as the inner strategy sees it: nodes that proved to be outside the job are hidden."""
+
+    def __init__(self, grid: Grid, hidden: set[int]) -> None:
+        self._grid = grid
+        self._hidden = hidden
+
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return [n for n in self._grid.get_node_ids() if n not in self._hidden]
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise RuntimeError("the inner strategy must not send directly; Confidential seals its messages")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise RuntimeError("the inner strategy must not pull directly; Confidential opens its replies")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise RuntimeError("the inner strategy must not send directly; Confidential seals its messages")
+
+
+class Confidential(Strategy):
+    """Wrap any ``flwr.serverapp.strategy`` strategy so it runs on sealed traffic inside the enclave."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        manifest: JobManifest,
+        consents: Iterable[Consent],
+        enclave: EnclaveIdentity,
+        events: EventSink | None = None,
+        streaming: bool | None = None,
+        max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
+        chunk_size: int = 1 << 20,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._now = now or (lambda: datetime.now(UTC))
+        self.consents = list(consents)
+        check_job(manifest, self.consents, self._now())
+        self.inner = strategy
+        self.manifest = manifest
+        self.enclave = enclave
+        self.events: EventSink = events or LogEventSink()
+        self.streaming = is_fedavg_aggregation(strategy) if streaming is None else streaming
+        if self.streaming and not is_fedavg_aggregation(strategy):
+            raise ValueError("streaming aggregation computes FedAvg; the inner strategy aggregates differently")
+        self.max_update_bytes = max_update_bytes
+        self.chunk_size = chunk_size
+        self.job_id = manifest.job_id
+        self.job_digest = manifest.digest().hex()
+        self._data_parties = {p.id: p for p in manifest.data_parties()}
+        self._node_party: dict[int, str] = {}
+        self._hidden_nodes: set[int] = set()
+        self._expect: dict[tuple[str, int], dict[int, str]] = {}
+        self.rejections: list[ReplyRejected] = []
+
+    # -- keys ---------------------------------------------------------------------------------
+    @property
+    def key_id(self) -> str:
+        return enclave_key_id(self.enclave.kem.public_bytes(), self.enclave.sig.public_bytes())
+
+    def rotate(self, enclave: EnclaveIdentity) -> None:
+        """Use new enclave keys (a restarted enclave): parties re-attest, replies sealed to old keys fail."""
+        self.enclave = enclave
+        self.events.emit("fl.enclave_keys_rotated", job_id=self.job_id, key_id=self.key_id)
+
+    # -- instructions -------------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = self.inner.configure_train(server_round, arrays, config, _JobGrid(grid, self._hidden_nodes))
+        return self._seal_instructions("train", server_round, messages, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = self.inner.configure_evaluate(server_round, arrays, config, _JobGrid(grid, self._hidden_nodes))
+        return self._seal_instructions("evaluate", server_round, messages, grid)
+
+    def _recipients(self, node_id: int) -> list[str]:
+        bound = self._node_party.get(node_id)
+        if bound is not None:
+            return [bound]
+        # A node not yet authenticated may be any job party: the body is wrapped to all of them.
+        return list(self._data_parties)
+
+    def _seal_instructions(self, category: str, server_round: int, messages: Iterable[Message],
+                           grid: Grid) -> list[Message]:
+        groups: dict[int, tuple[RecordDict, list[Message]]] = {}
+        for msg in messages:
+            groups.setdefault(id(msg.content), (msg.content, []))[1].append(msg)
+        expect: dict[int, str] = {}
+        out: list[Message] = []
+        run_id = _run_id(grid)
+        for content, group in groups.values():
+            nonce = os.urandom(16).hex()
+            object_id = f"ins:{nonce}"
+            recipients: list[str] = []
+            for msg in group:
+                for pid in self._recipients(msg.metadata.dst_node_id):
+                    if pid not in recipients:
+                        recipients.append(pid)
+            ctx = {"job_digest": self.job_digest, "run": run_id, "category": category, "round": server_round,
+                   "nonce": nonce}
+            started = time.perf_counter()
+            frames = seal_content(
+                content, ctx, sender=self.enclave.sig, sender_id=ENCLAVE_SENDER,
+                recipients=[(pid, self._data_parties[pid].kem_alg, self._data_parties[pid].kem_public)
+                            for pid in recipients],
+                purpose=PURPOSE_INSTRUCTION, job_id=self.job_id, object_id=object_id, chunk_size=self.chunk_size,
+            )
+            sealed = make_sealed_content(frames, Envelope(self.job_id, object_id, self.key_id))
+            for msg in group:
+                node = msg.metadata.dst_node_id
+                expect[node] = nonce
+                out.append(Message(sealed, node, msg.metadata.message_type, ttl=msg.metadata.ttl,
+                                   group_id=msg.metadata.group_id or None))
+            self.events.emit("fl.instruction_sealed", job_id=self.job_id, category=category, round=server_round,
+                             nodes=len(group), recipients=len(recipients), frames=len(frames),
+                             seconds=round(time.perf_counter() - started, 4))
+        self._expect[(category, server_round)] = expect
+        return out
+
+    # -- replies ------------------------------------------------------------------------------
+    def _reject(self, exc: ReplyRejected, category: str, server_round: int) -> None:
+        self.rejections.append(exc)
+        self.events.emit("fl.reply_rejected", job_id=self.job_id, category=category, round=server_round,
+                         node=exc.node_id, party=exc.party_id, reason=exc.reason)
+        log.warning("%s", exc)
+
+    def _open_reply(self, reply: Message, category: str, server_round: int, expect: dict[int, str],
+                    seen: set[str], *, decode: Callable[..., Any] | None = None) -> Any:
+        """Open one reply; returns the decoded payload, or ``None`` after recording why it was rejected."""
+        node = reply.metadata.src_node_id
+        party: str | None = None
+        try:
+            nonce = expect.get(node)
+            if nonce is None:
+                raise ReplyRejected("no instruction of this round was sent to this node", node_id=node)
+            frames, env = read_sealed_content(reply.content)
+            party = env.party
+            if env.job_id != self.job_id:
+                raise ReplyRejected(f"reply is for job {env.job_id!r}", node_id=node, party_id=party)
+            spec = self._data_parties.get(party)
+            if spec is None:
+                self._hidden_nodes.add(node)
+                raise ReplyRejected("party is not a data party of this job", node_id=node, party_id=party)
+            bound = self._node_party.get(node)
+            if bound is not None and bound != party:
+                raise ReplyRejected(f"node is bound to party {bound!r}", node_id=node, party_id=party)
+            if party in seen:
+                raise ReplyRejected("a second reply from this party in the same round", node_id=node,
+                                    party_id=party)
+            object_id = f"res:{nonce}:{party}"
+            kwargs = dict(recipient_id=ENCLAVE_SENDER, recipient_key=self.enclave.kem,
+                          sender_public=spec.identity_public, purpose=PURPOSE_REPLY, job_id=self.job_id,
+                          object_id=object_id, max_bytes=self.max_update_bytes)
+            if decode is None:
+                content, ctx = open_content(frames, **kwargs)
+                decoded: Any = content
+            else:
+                payload = open_payload(frames, **kwargs)
+                decoded = decode(payload, max_bytes=self.max_update_bytes)
+                ctx = decoded[-1]
+            want = {"job_digest": self.job_digest, "party": party, "nonce": nonce, "category": category}
+            for key, value in want.items():
+                if ctx.get(key) != value:
+                    raise ReplyRejected(f"sealed context {key!r} does not match", node_id=node, party_id=party)
+        except ReplyRejected as exc:
+            self._reject(exc, category, server_round)
+            return None
+        except (SealError, EnvelopeError, CodecError) as exc:
+            self._reject(ReplyRejected(f"{type(exc).__name__}: {exc}", node_id=node, party_id=party), category,
+                         server_round)
+            return None
+        seen.add(party)
+        self._node_party[node] = party
+        return decoded
+
+    def _open_all(self, category: str, server_round: int, replies: Iterable[Message]) -> Iterable[Message]:
+        expect = self._expect.pop((category, server_round), {})
+        seen: set[str] = set()
+        for reply in replies:
+            if reply.has_error():
+                yield reply  # carries no content; the inner strategy logs it as a failure
+                continue
+            content = self._open_reply(reply, category, server_round, expect, seen)
+            if content is not None:
+                yield Message(content=content, metadata=reply.metadata)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self.streaming:
+            return self._aggregate_streaming(server_round, replies)
+        opened = list(self._open_all("train", server_round, replies))
+        return self.inner.aggregate_train(server_round, opened)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return self.inner.aggregate_evaluate(server_round, list(self._open_all("evaluate", server_round, replies)))
+
+    def _aggregate_streaming(self, server_round: int,
+                             replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        inner = self.inner
+        assert isinstance(inner, FedAvg)
+        expect = self._expect.pop(("train", server_round), {})
+        seen: set[str] = set()
+        mean = StreamingMean(inner.weighted_by_key)
+        metric_records: list[RecordDict] = []
+        custom_metrics = inner.train_metrics_aggr_fn is not aggregate_metricrecords
+        for reply in replies:
+            if reply.has_error():
+                log.info("node %s replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
+                continue
+            decoded = self._open_reply(reply, "train", server_round, expect, seen, decode=decode_numpy)
+            if decoded is None:
+                continue
+            array_records, others, _ctx = decoded
+            node = reply.metadata.src_node_id
+            metrics = [o for o in others.values() if o["kind"] == "metrics"]
+            try:
+                if len(array_records) != 1 or len(metrics) != 1:
+                    raise InconsistentUpdate("a FedAvg reply holds exactly one ArrayRecord and one MetricRecord")
+                name, keys, arrays = array_records[0]
+                mean.add(name, keys, arrays, metrics[0]["values"])
+            except InconsistentUpdate as exc:
+                self._reject(ReplyRejected(str(exc), node_id=node, party_id=self._node_party.get(node)), "train",
+                             server_round)
+                continue
+            if custom_metrics:
+                metric_records.append(RecordDict({"metrics": MetricRecord(metrics[0]["values"])}))
+            del arrays, array_records, decoded
+        arrays_out, metrics_out = mean.result()
+        if custom_metrics and metric_records:
+            metrics_out = inner.train_metrics_aggr_fn(metric_records, inner.weighted_by_key)
+        self.events.emit("fl.round_aggregated", job_id=self.job_id, round=server_round, updates=mean.count,
+                         streaming=True)
+        return arrays_out, metrics_out
+
+    def summary(self) -> None:
+        log.info("Confidential(%s) job=%s enclave-key=%s streaming=%s", type(self.inner).__name__, self.job_id,
+                 self.key_id, self.streaming)
+        self.inner.summary()
+
+    # -- the run ------------------------------------------------------------------------------
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> FederatedResult:
+        """Flower's round loop, plus: privacy budget stops, ε after every round, outputs sealed at the end."""
+        check_job(self.manifest, self.consents, self._now())
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = FederatedResult()
+        arrays = initial_arrays
+        self.events.emit("fl.training_started", job_id=self.job_id, rounds=num_rounds,
+                         strategy=type(self.inner).__name__)
+        for rnd in range(1, num_rounds + 1):
+            try:
+                messages = list(self.configure_train(rnd, arrays, train_config, grid))
+            except PrivacyBudgetExhausted as exc:
+                result.stop_reason = f"privacy budget: {exc}"
+                self.events.emit("fl.training_stopped", job_id=self.job_id, round=rnd, reason=result.stop_reason)
+                break
+            replies = grid.send_and_receive(messages=messages, timeout=timeout)
+            agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
+            if agg_arrays is not None:
+                arrays = agg_arrays
+            if agg_metrics is not None:
+                result.train_metrics_clientapp[rnd] = self._public(agg_metrics)
+            eps = _epsilon(self.inner)
+            if eps is not None:
+                result.epsilon[rnd] = eps
+                self.events.emit("fl.privacy_spent", job_id=self.job_id, round=rnd, epsilon=eps)
+            eval_messages = list(self.configure_evaluate(rnd, arrays, evaluate_config, grid))
+            if eval_messages:
+                eval_replies = grid.send_and_receive(messages=eval_messages, timeout=timeout)
+                eval_metrics = self.aggregate_evaluate(rnd, eval_replies)
+                if eval_metrics is not None:
+                    result.evaluate_metrics_clientapp[rnd] = self._public(eval_metrics)
+            if evaluate_fn is not None:
+                res = evaluate_fn(rnd, arrays)
+                if res is not None:
+                    result.evaluate_metrics_serverapp[rnd] = self._public(res)
+            result.rounds_completed = rnd
+        result.sealed_output = self.seal_output(arrays, result, grid)
+        result.rejected = [str(r) for r in self.rejections]
+        self.events.emit("fl.training_ended", job_id=self.job_id, rounds=result.rounds_completed,
+                         reason=result.stop_reason)
+        return result
+
+    def _public(self, metrics: MetricRecord) -> MetricRecord:
+        """Only metric names the manifest lists as public leave the enclave in clear."""
+        allowed = set(self.manifest.public_metrics)
+        return MetricRecord({k: v for k, v in metrics.items() if k in allowed})
+
+    def seal_output(self, arrays: ArrayRecord, result: FederatedResult, grid: Grid) -> list[bytes]:
+        """Seal the final model (and the run's facts) to every recipient named by the manifest."""
+        recipients = [self.manifest.party(r) for r in self.manifest.recipients]
+        ctx = {"job_digest": self.job_digest, "rounds": result.rounds_completed, "stop_reason": result.stop_reason,
+               "epsilon": {str(k): v for k, v in result.epsilon.items()}, "run": _run_id(grid)}
+        frames = seal_content(
+            RecordDict({"arrays": arrays}), ctx, sender=self.enclave.sig, sender_id=ENCLAVE_SENDER,
+            recipients=[(p.id, p.kem_alg, p.kem_public) for p in recipients], purpose=PURPOSE_OUTPUT,
+            job_id=self.job_id, object_id=output_object_id(self.job_digest), chunk_size=self.chunk_size,
+        )
+        self.events.emit("fl.output_sealed", job_id=self.job_id, recipients=[p.id for p in recipients],
+                         frames=len(frames))
+        return frames
+
+
+def output_object_id(job_digest_hex: str) -> str:
+    return f"output:{job_digest_hex}"
+
+
+def _run_id(grid: Grid) -> int:
+    try:
+        return int(grid.run.run_id)
+    except Exception:  # a grid without a run yet
+        return 0
+
+
+def _epsilon(strategy: Strategy) -> float | None:
+    spent = getattr(strategy, "privacy_spent", None)
+    if spent is None:
+        return None
+    value = spent()
+    return None if value is None else float(value.epsilon)

@@ -1,0 +1,108 @@
+"""``confidential_mod``: the one Flower mod that makes a ClientApp confidential.
+
+Put it first in ``mods`` (outermost): it opens the sealed instruction, lets the rest of the app (clipping,
+DP, training) work on plaintext, and seals the reply to the attested enclave key. It attests the
+aggregator before the first reply of a run and whenever the enclave key changes; if attestation fails,
+or the instruction does not open, it answers with a bare error and the app never runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from flwr.app import Context, Error, Message
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+
+from mpctrain.enclave.federated.errors import AttestationRefused, EnvelopeError, FederatedError
+from mpctrain.enclave.federated.protocol import (
+    ENCLAVE_SENDER,
+    PURPOSE_INSTRUCTION,
+    PURPOSE_REPLY,
+    Envelope,
+    make_sealed_content,
+    open_content,
+    read_sealed_content,
+    seal_content,
+)
+from mpctrain.party.flower.runtime import PartyRuntime, resolve_party
+from mpctrain.seal.errors import SealError
+
+log = logging.getLogger(__name__)
+
+REFUSED = "mpctrain refused"
+
+
+def _refuse(msg: Message, why: str) -> Message:
+    """An error reply: no content, only the reason (never data)."""
+    log.warning("%s: %s", REFUSED, why)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=f"{REFUSED}: {why}"), reply_to=msg)
+
+
+class ConfidentialMod:
+    """The mod as an object bound to a fixed party (tests, embedded use) or resolved per node."""
+
+    def __init__(self, party: PartyRuntime | Callable[[Context], PartyRuntime] | None = None) -> None:
+        self._party = party
+
+    def runtime(self, context: Context) -> PartyRuntime:
+        if isinstance(self._party, PartyRuntime):
+            return self._party
+        if self._party is not None:
+            return self._party(context)
+        return resolve_party(dict(context.node_config))
+
+    def __call__(self, msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        try:
+            rt = self.runtime(context)
+        except FederatedError as exc:
+            return _refuse(msg, f"party not configured: {exc}")
+        if not msg.has_content():
+            return _refuse(msg, "instruction has no content")
+        try:
+            frames, env = read_sealed_content(msg.content)
+        except EnvelopeError as exc:
+            return _refuse(msg, f"instruction is not sealed by the enclave: {exc}")
+        if env.job_id != rt.manifest.job_id:
+            return _refuse(msg, f"instruction is for job {env.job_id!r}, not {rt.manifest.job_id!r}")
+        if not env.object_id.startswith("ins:"):
+            return _refuse(msg, "instruction object id is malformed")
+        nonce = env.object_id[4:]
+        try:
+            att = rt.attestation(msg.metadata.run_id, env.enclave_key)
+        except AttestationRefused as exc:
+            return _refuse(msg, str(exc))
+        category = msg.metadata.message_type.split(".", 1)[0]
+        try:
+            content, ctx = open_content(
+                frames, recipient_id=rt.party_id, recipient_key=rt.kem, sender_public=att.sig_public,
+                purpose=PURPOSE_INSTRUCTION, job_id=rt.manifest.job_id, object_id=env.object_id,
+                max_bytes=rt.max_bytes,
+            )
+        except (SealError, EnvelopeError) as exc:
+            return _refuse(msg, f"sealed instruction does not open: {type(exc).__name__}: {exc}")
+        if ctx.get("job_digest") != rt.job_digest:
+            return _refuse(msg, "the enclave runs another manifest than the one this party consented to")
+        if ctx.get("nonce") != nonce or ctx.get("category") != category:
+            return _refuse(msg, "sealed instruction context does not match its envelope")
+        plain = Message(content=content, metadata=msg.metadata)
+        try:
+            reply = call_next(plain, context)
+        except Exception as exc:  # report the type only: exception text may quote local data
+            log.warning("ClientApp raised %s", type(exc).__name__)
+            return _refuse(msg, f"ClientApp raised {type(exc).__name__}")
+        if reply.has_error():
+            return Message(Error(code=reply.error.code, reason=reply.error.reason), reply_to=msg)
+        object_id = f"res:{nonce}:{rt.party_id}"
+        frames_out = seal_content(
+            reply.content, {"job_digest": rt.job_digest, "party": rt.party_id, "nonce": nonce, "category": category},
+            sender=rt.identity, sender_id=rt.party_id, recipients=[(ENCLAVE_SENDER, att.kem_alg, att.kem_public)],
+            purpose=PURPOSE_REPLY, job_id=rt.manifest.job_id, object_id=object_id,
+        )
+        return Message(make_sealed_content(frames_out, Envelope(rt.manifest.job_id, object_id, env.enclave_key,
+                                                                 party=rt.party_id)), reply_to=msg)
+
+
+confidential_mod = ConfidentialMod()
+"""Module-level mod for ``ClientApp(mods=[confidential_mod])``: the party comes from ``node_config``."""
