@@ -737,3 +737,9 @@ def test_rim_options_load_from_a_toml_policy(nv, report, chain_pem, vector_time,
     with pytest.raises(ReferenceMismatch) as err:
         check(gpu(report, chain_pem), vector_time, Policy.load(toml))
     assert err.value.actual == sorted(PROD_MISMATCHES + DRIVER_MISMATCHES)
+
+
+def test_naive_verification_time_is_read_as_utc(report, chain_pem) -> None:
+    claims = NvidiaGpuVerifier().verify(gpu(report, chain_pem), policy=Policy.default().backend("nvidia-gpu"),
+                                        at=datetime(2026, 11, 22), collateral=Collateral())
+    assert claims.report_data == NONCE

@@ -126,6 +126,7 @@ class NvidiaGpuVerifier:
     def verify(self, evidence: Evidence, *, policy: BackendPolicy, at: datetime, collateral: Collateral) -> Claims:
         if evidence.kind != KIND:
             raise BackendNotAllowed("not NVIDIA GPU evidence", field="kind", expected=KIND, actual=evidence.kind)
+        at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
         options = NvidiaOptions.from_policy(policy.options)
         report = parse_report(evidence.data)
         pem = evidence.certs[CHAIN_CERT] if CHAIN_CERT in evidence.certs else collateral.get(CHAIN_COLLATERAL)
