@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+import struct
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
 
 from mpctrain.attest import (
     AttestationError,
@@ -17,6 +21,7 @@ from mpctrain.attest import (
     BadSignature,
     BindingMismatch,
     CertificateExpired,
+    CertificateRevoked,
     Collateral,
     CollateralMissing,
     CollateralStale,
@@ -34,7 +39,9 @@ from mpctrain.attest import (
 )
 from mpctrain.attest.roots import INTEL_SGX_ROOT_CA_SHA256
 from mpctrain.attest.tdx import TdxVerifier, collateral_names, parse_quote
+from mpctrain.attest.tdx import collateral as coll
 from mpctrain.attest.tdx.pck import load_chain
+from mpctrain.attest.tdx.quote import INTEL_QE_VENDOR_ID
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -443,3 +450,431 @@ def test_spr_every_byte_mutation(spr, blobs, verifier, vector_time) -> None:
         bad[i] ^= 0x01
         chain = parse_quote(bytes(bad)).pck_chain
         assert [c.public_bytes(serialization.Encoding.DER) for c in load_chain(chain, "c")] == good
+
+
+# ------------------------------------------------------------------ synthetic Intel PKI, quotes and collateral
+# A self-made "Intel SGX Root CA" that only the test policy pins: proves the v5 parser, the signature paths,
+# revocation and every TCB status without Intel's keys.
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _oid(dotted: str) -> bytes:
+    return x509.ObjectIdentifier(dotted).dotted_string and _der(0x06, _oid_body(dotted))
+
+
+def _oid_body(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    out = bytearray([parts[0] * 40 + parts[1]])
+    for p in parts[2:]:
+        chunk = [p & 0x7F]
+        p >>= 7
+        while p:
+            chunk.append(0x80 | (p & 0x7F))
+            p >>= 7
+        out += bytes(reversed(chunk))
+    return bytes(out)
+
+
+def _int(v: int) -> bytes:
+    return _der(0x02, v.to_bytes(max(1, (v.bit_length() + 8) // 8), "big"))
+
+
+SGX = "1.2.840.113741.1.13.1"
+SYN_FMSPC = bytes.fromhex("00906ed50000")
+SYN_COMPS = (5,) * 16
+SYN_PCESVN = 13
+SYN_TEE_TCB_SVN = bytes([3, 0, 5]) + bytes(13)
+QE_MRSIGNER = bytes(range(32))
+
+
+def sgx_extension(comps=SYN_COMPS, pcesvn=SYN_PCESVN, fmspc=SYN_FMSPC, pceid=b"\0\0") -> bytes:
+    seq = lambda *items: _der(0x30, b"".join(items))  # noqa: E731
+    tcb = [seq(_oid(f"{SGX}.2.{i + 1}"), _int(c)) for i, c in enumerate(comps)]
+    tcb.append(seq(_oid(f"{SGX}.2.17"), _int(pcesvn)))
+    tcb.append(seq(_oid(f"{SGX}.2.18"), _der(0x04, bytes(comps))))
+    return seq(
+        seq(_oid(f"{SGX}.1"), _der(0x04, bytes(16))),
+        seq(_oid(f"{SGX}.2"), seq(*tcb)),
+        seq(_oid(f"{SGX}.3"), _der(0x04, pceid)),
+        seq(_oid(f"{SGX}.4"), _der(0x04, fmspc)),
+        seq(_oid(f"{SGX}.5"), _der(0x0A, b"\x00")),
+    )
+
+
+NOT_BEFORE = datetime(2020, 1, 1, tzinfo=UTC)
+NOT_AFTER = datetime(2040, 1, 1, tzinfo=UTC)
+
+
+def _cert(cn: str, key, issuer_cn: str, issuer_key, *, ca: bool, ext: bytes | None = None,
+          not_before: datetime = NOT_BEFORE, not_after: datetime = NOT_AFTER) -> x509.Certificate:
+    name = lambda c: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, c)])  # noqa: E731
+    b = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(name(issuer_cn))
+         .public_key(key.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(not_before).not_valid_after(not_after)
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ext is not None:
+        b = b.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX), ext), critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _pem(*certs: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+def _raw_sig(key, data: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _level(status: str, comps=SYN_COMPS, pcesvn=SYN_PCESVN, tdx=SYN_TEE_TCB_SVN, advisories=()) -> dict:
+    lvl = {"tcb": {"sgxtcbcomponents": [{"svn": c} for c in comps], "pcesvn": pcesvn,
+                   "tdxtcbcomponents": [{"svn": t} for t in tdx]},
+           "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": status}
+    if advisories:
+        lvl["advisoryIDs"] = list(advisories)
+    return lvl
+
+
+class Pki:
+    def __init__(self) -> None:
+        new = lambda: ec.generate_private_key(ec.SECP256R1())  # noqa: E731
+        self.root_key, self.ca_key, self.pck_key, self.tcb_key, self.att_key = (new() for _ in range(5))
+        self.root = _cert("Intel SGX Root CA", self.root_key, "Intel SGX Root CA", self.root_key, ca=True)
+        self.ca = _cert("Intel SGX PCK Platform CA", self.ca_key, "Intel SGX Root CA", self.root_key, ca=True)
+        self.pck = _cert("Intel SGX PCK Certificate", self.pck_key, "Intel SGX PCK Platform CA", self.ca_key,
+                         ca=False, ext=sgx_extension())
+        self.tcb_signer = _cert("Intel SGX TCB Signing", self.tcb_key, "Intel SGX Root CA", self.root_key, ca=False)
+        self.pin = hashlib.sha256(self.root.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    def quote(self, *, version: int = 4, body_type: int = 2, body: bytes, chain: bytes | None = None,
+              pck_key=None, qe_isvsvn: int = 4, qe_mrsigner: bytes = QE_MRSIGNER, pad: int = 0) -> bytes:
+        header = struct.pack("<HHI", version, 2, 0x81) + bytes(4) + INTEL_QE_VENDOR_ID + bytes(20)
+        if version == 5:
+            header += struct.pack("<HI", body_type, len(body))
+        signed = header + body
+        att = self.att_key.public_key().public_bytes(serialization.Encoding.X962,
+                                                     serialization.PublicFormat.UncompressedPoint)[1:]
+        auth = bytes(range(32))
+        qe = bytearray(384)
+        qe[0:16] = bytes(SYN_COMPS)
+        qe[0x30:0x40] = bytes.fromhex("11000000000000000000000000000000")
+        qe[0x80:0xA0] = qe_mrsigner
+        struct.pack_into("<HH", qe, 0x100, 2, qe_isvsvn)
+        qe[0x140:0x180] = hashlib.sha256(att + auth).digest() + bytes(32)
+        chain = _pem(self.pck, self.ca, self.root) + b"\0" if chain is None else chain
+        inner = struct.pack("<HI", 5, len(chain)) + chain
+        outer = bytes(qe) + _raw_sig(pck_key or self.pck_key, bytes(qe)) + struct.pack("<H", len(auth)) + auth + inner
+        sig_data = _raw_sig(self.att_key, signed) + att + struct.pack("<HI", 6, len(outer)) + outer
+        return signed + struct.pack("<I", len(sig_data)) + sig_data + bytes(pad)
+
+    def signed_json(self, inner_key: str, obj: dict, key=None) -> bytes:
+        text = json.dumps(obj, separators=(",", ":")).encode()
+        sig = _raw_sig(key or self.tcb_key, text).hex()
+        return b'{"' + inner_key.encode() + b'":' + text + b',"signature":"' + sig.encode() + b'"}'
+
+    def tcb_info(self, levels: list[dict], *, issued: datetime = datetime(2026, 11, 1, tzinfo=UTC), **extra) -> bytes:
+        obj = {"id": "TDX", "version": 3, "issueDate": issued.isoformat().replace("+00:00", "Z"),
+               "nextUpdate": (issued + timedelta(days=30)).isoformat().replace("+00:00", "Z"),
+               "fmspc": SYN_FMSPC.hex(), "pceId": "0000", "tcbType": 0, "tcbEvaluationDataNumber": 17,
+               "tdxModule": {"mrsigner": "00" * 48, "attributes": "0000000000000000",
+                             "attributesMask": "FFFFFFFFFFFFFFFF"},
+               "tcbLevels": levels, **extra}
+        return self.signed_json("tcbInfo", obj)
+
+    def qe_identity(self, *, levels=None, **over) -> bytes:
+        obj = {"id": "TD_QE", "version": 2, "issueDate": "2026-11-01T00:00:00Z", "nextUpdate": "2026-12-01T00:00:00Z",
+               "tcbEvaluationDataNumber": 17, "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
+               "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+               "mrsigner": QE_MRSIGNER.hex().upper(), "isvprodid": 2,
+               "tcbLevels": levels or [{"tcb": {"isvsvn": 4}, "tcbDate": "2025-01-01T00:00:00Z",
+                                        "tcbStatus": "UpToDate"}], **over}
+        return self.signed_json("enclaveIdentity", obj)
+
+    def crl(self, issuer: x509.Certificate, key, revoked: tuple[x509.Certificate, ...] = ()) -> bytes:
+        b = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
+             .last_update(datetime(2026, 11, 1, tzinfo=UTC)).next_update(datetime(2026, 12, 1, tzinfo=UTC)))
+        for c in revoked:
+            b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(c.serial_number)
+                                          .revocation_date(datetime(2026, 1, 1, tzinfo=UTC)).build())
+        return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    def collateral(self, status: str = "UpToDate", **over: bytes) -> dict[str, bytes]:
+        chain = _pem(self.tcb_signer, self.root)
+        out = {"tcb_info": self.tcb_info([_level(status)]), "tcb_info_issuer_chain": chain,
+               "qe_identity": self.qe_identity(), "qe_identity_issuer_chain": chain,
+               "pck_crl": self.crl(self.ca, self.ca_key), "pck_crl_issuer_chain": _pem(self.ca, self.root),
+               "root_crl": self.crl(self.root, self.root_key)}
+        out.update(over)
+        return out
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+@pytest.fixture(scope="module")
+def body2(spr: bytes) -> bytes:
+    body = bytearray(spr[0x30:0x278])
+    body[0:16] = SYN_TEE_TCB_SVN
+    return bytes(body)
+
+
+def spol(pki: Pki, **options: object) -> BackendPolicy:
+    return bpol(roots=(pki.pin,), **options)
+
+
+def sverify(pki: Pki, quote: bytes, certs: dict[str, bytes] | None = None, at: datetime | None = None,
+            **options: object):
+    at = at or datetime(2026, 11, 22, tzinfo=UTC)
+    return TdxVerifier().verify(Evidence("tdx", quote, pki.collateral() if certs is None else certs),
+                                policy=spol(pki, **options), at=at, collateral=Collateral())
+
+
+def test_synthetic_v4_verifies(pki, body2) -> None:
+    claims = sverify(pki, pki.quote(body=body2))
+    assert claims.details["tcb_status"] == "UpToDate" and claims.details["collateral_stale"] == []
+    assert claims.measurement.hex().startswith(SPR_MRTD)
+
+
+@pytest.mark.parametrize("body_type", [2, 3])
+def test_synthetic_v5_quotes(pki, body2, body_type) -> None:
+    extra = bytes([1] * 16) + bytes([0xAB] * 48) if body_type == 3 else b""
+    quote = pki.quote(version=5, body_type=body_type, body=body2 + extra, pad=300)
+    q = parse_quote(quote)
+    assert (q.version, q.body_type, len(q.signed), q.trailing_bytes) == (5, body_type, 0x36 + len(body2 + extra), 300)
+    assert quote[0xBE:0xEE] == q.body.mrtd and quote[0x23E:0x27E] == q.body.report_data
+    claims = sverify(pki, quote)
+    assert claims.measurement.hex().startswith(SPR_MRTD)
+    assert claims.report_data.hex().startswith(SPR_REPORT_DATA)
+    assert claims.details["quote_version"] == 5 and claims.details["body_type"] == body_type
+    if body_type == 3:
+        assert claims.tcb["tee_tcb_svn2_0"] == 1 and claims.details["mrservicetd"] == "ab" * 48
+    else:
+        assert "tee_tcb_svn2_0" not in claims.tcb
+    # the v5 signature covers the body type and size fields too
+    for offset in (0x30, 0x32, 0x36 + 0x88, len(q.signed) - 1):
+        bad = bytearray(quote)
+        bad[offset] ^= 1
+        with pytest.raises(AttestationError):
+            sverify(pki, bytes(bad))
+
+
+@pytest.mark.parametrize(("body_type", "size"), [(1, 384), (2, 648), (3, 584), (4, 584)])
+def test_v5_wrong_body_type_or_size(pki, body2, body_type, size) -> None:
+    body = (body2 + bytes(64))[:size]
+    with pytest.raises(Malformed):
+        parse_quote(pki.quote(version=5, body_type=body_type, body=body))
+
+
+@pytest.mark.parametrize("status", coll.TCB_STATUSES)
+def test_each_tcb_status_is_distinct(pki, body2, status) -> None:
+    quote = pki.quote(body=body2)
+    certs = pki.collateral(status)
+    claims = sverify(pki, quote, certs, accepted_tcb_statuses=[status])
+    assert claims.details["tcb_status"] == status
+    if status in ("UpToDate", "SWHardeningNeeded"):
+        assert sverify(pki, quote, certs).details["tcb_status"] == status
+    else:
+        with pytest.raises(TcbStatusNotAllowed) as err:
+            sverify(pki, quote, certs)
+        assert err.value.actual == status
+
+
+def test_first_matching_level_wins(pki, body2) -> None:
+    newer = _level("UpToDate", comps=(6,) * 16)
+    older = _level("OutOfDate", advisories=("INTEL-SA-00001",))
+    certs = pki.collateral(tcb_info=pki.tcb_info([newer, older]))
+    claims = sverify(pki, pki.quote(body=body2), certs, accepted_tcb_statuses=["OutOfDate"])
+    assert claims.details["tcb_status"] == "OutOfDate"
+    assert claims.details["advisory_ids"] == ["INTEL-SA-00001"]
+    higher_pce = pki.collateral(tcb_info=pki.tcb_info([_level("UpToDate", pcesvn=SYN_PCESVN + 1)]))
+    with pytest.raises(TcbStatusNotAllowed):
+        sverify(pki, pki.quote(body=body2), higher_pce)
+
+
+def test_revoked_pck_and_ca(pki, body2) -> None:
+    quote = pki.quote(body=body2)
+    cases = [
+        {"pck_crl": pki.crl(pki.ca, pki.ca_key, (pki.pck,))},
+        {"root_crl": pki.crl(pki.root, pki.root_key, (pki.ca,))},
+        {"root_crl": pki.crl(pki.root, pki.root_key, (pki.tcb_signer,))},
+    ]
+    for over in cases:
+        with pytest.raises(CertificateRevoked):
+            sverify(pki, quote, pki.collateral(**over))
+    # a CRL signed by the wrong key
+    with pytest.raises(BadSignature):
+        sverify(pki, quote, pki.collateral(pck_crl=pki.crl(pki.ca, pki.root_key)))
+
+
+def test_qe_identity_mismatch(pki, body2) -> None:
+    quote = pki.quote(body=body2)
+    for over, field in [
+        ({"mrsigner": "00" * 32}, "qe_report.mrsigner"),
+        ({"isvprodid": 1}, "qe_report.isvprodid"),
+        ({"miscselect": "00000001"}, "qe_report.miscselect"),
+        ({"attributes": "13000000000000000000000000000000"}, "qe_report.attributes"),
+    ]:
+        with pytest.raises(PolicyViolation) as err:
+            sverify(pki, quote, pki.collateral(qe_identity=pki.qe_identity(**over)))
+        assert err.value.field == field
+    # masked-out attribute bits do not matter
+    sverify(pki, quote, pki.collateral(qe_identity=pki.qe_identity(attributes="15000000000000000000000000000000")))
+    # a QE below every level is out of date
+    old_qe = pki.quote(body=body2, qe_isvsvn=3)
+    with pytest.raises(TcbStatusNotAllowed) as err2:
+        sverify(pki, old_qe)
+    assert err2.value.actual == "OutOfDate"
+    qe_levels = [{"tcb": {"isvsvn": 4}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": "UpToDate"},
+                 {"tcb": {"isvsvn": 3}, "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": "Revoked"}]
+    with pytest.raises(TcbStatusNotAllowed) as err3:
+        sverify(pki, old_qe, pki.collateral(qe_identity=pki.qe_identity(levels=qe_levels)))
+    assert err3.value.actual == "Revoked"
+
+
+def test_tdx_module_identity_rule(pki, spr) -> None:
+    body = bytearray(spr[0x30:0x278])
+    body[0:16] = bytes([3, 1, 5]) + bytes(13)  # module SVN 3, major version 1
+    quote = pki.quote(body=bytes(body))
+    level = _level("UpToDate", tdx=bytes([9, 9, 5]) + bytes(13))  # components 0-1 are judged by the module
+    ident = {"id": "TDX_01", "mrsigner": "00" * 48, "attributes": "0000000000000000",
+             "attributesMask": "FFFFFFFFFFFFFFFF",
+             "tcbLevels": [{"tcb": {"isvsvn": 4}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": "UpToDate"},
+                           {"tcb": {"isvsvn": 2}, "tcbDate": "2024-01-01T00:00:00Z", "tcbStatus": "OutOfDate"}]}
+    certs = pki.collateral(tcb_info=pki.tcb_info([level], tdxModuleIdentities=[ident]))
+    claims = sverify(pki, quote, certs, accepted_tcb_statuses=["OutOfDate"])
+    assert claims.details["tdx_module_tcb_status"] == "OutOfDate" and claims.details["tcb_status"] == "OutOfDate"
+    other = {**ident, "id": "TDX_02"}
+    certs = pki.collateral(tcb_info=pki.tcb_info([level], tdxModuleIdentities=[other]))
+    assert sverify(pki, quote, certs, accepted_tcb_statuses=["NoMatchingTcbLevel"]).details["tcb_status"] == (
+        "NoMatchingTcbLevel")
+    signer = {**ident, "mrsigner": "11" * 48}
+    with pytest.raises(PolicyViolation):
+        sverify(pki, quote, pki.collateral(tcb_info=pki.tcb_info([level], tdxModuleIdentities=[signer])),
+                accepted_tcb_statuses=["OutOfDate"])
+
+
+def test_tdx10_module_mismatch(pki, body2) -> None:
+    bad = bytearray(body2)
+    bad[0x40:0x70] = b"\x11" * 48  # MRSIGNERSEAM is not Intel's (zero) signer
+    with pytest.raises(PolicyViolation) as err:
+        sverify(pki, pki.quote(body=bytes(bad)))
+    assert err.value.field == "mrsignerseam"
+
+
+def test_synthetic_chain_failures(pki, body2) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    forged_pck = _cert("Intel SGX PCK Certificate", pki.pck_key, "Intel SGX PCK Platform CA", other, ca=False,
+                       ext=sgx_extension())
+    wrong_cn = _cert("Intel SGX TCB Signing", pki.pck_key, "Intel SGX PCK Platform CA", pki.ca_key, ca=False,
+                     ext=sgx_extension())
+    no_ext = _cert("Intel SGX PCK Certificate", pki.pck_key, "Intel SGX PCK Platform CA", pki.ca_key, ca=False)
+    expired = _cert("Intel SGX PCK Certificate", pki.pck_key, "Intel SGX PCK Platform CA", pki.ca_key, ca=False,
+                    ext=sgx_extension(), not_after=datetime(2026, 1, 1, tzinfo=UTC))
+    leaf_as_ca = _cert("Intel SGX PCK Platform CA", pki.ca_key, "Intel SGX Root CA", pki.root_key, ca=False)
+    bad_ext = _cert("Intel SGX PCK Certificate", pki.pck_key, "Intel SGX PCK Platform CA", pki.ca_key, ca=False,
+                    ext=sgx_extension()[:-3])
+    for chain, exc in [
+        (_pem(forged_pck, pki.ca, pki.root), BadSignature),
+        (_pem(wrong_cn, pki.ca, pki.root), UntrustedRoot),
+        (_pem(no_ext, pki.ca, pki.root), Malformed),
+        (_pem(bad_ext, pki.ca, pki.root), Malformed),
+        (_pem(expired, pki.ca, pki.root), CertificateExpired),
+        (_pem(pki.pck, leaf_as_ca, pki.root), UntrustedRoot),
+        (_pem(pki.pck, pki.root), UntrustedRoot),
+        (_pem(pki.pck, pki.ca, pki.root, pki.root), UntrustedRoot),
+        (_pem(pki.pck, pki.tcb_signer, pki.root), UntrustedRoot),
+        (b"".join(c.public_bytes(serialization.Encoding.DER) for c in (pki.root, pki.ca, pki.pck)), None),
+    ]:
+        quote = pki.quote(body=body2, chain=chain)
+        if exc is None:
+            sverify(pki, quote)  # DER chain, root first (as in Intel's QVL samples)
+        else:
+            with pytest.raises(exc):
+                sverify(pki, quote)
+    # QE report signed by a key that is not the PCK's
+    with pytest.raises(BadSignature):
+        sverify(pki, pki.quote(body=body2, pck_key=other))
+
+
+def test_synthetic_collateral_time_checks(pki, body2) -> None:
+    quote = pki.quote(body=body2)
+    future = pki.collateral(tcb_info=pki.tcb_info([_level("UpToDate")], issued=datetime(2027, 1, 1, tzinfo=UTC)))
+    with pytest.raises(CertificateExpired):
+        sverify(pki, quote, future)
+    # a signer that had expired when it signed is refused outright
+    old = ec.generate_private_key(ec.SECP256R1())
+    lapsed = _cert("Intel SGX TCB Signing", old, "Intel SGX Root CA", pki.root_key, ca=False,
+                   not_after=datetime(2026, 6, 1, tzinfo=UTC))
+    obj = json.loads(pki.tcb_info([_level("UpToDate")]))["tcbInfo"]
+    certs = pki.collateral(tcb_info=pki.signed_json("tcbInfo", obj, key=old),
+                           tcb_info_issuer_chain=_pem(lapsed, pki.root))
+    with pytest.raises(CertificateExpired):
+        sverify(pki, quote, certs)
+    # fresh collateral passes the strictest freshness policy; a month later it is stale
+    sverify(pki, quote, max_collateral_age_days=30, require_fresh_collateral=True)
+    with pytest.raises(CollateralStale):
+        sverify(pki, quote, at=datetime(2027, 1, 15, tzinfo=UTC), require_fresh_collateral=True)
+    with pytest.raises(CollateralStale):
+        sverify(pki, quote, at=datetime(2026, 11, 25, tzinfo=UTC), max_collateral_age_days=1)
+
+
+def test_wrong_platform_collateral(pki, body2) -> None:
+    obj = json.loads(pki.tcb_info([_level("UpToDate")]))["tcbInfo"]
+    for key, value in (("fmspc", "00906ed50001"), ("pceId", "0100")):
+        certs = pki.collateral(tcb_info=pki.signed_json("tcbInfo", {**obj, key: value}))
+        with pytest.raises(CollateralMissing):
+            sverify(pki, pki.quote(body=body2), certs)
+
+
+@pytest.mark.parametrize("change", [
+    {"version": 2}, {"id": "SGX"}, {"tcbLevels": []}, {"fmspc": "zz"}, {"issueDate": "yesterday"},
+    {"tcbLevels": [{"tcb": {}, "tcbStatus": "UpToDate", "tcbDate": "x"}]},
+    {"tcbLevels": [_level("Great")]}, {"tcbLevels": [{**_level("UpToDate"), "advisoryIDs": "x"}]},
+    {"tdxModuleIdentities": {"id": "TDX_01"}}, {"tcbLevels": [_level("UpToDate", pcesvn=-1)]},
+])
+def test_schema_errors_are_malformed(pki, body2, change) -> None:
+    obj = json.loads(pki.tcb_info([_level("UpToDate")]))["tcbInfo"]
+    with pytest.raises(Malformed):
+        sverify(pki, pki.quote(body=body2), pki.collateral(tcb_info=pki.signed_json("tcbInfo", {**obj, **change})))
+
+
+# ------------------------------------------------------------------ TCB status convergence (Intel's table)
+
+
+@pytest.mark.parametrize(("platform", "qe", "expected"), [
+    ("UpToDate", "UpToDate", "UpToDate"),
+    ("SWHardeningNeeded", "UpToDate", "SWHardeningNeeded"),
+    ("UpToDate", "OutOfDate", "OutOfDate"),
+    ("SWHardeningNeeded", "OutOfDate", "OutOfDate"),
+    ("ConfigurationNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"),
+    ("ConfigurationAndSWHardeningNeeded", "OutOfDate", "OutOfDateConfigurationNeeded"),
+    ("ConfigurationNeeded", "UpToDate", "ConfigurationNeeded"),
+    ("OutOfDate", "Revoked", "Revoked"),
+    ("Revoked", "UpToDate", "Revoked"),
+])
+def test_status_convergence(platform, qe, expected) -> None:
+    info = coll.parse_tcb_info(_info(platform))
+    ident = coll.parse_qe_identity(json.loads(_qe_json(qe)))
+    ev = coll.evaluate(info, SYN_COMPS, SYN_PCESVN, SYN_TEE_TCB_SVN, ident, 4)
+    assert (ev.platform_status, ev.qe_status, ev.status) == (platform, qe, expected)
+
+
+def _info(status: str) -> dict:
+    return {"id": "TDX", "version": 3, "issueDate": "2026-11-01T00:00:00Z", "nextUpdate": "2026-12-01T00:00:00Z",
+            "fmspc": SYN_FMSPC.hex(), "pceId": "0000", "tcbEvaluationDataNumber": 1, "tcbLevels": [_level(status)]}
+
+
+def _qe_json(status: str) -> str:
+    return json.dumps({"id": "TD_QE", "version": 2, "issueDate": "2026-11-01T00:00:00Z",
+                       "nextUpdate": "2026-12-01T00:00:00Z", "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
+                       "attributes": "00" * 16, "attributesMask": "00" * 16, "mrsigner": "00" * 32, "isvprodid": 2,
+                       "tcbLevels": [{"tcb": {"isvsvn": 1}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": status}]})

@@ -337,12 +337,13 @@ def parse_qe_identity(obj: dict[str, Any]) -> QeIdentity:
 
 def load_crl(raw: bytes, name: str) -> x509.CertificateRevocationList:
     """A CRL as DER, PEM, or hex-encoded DER (Intel PCS returns each, depending on API version)."""
-    data = bytes(raw).strip()
+    data = bytes(raw)
     try:
+        if data[:1] == b"\x30":
+            return x509.load_der_x509_crl(data)  # never strip DER: its last bytes may look like whitespace
+        data = data.strip()
         if data.startswith(b"-----BEGIN X509 CRL-----"):
             return x509.load_pem_x509_crl(data)
-        if data[:1] == b"\x30":
-            return x509.load_der_x509_crl(data)
         return x509.load_der_x509_crl(binascii.unhexlify(data))
     except (ValueError, binascii.Error) as exc:
         raise Malformed(f"{name} is not a CRL: {exc}", field=name) from exc
