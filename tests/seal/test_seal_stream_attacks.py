@@ -161,11 +161,15 @@ def test_chunk_moved_between_streams_to_same_recipient(parties, i):
         opener.open_chunk(i - 1, b[i], i == 3)
 
 
-def test_extra_frame_after_final_chunk(parties):
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("size", [2 * CHUNK, 2 * CHUNK + 1])
+def test_extra_frame_after_final_chunk(parties, known, size):
+    plain, frames = sealed(parties, size, known)
+    for extra in (frames[1], frames[-1], b"\x00" * 20):
+        got, err = consume([*frames, extra], parties.open_kw())
+        assert isinstance(err, TamperedChunk) and "after the final chunk" in str(err), err
+        assert got == chunks_of(plain), "the genuine chunks are yielded; the extra one raises"
     plain, frames = sealed(parties, 2 * CHUNK)
-    got, err = consume([*frames, frames[1]], parties.open_kw())
-    assert isinstance(err, TamperedChunk) and "after the final chunk" in str(err)
-    assert got == chunks_of(plain)[:1]
     opener = StreamOpener(frames[0], **parties.open_kw())
     opener.open_chunk(1, frames[2], True)
     with pytest.raises(TamperedChunk, match="after the final chunk"):

@@ -199,3 +199,23 @@ def test_memory_is_bounded_by_chunk_not_payload(parties):
         tracemalloc.stop()
     assert total == 64 << 20
     assert peak < 8 << 20
+
+
+@pytest.mark.parametrize("known", [True, False])
+@pytest.mark.parametrize("size", [0, CHUNK, 3 * CHUNK + 2])
+def test_reused_buffers_pipe_seal_into_open(parties, known, size):
+    """Frames that are views into one reused buffer can be piped straight into the opener."""
+    data = payload(size, 3)
+    frames = seal_stream(iter([data]), reuse_buffer=True, **parties.seal_kw(total_size=size if known else -1))
+    out = [bytes(p) for p in open_stream(frames, reuse_buffer=True, **parties.open_kw())]
+    assert out == chunks_of(data)
+
+
+def test_reused_frames_must_be_copied_before_storing(parties):
+    """Storing the views instead of copying them leaves every chunk frame holding the last one's bytes."""
+    data = payload(3 * CHUNK, 4)
+    views = list(seal_stream(iter([data]), reuse_buffer=True, **parties.seal_kw()))
+    assert len({bytes(v) for v in views[1:]}) == 1
+    copied = [bytes(f) for f in seal_stream(iter([data]), reuse_buffer=True, **parties.seal_kw())]
+    assert open_bytes(copied, **parties.open_kw()) == data
+
