@@ -329,7 +329,7 @@ def test_tampered_crls(spr, blobs, vector_time) -> None:
 
 
 def test_cache_never_keeps_failures(spr, blobs, vector_time) -> None:
-    v = TdxVerifier()
+    v = TdxVerifier(private_cache=True)
     pol = bpol(accepted_tcb_statuses=NO_MATCH_OK)
     bad = _with(blobs, tcb_info=blobs["tcb_info"].replace(b'"pcesvn":11', b'"pcesvn":12'))
     for _ in range(2):

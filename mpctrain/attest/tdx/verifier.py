@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -120,31 +121,50 @@ class _State:
             self.stale.append((f"{name}.signer.notAfter", f">={_iso(self.at)}", str(_iso(cert.not_valid_after_utc))))
 
 
-class TdxVerifier:
-    """Verifies Intel TDX quotes (v4, v5 body types 2/3) offline against cached Intel PCS collateral.
+class _Cache:
+    """Bounded map from a hash of input bytes (and pins) to a verified, time-independent result."""
 
-    Verified collateral (signature and signer chain, which do not depend on the verification time) is
-    cached per instance, keyed by a hash of its bytes and the pinned roots; failures are never cached.
-    """
+    def __init__(self, entries: int = CACHE_ENTRIES) -> None:
+        self._entries = entries
+        self._data: dict[bytes, Any] = {}
+        self._lock = threading.Lock()
 
-    kind = "tdx"
-
-    def __init__(self) -> None:
-        self._cache: dict[bytes, Any] = {}
-
-    def _cached(self, parts: tuple[bytes, ...], build: Callable[[], T]) -> T:
+    def get_or_build(self, parts: tuple[bytes, ...], build: Callable[[], T]) -> T:
         h = hashlib.sha256()
         for p in parts:
             h.update(len(p).to_bytes(8, "big"))
             h.update(p)
         key = h.digest()
-        if key in self._cache:
-            return self._cache[key]
-        value = build()
-        if len(self._cache) >= CACHE_ENTRIES:
-            self._cache.clear()
-        self._cache[key] = value
+        with self._lock:
+            if key in self._data:
+                return self._data[key]
+        value = build()  # raises on failure: failures are never stored
+        with self._lock:
+            if len(self._data) >= self._entries:
+                self._data.clear()
+            self._data[key] = value
         return value
+
+
+_SHARED_CACHE = _Cache()
+
+
+class TdxVerifier:
+    """Verifies Intel TDX quotes (v4, v5 body types 2/3) offline against cached Intel PCS collateral.
+
+    Verified PCK chains and collateral (signatures and signer chains, which do not depend on the
+    verification time) are cached, keyed by a hash of their bytes and the pinned roots; failures are
+    never cached. ``verify_evidence`` makes a new instance per call, so instances share one process-wide
+    cache unless given ``private_cache=True``.
+    """
+
+    kind = "tdx"
+
+    def __init__(self, *, private_cache: bool = False) -> None:
+        self._cache = _Cache() if private_cache else _SHARED_CACHE
+
+    def _cached(self, parts: tuple[bytes, ...], build: Callable[[], T]) -> T:
+        return self._cache.get_or_build(parts, build)
 
     def verify(
         self, evidence: Evidence, *, policy: BackendPolicy, at: datetime, collateral: Collateral
@@ -182,14 +202,14 @@ class TdxVerifier:
 
     def _pck_chain(
         self, raw: bytes, roots: tuple[str, ...]
-    ) -> tuple[list[x509.Certificate], ec.EllipticCurvePublicKey]:
+    ) -> tuple[tuple[x509.Certificate, ...], ec.EllipticCurvePublicKey]:
         """Parse and check the PCK chain's links and pin (time-independent, so cacheable)."""
 
-        def build() -> tuple[list[x509.Certificate], ec.EllipticCurvePublicKey]:
+        def build() -> tuple[tuple[x509.Certificate, ...], ec.EllipticCurvePublicKey]:
             certs = load_chain(raw, "pck_chain")
             key = verify_chain(certs, roots, name="pck_chain", leaf_cns=(PCK_LEAF_CN,), ca_cns=PCK_CA_CNS, at=None,
                                skew=0)
-            return certs, key
+            return tuple(certs), key
 
         return self._cached((b"pck", raw, *(r.encode() for r in roots)), build)
 
@@ -200,7 +220,7 @@ class TdxVerifier:
         evidence: Evidence,
         collateral: Collateral,
         quote: Quote,
-        certs: list[x509.Certificate],
+        certs: tuple[x509.Certificate, ...],
         pck: PckExtensions,
         roots: tuple[str, ...],
         state: _State,
@@ -324,7 +344,7 @@ class TdxVerifier:
     # ------------------------------------------------------------ claims
 
     def _claims(
-        self, quote: Quote, certs: list[x509.Certificate], pck: PckExtensions, details: dict[str, object]
+        self, quote: Quote, certs: tuple[x509.Certificate, ...], pck: PckExtensions, details: dict[str, object]
     ) -> Claims:
         b = quote.body
         tcb = {f"tee_tcb_svn_{i}": v for i, v in enumerate(b.tee_tcb_svn)}
