@@ -1,0 +1,87 @@
+"""Interrupted uploads resume to the same model; receipts verify only as the enclave signed them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from pooled_kit import FAST_TRAINING, run_job
+
+from mpctrain.attest import Policy, verify
+from mpctrain.attest.evidence import EvidenceBundle
+from mpctrain.enclave.receipt import ReceiptError, output_digest, receipt_nonce, verify_receipt
+from mpctrain.party.agent import load_shard
+from mpctrain.party.uploader import ShardUpload
+from mpctrain.seal.binding import evidence_binding
+from mpctrain.seal.keys import IdentityKey
+
+
+def test_interrupted_upload_resumes_and_trains_the_same_model(cluster):
+    m_ref, agents = run_job(cluster, "resume-ref")
+    ref_model = agents["hospital-a"].fetch(m_ref)["model"]
+
+    m = cluster.manifest("resume-cut", parties=["hospital-a", "hospital-b", "hospital-c"], training=FAST_TRAINING)
+    agents = {p: cluster.agent(p) for p in ("hospital-a", "hospital-b", "hospital-c")}
+    agents["hospital-a"].client.propose(m)
+    for ag in agents.values():
+        ag.attest()
+        ag.approve(m)
+    a = agents["hospital-a"]
+    up = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", load_shard(a.data_path, m),
+                     chunk_size=2048)
+    first = up.send(stop_after=5)  # the connection "drops" after 5 chunks
+    assert not first.complete
+    status = up.status()
+    assert status.known and status.next_index == 5 and status.received_bytes == 5 * 2048
+    resumed = up.send()  # picks up at chunk 5, never resending 0..4
+    assert resumed.complete and resumed.chunks == up.n_chunks
+    agents["hospital-b"].upload(m)
+    agents["hospital-c"].upload(m)
+    assert a.wait(m.job_id, ("done",), timeout=120) == "done"
+    assert a.fetch(m)["model"] == ref_model  # same shards, same seed: bit-identical weights
+
+
+def test_forged_receipt_fails(cluster):
+    m, agents = run_job(cluster, "receipt")
+    a = agents["hospital-a"]
+    opened = a.fetch(m)
+    r = a.client.get_receipt(m.job_id)
+    sig_public = a.enclave.sig_public
+    verify_receipt(r, sig_public, m.digest(), opened)
+
+    # the receipt's evidence is fresh evidence bound to this job and these outputs
+    bundle = EvidenceBundle.from_json(r.evidence)
+    nonce = receipt_nonce(m.digest(), output_digest(dict(r.outputs)))
+    binding = evidence_binding(nonce, bundle.kem_public, bundle.sig_public, bundle.build.build_digest)
+    result = verify(bundle, binding, a.policy)
+    assert result.sig_public == sig_public
+
+    forgeries = {
+        "signed by another key": dataclasses.replace(
+            r, signature=IdentityKey.generate().sign(b"x")),
+        "time moved": dataclasses.replace(r, time=r.time + 1),
+        "output digest swapped": dataclasses.replace(r, output_digest=bytes(32)),
+        "evidence digest swapped": dataclasses.replace(r, evidence_digest=bytes(32)),
+        "other job": dataclasses.replace(r, job_digest=bytes(32)),
+    }
+    for what, forged in forgeries.items():
+        with pytest.raises(ReceiptError):
+            verify_receipt(forged, sig_public, m.digest(), opened)
+            pytest.fail(what)
+    # an enclave key nobody attested cannot vouch for the outputs
+    with pytest.raises(ReceiptError, match="does not verify"):
+        verify_receipt(r, IdentityKey.generate().public_bytes(), m.digest(), opened)
+    # outputs that differ from the signed digests
+    with pytest.raises(ReceiptError, match="differs"):
+        verify_receipt(r, sig_public, m.digest(), {**opened, "model": opened["model"] + b"\0"})
+    # a listed output digest changed without re-signing
+    bad_list = dataclasses.replace(r, outputs=tuple((n, bytes(32)) for n, _ in r.outputs))
+    with pytest.raises(ReceiptError):
+        verify_receipt(bad_list, sig_public, m.digest(), opened)
+    # the receipt bound to another manifest
+    with pytest.raises(ReceiptError, match="another manifest"):
+        verify_receipt(r, sig_public, bytes(32), opened)
+    # evidence bytes swapped for other evidence
+    with pytest.raises(ReceiptError, match="evidence"):
+        verify_receipt(dataclasses.replace(r, evidence=r.evidence + b" "), sig_public, m.digest(), opened)
+    assert isinstance(a.policy, Policy)
