@@ -72,13 +72,21 @@ class Job:
                             events=self.events, **kw)
 
     def grid(self, app_for: Callable[[Party, int], ClientApp], *, extra: list[Node] | None = None,
-             confidential: bool = True) -> InProcessGrid:
+             node_config: Callable[[Party, int], dict] | None = None,
+             run_config: dict | None = None) -> InProcessGrid:
         nodes = []
         for i, p in enumerate(self.parties):
-            app = app_for(p, i)
-            nodes.append(Node(node_id=100 + i, app=app))
+            cfg = node_config(p, i) if node_config is not None else {}
+            nodes.append(Node(node_id=100 + i, app=app_for(p, i), node_config=cfg))
         nodes.extend(extra or [])
-        return InProcessGrid(nodes, tap=lambda kind, wire: self.relayed.append((kind, wire)))
+        return InProcessGrid(nodes, tap=lambda kind, wire: self.relayed.append((kind, wire)), run_config=run_config)
+
+    def open_output(self, result) -> ArrayRecord:
+        from mpctrain.party.flower import open_output
+
+        arrays, _ = open_output(result.sealed_output, manifest=self.manifest, recipient_id="researcher",
+                                kem=self.researcher.kem, enclave_sig_public=self.enclave.sig.public_bytes())
+        return arrays
 
 
 def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, privacy: dict | None = None, rounds: int = 2,
