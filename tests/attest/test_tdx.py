@@ -178,10 +178,21 @@ def test_spr_default_statuses_refuse_no_matching_level(spr, blobs, vector_time) 
 
 
 @pytest.mark.parametrize("table", [{"require_fresh_collateral": True}, {"max_collateral_age_days": 90}])
-def test_stale_collateral_when_freshness_required(spr, blobs, vector_time, table) -> None:
+@pytest.mark.parametrize("statuses", [NO_MATCH_OK, ["UpToDate"]])
+def test_stale_collateral_when_freshness_required(spr, blobs, vector_time, table, statuses) -> None:
+    """Staleness is reported before the status it makes unreliable: the fix is to refresh the cache."""
     with pytest.raises(CollateralStale):
-        verify_evidence(Evidence("tdx", spr, blobs), None, policy(accepted_tcb_statuses=NO_MATCH_OK, **table),
+        verify_evidence(Evidence("tdx", spr, blobs), None, policy(accepted_tcb_statuses=statuses, **table),
                         vector_time)
+
+
+def test_naive_time_is_utc(spr, blobs) -> None:
+    claims = TdxVerifier().verify(Evidence("tdx", spr, blobs), policy=bpol(accepted_tcb_statuses=NO_MATCH_OK),
+                                  at=datetime(2026, 11, 22), collateral=Collateral())
+    assert claims.details["tcb_status"] == "NoMatchingTcbLevel"
+    with pytest.raises(CertificateExpired):
+        TdxVerifier().verify(Evidence("tdx", spr, blobs), policy=bpol(accepted_tcb_statuses=NO_MATCH_OK),
+                             at=datetime(2060, 1, 1), collateral=Collateral())
 
 
 def test_fresh_at_issue_time_passes_age_check(spr, blobs) -> None:
@@ -768,6 +779,11 @@ def test_tdx10_module_mismatch(pki, body2) -> None:
     with pytest.raises(PolicyViolation) as err:
         sverify(pki, pki.quote(body=bytes(bad)))
     assert err.value.field == "mrsignerseam"
+    bad = bytearray(body2)
+    bad[0x70] = 1  # SEAM_ATTRIBUTES bit outside tcbInfo's (all-zero) attributes under a full mask
+    with pytest.raises(PolicyViolation) as err:
+        sverify(pki, pki.quote(body=bytes(bad)))
+    assert err.value.field == "seam_attributes"
 
 
 def test_synthetic_chain_failures(pki, body2) -> None:

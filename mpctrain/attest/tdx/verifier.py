@@ -197,6 +197,10 @@ class TdxVerifier:
         else:
             details["collateral_stale"] = []
         details["collateral_next_update"] = state.next_update
+        status = details["tcb_status"]
+        if status is not None and status not in opts.accepted_tcb_statuses:
+            raise TcbStatusNotAllowed("platform TCB status is not accepted by the policy", field="tcb_status",
+                                      expected=list(opts.accepted_tcb_statuses), actual=status)
         _check_options(quote, opts)
         return self._claims(quote, certs, pck, details)
 
@@ -282,8 +286,11 @@ class TdxVerifier:
         module = coll.find_module_identity(tcb_info, quote.body.tee_tcb_svn)
         if module is not None and not coll.module_matches(module, quote.body.mrsignerseam,
                                                           quote.body.seam_attributes):
-            raise PolicyViolation("TDX module (MRSIGNERSEAM/SEAM_ATTRIBUTES) does not match tcbInfo",
-                                  field="mrsignerseam", expected=module.mrsigner, actual=quote.body.mrsignerseam)
+            if module.mrsigner != quote.body.mrsignerseam:
+                raise PolicyViolation("TDX module signer does not match tcbInfo", field="mrsignerseam",
+                                      expected=module.mrsigner, actual=quote.body.mrsignerseam)
+            raise PolicyViolation("SEAM_ATTRIBUTES do not match tcbInfo under its mask", field="seam_attributes",
+                                  expected=module.attributes, actual=quote.body.seam_attributes)
         ev = coll.evaluate(tcb_info, pck.sgx_tcb_components, pck.pcesvn, quote.body.tee_tcb_svn, qe_identity,
                            quote.qe_report.isvsvn)
         details.update(
@@ -291,9 +298,6 @@ class TdxVerifier:
             qe_tcb_status=ev.qe_status, tcb_date=ev.tcb_date, advisory_ids=list(ev.advisory_ids),
             tcb_evaluation_data_number=tcb_info.tcb_evaluation_data_number,
         )
-        if ev.status not in state.opts.accepted_tcb_statuses:
-            raise TcbStatusNotAllowed("platform TCB status is not accepted by the policy", field="tcb_status",
-                                      expected=list(state.opts.accepted_tcb_statuses), actual=ev.status)
         return details
 
     def _crl(
