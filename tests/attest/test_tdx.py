@@ -643,10 +643,15 @@ def spol(pki: Pki, **options: object) -> BackendPolicy:
 
 
 def sverify(pki: Pki, quote: bytes, certs: dict[str, bytes] | None = None, at: datetime | None = None,
-            **options: object):
+            cache: Collateral | None = None, **options: object):
     at = at or datetime(2026, 11, 22, tzinfo=UTC)
     return TdxVerifier().verify(Evidence("tdx", quote, pki.collateral() if certs is None else certs),
-                                policy=spol(pki, **options), at=at, collateral=Collateral())
+                                policy=spol(pki, **options), at=at, collateral=cache or Collateral())
+
+
+def as_cache(certs: dict[str, bytes]) -> Collateral:
+    names = collateral_names(SYN_FMSPC.hex())
+    return Collateral({names[k].cache_name: v for k, v in certs.items()})
 
 
 def test_synthetic_v4_verifies(pki, body2) -> None:
@@ -890,7 +895,33 @@ def _info(status: str) -> dict:
 
 
 def _qe_json(status: str) -> str:
-    return json.dumps({"id": "TD_QE", "version": 2, "issueDate": "2026-11-01T00:00:00Z",
+    return json.dumps({"id": "TD_QE", "version": 2, "issueDate": "2026-11-01T00:00:00Z", "tcbEvaluationDataNumber": 1,
                        "nextUpdate": "2026-12-01T00:00:00Z", "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
                        "attributes": "00" * 16, "attributesMask": "00" * 16, "mrsigner": "00" * 32, "isvprodid": 2,
                        "tcbLevels": [{"tcb": {"isvsvn": 1}, "tcbDate": "2025-01-01T00:00:00Z", "tcbStatus": status}]})
+
+
+def test_cache_only_synthetic(pki, body2) -> None:
+    claims = sverify(pki, pki.quote(body=body2), {}, cache=as_cache(pki.collateral()))
+    assert claims.details["tcb_status"] == "UpToDate" and claims.details["collateral_missing"] == []
+
+
+def test_shipped_collateral_cannot_roll_back_the_cache(pki, body2) -> None:
+    """The host ships old (validly signed) collateral; the party's newer cache still decides."""
+    quote = pki.quote(body=body2)
+    old = pki.collateral("UpToDate")
+    newer = pki.collateral(tcb_info=pki.tcb_info([_level("OutOfDate")], tcbEvaluationDataNumber=18))
+    with pytest.raises(TcbStatusNotAllowed):
+        sverify(pki, quote, old, cache=as_cache(newer))
+    claims = sverify(pki, quote, old, cache=as_cache(newer), accepted_tcb_statuses=["OutOfDate"])
+    assert claims.details["tcb_status"] == "OutOfDate" and claims.details["tcb_evaluation_data_number"] == 18
+    # and the other way round: newer shipped collateral wins over an old cache
+    assert sverify(pki, quote, newer, cache=as_cache(old), accepted_tcb_statuses=["OutOfDate"])
+    # a revocation in the cache's CRL is not undone by an older CRL shipped with the evidence
+    revoked = pki.collateral(pck_crl=pki.crl(pki.ca, pki.ca_key, (pki.pck,)))
+    with pytest.raises(CertificateRevoked):
+        sverify(pki, quote, old, cache=as_cache(revoked))
+    # every copy must verify, wherever it comes from
+    bad = {"tcb_info": pki.collateral()["tcb_info"].replace(b'"pcesvn":13', b'"pcesvn":12')}
+    with pytest.raises(BadSignature):
+        sverify(pki, quote, old, cache=as_cache(bad))

@@ -82,6 +82,7 @@ class TcbInfo:
 @dataclass(frozen=True)
 class QeIdentity:
     version: int
+    tcb_evaluation_data_number: int
     issue_date: datetime
     next_update: datetime
     miscselect: int
@@ -320,6 +321,8 @@ def parse_qe_identity(obj: dict[str, Any]) -> QeIdentity:
         raise Malformed("unsupported QE identity version", field="qe_identity.version", expected=2, actual=version)
     return QeIdentity(
         version=version,
+        tcb_evaluation_data_number=_svn(obj.get("tcbEvaluationDataNumber"), f"{name}.tcbEvaluationDataNumber",
+                                        1 << 31),
         issue_date=_date(obj, "issueDate", name),
         next_update=_date(obj, "nextUpdate", name),
         miscselect=int.from_bytes(_hex(obj, "miscselect", 4, name), "big"),

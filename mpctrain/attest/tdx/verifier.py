@@ -229,56 +229,77 @@ class TdxVerifier:
         roots: tuple[str, ...],
         state: _State,
     ) -> dict[str, object]:
-        blobs: dict[str, bytes | None] = {}
-        for key, src in collateral_names(pck.fmspc.hex()).items():
-            blob = evidence.certs.get(src.evidence_key)
-            blobs[key] = blob if blob is not None else collateral.get(src.cache_name)
-        missing = [k for k in REQUIRED if blobs[k] is None]
+        names = collateral_names(pck.fmspc.hex())
+        found = {key: _sources(evidence, collateral, src) for key, src in names.items()}
+        missing = [k for k in REQUIRED if not found[k]]
         if missing and state.opts.require_collateral:
-            names = collateral_names(pck.fmspc.hex())
             raise CollateralMissing("TDX collateral missing from the evidence and the cache; run the fetcher",
                                     field=missing[0], expected=names[missing[0]].cache_name, actual=None)
         details: dict[str, object] = {"collateral_missing": missing}
         root, pck_ca, leaf = certs[-1], certs[1], certs[0]
         root_key = bytes(root.public_bytes(Encoding.DER))
-        root_crl = None
-        if blobs["root_crl"] is not None:
-            root_crl = self._crl(blobs["root_crl"], root, roots, "root_crl")
-            state.window("root_crl", root_crl.last_update_utc, root_crl.next_update_utc)
-            _not_revoked(root_crl, pck_ca, "pck_chain[1]")
-        if blobs["pck_crl"] is not None:
+
+        # Every copy offered (evidence, cache) must verify; revocation in any of them counts; the newest
+        # copy decides status and freshness, so old collateral shipped by the host cannot roll back the cache.
+        root_crls = [self._crl(raw, root, roots, "root_crl") for _, raw in found["root_crl"]]
+        for crl in root_crls:
+            _not_revoked(crl, pck_ca, "pck_chain[1]")
+        if root_crls:
+            newest = max(root_crls, key=lambda c: c.last_update_utc)
+            state.window("root_crl", newest.last_update_utc, newest.next_update_utc)
+        pck_crls = []
+        for origin, raw in found["pck_crl"]:
             issuer = pck_ca
-            if blobs["pck_crl_issuer_chain"] is not None:
-                chain = load_chain(blobs["pck_crl_issuer_chain"], "pck_crl_issuer_chain")
+            chain_raw = _paired(found["pck_crl_issuer_chain"], origin)
+            if chain_raw is not None:
+                chain = load_chain(chain_raw, "pck_crl_issuer_chain")
                 verify_chain(chain, roots, name="pck_crl_issuer_chain", leaf_cns=PCK_CA_CNS, at=None, skew=0)
                 issuer = chain[0]
             if issuer.subject != leaf.issuer:
                 raise CollateralMissing("the PCK CRL is not from the CA that issued this PCK", field="pck_crl.issuer",
                                         expected=leaf.issuer.rfc4514_string(), actual=issuer.subject.rfc4514_string())
-            crl = self._crl(blobs["pck_crl"], issuer, roots, "pck_crl")
-            state.window("pck_crl", crl.last_update_utc, crl.next_update_utc)
+            crl = self._crl(raw, issuer, roots, "pck_crl")
             _not_revoked(crl, leaf, "pck_chain[0]")
+            pck_crls.append(crl)
+        if pck_crls:
+            newest = max(pck_crls, key=lambda c: c.last_update_utc)
+            state.window("pck_crl", newest.last_update_utc, newest.next_update_utc)
+
+        tcb_infos = []
+        for origin, raw in found["tcb_info"]:
+            chain_raw = _paired(found["tcb_info_issuer_chain"], origin)
+            if chain_raw is None:
+                continue
+            info, signer = self._signed(raw, chain_raw, roots, "tcb_info", "tcbInfo", coll.parse_tcb_info, root_key)
+            for crl in root_crls:
+                _not_revoked(crl, signer, "tcb_info.signer")
+            if info.fmspc != pck.fmspc:
+                raise CollateralMissing("tcbInfo is for another platform (FMSPC)", field="tcb_info.fmspc",
+                                        expected=pck.fmspc, actual=info.fmspc)
+            if info.pce_id != pck.pceid:
+                raise CollateralMissing("tcbInfo is for another PCE", field="tcb_info.pceId", expected=pck.pceid,
+                                        actual=info.pce_id)
+            tcb_infos.append((info, signer))
         tcb_info = qe_identity = None
-        if blobs["tcb_info"] is not None and blobs["tcb_info_issuer_chain"] is not None:
-            tcb_info, signer = self._signed(blobs["tcb_info"], blobs["tcb_info_issuer_chain"], roots, "tcb_info",
-                                            "tcbInfo", coll.parse_tcb_info, root_key)
+        if tcb_infos:
+            tcb_info, signer = max(tcb_infos, key=lambda t: (t[0].tcb_evaluation_data_number, t[0].issue_date))
             state.window("tcb_info", tcb_info.issue_date, tcb_info.next_update)
             state.signer("tcb_info", signer)
-            if root_crl is not None:
-                _not_revoked(root_crl, signer, "tcb_info.signer")
-            if tcb_info.fmspc != pck.fmspc:
-                raise CollateralMissing("tcbInfo is for another platform (FMSPC)", field="tcb_info.fmspc",
-                                        expected=pck.fmspc, actual=tcb_info.fmspc)
-            if tcb_info.pce_id != pck.pceid:
-                raise CollateralMissing("tcbInfo is for another PCE", field="tcb_info.pceId", expected=pck.pceid,
-                                        actual=tcb_info.pce_id)
-        if blobs["qe_identity"] is not None and blobs["qe_identity_issuer_chain"] is not None:
-            qe_identity, signer = self._signed(blobs["qe_identity"], blobs["qe_identity_issuer_chain"], roots,
-                                               "qe_identity", "enclaveIdentity", coll.parse_qe_identity, root_key)
+        qe_identities = []
+        for origin, raw in found["qe_identity"]:
+            chain_raw = _paired(found["qe_identity_issuer_chain"], origin)
+            if chain_raw is None:
+                continue
+            ident, signer = self._signed(raw, chain_raw, roots, "qe_identity", "enclaveIdentity",
+                                         coll.parse_qe_identity, root_key)
+            for crl in root_crls:
+                _not_revoked(crl, signer, "qe_identity.signer")
+            qe_identities.append((ident, signer))
+        if qe_identities:
+            qe_identity, signer = max(qe_identities,
+                                      key=lambda t: (t[0].tcb_evaluation_data_number, t[0].issue_date))
             state.window("qe_identity", qe_identity.issue_date, qe_identity.next_update)
             state.signer("qe_identity", signer)
-            if root_crl is not None:
-                _not_revoked(root_crl, signer, "qe_identity.signer")
             _check_qe_identity(quote, qe_identity)
         if tcb_info is None:
             details.update(tcb_status=None, tcb_date=None, advisory_ids=[])
@@ -373,6 +394,26 @@ class TdxVerifier:
             backend="tdx", measurement=b.mrtd, report_data=b.report_data, debug=b.debug, tcb=tcb, product="TDX",
             chain=tuple(summarize(c) for c in certs), details=details,
         )
+
+
+def _sources(evidence: Evidence, collateral: Collateral, src: _Source) -> list[tuple[str, bytes]]:
+    """The copies of one collateral item: from the evidence, then from the cache when it differs."""
+    out = []
+    shipped = evidence.certs.get(src.evidence_key)
+    if shipped is not None:
+        out.append(("evidence", shipped))
+    cached = collateral.get(src.cache_name)
+    if cached is not None and cached != shipped:
+        out.append(("cache", cached))
+    return out
+
+
+def _paired(chains: list[tuple[str, bytes]], origin: str) -> bytes | None:
+    """The issuer chain from the same origin as the item, else any other copy."""
+    for o, raw in chains:
+        if o == origin:
+            return raw
+    return chains[0][1] if chains else None
 
 
 def _not_revoked(crl: x509.CertificateRevocationList, cert: x509.Certificate, name: str) -> None:
