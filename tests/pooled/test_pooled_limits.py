@@ -1,0 +1,215 @@
+"""Every wire limit and malformed request maps to a clear status and a typed client error."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+from pooled_kit import FAST_TRAINING
+
+from mpctrain.enclave.auth import MD_SIGNATURE, MD_TIME, AuthError, RequestAuthenticator, auth_metadata
+from mpctrain.enclave.events import MemoryEventSink
+from mpctrain.enclave.identity import ENCLAVE_ID
+from mpctrain.enclave.limits import Limits
+from mpctrain.party.client import AggregatorClient
+from mpctrain.party.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    from_rpc_error,
+)
+from mpctrain.seal.keys import IdentityKey
+from mpctrain.seal.stream import StreamSealer
+from mpctrain.sim.cluster import SimCluster
+from mpctrain.wire import attestation_pb2, data_pb2, jobs_pb2
+
+SMALL = Limits(max_message_bytes=64 << 10, max_chunk_bytes=16 << 10, max_chunks=8, max_shard_bytes=100 << 10,
+               max_concurrent_uploads=1)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    c = SimCluster(tmp_path_factory.mktemp("limits"), limits=SMALL, events=MemoryEventSink())
+    with c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def opened(small):
+    m = small.manifest("limits", training=FAST_TRAINING)
+    agents = {p: small.agent(p) for p in small.parties}
+    agents["hospital-a"].client.propose(m)
+    for ag in agents.values():
+        ag.attest()
+        ag.approve(m)
+    return m, agents
+
+
+def _sealer(ag, m, total, chunk=4096, object_id=None):
+    return StreamSealer(sender=ag.identity, sender_id=ag.party_id,
+                        recipients=[(ENCLAVE_ID, ag.enclave.kem_alg, ag.enclave.kem_public)], purpose="shard",
+                        job_id=m.job_id, object_id=object_id or f"shard/{ag.party_id}/{time.time_ns()}",
+                        chunk_size=chunk, total_size=total)
+
+
+def test_shard_size_and_chunk_count_limits(opened):
+    m, agents = opened
+    a = agents["hospital-a"]
+    with pytest.raises(ResourceExhausted, match=r"exceeds the limit|over the limit"):
+        list(a.client.upload(m.job_id, _sealer(a, m, 200 << 10).header_bytes, lambda s: iter(())))
+    with pytest.raises(ResourceExhausted, match="chunks exceed"):
+        list(a.client.upload(m.job_id, _sealer(a, m, 90 << 10, chunk=1024).header_bytes, lambda s: iter(())))
+    with pytest.raises(ResourceExhausted, match="chunk size"):
+        list(a.client.upload(m.job_id, _sealer(a, m, 90 << 10, chunk=32 << 10).header_bytes, lambda s: iter(())))
+
+
+def test_oversized_message_is_resource_exhausted(opened):
+    m, agents = opened
+    b = agents["hospital-b"]
+    s = _sealer(b, m, 16 << 10, chunk=16 << 10)
+
+    def chunks(start):
+        yield data_pb2.UploadChunk(index=0, frame=b"\0" * (80 << 10), last=True)
+
+    with pytest.raises(ResourceExhausted):
+        list(b.client.upload(m.job_id, s.header_bytes, chunks))
+
+
+def test_out_of_order_and_malformed_stream_messages(opened):
+    m, agents = opened
+    c = agents["hospital-c"]
+    s = _sealer(c, m, 8192)
+
+    def skip(start):
+        yield data_pb2.UploadChunk(index=start + 1, frame=s.seal_chunk(1, b"\0" * 4096, True), last=True)
+
+    with pytest.raises(InvalidArgument, match="expected chunk 0"):
+        list(c.client.upload(m.job_id, s.header_bytes, skip))
+    # a stream that starts with a chunk, not an UploadOpen
+    first = data_pb2.UploadRequest(chunk=data_pb2.UploadChunk(index=0, frame=b"x"))
+    md = auth_metadata(c.identity, c.party_id, "/mpctrain.v1.Data/UploadShard", first)
+    with pytest.raises(grpc.RpcError) as err:
+        list(c.client.data.UploadShard(iter([first]), metadata=md, timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # an empty stream
+    with pytest.raises(grpc.RpcError) as err:
+        list(c.client.data.UploadShard(iter([]), timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_concurrent_upload_limit(opened):
+    m, agents = opened
+    a, b = agents["hospital-a"], agents["hospital-b"]
+    hold, started = threading.Event(), threading.Event()
+    errors = []
+
+    def held(start):
+        started.set()
+        hold.wait(10)
+        return iter(())
+
+    def run():
+        try:
+            list(a.client.upload(m.job_id, _sealer(a, m, 4096).header_bytes, held))
+        except Exception as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        assert started.wait(10)
+        with pytest.raises(ResourceExhausted, match="already in progress"):
+            list(b.client.upload(m.job_id, _sealer(b, m, 4096).header_bytes, lambda s: iter(())))
+    finally:
+        hold.set()
+        t.join(10)
+    assert errors == []
+
+
+def test_job_calls_refused_with_clear_codes(small, opened):
+    m, agents = opened
+    a = agents["hospital-a"]
+    with pytest.raises(AlreadyExists):
+        a.client.propose(m)
+    with pytest.raises(PermissionDenied, match="not the proposer"):
+        agents["hospital-b"].client.propose(small.manifest("by-b", proposer="hospital-a"))
+    with pytest.raises(FailedPrecondition, match="expired"):
+        a.client.propose(small.manifest("old", expires=int(time.time()) - 1))
+    with pytest.raises(FailedPrecondition, match="does not run 'federated'"):
+        a.client.propose(small.manifest("fed", mode="federated"))
+    req = jobs_pb2.ProposeJobRequest(manifest=b"{not json")
+    md = auth_metadata(a.identity, "hospital-a", "/mpctrain.v1.Jobs/ProposeJob", req)
+    with pytest.raises(grpc.RpcError) as err:
+        a.client.jobs.ProposeJob(req, metadata=md, timeout=5)
+    assert isinstance(from_rpc_error(err.value), InvalidArgument)
+    good = jobs_pb2.ProposeJobRequest(manifest=small.manifest("unsigned").to_bytes())
+    with pytest.raises(grpc.RpcError) as err:
+        a.client.jobs.ProposeJob(good, timeout=5)  # no metadata
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    stale = auth_metadata(a.identity, "hospital-a", "/mpctrain.v1.Jobs/ProposeJob", good, now=time.time() - 3600)
+    with pytest.raises(grpc.RpcError) as err:
+        a.client.jobs.ProposeJob(good, metadata=stale, timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "freshness" in err.value.details()
+    # signature over another request (the metadata was moved to a different call)
+    other = jobs_pb2.ProposeJobRequest(manifest=small.manifest("other").to_bytes())
+    moved = auth_metadata(a.identity, "hospital-a", "/mpctrain.v1.Jobs/ProposeJob", other)
+    with pytest.raises(grpc.RpcError) as err:
+        a.client.jobs.ProposeJob(good, metadata=moved, timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(FailedPrecondition, match="not done"):
+        a.client.fetch_output(m.job_id, "hospital-a", "model")
+    with pytest.raises(FailedPrecondition, match="no receipt"):
+        a.client.get_receipt(m.job_id)
+    with pytest.raises(grpc.RpcError) as err:
+        a.client.attestation.GetEvidence(attestation_pb2.GetEvidenceRequest(nonce=b"short"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    rejected = [f for k, f in small.events.events if k == "rejected"]
+    assert rejected and all("manifest" not in f for f in rejected)
+
+
+def test_authenticator_unit_checks():
+    now = [1_000_000.0]
+    auth = RequestAuthenticator(window_s=60, cache_max=2, clock=lambda: now[0])
+    key = IdentityKey.generate()
+    req = jobs_pb2.GetJobRequest(job_id="j")
+    ids = {"p": [key.public_bytes()]}
+
+    def md(**kw):
+        return auth_metadata(key, "p", "/m", req, now=now[0], **kw)
+
+    caller = auth.authenticate(md(), "/m", req, lambda pid: ids.get(pid, []))
+    assert caller.party_id == "p"
+    with pytest.raises(AuthError, match=r"does not verify"):
+        auth.authenticate(md(), "/other-method", req, lambda pid: ids.get(pid, []))
+    bad = tuple((k, v if k != MD_SIGNATURE else bytes(64)) for k, v in md())
+    with pytest.raises(AuthError, match="does not verify"):
+        auth.authenticate(bad, "/m", req, lambda pid: ids.get(pid, []))
+    garbage = tuple((k, v if k != MD_TIME else "soon") for k, v in md())
+    with pytest.raises(AuthError, match="not an integer"):
+        auth.authenticate(garbage, "/m", req, lambda pid: ids.get(pid, []))
+    auth.authenticate(md(), "/m", req, lambda pid: ids.get(pid, []))
+    with pytest.raises(AuthError, match="too many requests"):  # cache full within the window
+        auth.authenticate(md(), "/m", req, lambda pid: ids.get(pid, []))
+    now[0] += 1000  # old sessions expire from the cache
+    auth.authenticate(md(), "/m", req, lambda pid: ids.get(pid, []))
+
+
+def test_unknown_caller_on_every_mutating_call(small, opened):
+    m, _ = opened
+    stranger = AggregatorClient(small.target, "nobody", IdentityKey.generate())
+    from mpctrain.jobs import Consent
+
+    with pytest.raises(Unauthenticated, match="unknown party"):
+        stranger.approve(Consent(m.job_id, "nobody", m.digest(), bytes(64)))
+    with pytest.raises(Unauthenticated, match="unknown party"):
+        stranger.fetch_output(m.job_id, "nobody", "model")
+    with pytest.raises(Unauthenticated, match="unknown party"):
+        list(stranger.upload(m.job_id, b"header", lambda s: iter(())))
+    with pytest.raises(Unauthenticated, match="unknown party"):
+        stranger.upload_status(m.job_id, "x")
+    stranger.close()
