@@ -925,3 +925,98 @@ def test_shipped_collateral_cannot_roll_back_the_cache(pki, body2) -> None:
     bad = {"tcb_info": pki.collateral()["tcb_info"].replace(b'"pcesvn":13', b'"pcesvn":12')}
     with pytest.raises(BadSignature):
         sverify(pki, quote, old, cache=as_cache(bad))
+
+
+# ------------------------------------------------------------------ property tests: garbage in, typed error out
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from mpctrain.attest.tdx.pck import parse_sgx_extensions  # noqa: E402
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@FUZZ
+@given(data=st.binary(max_size=2048))
+def test_fuzz_parse_quote(data: bytes) -> None:
+    try:
+        parse_quote(data)
+    except Malformed:
+        pass
+
+
+@FUZZ
+@given(prefix=st.binary(min_size=48, max_size=48), rest=st.binary(max_size=1500))
+def test_fuzz_parse_quote_valid_header(spr: bytes, prefix: bytes, rest: bytes) -> None:
+    for version in (4, 5):
+        data = struct.pack("<HH", version, 2) + spr[4:48] + rest
+        try:
+            parse_quote(data)
+        except Malformed:
+            pass
+
+
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 0x4E9), st.integers(1, 255)), min_size=1, max_size=4,
+                    unique_by=lambda e: e[0]))
+def test_fuzz_multi_byte_mutations(spr, blobs, verifier, vector_time, edits) -> None:
+    bad = bytearray(spr)
+    for offset, xor in edits:
+        bad[offset] ^= xor
+    with pytest.raises(AttestationError):
+        verifier.verify(Evidence("tdx", bytes(bad), blobs), policy=bpol(accepted_tcb_statuses=NO_MATCH_OK),
+                        at=vector_time, collateral=Collateral())
+
+
+@FUZZ
+@given(text=st.one_of(st.binary(max_size=400), st.text(max_size=400).map(str.encode),
+                      st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                                   lambda kids: st.lists(kids, max_size=3)
+                                   | st.dictionaries(st.text(max_size=8), kids, max_size=3),
+                                   max_leaves=12).map(lambda o: json.dumps({"tcbInfo": o, "signature": "00"})
+                                                      .encode())))
+def test_fuzz_signed_json(text: bytes) -> None:
+    try:
+        body, obj, sig = coll.split_signed_json(text, "tcbInfo", "tcb_info")
+    except Malformed:
+        return
+    assert json.loads(body) == obj and len(sig) == 64
+    try:
+        coll.parse_tcb_info(obj)
+    except Malformed:
+        pass
+
+
+@FUZZ
+@given(data=st.binary(max_size=600))
+def test_fuzz_load_crl(data: bytes) -> None:
+    try:
+        coll.load_crl(data, "pck_crl")
+    except Malformed:
+        pass
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_sgx_extension(pki, data) -> None:
+    good = sgx_extension()
+    choice = data.draw(st.sampled_from(["random", "mutate", "truncate"]))
+    if choice == "random":
+        ext = data.draw(st.binary(max_size=300))
+    elif choice == "mutate":
+        i = data.draw(st.integers(0, len(good) - 1))
+        ext = good[:i] + bytes([good[i] ^ data.draw(st.integers(1, 255))]) + good[i + 1:]
+    else:
+        ext = good[: data.draw(st.integers(0, len(good) - 1))]
+    cert = _cert("Intel SGX PCK Certificate", pki.pck_key, "Intel SGX PCK Platform CA", pki.ca_key, ca=False, ext=ext)
+    try:
+        parse_sgx_extensions(cert)
+    except Malformed:
+        pass
+
+
+def test_sgx_extension_roundtrip(pki) -> None:
+    ext = parse_sgx_extensions(pki.pck)
+    assert ext.fmspc == SYN_FMSPC and ext.pceid == b"\0\0" and ext.pcesvn == SYN_PCESVN
+    assert ext.sgx_tcb_components == SYN_COMPS and ext.cpusvn == bytes(SYN_COMPS) and ext.sgx_type == 0
