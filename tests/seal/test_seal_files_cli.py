@@ -9,6 +9,8 @@ import stat
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from seal_helpers import CHUNK
 from typer.testing import CliRunner
 
@@ -27,6 +29,7 @@ from mpctrain.seal import (
     load_kem_public,
     open_bytes,
     open_file,
+    open_stream,
     seal_bytes,
     seal_file,
     write_frame,
@@ -171,3 +174,26 @@ def test_keys_show_detects_problems(tmp_path):
     (tmp_path / "identity.pub").write_text(IdentityKey.generate().public_bytes().hex())
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
     assert res.exit_code == 1 and "do not match" in res.output
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=300), keep=st.integers(0, 400))
+def test_garbage_frame_files_only_raise_seal_errors(tmp_path_factory, parties, garbage, keep):
+    d = tmp_path_factory.mktemp("g")
+    header = seal_bytes(b"x" * 100, **parties.seal_kw())[0]
+    prefix = FRAME_FILE_MAGIC + struct.pack(">I", len(header)) + header
+    for body in (garbage, prefix[:keep] + garbage, prefix + garbage):
+        (d / "g.mpcs").write_bytes(body)
+        with pytest.raises(SealError):
+            open_file(d / "g.mpcs", d / "out", **parties.open_kw())
+        assert not (d / "out").exists()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.binary(max_size=2 * CHUNK), min_size=1, max_size=4), known=st.booleans())
+def test_garbage_chunk_frames_never_yield_plaintext(parties, frames, known):
+    header = seal_bytes(b"y" * 150, **parties.seal_kw(total_size=150 if known else -1))[0]
+    got = []
+    with pytest.raises(SealError):
+        got.extend(open_stream([header, *frames], **parties.open_kw()))
+    assert got == []
