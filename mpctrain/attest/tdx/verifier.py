@@ -192,7 +192,7 @@ class TdxVerifier:
             details["collateral_stale"] = [f"{f} {a} (expected {e})" for f, e, a in state.stale]
             if opts.fresh_required:
                 f, e, a = state.stale[0]
-                raise CollateralStale("collateral is past its nextUpdate or maximum age; refresh the cache",
+                raise CollateralStale("collateral stale (nextUpdate passed, too old or signer expired); refetch it",
                                       field=f, expected=e, actual=a)
         else:
             details["collateral_stale"] = []
