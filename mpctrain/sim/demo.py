@@ -1,0 +1,151 @@
+"""`mpctrain demo`: three hospitals train one model on pooled data through a simulated-TEE aggregator.
+
+Everything runs in one process over loopback gRPC: the aggregator (enclave keys, sim attester), and
+three party agents that attest it, approve the job, seal and upload their shards, and open the outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+from rich.table import Table
+
+from mpctrain.enclave.events import MemoryEventSink
+from mpctrain.party.agent import PartyAgent, load_shard
+from mpctrain.party.errors import AttestationRefused
+from mpctrain.sim.cluster import EXAMPLE, HOSPITALS, REPO, SimCluster
+
+JOB_ID = "hospitals-pooled"
+
+
+def _workdir() -> Path:
+    d = REPO / "out" / "demo"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _alone_metrics(manifest_training: dict, model: dict, data: dict[str, Path], manifest) -> dict:
+    """Each hospital's model trained alone on its own rows, scored on the same held-out rows."""
+    from mpctrain.train.data import table_from_bytes
+    from mpctrain.train.loop import TrainConfig, compare_alone_vs_pooled
+
+    tables = {p: table_from_bytes(load_shard(data[p], manifest)) for p in sorted(data)}
+    cfg = TrainConfig.from_dict({k: v for k, v in manifest_training.items() if k in TrainConfig.__dataclass_fields__})
+    return compare_alone_vs_pooled(tables, model, cfg, device="cpu", out=None).metrics
+
+
+def run_demo(workdir: Path | None = None, console: Console | None = None, epochs: int | None = None) -> dict:
+    """Run the pooled job end to end and print what happened; returns a summary for tests."""
+    console = console or Console()
+    workdir = workdir or _workdir()
+    t0 = time.monotonic()
+    events = MemoryEventSink()
+    summary: dict = {"workdir": str(workdir)}
+    console.rule("[bold]mpctrain demo: three hospitals, one model, nobody sees another's records")
+    with SimCluster(workdir, HOSPITALS, events=events, device="auto") as cluster:
+        console.print(f"aggregator (simulated TEE) on [cyan]{cluster.target}[/]  "
+                      f"measurement [dim]{cluster.attester.measurement.hex()[:24]}…[/]")
+        overrides = {}
+        if epochs is not None:
+            doc = tomllib.loads((EXAMPLE / "job.toml").read_text())
+            overrides["training"] = {**doc["training"], "epochs": epochs}
+        manifest = cluster.manifest(JOB_ID, **overrides)
+        agents: dict[str, PartyAgent] = {p: cluster.agent(p) for p in HOSPITALS}
+        agents[manifest.proposer].client.propose(manifest)
+        console.print(f"job [bold]{JOB_ID}[/] proposed by {manifest.proposer}: digest "
+                      f"[dim]{manifest.digest().hex()[:16]}…[/], model {manifest.model.get('name')}, "
+                      f"{manifest.training.get('epochs')} epochs, recipients {', '.join(manifest.recipients)}")
+
+        # 1. attestation, each against its own policy, then consent by local rules
+        att = Table(title="attestation (fresh nonce, each party's own policy)")
+        for col in ("party", "verdict", "TEE", "measurement", "debug", "enclave keys"):
+            att.add_column(col)
+        for pid, ag in agents.items():
+            try:
+                r = ag.attest()
+            except AttestationRefused as exc:
+                att.add_row(pid, f"[red]refused: {exc.check}", "", "", "", "")
+                continue
+            att.add_row(pid, "[green]verified", r.cpu.backend, r.cpu.measurement.hex()[:16] + "…",
+                        str(r.cpu.debug), f"kem {r.kem_public.hex()[:8]}… sig {r.sig_public.hex()[:8]}…")
+        console.print(att)
+        for ag in agents.values():
+            ag.approve(manifest)
+        status = agents[manifest.proposer].client.get_job(JOB_ID)
+        console.print(f"consents: {', '.join(status.consented)} -> job [bold]{status.state}[/]")
+
+        # 2. sealed uploads with progress
+        watch_lines: list[str] = []
+        done = threading.Event()
+
+        def follow() -> None:
+            for ev in agents["hospital-a"].client.watch(JOB_ID, timeout=120):
+                if ev.kind == "epoch":
+                    watch_lines.append(f"epoch {ev.epoch:>3}  loss {ev.loss:.4f}")
+            done.set()
+
+        threading.Thread(target=follow, daemon=True).start()
+        sizes = Table(title="sealed uploads (loopback gRPC, per-chunk acknowledgements)")
+        for col in ("party", "rows", "shard bytes", "sealed bytes sent", "chunks"):
+            sizes.add_column(col, justify="right")
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console,
+                      transient=True) as progress:
+            for pid, ag in agents.items():
+                task = progress.add_task(f"{pid} → enclave", total=1)
+
+                def bar(done_bytes: int, total: int, task: int = task) -> None:
+                    progress.update(task, completed=done_bytes, total=total)
+
+                res = ag.upload(manifest, bar)
+                rows = len(ag.data_path.read_text().splitlines()) - 1
+                sizes.add_row(pid, str(rows), f"{res.total_size:,}", f"{res.sent_bytes:,}", str(res.chunks))
+        console.print(sizes)
+
+        # 3. training progress from WatchJob
+        state = agents["hospital-a"].wait(JOB_ID, ("done",), timeout=120)
+        done.wait(10)
+        console.print("[bold]training inside the enclave[/] (progress streamed by WatchJob):")
+        shown = watch_lines if len(watch_lines) <= 10 else [*watch_lines[:5], "…", *watch_lines[-4:]]
+        for line in shown:
+            console.print(f"  {line}")
+        if state != "done":
+            console.print(f"[red]job ended {state}: {agents['hospital-a'].client.get_job(JOB_ID).error}")
+            summary["state"] = state
+            return summary
+
+        # 4. outputs: fetched, opened, receipt verified against the attested enclave key
+        where = Table(title="sealed outputs (opened by each recipient, receipt verified)")
+        for col in ("recipient", "model", "metrics", "written to"):
+            where.add_column(col)
+        opened = {}
+        for pid in manifest.recipients:
+            out = agents[pid].fetch(manifest)
+            opened[pid] = out
+            where.add_row(pid, f"{len(out['model']):,} B", f"{len(out['metrics']):,} B",
+                          str(agents[pid].outputs_dir / JOB_ID))
+        console.print(where)
+        pooled = json.loads(next(iter(opened.values()))["metrics"])["validation"]
+
+        # 5. pooled vs alone
+        alone = _alone_metrics(dict(manifest.training), dict(manifest.model),
+                               {p: ag.data_path for p, ag in agents.items()}, manifest)
+        cmp = Table(title="validation (rows held out from every hospital)")
+        for col in ("model", "accuracy", "auc", "f1", "loss"):
+            cmp.add_column(col, justify="right")
+        for pid in HOSPITALS:
+            m = alone[pid]
+            cmp.add_row(f"{pid} alone", *(f"{m.get(k, float('nan')):.3f}" for k in ("accuracy", "auc", "f1", "loss")))
+        cmp.add_row("[bold]pooled (enclave)", *(f"[bold]{pooled.get(k, float('nan')):.3f}"
+                                                for k in ("accuracy", "auc", "f1", "loss")))
+        console.print(cmp)
+        summary.update(state=state, pooled=pooled, alone={p: alone[p] for p in HOSPITALS},
+                       outputs={p: str(agents[p].outputs_dir / JOB_ID) for p in manifest.recipients},
+                       events=events.kinds())
+    console.print(f"done in {time.monotonic() - t0:.1f}s; keys, simulated root and outputs under {workdir}")
+    return summary
