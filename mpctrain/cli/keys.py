@@ -33,9 +33,13 @@ def generate(
                    "pass --force to replace these keys (the old ones are lost)", err=True)
         raise typer.Exit(code=1)
     identity, kem_key = IdentityKey.generate(), KemKey.generate(kem.value)
-    identity.save(out / "identity.pem")
-    kem_key.save(out / "kem.pem")
-    write_public_files(out, identity, kem_key)
+    try:
+        identity.save(out / "identity.pem")
+        kem_key.save(out / "kem.pem")
+        write_public_files(out, identity, kem_key)
+    except OSError as e:
+        typer.echo(f"error: cannot write keys to {out}: {e}", err=True)
+        raise typer.Exit(code=1) from None
     typer.echo(f"identity  ed25519  {identity.key_id()}  {out / 'identity.pem'}")
     typer.echo(f"kem       {kem_key.alg:<8} {kem_key.key_id()}  {out / 'kem.pem'}")
 

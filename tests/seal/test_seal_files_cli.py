@@ -164,6 +164,14 @@ def test_keys_generate_rejects_unknown_kem(tmp_path):
     assert res.exit_code == 2 and not (tmp_path / "identity.pem").exists()
 
 
+def test_keys_generate_reports_unwritable_directory(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    res = CliRunner().invoke(app, ["keys", "generate", "--out", str(not_a_dir / "keys")])
+    assert res.exit_code == 1 and "cannot write keys" in res.output and res.exception is not None
+    assert isinstance(res.exception, SystemExit)
+
+
 def test_keys_show_detects_problems(tmp_path):
     runner = CliRunner()
     runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
@@ -174,6 +182,9 @@ def test_keys_show_detects_problems(tmp_path):
     (tmp_path / "identity.pub").write_text(IdentityKey.generate().public_bytes().hex())
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
     assert res.exit_code == 1 and "do not match" in res.output
+    (tmp_path / "kem.pem").unlink()
+    res = runner.invoke(app, ["keys", "show", str(tmp_path)])
+    assert res.exit_code == 1 and "kem.pem" in res.output
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
