@@ -1020,3 +1020,57 @@ def test_sgx_extension_roundtrip(pki) -> None:
     ext = parse_sgx_extensions(pki.pck)
     assert ext.fmspc == SYN_FMSPC and ext.pceid == b"\0\0" and ext.pcesvn == SYN_PCESVN
     assert ext.sgx_tcb_components == SYN_COMPS and ext.cpusvn == bytes(SYN_COMPS) and ext.sgx_type == 0
+
+
+def test_policy_file_end_to_end(spr, tdx_dir, tmp_path, vector_time) -> None:
+    """Policy as data: the [tdx] knobs come from TOML, collateral from the cache directory it names."""
+    cache_dir(tmp_path / "coll", tdx_dir)
+    q = parse_quote(spr)
+    path = tmp_path / "policy.toml"
+    path.write_text(
+        'backends = ["tdx"]\ncollateral_dir = "coll"\n[tdx]\n'
+        f'measurements = ["{q.body.mrtd.hex()}"]\n'
+        'accepted_tcb_statuses = ["UpToDate", "SWHardeningNeeded", "NoMatchingTcbLevel"]\n'
+        'min_tcb = { tee_tcb_svn_2 = 4 }\n'
+        f'rtmrs = {{ rtmr0 = ["{q.body.rtmrs[0].hex()}"] }}\n'
+        'td_attributes = { mask = 1, value = 0 }\n'
+    )
+    claims = verify_evidence(Evidence("tdx", spr), q.body.report_data, Policy.load(path), vector_time)
+    assert claims.details["tcb_status"] == "NoMatchingTcbLevel"
+    path.write_text(path.read_text() + "require_fresh_collateral = true\n")
+    with pytest.raises(CollateralStale):
+        verify_evidence(Evidence("tdx", spr), q.body.report_data, Policy.load(path), vector_time)
+
+
+def test_tdx_module_major_version_without_identities(pki, spr) -> None:
+    """Without tdxModuleIdentities every TDX component is compared, as in TDX 1.0."""
+    body = bytearray(spr[0x30:0x278])
+    body[0:16] = bytes([3, 1, 5]) + bytes(13)
+    quote = pki.quote(body=bytes(body))
+    assert sverify(pki, quote, pki.collateral(tcb_info=pki.tcb_info(
+        [_level("UpToDate", tdx=bytes([3, 1, 5]) + bytes(13))]))).details["tdx_module_tcb_status"] is None
+    with pytest.raises(TcbStatusNotAllowed):
+        higher = pki.tcb_info([_level("UpToDate", tdx=bytes([3, 2, 5]) + bytes(13))])
+        sverify(pki, quote, pki.collateral(tcb_info=higher))
+
+
+def test_synthetic_crl_checks(pki, body2) -> None:
+    quote = pki.quote(body=body2)
+    future = (x509.CertificateRevocationListBuilder().issuer_name(pki.ca.subject)
+              .last_update(datetime(2027, 1, 1, tzinfo=UTC)).next_update(datetime(2027, 2, 1, tzinfo=UTC))
+              .sign(pki.ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    with pytest.raises(CertificateExpired):
+        sverify(pki, quote, pki.collateral(pck_crl=future))
+    with pytest.raises(BadSignature):  # root CRL signed by another key
+        sverify(pki, quote, pki.collateral(root_crl=pki.crl(pki.root, pki.ca_key)))
+    processor_key = ec.generate_private_key(ec.SECP256R1())
+    processor = _cert("Intel SGX PCK Processor CA", processor_key, "Intel SGX Root CA", pki.root_key, ca=True)
+    with pytest.raises(CollateralMissing):  # a CRL of the other PCK CA says nothing about this PCK
+        sverify(pki, quote, pki.collateral(pck_crl=pki.crl(processor, processor_key),
+                                           pck_crl_issuer_chain=_pem(processor, pki.root)))
+    # without the optional issuer chain the quote's own PCK CA checks the CRL
+    certs = pki.collateral()
+    del certs["pck_crl_issuer_chain"]
+    assert sverify(pki, quote, certs).details["tcb_status"] == "UpToDate"
+    stale = sverify(pki, quote, at=datetime(2026, 12, 15, tzinfo=UTC))
+    assert any(s.startswith("pck_crl.nextUpdate") for s in stale.details["collateral_stale"])
