@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -123,3 +126,10 @@ def test_signed_fields_can_never_pass_as_a_stream_header_signature():
     assert not signed_payload("x").startswith(h.signed_bytes()[:40])
     with pytest.raises(BadSignature):
         verify_signature(ID.public_bytes(), h.signature, signed_payload("mpctrain/v1/sealed-stream-header"))
+
+
+def test_seal_package_imports_neither_grpc_nor_torch():
+    code = "import sys, mpctrain.seal; bad = {'grpc', 'torch'} & set(sys.modules); assert not bad, bad"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.returncode == 0, res.stderr
