@@ -14,7 +14,7 @@ def test_demo_runs_and_reports(tmp_path):
     summary = run_demo(workdir=tmp_path, console=Console(file=out, width=160), epochs=5)
     text = out.getvalue()
     assert summary["state"] == "done"
-    assert text.count("verified") == 3
+    assert text.count("│ verified") == 3
     assert "sealed uploads" in text and "epoch   5" in text
     assert set(summary["alone"]) == {"hospital-a", "hospital-b", "hospital-c"}
     assert summary["pooled"]["accuracy"] > 0.85
