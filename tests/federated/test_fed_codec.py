@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import struct
+import pickle
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from safetensors.numpy import save as st_save
 
-from mpctrain.enclave.federated.codec import MAGIC, CodecError, decode_numpy, decode_record, encode_record
+from mpctrain.enclave.federated.codec import META_KEY, CodecError, decode_numpy, decode_record, encode_record
 
 
 def _content() -> RecordDict:
@@ -38,9 +39,9 @@ def test_round_trip_preserves_types_order_and_context():
     assert others["config"]["values"]["blob"] == b"\x00\xff"
 
 
-def _meta_blob(meta: dict, blob: bytes = b"") -> bytes:
-    raw = json.dumps(meta).encode()
-    return MAGIC + struct.pack(">I", len(raw)) + raw + blob
+def _meta_blob(meta: dict | str, tensors: dict | None = None) -> bytes:
+    raw = meta if isinstance(meta, str) else json.dumps(meta)
+    return st_save(tensors or {}, metadata={META_KEY: raw})
 
 
 GOOD = encode_record(_content())
@@ -52,8 +53,10 @@ GOOD = encode_record(_content())
     GOOD[:5],
     GOOD[:-10],  # truncated safetensors
     GOOD[:20],  # truncated metadata
-    b"\x80\x04pickle" + GOOD,
-    MAGIC + struct.pack(">I", 1 << 30),
+    pickle.dumps({"arrays": [1, 2, 3]}),
+    (1 << 40).to_bytes(8, "little") + b"{}",  # header length far beyond the data
+    st_save({"w": np.zeros(3, np.float32)}),  # safetensors, but not ours
+    _meta_blob("{not json"),
     _meta_blob({"v": 2, "records": []}),
     _meta_blob({"v": 1, "records": "x"}),
     _meta_blob({"v": 1, "records": [{"name": "a", "kind": "pickle"}]}),
@@ -63,7 +66,7 @@ GOOD = encode_record(_content())
     _meta_blob({"v": 1, "records": [{"name": "m", "kind": "metrics", "values": {"x": {"$b": "!!"}}}]}),
     _meta_blob({"v": 1, "records": [{"name": "m", "kind": "configs", "values": {}},
                                      {"name": "m", "kind": "configs", "values": {}}]}),
-    _meta_blob({"v": 1, "records": []}, blob=b"\x00" * 16),
+    _meta_blob({"v": 1, "records": []}, {"stray": np.zeros(2, np.float32)}),  # an array no record names
 ])
 def test_malformed_inputs_raise_codec_error(data):
     with pytest.raises(CodecError):

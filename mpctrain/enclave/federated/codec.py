@@ -1,32 +1,31 @@
 """A Flower ``RecordDict`` as one byte string, so a whole message body can be sealed as a stream.
 
-Arrays travel as safetensors (never pickle, never ``np.load`` on foreign bytes); metric and config
-records as JSON with bytes tagged. Decoding is strict and bounded: anything malformed, oversized or
-inconsistent raises ``CodecError``.
-
-Layout: ``MAGIC ‖ u32 meta length ‖ meta JSON ‖ safetensors``.
+The byte string is a safetensors file: arrays are its tensors (never pickle, never ``np.load`` on
+foreign bytes), and the record structure, metric and config values (JSON, bytes tagged) and the sealed
+context ride in its ``__metadata__`` under ``mpctrain.record``. One self-describing file means no extra
+framing and no copy to split it on decode. Decoding is strict and bounded (header checked before the
+parser runs, by ``mpctrain.train.tensors``): anything malformed, oversized or inconsistent raises
+``CodecError``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-MAGIC = b"MPCFLR1\x00"
-MAX_META_BYTES = 16 << 20
+from mpctrain.train.tensors import TensorFormatError, arrays_from_bytes, read_metadata
+
+META_KEY = "mpctrain.record"
+MAX_META_BYTES = 8 << 20
 MAX_RECORDS = 64
 MAX_ARRAYS = 100_000
 DEFAULT_MAX_PAYLOAD = 4 << 30
-_LEN = struct.Struct(">I")
 _KINDS = ("arrays", "metrics", "configs")
 
 
@@ -50,11 +49,13 @@ def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None)
             records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
         else:
             raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
-    meta = json.dumps({"v": 1, "records": records, "ctx": dict(context or {})}, separators=(",", ":")).encode()
+    meta = json.dumps({"v": 1, "records": records, "ctx": dict(context or {})}, separators=(",", ":"))
     if len(meta) > MAX_META_BYTES:
         raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
-    blob = st_save(tensors) if tensors else b""
-    return MAGIC + _LEN.pack(len(meta)) + meta + blob
+    try:
+        return st_save(tensors, metadata={META_KEY: meta})
+    except Exception as exc:  # e.g. a dtype safetensors cannot carry (object arrays)
+        raise CodecError(f"cannot serialise the arrays: {exc}") from None
 
 
 def decode_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[RecordDict, dict[str, Any]]:
@@ -93,20 +94,19 @@ def decode_numpy(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[
 
 
 def _split(data: bytes, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray]]:
-    if not isinstance(data, bytes | bytearray | memoryview):
+    if not isinstance(data, bytes):
         raise CodecError(f"expected bytes, got {type(data).__name__}")
-    data = bytes(data)
     if len(data) > max_bytes:
         raise CodecError(f"encoded record is {len(data)} bytes; the limit is {max_bytes}")
-    head = len(MAGIC) + _LEN.size
-    if len(data) < head or data[: len(MAGIC)] != MAGIC:
-        raise CodecError("not an encoded RecordDict (bad magic or truncated header)")
-    (meta_len,) = _LEN.unpack_from(data, len(MAGIC))
-    if meta_len > MAX_META_BYTES or head + meta_len > len(data):
-        raise CodecError(f"record metadata length {meta_len} is out of bounds")
     try:
-        meta = json.loads(data[head : head + meta_len])
-    except (ValueError, UnicodeDecodeError) as exc:
+        raw_meta = read_metadata(data, max_bytes=max_bytes).get(META_KEY)
+    except TensorFormatError as exc:
+        raise CodecError(f"not an encoded RecordDict: {exc}") from exc
+    if raw_meta is None or len(raw_meta) > MAX_META_BYTES:
+        raise CodecError("not an encoded RecordDict: no (or oversized) record metadata")
+    try:
+        meta = json.loads(raw_meta)
+    except ValueError as exc:
         raise CodecError(f"record metadata is not JSON: {exc}") from exc
     if not isinstance(meta, dict) or meta.get("v") != 1:
         raise CodecError("record metadata has an unknown version")
@@ -130,13 +130,10 @@ def _split(data: bytes, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str,
     names = [r["name"] for r in records]
     if len(set(names)) != len(names):
         raise CodecError("two records share a name")
-    blob = data[head + meta_len :]
-    arrays: dict[str, np.ndarray] = {}
-    if blob:
-        try:
-            arrays = st_load(blob)
-        except (SafetensorError, ValueError, TypeError) as exc:
-            raise CodecError(f"array payload is not valid safetensors: {exc}") from exc
+    try:
+        arrays = arrays_from_bytes(data, max_bytes=max_bytes)
+    except TensorFormatError as exc:
+        raise CodecError(f"array payload is not valid safetensors: {exc}") from exc
     if set(arrays) != expected:
         raise CodecError("array payload does not hold exactly the arrays the metadata names")
     return records, ctx, arrays
