@@ -12,11 +12,11 @@ import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import nvidia_synth as synth
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+import nvidia_synth as synth
 from mpctrain.attest import (
     BackendNotAllowed,
     BindingMismatch,

@@ -12,7 +12,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import nvidia_synth as synth
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -20,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import nvidia_synth as synth
 from mpctrain.attest import (
     AttestationError,
     BackendNotAllowed,
