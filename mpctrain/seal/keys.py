@@ -28,6 +28,7 @@ KemAlg = Literal["x25519", "mlkem768-x25519"]
 KEM_ALGS: tuple[str, ...] = ("x25519", "mlkem768-x25519")
 
 ED25519_PUBLIC_BYTES = 32
+ED25519_PRIVATE_BYTES = 32
 ED25519_SIGNATURE_BYTES = 64
 X25519_BYTES = 32
 MLKEM768_PUBLIC_BYTES = 1184
@@ -104,8 +105,8 @@ class IdentityKey:
     @classmethod
     def from_private_bytes(cls, b: bytes) -> IdentityKey:
         """Load from the 32-byte raw Ed25519 seed."""
-        if len(b) != ED25519_PUBLIC_BYTES:
-            raise KeyFormatError(f"Ed25519 private key must be 32 bytes, got {len(b)}")
+        if len(b) != ED25519_PRIVATE_BYTES:
+            raise KeyFormatError(f"Ed25519 private key must be {ED25519_PRIVATE_BYTES} bytes, got {len(b)}")
         return cls(ed25519.Ed25519PrivateKey.from_private_bytes(bytes(b)))
 
     def public_bytes(self) -> bytes:

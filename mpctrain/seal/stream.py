@@ -381,7 +381,7 @@ class StreamSealer:
         if out is not None and len(out) < cs + TAG_BYTES:
             out.extend(bytes(cs + TAG_BYTES - len(out)))
         yield self.header_bytes
-        buf = bytearray(cs)
+        buf = bytearray()  # allocated on first use: large immutable pieces need no copy
         n = 0  # bytes assembled in buf
         held: memoryview | None = None  # a full chunk, sealed non-final once more input shows up
         index = 0
@@ -401,6 +401,8 @@ class StreamSealer:
                     held = mv[pos:pos + cs]
                     pos += cs
                 else:
+                    if not buf:
+                        buf = bytearray(cs)
                     take = min(cs - n, size - pos)
                     buf[n:n + take] = mv[pos:pos + take]
                     n += take
@@ -623,8 +625,9 @@ def seal_stream(source: Iterable[bytes] | BinaryIO | bytes, *, reuse_buffer: boo
     ``reuse_buffer=True`` yields chunk frames as memoryviews into one buffer, each valid only until the
     next is requested: faster (no allocation per frame) for consumers that write frames out at once.
     """
-    return StreamSealer(**sealer_kwargs).seal_iter(  # type: ignore[return-value]
-        source, out=bytearray() if reuse_buffer else None)
+    sealer = StreamSealer(**sealer_kwargs)
+    out = bytearray(sealer.header.chunk_size + TAG_BYTES) if reuse_buffer else None
+    return sealer.seal_iter(source, out=out)  # type: ignore[return-value]
 
 
 def open_stream(frames: Iterable[bytes], *, reuse_buffer: bool = False, **opener_kwargs: Any) -> Iterator[bytes]:
@@ -637,7 +640,8 @@ def open_stream(frames: Iterable[bytes], *, reuse_buffer: bool = False, **opener
     if header is None:
         raise TruncatedStream("no frames: the stream header is missing")
     opener = StreamOpener(header, **opener_kwargs)
-    return opener.open_iter(it, out=bytearray() if reuse_buffer else None)  # type: ignore[return-value]
+    out = bytearray(opener.header.chunk_size) if reuse_buffer else None
+    return opener.open_iter(it, out=out)  # type: ignore[return-value]
 
 
 def seal_bytes(data: bytes | bytearray | memoryview, **kw: Any) -> list[bytes]:
