@@ -1,7 +1,115 @@
-"""`mpctrain job ...` commands."""
+"""`mpctrain job propose|approve|status|fetch`: manage a job as one of its parties."""
 
 from __future__ import annotations
 
-import typer
+from pathlib import Path
 
-app = typer.Typer(help="job commands", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mpctrain.attest import PolicyError
+from mpctrain.jobs import JobManifest, ManifestError
+from mpctrain.party.agent import PartyAgent
+from mpctrain.party.config import PartyConfig, PartyConfigError
+from mpctrain.party.errors import PartyError
+from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
+
+app = typer.Typer(help="jobs: propose a manifest, approve it, follow it, fetch its outputs", no_args_is_help=True)
+
+AS = typer.Option(..., "--as", help="party id (profile parties/ID/party.toml) or a path to a party.toml")
+PROFILES = typer.Option(DEFAULT_PROFILES, help="directory of party profiles")
+AGGREGATOR = typer.Option(None, help="override the aggregator address of the profile")
+POLICY = typer.Option(None, help="override the profile's attestation policy file")
+
+
+def _console() -> Console:
+    return Console(highlight=False)
+
+
+def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None) -> PartyAgent:
+    try:
+        return agent_from_config(PartyConfig.load(profile_path(party, profiles)), aggregator, policy)
+    except (PartyConfigError, PolicyError, OSError) as exc:
+        _console().print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    _console().print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
+            aggregator: str | None = AGGREGATOR) -> None:
+    """Serialise the manifest once and propose it; prints the digest every party will sign."""
+    try:
+        manifest = JobManifest.from_toml(job_file)
+    except ManifestError as exc:
+        raise _fail(exc) from exc
+    agent = _agent(party, profiles, aggregator)
+    try:
+        status = agent.client.propose(manifest)
+    except PartyError as exc:
+        raise _fail(exc) from exc
+    _console().print(f"proposed {status.job_id}: digest {manifest.digest().hex()}\n"
+                     f"waiting for consent of {', '.join(status.missing_consents)}")
+
+
+@app.command()
+def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
+            policy: Path | None = POLICY) -> None:
+    """Attest the aggregator, show the job's problems under local rules, then sign consent by hand."""
+    agent = _agent(party, profiles, aggregator, policy)
+    console = _console()
+    try:
+        agent.attest()
+        manifest = agent.manifest(job_id)
+        problems = agent.review(manifest)
+        for p in problems:
+            console.print(f"[yellow]note:[/yellow] {p}")
+        if any("attest" in p or "measurement" in p for p in problems):
+            raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
+        agent.approve(manifest, force=True)
+    except PartyError as exc:
+        raise _fail(exc) from exc
+    console.print(f"{agent.party_id} approved {job_id} (digest {manifest.digest().hex()})")
+
+
+@app.command()
+def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR) -> None:
+    """State, consents, uploads and the public metrics of a job."""
+    agent = _agent(party, profiles, aggregator)
+    try:
+        st = agent.client.get_job(job_id)
+    except PartyError as exc:
+        raise _fail(exc) from exc
+    t = Table(title=f"job {st.job_id}")
+    t.add_column("field")
+    t.add_column("value")
+    t.add_row("state", st.state)
+    t.add_row("digest", st.manifest_digest.hex())
+    t.add_row("consented", ", ".join(st.consented) or "-")
+    t.add_row("missing consent", ", ".join(st.missing_consents) or "-")
+    t.add_row("uploaded", ", ".join(st.uploaded) or "-")
+    for k, v in sorted(st.public_metrics.items()):
+        t.add_row(k, f"{v:.4f}")
+    if st.error:
+        t.add_row("error", st.error)
+    _console().print(t)
+
+
+@app.command()
+def fetch(job_id: str, party: str = AS, out: Path = typer.Option(..., "--out", help="directory for the outputs"),
+          profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR, policy: Path | None = POLICY) -> None:
+    """Attest, fetch the sealed outputs, open them with this party's key, verify the receipt."""
+    agent = _agent(party, profiles, aggregator, policy)
+    agent.outputs_dir = out
+    try:
+        agent.attest()
+        opened = agent.fetch(agent.manifest(job_id))
+    except PartyError as exc:
+        raise _fail(exc) from exc
+    for name, data in opened.items():
+        _console().print(f"{name}: {len(data):,} bytes -> {out / job_id}")

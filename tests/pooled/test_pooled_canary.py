@@ -15,10 +15,10 @@ import threading
 from pathlib import Path
 
 import pandas as pd
-from pooled_kit import FAST_TRAINING
 
 from mpctrain.party.client import AggregatorClient
 from mpctrain.sim.cluster import EXAMPLE
+from pooled_kit import FAST_TRAINING
 
 CANARIES = (31337.0625, 27182.8125, 16180.3398)  # exactly representable in float32 except the last
 

@@ -7,12 +7,12 @@ import json
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from pooled_kit import run_job
 
 from mpctrain.enclave.receipt import verify_receipt
 from mpctrain.enclave.server import SERVICE_NAMES
 from mpctrain.party.client import AggregatorClient
 from mpctrain.train.tensors import state_from_bytes
+from pooled_kit import run_job
 
 
 def test_pooled_job_end_to_end(cluster):

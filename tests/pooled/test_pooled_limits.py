@@ -7,7 +7,6 @@ import time
 
 import grpc
 import pytest
-from pooled_kit import FAST_TRAINING
 
 from mpctrain.enclave.auth import MD_SIGNATURE, MD_TIME, AuthError, RequestAuthenticator, auth_metadata
 from mpctrain.enclave.events import MemoryEventSink
@@ -27,6 +26,7 @@ from mpctrain.seal.keys import IdentityKey
 from mpctrain.seal.stream import StreamSealer
 from mpctrain.sim.cluster import SimCluster
 from mpctrain.wire import attestation_pb2, data_pb2, jobs_pb2
+from pooled_kit import FAST_TRAINING
 
 SMALL = Limits(max_message_bytes=64 << 10, max_chunk_bytes=16 << 10, max_chunks=8, max_shard_bytes=100 << 10,
                max_concurrent_uploads=1)

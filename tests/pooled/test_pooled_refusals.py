@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-from pooled_kit import FAST_TRAINING, run_job
 
 from mpctrain.attest.measure import sim_measurement
 from mpctrain.enclave.auth import auth_metadata
@@ -27,6 +26,7 @@ from mpctrain.party.rules import PartyRules
 from mpctrain.party.uploader import ShardUpload
 from mpctrain.seal.keys import IdentityKey, KemKey
 from mpctrain.wire import jobs_pb2
+from pooled_kit import FAST_TRAINING, run_job
 
 UPLOAD = "/mpctrain.v1.Data/UploadShard"
 

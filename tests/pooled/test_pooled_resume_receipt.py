@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from pooled_kit import FAST_TRAINING, run_job
 
 from mpctrain.attest import Policy, verify
 from mpctrain.attest.evidence import EvidenceBundle
@@ -14,6 +13,7 @@ from mpctrain.party.agent import load_shard
 from mpctrain.party.uploader import ShardUpload
 from mpctrain.seal.binding import evidence_binding
 from mpctrain.seal.keys import IdentityKey
+from pooled_kit import FAST_TRAINING, run_job
 
 
 def test_interrupted_upload_resumes_and_trains_the_same_model(cluster):

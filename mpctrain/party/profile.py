@@ -1,0 +1,112 @@
+"""Build a party agent from its profile (party.toml + policy.toml + keys) and run its side of a job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mpctrain.attest import Policy, PolicyError
+from mpctrain.jobs import JobManifest
+from mpctrain.party.agent import PartyAgent
+from mpctrain.party.client import AggregatorClient
+from mpctrain.party.config import PartyConfig, PartyConfigError
+from mpctrain.party.errors import ManifestRejected, PartyError
+
+DEFAULT_PROFILES = Path("parties")
+
+
+def profile_path(party: str, profiles: Path = DEFAULT_PROFILES) -> Path:
+    """``--as hospital-a`` means ``parties/hospital-a/party.toml`` (or a path to a party.toml)."""
+    p = Path(party)
+    if p.suffix == ".toml":
+        return p
+    return profiles / party / "party.toml"
+
+
+def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None) -> PartyAgent:
+    identity, kem = config.load_keys()
+    try:
+        policy = Policy.load(policy_file or config.policy)
+    except PolicyError as exc:
+        raise PartyConfigError(f"{config.id}: {exc}") from exc
+    client = AggregatorClient(target or config.aggregator, config.id, identity)
+    return PartyAgent(party_id=config.id, identity=identity, kem=kem, policy=policy, client=client,
+                      data_path=config.data, rules=config.rules, outputs_dir=config.outputs_dir)
+
+
+def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float = 1.0) -> JobManifest:
+    """The named job, or the first proposed job that names this party (waiting up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for status in agent.client.list_jobs():
+            if job_id is not None and status.job_id != job_id:
+                continue
+            manifest = JobManifest.from_bytes(status.manifest)
+            if manifest.has_party(agent.party_id) and status.state in ("proposed", "open"):
+                return manifest
+        if time.monotonic() > deadline:
+            raise PartyError(f"no {'job ' + job_id if job_id else 'proposed job'} naming {agent.party_id} "
+                             f"appeared within {timeout:.0f}s")
+        time.sleep(poll)
+
+
+def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 600.0,
+              say: Callable[[str], Any] = print, progress: Callable[[int, int], None] | None = None,
+              ) -> Mapping[str, bytes] | None:
+    """The party's whole side: attest, review/approve, wait for consent, upload, wait, fetch outputs."""
+    result = agent.attest()  # AttestationRefused propagates: nothing else is sent
+    say(f"{agent.party_id}: aggregator attested ({result.cpu.backend}, measurement "
+        f"{result.cpu.measurement.hex()[:16]}…, debug={result.cpu.debug})")
+    manifest = find_job(agent, job_id, timeout)
+    problems = agent.review(manifest)
+    status = agent.client.get_job(manifest.job_id)
+    if agent.party_id not in status.consented:
+        if problems:
+            raise ManifestRejected(problems)
+        if not agent.rules.auto_approve:
+            say(f"{agent.party_id}: job {manifest.job_id} passes the local rules; waiting for "
+                f"`mpctrain job approve {manifest.job_id} --as {agent.party_id}`")
+        else:
+            agent.approve(manifest)
+            say(f"{agent.party_id}: approved job {manifest.job_id} (digest {manifest.digest().hex()[:16]}…)")
+    state = agent.wait(manifest.job_id, ("open", "training"), timeout=timeout)
+    if state not in ("open", "training"):
+        raise PartyError(f"job {manifest.job_id} is {state}; nothing uploaded")
+    if manifest.party(agent.party_id).role == "data" and agent.party_id not in agent.client.get_job(
+            manifest.job_id).uploaded:
+        res = agent.upload(manifest, progress)
+        say(f"{agent.party_id}: uploaded {res.total_size:,} bytes sealed to the enclave ({res.sent_bytes:,} on the "
+            f"wire, {res.chunks} chunks)")
+    state = agent.wait(manifest.job_id, ("done",), timeout=timeout)
+    if state != "done":
+        raise PartyError(f"job {manifest.job_id} ended {state}: {agent.client.get_job(manifest.job_id).error}")
+    if agent.party_id in manifest.recipients:
+        opened = agent.fetch(manifest)
+        say(f"{agent.party_id}: outputs opened and receipt verified -> {agent.outputs_dir / manifest.job_id}")
+        return opened
+    say(f"{agent.party_id}: job done; this party is not a recipient of its outputs")
+    return None
+
+
+def policy_toml(policy: Mapping[str, Any]) -> str:
+    """Render a policy dict (scalars, string lists, one level of tables) as TOML."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Mapping):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    top = [f"{k} = {value(v)}" for k, v in policy.items() if not isinstance(v, Mapping)]
+    tables = [f"\n[{k}]\n" + "\n".join(f"{kk} = {value(vv)}" for kk, vv in v.items())
+              for k, v in policy.items() if isinstance(v, Mapping)]
+    return "\n".join(top) + "\n" + "\n".join(tables) + "\n"

@@ -1,0 +1,97 @@
+"""The CLI path: `job propose/approve/status/fetch` and `party run` against a live loopback aggregator."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from typer.testing import CliRunner
+
+from mpctrain.attest.measure import sim_measurement
+from mpctrain.cli.main import app
+from mpctrain.enclave.events import MemoryEventSink
+from mpctrain.party.config import PartyConfig
+from mpctrain.party.profile import agent_from_config, policy_toml, run_party
+from mpctrain.sim.cluster import EXAMPLE, SimCluster
+
+HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cli")
+    c = SimCluster(work, events=MemoryEventSink())
+    with c:
+        profiles = work / "profiles"
+        good = profiles / "sim-policy.toml"
+        profiles.mkdir()
+        good.write_text(policy_toml(c.enclave_policy()))
+        (profiles / "wrong-policy.toml").write_text(policy_toml(c.enclave_policy(sim_measurement(b"other"))))
+        for pid in HOSPITALS:
+            d = profiles / pid
+            d.mkdir()
+            keys = c.parties[pid].dir / "keys"
+            (d / "party.toml").write_text(
+                f'id = "{pid}"\naggregator = "{c.target}"\npolicy = "../sim-policy.toml"\n'
+                f'data = "{EXAMPLE / "data" / (pid + ".csv")}"\nkeys_dir = "{keys}"\noutputs_dir = "outputs"\n'
+                f'[rules]\nauto_approve = {"false" if pid == "hospital-a" else "true"}\n')
+        job = work / "job.toml"
+        lines = ['job_id = "cli-job"', 'mode = "pooled"', 'proposer = "hospital-a"', "expires_in_days = 1",
+                 'public_metrics = ["accuracy"]']
+        for pid in HOSPITALS:
+            keys = c.parties[pid].dir / "keys"
+            lines += ["[[parties]]", f'id = "{pid}"', 'role = "data"',
+                      f'identity_public_file = "{keys / "identity.pub"}"', f'kem_public_file = "{keys / "kem.pub"}"']
+        lines += ["[schema]", f'file = "{EXAMPLE / "data" / "schema.toml"}"', "[model]", 'name = "logreg"',
+                  "[training]", "epochs = 2", "batch_size = 64", "lr = 0.01", "seed = 3"]
+        job.write_text("\n".join(lines) + "\n" + "[enclave_policy]\n" + policy_toml(c.enclave_policy()).replace(
+            "[sim]", "[enclave_policy.sim]"))
+        yield c, profiles, job
+
+
+def test_cli_job_lifecycle(live, tmp_path):
+    _, profiles, job = live
+    runner = CliRunner()
+    res = runner.invoke(app, ["job", "propose", str(job), "--as", "hospital-a", "--profiles", str(profiles)])
+    assert res.exit_code == 0, res.output
+    assert "digest" in res.output and "hospital-a" in res.output
+    results, errors = {}, []
+
+    def party(pid):
+        try:
+            agent = agent_from_config(PartyConfig.load(profiles / pid / "party.toml"))
+            results[pid] = run_party(agent, "cli-job", timeout=60, say=lambda s: None)
+        except Exception as exc:
+            errors.append((pid, exc))
+
+    threads = [threading.Thread(target=party, args=(p,)) for p in HOSPITALS]
+    for t in threads:
+        t.start()
+    # hospital-a does not auto-approve: a human runs `job approve`
+    res = runner.invoke(app, ["job", "approve", "cli-job", "--as", "hospital-a", "--profiles", str(profiles)])
+    assert res.exit_code == 0, res.output
+    for t in threads:
+        t.join(90)
+    assert errors == []
+    assert set(results) == set(HOSPITALS) and all(r and "model" in r for r in results.values())
+    res = runner.invoke(app, ["job", "status", "cli-job", "--as", "hospital-b", "--profiles", str(profiles)])
+    assert res.exit_code == 0 and "done" in res.output and "accuracy" in res.output, res.output
+    out = tmp_path / "fetched"
+    res = runner.invoke(app, ["job", "fetch", "cli-job", "--as", "hospital-c", "--profiles", str(profiles),
+                              "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert (out / "cli-job" / "model.safetensors").is_file() and (out / "cli-job" / "metrics.json").is_file()
+
+
+def test_cli_party_refuses_unattested_aggregator(live):
+    _, profiles, _ = live
+    runner = CliRunner()
+    res = runner.invoke(app, ["party", "run", "--config", str(profiles / "hospital-b" / "party.toml"),
+                              "--policy", str(profiles / "wrong-policy.toml"), "--timeout", "5"])
+    assert res.exit_code == 1
+    assert "measurement-not-allowed" in res.output and "nothing was sent" in res.output
+    res = runner.invoke(app, ["job", "status", "nope", "--as", "hospital-b", "--profiles", str(profiles)])
+    assert res.exit_code == 1 and "NOT_FOUND" in res.output
+    res = runner.invoke(app, ["job", "propose", str(profiles / "missing.toml"), "--as", "hospital-b",
+                              "--profiles", str(profiles)])
+    assert res.exit_code == 1 and "cannot read job file" in res.output
