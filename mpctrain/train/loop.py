@@ -194,7 +194,7 @@ def fit(
     Without DP, :class:`~mpctrain.train.registry.Standardize` layers are fitted on ``X`` first; with DP they
     are left as they are, since statistics of the data would be released without accounting.
     """
-    dev = pick_device(device or "auto") if isinstance(device, str | None) else torch.device(device)
+    dev = pick_device("auto" if device is None else str(device))
     Xt, yt = _as_tensors(X, y, dev)
     model.to(dev)
     _check_labels(model, Xt, yt)
@@ -309,7 +309,8 @@ def _fit_dp(
 
 def evaluate(model: nn.Module, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor) -> dict[str, float]:
     """Mean cross-entropy ``loss``, ``accuracy``, ``f1`` and (binary tasks with both classes) ``auc``."""
-    dev = next(model.parameters()).device
+    first = next(model.parameters(), None)
+    dev = first.device if first is not None else torch.device("cpu")
     Xt, yt = _as_tensors(X, y, dev)
     was_training = model.training
     model.eval()

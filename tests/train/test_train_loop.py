@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mpctrain.train.data import SchemaError
+from mpctrain.train.device import DeviceUnavailable
 from mpctrain.train.loop import ConfigError, TrainConfig, evaluate, fit, fit_with_validation
 from mpctrain.train.registry import build_model
 from mpctrain.train.tensors import state_from_bytes, state_to_bytes
@@ -212,3 +213,13 @@ def test_fit_accepts_device_strings_and_tensors():
     model2 = build_model({"name": "logreg"}, X.shape[1], 2)
     r2 = fit(model2, X, y, CFG, device=CPU)
     assert all(torch.equal(r1.state[k], r2.state[k]) for k in r1.state)
+
+
+def test_fit_rejects_unavailable_device(monkeypatch):
+    X, y = blobs(n=32)
+    model = build_model({"name": "logreg"}, X.shape[1], 2)
+    with pytest.raises(DeviceUnavailable, match="unknown device"):
+        fit(model, X, y, CFG, device="tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
+        fit(model, X, y, CFG, device=torch.device("cuda"))

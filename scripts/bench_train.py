@@ -1,0 +1,167 @@
+"""Benchmark: one epoch through ``mpctrain.train.fit`` (the enclave trainer's path) vs a hand-written PyTorch loop.
+
+Same model (registry build, same seed), same tensors, same shuffling generator, in the same process; the
+two paths are run alternately for several repetitions and the median wall times compared. The ``fit`` path
+also decodes the shard from its safetensors bytes (``table_from_bytes``), as the enclave does after opening
+a sealed upload. Goal on CPU: ratio fit / plain <= 1.03. Both paths must end with bit-identical weights,
+which the script checks and reports.
+
+Run: ``.venv/bin/python scripts/bench_train.py [--device cuda] [--rows 100000] [--reps 9] [--json out.json]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mpctrain.train.data import table_from_bytes, table_to_bytes
+from mpctrain.train.device import pick_device
+from mpctrain.train.loop import TrainConfig, fit
+from mpctrain.train.registry import build_model
+
+
+def make_data(rows: int, features: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A learnable binary task with uneven feature scales."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, features)) * np.logspace(0, 2, features)
+    w = rng.normal(size=features) / np.logspace(0, 2, features)
+    y = (X @ w + rng.normal(scale=0.5, size=rows) > 0).astype(np.int64)
+    return X.astype(np.float32), y
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_fit(shard: bytes, spec: dict, config: TrainConfig, device: torch.device) -> tuple[float, dict]:
+    """The enclave path: decode the shard, build the model, one epoch of ``fit``."""
+    _sync(device)
+    t0 = time.perf_counter()
+    X, y = table_from_bytes(shard)
+    model = build_model(spec, X.shape[1], 2)
+    result = fit(model, X, y, config, device=device)
+    _sync(device)
+    return time.perf_counter() - t0, result.state
+
+
+def run_plain(
+    X: np.ndarray, y: np.ndarray, spec: dict, config: TrainConfig, device: torch.device
+) -> tuple[float, dict]:
+    """A plain PyTorch epoch: tensors on the device, shuffle, minibatch Adam steps, nothing else."""
+    _sync(device)
+    t0 = time.perf_counter()
+    model = build_model(spec, X.shape[1], 2).to(device)
+    Xt = torch.from_numpy(X).to(device)
+    yt = torch.from_numpy(y).to(device)
+    model.standardize.fit_stats(Xt)  # part of the model: same as fit does
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(config.seed)
+    n, bs = Xt.shape[0], config.batch_size
+    model.train()
+    perm = torch.randperm(n, generator=gen, device=device)
+    for start in range(0, n, bs):
+        idx = perm[start : start + bs]
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(Xt[idx]), yt[idx])
+        loss.backward()
+        optimizer.step()
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    _sync(device)
+    return time.perf_counter() - t0, state
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--features", type=int, default=30)
+    ap.add_argument("--hidden", default="64,32", help="MLP hidden widths, comma separated; empty for logreg")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
+    spec = {"name": "mlp", "hidden": hidden, "seed": args.seed} if hidden else {"name": "logreg", "seed": args.seed}
+    config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-3, seed=args.seed)
+    X, y = make_data(args.rows, args.features, args.seed)
+    shard = table_to_bytes(X, y)
+
+    # Warm-up (first-use costs: allocator, kernels, lazy imports) - not measured.
+    run_fit(shard, spec, config, device)
+    run_plain(X, y, spec, config, device)
+
+    fit_times: list[float] = []
+    plain_times: list[float] = []
+    identical = True
+    max_diff = 0.0
+    for rep in range(args.reps):
+        order = ("fit", "plain") if rep % 2 == 0 else ("plain", "fit")
+        states = {}
+        for which in order:
+            if which == "fit":
+                t, states["fit"] = run_fit(shard, spec, config, device)
+                fit_times.append(t)
+            else:
+                t, states["plain"] = run_plain(X, y, spec, config, device)
+                plain_times.append(t)
+        for k, v in states["fit"].items():
+            other = states["plain"][k]
+            identical &= torch.equal(v, other)
+            max_diff = max(max_diff, float((v.double() - other.double()).abs().max()))
+
+    med_fit, med_plain = statistics.median(fit_times), statistics.median(plain_times)
+    paired = statistics.median(f / p for f, p in zip(fit_times, plain_times, strict=True))
+    steps = -(-args.rows // args.batch_size)
+    result = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rows": args.rows,
+        "features": args.features,
+        "model": spec,
+        "batch_size": args.batch_size,
+        "steps_per_epoch": steps,
+        "reps": args.reps,
+        "fit_median_s": med_fit,
+        "plain_median_s": med_plain,
+        "fit_min_s": min(fit_times),
+        "plain_min_s": min(plain_times),
+        "ratio_of_medians": med_fit / med_plain,
+        "median_paired_ratio": paired,
+        "weights_identical": identical,
+        "max_abs_weight_diff": max_diff,
+    }
+    print(f"device {result['device']} ({result['device_name']}), torch {result['torch']}, {result['threads']} threads")
+    print(f"{args.rows} rows x {args.features} features, {spec}, batch {args.batch_size}: {steps} steps/epoch")
+    print(f"{'path':<8}{'median s':>10}{'min s':>10}{'us/step':>10}")
+    for name, times in (("fit", fit_times), ("plain", plain_times)):
+        med = statistics.median(times)
+        print(f"{name:<8}{med:>10.4f}{min(times):>10.4f}{med / steps * 1e6:>10.1f}")
+    print(f"ratio fit/plain: {med_fit / med_plain:.3f} (medians), {paired:.3f} (median of paired reps); goal <= 1.03")
+    print(f"weights identical: {identical} (max abs diff {max_diff:.3g})")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
