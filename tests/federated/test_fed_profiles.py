@@ -1,0 +1,78 @@
+"""The banks example's job file and party profiles: code digest pinned, approval, loading a SuperNode's party."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from mpctrain.enclave.federated import CodeDigestMismatch, JobNotReady
+from mpctrain.enclave.federated.server_app import build_strategy
+from mpctrain.jobs import JobManifest
+from mpctrain.party.flower import app_code_digest, resolve_party
+from mpctrain.party.flower.profile import approve_federated_job, load_profile
+from mpctrain.seal.keys import IdentityKey, KemKey, write_public_files
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "banks_federated"
+BANKS = ("bank-a", "bank-b", "bank-c", "bank-d")
+
+
+def _manifest(keys: dict[str, tuple[IdentityKey, KemKey]]) -> JobManifest:
+    doc = tomllib.loads((EXAMPLE / "job.toml").read_text())
+    for p in doc["parties"]:
+        ident, kem = keys[p["id"]]
+        p.pop("identity_public_file"), p.pop("kem_public_file")
+        p["identity_public"], p["kem_public"] = ident.public_bytes().hex(), kem.public_bytes().hex()
+    return JobManifest.from_authoring(doc, base_dir=EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, tuple[IdentityKey, KemKey]]:
+    return {pid: (IdentityKey.generate(), KemKey.generate()) for pid in (*BANKS, "researcher")}
+
+
+def test_job_file_pins_the_app_code_and_builds_its_strategy(keys):
+    manifest = _manifest(keys)
+    assert manifest.mode == "federated" and len(manifest.data_parties()) == 4
+    assert manifest.training["flower"]["code_digest"] == app_code_digest(EXAMPLE / "app"), (
+        "app/ changed: update code_digest in examples/banks_federated/job.toml")
+    assert type(build_strategy(manifest)).__name__ == "FedAvg"
+
+
+def _profile(tmp_path: Path, bank: str, keys) -> Path:
+    """A copy of the committed profile with keys, as `mpctrain party run` would leave it."""
+    prof = tmp_path / "parties" / bank
+    shutil.copytree(ROOT / "parties" / bank, prof)
+    shutil.copytree(EXAMPLE / "app", tmp_path / "examples" / "banks_federated" / "app",
+                    ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    ident, kem = keys[bank]
+    (prof / "keys").mkdir()
+    ident.save(prof / "keys" / "identity.key")
+    kem.save(prof / "keys" / "kem.key")
+    write_public_files(prof / "keys", ident, kem)
+    return prof
+
+
+def test_approve_then_load_profile_gives_the_supernode_its_party(tmp_path, keys):
+    manifest = _manifest(keys)
+    prof = _profile(tmp_path, "bank-b", keys)
+    consent = approve_federated_job(prof, manifest)
+    assert consent.party_id == "bank-b" and consent.manifest_digest == manifest.digest()
+    runtime = load_profile(prof)
+    assert runtime.party_id == "bank-b" and runtime.manifest.digest() == manifest.digest()
+    assert resolve_party({"mpctrain-party": str(prof)}) is resolve_party({"mpctrain-party": str(prof)})
+
+
+def test_profile_refuses_changed_app_code_and_unapproved_jobs(tmp_path, keys):
+    manifest = _manifest(keys)
+    prof = _profile(tmp_path, "bank-c", keys)
+    with pytest.raises(JobNotReady, match="not approved"):
+        load_profile(prof)
+    (tmp_path / "examples" / "banks_federated" / "app" / "task.py").write_text("# swapped code\n")
+    with pytest.raises(CodeDigestMismatch):
+        approve_federated_job(prof, manifest)
+    with pytest.raises(JobNotReady, match="mpctrain-party"):
+        resolve_party({})
