@@ -7,6 +7,7 @@ import os
 
 import typer
 
+import mpctrain.cli.attest_fetch  # noqa: F401  (registers attest fetch-collateral)
 from mpctrain.cli import aggregator, attest, audit, job, keys, party
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
