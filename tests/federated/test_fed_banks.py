@@ -75,3 +75,11 @@ def test_robust_strategies_in_the_enclave_resist_a_poisoned_bank(banks, poison):
     for name, acc in robust.items():
         assert acc >= clean - 0.03, (name, acc, clean)
     assert poisoned_fedavg < clean - 0.05, (poisoned_fedavg, clean)  # FedAvg is dragged off by one bank
+
+
+def test_federated_demo_runs_and_matches_plain_flower():
+    from mpctrain.enclave.federated.demo import run_federated_demo
+
+    lines: list[str] = []
+    assert run_federated_demo(rounds=2, out=lines.append) < 1e-5
+    assert any("attestations: 4" in line for line in lines)
