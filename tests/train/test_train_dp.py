@@ -236,3 +236,13 @@ def test_default_noise_seed_is_secret_and_fresh():
     a = _dp_fit(dp)[1].state
     b = _dp_fit(dp)[1].state
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_dp_with_dropout_runs_under_vmap_and_is_reproducible():
+    def run():
+        dp = DPConfig(epsilon=8.0, delta=1e-5, clip=1.0, noise_multiplier=1.0, noise_seed=5)
+        return _dp_fit(dp, {"name": "mlp", "hidden": [8], "dropout": 0.3})[1]
+
+    a, b = run(), run()
+    assert a.steps == 30 and a.stop_reason is None
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
