@@ -1,7 +1,137 @@
-"""`mpctrain audit ...` commands."""
+"""`mpctrain audit ...`: verify an audit log offline and print what happened per job; fetch one over gRPC.
+
+Exit codes of ``verify``: 0 the log verifies; 1 a record fails (line, seq and check are printed);
+2 the command line is wrong (unreadable policy or evidence file, bad time).
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
 import typer
 
-app = typer.Typer(help="audit commands", no_args_is_help=True)
+from mpctrain.attest import AttestationError, EvidenceBundle, Policy, PolicyError
+from mpctrain.enclave.audit import AuditBroken, read_lines, render, summarize, verify_log
+from mpctrain.enclave.audit.reader import RawLine
+
+app = typer.Typer(help="audit log: verify offline, summarise per job, fetch from an aggregator", no_args_is_help=True)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+MAX_EVIDENCE_FILE = 32 << 20
+
+
+def _usage(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(EXIT_USAGE)
+
+
+def _time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise _usage(f"--at must be an ISO-8601 time such as 2026-11-22T00:00:00Z, got {value!r}") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def load_evidence_files(paths: list[Path]) -> dict[str, EvidenceBundle]:
+    """Evidence bundles (JSON) by digest; a directory contributes every ``*.json`` in it."""
+    out: dict[str, EvidenceBundle] = {}
+    files: list[Path] = []
+    for p in paths:
+        files.extend(sorted(p.glob("*.json")) if p.is_dir() else [p])
+    for f in files:
+        try:
+            if f.stat().st_size > MAX_EVIDENCE_FILE:
+                raise _usage(f"{f} is larger than {MAX_EVIDENCE_FILE} bytes: not an evidence bundle")
+            bundle = EvidenceBundle.from_json(f.read_bytes())
+        except OSError as exc:
+            raise _usage(f"cannot read evidence {f}: {exc}") from None
+        except AttestationError as exc:
+            raise _usage(f"{f} is not an evidence bundle: {exc}") from None
+        out[bundle.digest().hex()] = bundle
+    return out
+
+
+@app.command("verify")
+def verify_cmd(
+    log_path: Path = typer.Argument(..., metavar="LOG", help="audit log (JSON Lines) as stored or fetched"),
+    policy: Path = typer.Option(..., "--policy", help="policy TOML the enclave of every segment must satisfy"),
+    evidence: list[Path] = typer.Option([], "--evidence",
+                                        help="evidence bundle JSON or a directory of them, for segments whose "
+                                             "record does not embed its evidence (repeatable)"),
+    at: str | None = typer.Option(None, "--at", help="check certificates at this ISO-8601 time "
+                                                     "(default: each segment's start time)"),
+    job: str | None = typer.Option(None, "--job", help="print only this job's summary"),
+    partial: bool = typer.Option(False, "--partial", help="the file is one job's view (GetLog with a job id)"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Check chain, signatures, sequence, segment links and times; print consents, inputs and outputs per job."""
+    try:
+        pol = Policy.load(policy)
+    except PolicyError as exc:
+        raise _usage(str(exc)) from None
+    bundles = load_evidence_files(evidence)
+    when = _time(at)
+    try:
+        lines: list[RawLine] = list(read_lines(log_path))
+    except OSError as exc:
+        raise _usage(f"cannot read {log_path}: {exc}") from None
+    try:
+        report = verify_log(lines, pol, evidence=bundles, at=when, partial=partial)
+    except AuditBroken as exc:
+        if json_out:
+            typer.echo(json.dumps({"ok": False, "line": exc.line, "seq": exc.seq, "check": exc.check,
+                                   "error": exc.detail}, sort_keys=True))
+        else:
+            typer.echo(f"FAILED {exc}", err=True)
+        raise typer.Exit(EXIT_FAILED) from None
+    jobs = summarize(report.records)
+    if job is not None:
+        jobs = {k: v for k, v in jobs.items() if k == job}
+    seq, head = report.head
+    if json_out:
+        typer.echo(json.dumps({
+            "ok": True, "records": len(report.records), "head": {"seq": seq, "hash": head},
+            "segments": [{"segment": s.number, "line": s.line, "backend": s.backend,
+                          "measurement": s.measurement.hex(), "sig_public": s.sig_public.hex(),
+                          "evidence_digest": s.evidence_digest} for s in report.segments],
+            "warnings": report.warnings, "jobs": {k: v.to_json_obj() for k, v in jobs.items()},
+        }, sort_keys=True))
+        return
+    typer.echo(f"OK {len(report.records)} records in {len(report.segments)} segment(s); head seq {seq} "
+               f"hash {head}")
+    for s in report.segments:
+        typer.echo(f"segment {s.number} (line {s.line}): {s.backend} measurement {s.measurement.hex()[:32]}… "
+                   f"enclave key {s.sig_public.hex()[:16]}… evidence {s.evidence_digest[:16]}…")
+    for w in report.warnings:
+        typer.echo(f"warning: {w}")
+    for summary in jobs.values():
+        for text in render(summary):
+            typer.echo(text)
+
+
+@app.command("fetch")
+def fetch_cmd(
+    target: str = typer.Argument(..., help="aggregator address host:port"),
+    out: Path = typer.Option(..., "--out", help="file to write the log to (verify it with `audit verify`)"),
+    job: str = typer.Option("", "--job", help="only this job's view (then verify with --partial)"),
+    timeout: float = typer.Option(60.0, "--timeout", help="seconds"),
+) -> None:
+    """Copy the aggregator's audit log (or one job's view) to a file, byte for byte."""
+    from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            lines = fetch_audit_log(channel, job, timeout=timeout)
+        except AuditCheckFailed as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_FAILED) from None
+    out.write_bytes(b"".join(raw for _, raw in lines))
+    typer.echo(f"wrote {len(lines)} records to {out}")
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 
 from mpctrain.enclave.common import Rejected, guarded
@@ -27,5 +29,6 @@ class AttestationService(attestation_pb2_grpc.AttestationServicer):
                                f"nonce must be exactly {NONCE_BYTES} fresh random bytes, got {len(request.nonce)}")
             bundle = self.identity.evidence(bytes(request.nonce))
             self.events.emit("evidence.served", backend=bundle.cpu.kind, gpus=len(bundle.gpus),
-                             evidence_digest=bundle.digest().hex())
+                             evidence_digest=bundle.digest().hex(),
+                             nonce_digest=hashlib.sha256(request.nonce).hexdigest())
             return bundle_to_proto(bundle)

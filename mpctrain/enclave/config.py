@@ -5,6 +5,7 @@ listen = "127.0.0.1:50051"
 attester = "sim"                 # sim | snp | tdx (configfs-tsm inside a confidential VM)
 version = "0.1.0"
 device = "auto"                  # training device: auto | cpu | cuda
+audit_log = "audit.jsonl"        # optional: append-only signed audit log on the host (docs/audit.md)
 [sim]
 root_dir = "../../.mpctrain/sim-root"   # simulated vendor root (created on first run when missing)
 [limits]
@@ -38,6 +39,7 @@ class AggregatorConfig:
     sim_root_dir: Path | None = None
     kem_alg: str = "x25519"
     limits: Limits = field(default_factory=Limits)
+    audit_log: Path | None = None
     raw: bytes = b""  # the file's bytes: its digest is the config digest the TEE measures
 
     @property
@@ -56,7 +58,7 @@ class AggregatorConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
-        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg"}
+        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log"}
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -72,4 +74,5 @@ class AggregatorConfig:
         return cls(listen=str(doc.get("listen", "127.0.0.1:50051")), attester=attester,
                    version=str(doc.get("version", "0.1.0")), device=str(doc.get("device", "auto")),
                    sim_root_dir=(base_dir / root) if root else None, kem_alg=str(doc.get("kem_alg", "x25519")),
-                   limits=limits, raw=raw or repr(sorted(doc.items())).encode())
+                   limits=limits, raw=raw or repr(sorted(doc.items())).encode(),
+                   audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ def seal_outputs(job: Job, identity: EnclaveIdentity, outputs: Mapping[str, byte
         for name, data in outputs.items():
             obj = seal_for(identity, job.job_id, rid, spec.kem_alg, spec.kem_public, name, data)
             sealed[(rid, name)] = obj
-            events.emit("output.sealed", job_id=job.job_id, recipient=rid, name=name, size=obj.size)
+            events.emit("output.sealed", job_id=job.job_id, recipient=rid, name=name, size=obj.size,
+                        digest=hashlib.sha256(obj.header).hexdigest())
     digests = plaintext_digests(outputs)
     bundle = identity.evidence(receipt_nonce(job.digest, output_digest(digests)))
     evidence = bundle.to_json()

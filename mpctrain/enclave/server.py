@@ -16,10 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from mpctrain.attest import BuildInfo
 from mpctrain.attest.backend import Attester
 from mpctrain.enclave.attestation_service import AttestationService
+from mpctrain.enclave.audit import AuditLog
+from mpctrain.enclave.audit_service import AuditService
 from mpctrain.enclave.auth import RequestAuthenticator
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
 from mpctrain.enclave.data_service import DataService
-from mpctrain.enclave.events import EventSink, LogEventSink
+from mpctrain.enclave.events import EventSink, FanoutEventSink, LogEventSink
 from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.enclave.jobs_service import JobsService
 from mpctrain.enclave.limits import Limits
@@ -30,6 +32,7 @@ from mpctrain.enclave.uploads import UploadTable
 from mpctrain.wire import (
     attestation_pb2,
     attestation_pb2_grpc,
+    audit_pb2_grpc,
     data_pb2,
     data_pb2_grpc,
     jobs_pb2,
@@ -74,10 +77,13 @@ class Aggregator:
 
     def __init__(self, identity: EnclaveIdentity, *, limits: Limits | None = None, events: EventSink | None = None,
                  device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32,
-                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> None:
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), audit_log: str | Path | None = None) -> None:
         self.identity = identity
         self.limits = limits or Limits()
         self.events = events or LogEventSink()
+        self.audit = AuditLog(audit_log, identity) if audit_log is not None else None  # opens this enclave's segment
+        if self.audit is not None:
+            self.events = FanoutEventSink([self.events, self.audit])
         all_runners: dict[str, Runner] = {"pooled": PooledRunner(identity, self.events, device)}
         all_runners.update(runners or {})
         self.store = JobStore(self.events, runners=all_runners, max_jobs=self.limits.max_jobs)
@@ -98,7 +104,7 @@ class Aggregator:
         attester = make_attester(config)
         identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
                                             kem_alg=config.kem_alg)
-        return cls(identity, limits=config.limits, events=events, device=config.device)
+        return cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log)
 
     def server_options(self) -> list[tuple[str, Any]]:
         return [
@@ -112,6 +118,8 @@ class Aggregator:
         jobs_pb2_grpc.add_JobsServicer_to_server(self.jobs, server)
         data_pb2_grpc.add_DataServicer_to_server(self.data, server)
         results_pb2_grpc.add_ResultsServicer_to_server(self.results, server)
+        if self.audit is not None:
+            audit_pb2_grpc.add_AuditServicer_to_server(AuditService(self.audit.path, self.events), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 

@@ -137,7 +137,8 @@ class JobStore:
             if job.state != JobState.PROPOSED and consent.party_id in job.consents:
                 return
             job.consents[consent.party_id] = consent
-        self.events.emit("job.consent", job_id=job.job_id, party=consent.party_id, digest=job.digest.hex())
+        self.events.emit("job.consent", job_id=job.job_id, party=consent.party_id, digest=job.digest.hex(),
+                         signature=consent.signature.hex())
         self.record(job, "consent", party_id=consent.party_id)
         if not job.missing() and job.state == JobState.PROPOSED:
             self.set_state(job, JobState.OPEN)
@@ -170,7 +171,7 @@ class JobStore:
             self.events.emit("training.failed", job_id=job.job_id, error=type(exc).__name__)
             self.set_state(job, JobState.FAILED, message=job.error)
             return
-        self.events.emit("training.finished", job_id=job.job_id)
+        self.events.emit("training.finished", job_id=job.job_id, metrics=dict(job.public_metrics))
         self.set_state(job, JobState.DONE)
 
     def set_state(self, job: Job, state: JobState, message: str = "") -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.jobs import Consent, JobManifest, sign_consent
 from mpctrain.party.attestation import attest_aggregator, check_job_policy
+from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import ManifestRejected, PartyError
 from mpctrain.party.outputs import fetch_outputs
@@ -45,6 +46,7 @@ class PartyAgent:
     outputs_dir: Path | None = None
     at: Callable[[], datetime] | None = None
     enclave: AttestationResult | None = None
+    sent: dict[str, list[SentInput]] = field(default_factory=dict)  # job id -> shards this agent uploaded
 
     # -- steps ----------------------------------------------------------------------------------
     def attest(self) -> AttestationResult:
@@ -83,8 +85,10 @@ class PartyAgent:
         if self.data_path is None:
             raise PartyError(f"{self.party_id} has no data file configured")
         shard = load_shard(self.data_path, manifest)
-        return upload_shard(self.client, manifest.job_id, enclave, self.identity, self.party_id, shard,
-                            progress=progress, chunk_size=chunk_size)
+        result = upload_shard(self.client, manifest.job_id, enclave, self.identity, self.party_id, shard,
+                              progress=progress, chunk_size=chunk_size)
+        self.sent.setdefault(manifest.job_id, []).append(SentInput.from_upload(result))
+        return result
 
     def wait(self, job_id: str, states: tuple[str, ...], timeout: float = 300.0,
              on_event: Callable[[object], None] | None = None) -> str:
@@ -94,10 +98,18 @@ class PartyAgent:
             if on_event is not None:
                 on_event(ev)
             if ev.kind == "state" and (ev.state in states or ev.state in ("done", "failed")):
-                return ev.state
+                return self.check_audit(job_id) if ev.state == "done" else ev.state
             if time.monotonic() > deadline:
                 break
-        return self.client.get_job(job_id).state
+        state = self.client.get_job(job_id).state
+        return self.check_audit(job_id) if state == "done" else state
+
+    def check_audit(self, job_id: str) -> str:
+        """Before reporting ``done``: the enclave's audit log must show this party's job as it did it."""
+        manifest = self.manifest(job_id)
+        confirm_job(self.client.channel, manifest=manifest, party_id=self.party_id, enclave=self._attested(),
+                    policy=self.policy, sent=self.sent.get(job_id), at=self.at() if self.at else None)
+        return "done"
 
     def fetch(self, manifest: JobManifest) -> dict[str, bytes]:
         """Fetch, open and verify this party's outputs; write them to ``outputs_dir`` when set."""

@@ -79,7 +79,7 @@ class SimCluster:
         self.attester = SimAttester(root_dir, config_digest=self.config_digest)
         identity = EnclaveIdentity.generate(self.attester, build_info(self.config_digest))
         self.aggregator = Aggregator(identity, limits=self.limits, events=self.events, device=self.device,
-                                     interceptors=self.interceptors)
+                                     interceptors=self.interceptors, audit_log=self.workdir / "audit.jsonl")
         self.aggregator.start("127.0.0.1:0")
         for pid in self.party_ids:
             self.parties[pid] = PartyIdentity.create(pid, "data", self.workdir)

@@ -1,0 +1,34 @@
+"""The tamper-evident audit trail: signed, hash-chained JSON Lines records of what the enclave did.
+
+Writing: :class:`AuditLog` (an ``EventSink``). Reading: :func:`read_lines`, :func:`verify_log`,
+:func:`summarize`. Format and trust argument: docs/audit.md.
+"""
+
+from mpctrain.enclave.audit.errors import AuditBroken, AuditError, AuditWriteError
+from mpctrain.enclave.audit.log import AuditLog
+from mpctrain.enclave.audit.reader import RawLine, lines_from_bytes, read_lines
+from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, segment_nonce
+from mpctrain.enclave.audit.summary import InputEntry, JobSummary, OutputEntry, render, summarize
+from mpctrain.enclave.audit.verify import AuditReport, Segment, verify_log
+
+__all__ = [
+    "SEGMENT_KIND",
+    "AuditBroken",
+    "AuditError",
+    "AuditLog",
+    "AuditRecord",
+    "AuditReport",
+    "AuditWriteError",
+    "InputEntry",
+    "JobSummary",
+    "OutputEntry",
+    "RawLine",
+    "RecordFormatError",
+    "Segment",
+    "lines_from_bytes",
+    "read_lines",
+    "render",
+    "segment_nonce",
+    "summarize",
+    "verify_log",
+]

@@ -1,0 +1,164 @@
+"""``AuditLog``: the event sink that appends signed, hash-chained records to a JSON Lines file on the host.
+
+The file lives outside the enclave and the host may do anything to it; what it cannot do is produce a
+record the enclave key signed, so every edit, deletion, reordering or substituted segment shows up in
+``verify_log``. Each start of an enclave opens a new segment: its first record carries the new enclave's
+public keys and its evidence, attested over a nonce derived from the previous record's hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from mpctrain.enclave.audit.errors import AuditWriteError
+from mpctrain.enclave.audit.reader import read_lines
+from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, sanitize, segment_nonce
+from mpctrain.enclave.identity import EnclaveIdentity
+
+log = logging.getLogger("mpctrain.enclave.audit")
+
+EVIDENCE_DIR_SUFFIX = ".evidence"
+
+
+class AuditLog:
+    """EventSink: one signed record per event; thread-safe; appends with O_APPEND, one write per record.
+
+    ``embed_evidence=False`` keeps segment records small: the evidence bundle goes to
+    ``<log>.evidence/<digest>.json`` and the record holds its digest (verifiers pass it with ``--evidence``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], identity: EnclaveIdentity, *,
+                 clock: Callable[[], float] = time.time, embed_evidence: bool = True, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.identity = identity
+        self.clock = clock
+        self.embed_evidence = embed_evidence
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._failed: str | None = None
+        self._seq = 0
+        self._segment = 0
+        self._prev_hash = ""
+        self._time_ms = 0
+        self._jobs: dict[str, tuple[int, str]] = {}
+        self._resume()
+        self._start_segment()
+
+    # -- opening ------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        """Continue after the last record already in the file (a restart): next seq, link hash, job heads."""
+        if not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return
+        last: AuditRecord | None = None
+        try:
+            for line_no, raw in read_lines(self.path):
+                if not raw.endswith(b"\n"):
+                    raise AuditWriteError(f"{self.path} ends inside a record at line {line_no} (cut short); move it "
+                                          "aside to start a new log, and keep it for the verifier")
+                try:
+                    rec = AuditRecord.from_line(raw[:-1])
+                except RecordFormatError as exc:
+                    raise AuditWriteError(f"{self.path} line {line_no} is not an audit record ({exc}); refusing to "
+                                          "extend it: move it aside to start a new log") from None
+                if rec.job_id is not None:
+                    self._jobs[rec.job_id] = (rec.job_seq or 0, rec.hash)
+                last = rec
+        except OSError as exc:
+            raise AuditWriteError(f"cannot read the audit log {self.path}: {exc}") from exc
+        if last is not None:
+            self._seq = last.seq + 1
+            self._segment = last.segment + 1
+            self._prev_hash = last.hash
+            self._time_ms = last.time_ms
+
+    def _start_segment(self) -> None:
+        """First record of this enclave's segment: keys, build, evidence bound to the link point."""
+        nonce = segment_nonce(self._prev_hash, self._segment)
+        bundle = self.identity.evidence(nonce)
+        evidence = bundle.to_json()
+        digest = hashlib.sha256(evidence).hexdigest()
+        fields: dict[str, object] = {
+            "sig_public": bundle.sig_public.hex(),
+            "kem_public": bundle.kem_public.hex(),
+            "kem_alg": bundle.kem_alg,
+            "build_digest": bundle.build.build_digest.hex(),
+            "config_digest": bundle.build.config_digest.hex(),
+            "version": bundle.build.version,
+            "backend": bundle.cpu.kind,
+            "gpus": len(bundle.gpus),
+            "nonce": nonce.hex(),
+            "evidence_digest": digest,
+        }
+        measurement = getattr(self.identity.attester, "measurement", None)
+        if isinstance(measurement, bytes):
+            fields["measurement"] = measurement.hex()  # informational: verifiers take it from the evidence
+        if self.embed_evidence:
+            fields["evidence"] = evidence.decode()
+        else:
+            side = self.path.with_name(self.path.name + EVIDENCE_DIR_SUFFIX)
+            side.mkdir(exist_ok=True)
+            (side / f"{digest}.json").write_bytes(evidence)
+            fields["evidence_file"] = f"{side.name}/{digest}.json"
+        with self._lock:
+            self._append(SEGMENT_KIND, None, fields)
+
+    # -- EventSink ----------------------------------------------------------------------------
+    def emit(self, kind: str, /, **fields: object) -> None:
+        if kind == SEGMENT_KIND:
+            raise ValueError(f"{SEGMENT_KIND!r} records are written by the audit log itself")
+        job_id = fields.pop("job_id", None)
+        job = str(job_id)[:256] if job_id is not None and job_id != "" else None
+        clean = {str(k)[:64]: sanitize(v) for k, v in fields.items()}
+        with self._lock:
+            self._append(str(kind)[:64], job, clean)
+
+    # -- writing ------------------------------------------------------------------------------
+    def _append(self, kind: str, job_id: str | None, fields: dict[str, object]) -> None:
+        if self._failed is not None:
+            raise AuditWriteError(f"audit log {self.path} stopped after a failed write: {self._failed}")
+        now_ms = max(int(self.clock() * 1000), self._time_ms)  # timestamps never run backwards
+        job_seq, job_prev = None, ""
+        if job_id is not None:
+            head = self._jobs.get(job_id)
+            job_seq, job_prev = (0, "") if head is None else (head[0] + 1, head[1])
+        rec = AuditRecord(seq=self._seq, segment=self._segment, time_ms=now_ms, kind=kind,
+                          prev_hash=self._prev_hash, fields=fields, job_id=job_id, job_seq=job_seq,
+                          job_prev=job_prev).signed(self.identity.sig)
+        line = rec.to_line()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                written = os.write(fd, line)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            self._failed = str(exc)
+            raise AuditWriteError(f"cannot append to the audit log {self.path}: {exc}") from exc
+        if written != len(line):
+            self._failed = f"short write ({written} of {len(line)} bytes)"
+            raise AuditWriteError(f"audit log {self.path}: {self._failed}")
+        self._seq += 1
+        self._prev_hash = rec.hash
+        self._time_ms = now_ms
+        if job_id is not None:
+            self._jobs[job_id] = (rec.job_seq or 0, rec.hash)
+
+    # -- facts --------------------------------------------------------------------------------
+    @property
+    def segment(self) -> int:
+        return self._segment
+
+    @property
+    def head(self) -> tuple[int, str]:
+        """(next sequence number, hash of the last record): what a party may pin as an anchor."""
+        with self._lock:
+            return self._seq, self._prev_hash

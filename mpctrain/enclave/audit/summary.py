@@ -1,0 +1,144 @@
+"""Per-job summary of a verified log: who consented, which inputs came in from whom, what went out to whom."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mpctrain.enclave.audit.record import AuditRecord
+
+
+@dataclass(frozen=True)
+class InputEntry:
+    """A shard (pooled) the enclave accepted: the sealed stream's header digest names that exact ciphertext."""
+
+    party: str
+    object_id: str
+    digest: str
+    size: int
+    line: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class OutputEntry:
+    """An output sealed to one recipient (``digest``: SHA-256 of the sealed stream header when recorded)."""
+
+    recipient: str
+    name: str
+    digest: str
+    size: int
+    line: int
+    seq: int
+
+
+@dataclass
+class JobSummary:
+    job_id: str
+    manifest_digest: str = ""
+    mode: str = ""
+    proposer: str = ""
+    parties: list[str] = field(default_factory=list)
+    consents: dict[str, str] = field(default_factory=dict)  # party -> consent signature (hex) or ""
+    inputs: dict[str, list[InputEntry]] = field(default_factory=dict)
+    outputs: dict[str, list[OutputEntry]] = field(default_factory=dict)
+    fetched: list[tuple[str, str]] = field(default_factory=list)  # (recipient, name)
+    states: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    rounds: int = 0
+    rejections: int = 0
+    output_digest: str = ""
+    records: int = 0
+
+    @property
+    def state(self) -> str:
+        return self.states[-1] if self.states else "unknown"
+
+    def to_json_obj(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id, "manifest_digest": self.manifest_digest, "mode": self.mode,
+            "proposer": self.proposer, "parties": self.parties, "consents": sorted(self.consents),
+            "inputs": {p: [{"object_id": e.object_id, "digest": e.digest, "size": e.size, "seq": e.seq} for e in es]
+                       for p, es in sorted(self.inputs.items())},
+            "outputs": {r: [{"name": e.name, "digest": e.digest, "size": e.size, "seq": e.seq} for e in es]
+                        for r, es in sorted(self.outputs.items())},
+            "fetched": [list(f) for f in self.fetched], "state": self.state, "metrics": self.metrics,
+            "rounds": self.rounds, "rejections": self.rejections, "output_digest": self.output_digest,
+            "records": self.records,
+        }
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
+def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummary]:
+    """Fold a verified log's records into one summary per job id (in order of first appearance)."""
+    jobs: dict[str, JobSummary] = {}
+    for line, rec in records:
+        if rec.job_id is None:
+            continue
+        js = jobs.setdefault(rec.job_id, JobSummary(rec.job_id))
+        js.records += 1
+        f = rec.fields
+        kind = rec.kind
+        if kind == "job.proposed":
+            js.manifest_digest = str(f.get("digest", ""))
+            js.mode, js.proposer = str(f.get("mode", "")), str(f.get("proposer", ""))
+            js.parties = [str(p) for p in f.get("parties", []) if isinstance(p, str)]
+        elif kind == "job.consent":
+            js.consents[str(f.get("party", ""))] = str(f.get("signature", ""))
+        elif kind == "shard.accepted":
+            party = str(f.get("party", ""))
+            js.inputs.setdefault(party, []).append(InputEntry(
+                party, str(f.get("object_id", "")), str(f.get("header_digest", "")), _int(f.get("size")),
+                line, rec.seq))
+        elif kind == "output.sealed":
+            rid = str(f.get("recipient", ""))
+            js.outputs.setdefault(rid, []).append(OutputEntry(
+                rid, str(f.get("name", "")), str(f.get("digest", "")), _int(f.get("size")), line, rec.seq))
+        elif kind == "fl.output_sealed":
+            for rid in f.get("recipients", []):
+                js.outputs.setdefault(str(rid), []).append(OutputEntry(
+                    str(rid), "model", str(f.get("digest", "")), _int(f.get("size")), line, rec.seq))
+        elif kind == "output.fetched":
+            js.fetched.append((str(f.get("recipient", "")), str(f.get("name", ""))))
+        elif kind == "receipt.signed":
+            js.output_digest = str(f.get("output_digest", ""))
+        elif kind == "job.state":
+            js.states.append(str(f.get("state", "")))
+        elif kind in ("training.finished", "fl.training_ended"):
+            metrics = f.get("metrics")
+            if isinstance(metrics, dict):
+                js.metrics.update(metrics)
+            js.rounds = max(js.rounds, _int(f.get("rounds")))
+        elif kind == "fl.round_aggregated":
+            js.rounds = max(js.rounds, _int(f.get("round")))
+        elif kind in ("rejected", "fl.reply_rejected", "shard.chunk_rejected"):
+            js.rejections += 1
+    return jobs
+
+
+def render(summary: JobSummary) -> list[str]:
+    """Plain text lines for the CLI (no colours, so the output can be archived as is)."""
+    out = [f"job {summary.job_id} ({summary.mode or '?'}) state={summary.state} "
+           f"manifest={summary.manifest_digest[:16]}… proposer={summary.proposer or '?'} records={summary.records}"]
+    out.append(f"  consents: {', '.join(sorted(summary.consents)) or 'none'}")
+    for party, entries in sorted(summary.inputs.items()):
+        for e in entries:
+            out.append(f"  input  {party}: {e.size} bytes, object {e.object_id}, header sha256 {e.digest[:16]}… "
+                       f"(seq {e.seq})")
+    missing = [p for p in summary.consents if p not in summary.inputs]
+    if missing and summary.mode == "pooled":
+        out.append(f"  no input from: {', '.join(sorted(missing))}")
+    for rid, entries in sorted(summary.outputs.items()):
+        for e in entries:
+            out.append(f"  output {rid}: {e.name}, {e.size} bytes, sha256 {e.digest[:16] or '-'}… (seq {e.seq})")
+    if summary.metrics:
+        out.append("  public metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.metrics.items())))
+    if summary.rounds:
+        out.append(f"  rounds: {summary.rounds}")
+    if summary.rejections:
+        out.append(f"  rejections: {summary.rejections}")
+    return out

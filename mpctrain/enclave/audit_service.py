@@ -1,0 +1,62 @@
+"""The Audit gRPC service: streams the stored log (whole, or one job's view) exactly as it is on disk.
+
+No authentication: the log is metadata only and lies on the host's disk in clear anyway; readers verify
+every record, so serving it adds no trust. Lines that do not parse are passed on as they are, for the
+reader's verifier to locate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from mpctrain.enclave.audit.reader import read_lines
+from mpctrain.enclave.audit.record import SEGMENT_KIND
+from mpctrain.enclave.common import Rejected, guarded
+from mpctrain.enclave.events import EventSink
+from mpctrain.wire import audit_pb2, audit_pb2_grpc
+
+GET_LOG = "/mpctrain.v1.Audit/GetLog"
+JOB_VIEW_KINDS = frozenset((SEGMENT_KIND, "evidence.served", "aggregator.started", "aggregator.stopped"))
+MAX_JOB_ID = 256
+
+
+def _peek(raw: bytes) -> tuple[int | None, str | None, str | None]:
+    """(seq, job_id, kind) of a stored line, or Nones when it does not parse."""
+    try:
+        obj = json.loads(raw)
+        seq = obj.get("seq")
+        return (seq if isinstance(seq, int) else None), obj.get("job_id"), obj.get("kind")
+    except (ValueError, AttributeError, RecursionError):
+        return None, None, None
+
+
+def job_view(job_id: str, job: str | None, kind: str | None) -> bool:
+    """Whether a record belongs to ``job_id``'s view: its own records and the job-less context records."""
+    return job == job_id or (job is None and kind in JOB_VIEW_KINDS)
+
+
+class AuditService(audit_pb2_grpc.AuditServicer):
+    def __init__(self, path: str | Path, events: EventSink) -> None:
+        self.path = Path(path)
+        self.events = events
+
+    def GetLog(self, request: audit_pb2.GetLogRequest,
+               context: grpc.ServicerContext) -> Iterator[audit_pb2.AuditRecord]:
+        with guarded(context, self.events, GET_LOG):
+            if len(request.job_id) > MAX_JOB_ID:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"job id longer than {MAX_JOB_ID} characters")
+            if not self.path.exists():
+                raise Rejected(grpc.StatusCode.NOT_FOUND, "this aggregator has written no audit log yet")
+            for line_no, raw in read_lines(self.path):
+                if request.job_id or request.from_seq:
+                    seq, job, kind = _peek(raw)
+                    parsed = seq is not None
+                    if parsed and request.from_seq and seq < request.from_seq:  # type: ignore[operator]
+                        continue
+                    if parsed and request.job_id and not job_view(request.job_id, job, kind):
+                        continue
+                yield audit_pb2.AuditRecord(line=line_no, data=raw)

@@ -1,0 +1,161 @@
+"""Party-side audit check: before a party calls its job complete, the enclave's own log must agree with it.
+
+The party fetches its job's view of the log, verifies every record against the enclave keys attested under
+its own policy, and checks that: the segment's keys are the ones it attested itself (and the evidence it
+was served is recorded there), the job is the manifest it approved, its consent is recorded, exactly the
+shards it sent were accepted under its name, outputs went to the manifest's recipients only, and the job
+reached ``done``. Any difference raises ``AuditCheckFailed`` naming the check.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from mpctrain.attest import AttestationResult, Policy
+from mpctrain.enclave.audit import AuditBroken, JobSummary, RawLine, summarize, verify_log
+from mpctrain.jobs import JobManifest
+from mpctrain.jobs.consent import CONSENT_DOMAIN
+from mpctrain.party.errors import PartyError
+from mpctrain.seal.errors import BadSignature
+from mpctrain.seal.sign import verify_fields
+from mpctrain.wire import audit_pb2, audit_pb2_grpc
+
+MAX_FETCH_RECORDS = 1_000_000
+
+
+class AuditCheckFailed(PartyError):
+    """The audit log does not show what this party did (or shows more): the job is not reported complete."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(f"audit check failed ({check}): {message}")
+        self.check = check
+
+
+@dataclass(frozen=True)
+class SentInput:
+    """What the party itself sent: object id and plaintext size (and the sealed header's SHA-256 when known)."""
+
+    object_id: str
+    size: int
+    header_digest: str = ""
+
+    @classmethod
+    def from_upload(cls, result: Any) -> SentInput:
+        """From an ``UploadResult`` (``header_digest`` is used when the result carries one)."""
+        digest = getattr(result, "header_digest", b"") or b""
+        return cls(str(result.object_id), int(result.total_size),
+                   digest.hex() if isinstance(digest, bytes) else str(digest))
+
+
+def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, timeout: float = 60.0) -> list[RawLine]:
+    """The log (or ``job_id``'s view of it) over gRPC, as (line number, stored bytes)."""
+    stub = audit_pb2_grpc.AuditStub(channel)
+    out: list[RawLine] = []
+    try:
+        for rec in stub.GetLog(audit_pb2.GetLogRequest(job_id=job_id), timeout=timeout):
+            out.append((int(rec.line), bytes(rec.data)))
+            if len(out) > MAX_FETCH_RECORDS:
+                raise AuditCheckFailed("fetch", f"the aggregator sent more than {MAX_FETCH_RECORDS} records")
+    except grpc.RpcError as exc:
+        code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
+        raise AuditCheckFailed("fetch", f"cannot fetch the audit log ({code}); without it the job cannot be "
+                                        "confirmed: the aggregator must run with an audit_log") from None
+    return out
+
+
+def check_job_audit(lines: Sequence[RawLine], *, manifest: JobManifest, party_id: str,
+                    enclave: AttestationResult, policy: Policy, sent: Sequence[SentInput] | None = None,
+                    at: datetime | None = None, require_done: bool = True) -> JobSummary:
+    """Verify ``manifest``'s records as ``party_id`` sees them; return the job's summary or raise.
+
+    ``sent`` lists every shard this party uploaded for the job (``None``: not known here, inputs unchecked).
+    """
+    try:
+        report = verify_log(lines, policy, at=at, partial=True)
+    except AuditBroken as exc:
+        raise AuditCheckFailed(f"log:{exc.check}", str(exc)) from None
+    segment = report.segment_of(enclave.sig_public)
+    if segment is None:
+        raise AuditCheckFailed("keys", "no segment of the log is signed by the enclave key this party attested")
+    served = [r for _, r in report.records if r.kind == "evidence.served" and r.segment == segment.number
+              and r.fields.get("evidence_digest") == enclave.evidence_digest.hex()]
+    if not served:
+        raise AuditCheckFailed("evidence", "the evidence this party verified is not recorded as served by that "
+                                           "enclave")
+    job = summarize(report.records).get(manifest.job_id)
+    if job is None:
+        raise AuditCheckFailed("job", f"the log holds no record of job {manifest.job_id}")
+    if not hmac.compare_digest(job.manifest_digest, manifest.digest().hex()):
+        raise AuditCheckFailed("manifest", "the log records another manifest than the one this party approved")
+    spec = manifest.party(party_id)
+    if spec.role == "data":
+        _check_own_consent(job, manifest, party_id)
+    if sent is not None:
+        _check_inputs(job, party_id, sent)
+    allowed = set(manifest.recipients)
+    wrong = sorted(r for r in job.outputs if r not in allowed)
+    if wrong:
+        raise AuditCheckFailed("outputs", f"outputs were sealed to {wrong}, who are not recipients in the manifest")
+    if require_done:
+        if "done" not in job.states:
+            raise AuditCheckFailed("state", f"the log does not show job {manifest.job_id} done (states: "
+                                            f"{job.states or 'none'}); records may be missing")
+        missing = sorted(allowed - set(job.outputs)) if manifest.mode == "pooled" else []
+        if missing:
+            raise AuditCheckFailed("outputs", f"no output recorded for recipients {missing}")
+    return job
+
+
+def _check_own_consent(job: JobSummary, manifest: JobManifest, party_id: str) -> None:
+    """The recorded consent must be this party's own signature over the recorded manifest digest."""
+    sig = job.consents.get(party_id)
+    if sig is None:
+        raise AuditCheckFailed("consent", f"the consent of {party_id} is not recorded")
+    try:
+        verify_fields(manifest.party(party_id).identity_public, bytes.fromhex(sig), CONSENT_DOMAIN, manifest.job_id,
+                      party_id, bytes.fromhex(job.manifest_digest))
+    except (BadSignature, ValueError):
+        raise AuditCheckFailed("consent", f"the recorded consent is not {party_id}'s signature over the recorded "
+                                          "manifest") from None
+
+
+def confirm_job(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, enclave: AttestationResult,
+                policy: Policy, sent: Sequence[SentInput] | None = None, at: datetime | None = None,
+                settle_s: float = 5.0) -> JobSummary:
+    """Fetch the job's view and check it; the final records may land just after the state change, so a
+    missing ``done`` is re-fetched for up to ``settle_s`` seconds."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        lines = fetch_audit_log(channel, manifest.job_id)
+        try:
+            return check_job_audit(lines, manifest=manifest, party_id=party_id, enclave=enclave, policy=policy,
+                                   sent=sent, at=at)
+        except AuditCheckFailed as exc:
+            if exc.check != "state" or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
+def _check_inputs(job: JobSummary, party_id: str, sent: Sequence[SentInput]) -> None:
+    recorded = list(job.inputs.get(party_id, []))
+    for s in sent:
+        match = [e for e in recorded if e.object_id == s.object_id]
+        if not match:
+            raise AuditCheckFailed("inputs", f"shard {s.object_id} sent by {party_id} is not recorded as accepted")
+        e = match[0]
+        if e.size != s.size:
+            raise AuditCheckFailed("inputs", f"shard {s.object_id}: the log records {e.size} bytes, {party_id} "
+                                             f"sent {s.size}")
+        if s.header_digest and not hmac.compare_digest(e.digest, s.header_digest):
+            raise AuditCheckFailed("inputs", f"shard {s.object_id}: recorded digest differs from the one sent")
+        recorded.remove(e)
+    if recorded:
+        raise AuditCheckFailed("inputs", f"the log shows {len(recorded)} input(s) under {party_id} that it never "
+                                         f"sent: {[e.object_id for e in recorded]}")
