@@ -49,8 +49,8 @@ def select_attester(
     except CollectionError as exc:
         if tee == "auto":
             raise SelectionError(
-                f"no confidential-computing hardware found ({exc}); this machine is not an SEV-SNP or TDX "
-                'guest. For a simulation (no protection at all) set tee = "sim" explicitly.',
+                f"no usable confidential-computing attestation interface ({exc}). If this machine is not an "
+                'SEV-SNP or TDX guest and a simulation (no protection at all) is wanted, set tee = "sim" explicitly.',
                 field="tee", expected="snp or tdx guest", actual="none") from exc
         raise SelectionError(f"tee = {tee!r} but configfs-tsm is not usable: {exc}", field="tee",
                              expected=tee, actual="none") from exc

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from mpctrain.attest import Collateral, Evidence, Policy, verify_evidence
@@ -662,3 +664,44 @@ def test_cli_failures(all_routes, vec, tmp_path) -> None:
     assert res.exit_code == 2 and "https" in res.output
     assert runner.invoke(app, [*base, "--snp-report", str(tmp_path / "missing.bin")]).exit_code == 2
     assert runner.invoke(app, [*base, "--snp-report", str(report), "--snp-product", "Naples"]).exit_code == 2
+
+
+def _as_vlek(report: bytes) -> bytes:
+    raw = bytearray(report)
+    key_info = int.from_bytes(raw[0x48:0x4C], "little") & ~(0x7 << 2) | (1 << 2)
+    raw[0x48:0x4C] = key_info.to_bytes(4, "little")
+    return bytes(raw)
+
+
+def test_vlek_report_fetches_asvk_chain_for_the_product_kds_knows(all_routes, vec, sleeps, tmp_path, vectors) -> None:
+    asvk_ark = (vectors / "snp" / "ask_ark_genoa_vlek.pem").read_bytes()
+    all_routes.routes["/vlek/v1/Genoa/cert_chain"] = Reply(body=asvk_ark)
+    all_routes.routes["/vlek/v1/Genoa/crl"] = Reply(body=_crl("ARK-Genoa"))
+    result = fetch_collateral(tmp_path, snp_reports=[_as_vlek(vec.snp_report)], endpoints=endpoints(all_routes),
+                              client=client(sleeps))
+    assert result.written == ["snp/Genoa/asvk_ark.pem", "snp/Genoa/vlek_crl.der"]
+    assert [t for _, t in all_routes.log if "cert_chain" in t] == [
+        "/vlek/v1/Milan/cert_chain", "/vlek/v1/Genoa/cert_chain", "/vlek/v1/Turin/cert_chain"]
+    assert not any("/vcek/" in t for _, t in all_routes.log)  # VLEKs are not on KDS
+
+
+def test_vlek_report_with_no_chain_anywhere_is_not_found(all_routes, vec, sleeps, tmp_path) -> None:
+    with pytest.raises(NotFound):
+        fetch_collateral(tmp_path, snp_reports=[_as_vlek(vec.snp_report)], endpoints=endpoints(all_routes),
+                         client=client(sleeps))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=600))
+def test_content_checks_fuzz(body: bytes) -> None:
+    """Random bodies give BadResponse (or pass, if they happen to be valid), never another exception."""
+    from mpctrain.attest.fetch import content
+    from mpctrain.attest.fetch.nvidia import _rim_xml
+
+    for check in (lambda b: content.der_certificate(b, "u", "SEV-VCEK"), lambda b: content.pem_chain(b, "u", count=2),
+                  lambda b: content.crl_der(b, "u"), lambda b: content.json_object(b, "u", "tcbInfo"),
+                  lambda b: _rim_xml(b, "u"), lambda b: content.header_chain(b.decode("latin-1"), "u", "H")):
+        try:
+            check(body)
+        except BadResponse:
+            pass

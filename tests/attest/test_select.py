@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
-import nvidia_synth as synth
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from test_configfs import ROOT, FakeKernel
 
+import nvidia_synth as synth
 from mpctrain.attest import (
     BindingMismatch,
     BuildInfo,

@@ -83,8 +83,10 @@ def fetch_snp(client: HttpClient, store: CacheStore, report_bytes: bytes, *, bas
         try:
             chain = client.get(f"{root}/cert_chain", max_bytes=MAX_CERT_BYTES)
         except NotFound:
-            if len(chains) > 1:
+            if p != chains[-1][0]:
                 continue
+            if written:
+                break
             raise
         store.put(f"snp/{p}/{fname}", pem_chain(chain.body, chain.url, count=2), url=chain.url)
         crl = client.get(f"{root}/crl", max_bytes=MAX_CRL_BYTES)
