@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mpctrain.attest import Collateral, Evidence, Policy, verify_evidence
 from mpctrain.attest.configfs import DEFAULT_ROOT, CollectionError, ConfigfsTsmAttester, OsTsmFs
@@ -376,3 +378,32 @@ def test_os_fs_roundtrip(tmp_path: Path) -> None:
     Path(d, "inblob").unlink()
     fs.rmdir(d)
     assert not Path(d).exists()
+
+
+@settings(max_examples=80, deadline=None)
+@given(provider=st.sampled_from(["sev_guest", "tdx_guest"]), outblob=st.binary(max_size=1300),
+       auxblob=st.binary(max_size=200))
+def test_fuzz_kernel_output_gives_evidence_or_collection_error(provider, outblob, auxblob) -> None:
+    """Whatever bytes the kernel (or a hostile host behind it) returns: evidence or CollectionError."""
+    kernel = FakeKernel(provider, outblob, auxblob)
+    try:
+        ev = ConfigfsTsmAttester(ROOT, fs=kernel).attest(data())
+    except CollectionError:
+        pass
+    else:
+        assert ev.data == outblob
+    assert kernel.entries == {}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(min_value=0, max_value=400), flip=st.integers(min_value=0, max_value=399))
+def test_fuzz_truncated_or_flipped_cert_table(snp_report, snp_auxblob, cut, flip) -> None:
+    table = bytearray(snp_auxblob[: max(cut, 0)] if cut < 400 else snp_auxblob)
+    if table and flip < len(table):
+        table[flip] ^= 0xFF
+    try:
+        ev = ConfigfsTsmAttester(ROOT, fs=FakeKernel("sev_guest", snp_report, bytes(table))).attest(data())
+    except CollectionError as exc:
+        assert exc.field == "auxblob"
+    else:
+        assert set(ev.certs) <= {"vcek", "vlek", "ask", "ark"}
