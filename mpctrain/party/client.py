@@ -106,7 +106,8 @@ class AggregatorClient:
 
     # -- data -----------------------------------------------------------------------------------
     def upload(self, job_id: str, header: bytes,
-               chunks: Callable[[int], Iterable[data_pb2.UploadChunk]]) -> Iterator[data_pb2.UploadAck]:
+               chunks: Callable[[int], Iterable[data_pb2.UploadChunk | data_pb2.UploadRequest]],
+               ) -> Iterator[data_pb2.UploadAck]:
         """Open an upload; ``chunks(start)`` yields chunks from the index the enclave's first ack names."""
         first = data_pb2.UploadRequest(open=data_pb2.UploadOpen(job_id=job_id, header=header))
         md = self._md("/mpctrain.v1.Data/UploadShard", first)
@@ -119,7 +120,7 @@ class AggregatorClient:
             if not start:
                 return
             for c in chunks(start[0]):
-                yield data_pb2.UploadRequest(chunk=c)
+                yield c if isinstance(c, data_pb2.UploadRequest) else data_pb2.UploadRequest(chunk=c)
 
         responses = self.data.UploadShard(requests(), metadata=md, timeout=None)
         try:

@@ -66,7 +66,7 @@ class ShardUpload:
             self._frames[index] = f
         return f
 
-    def _chunks(self, start: int, stop: int | None) -> Iterator[data_pb2.UploadChunk]:
+    def _chunks(self, start: int, stop: int | None) -> Iterator[data_pb2.UploadRequest]:
         end = self.n_chunks if stop is None else min(stop, self.n_chunks)
         for i in range(start, end):
             with self._cond:  # flow control: at most `window` unacknowledged chunks in flight
@@ -76,7 +76,11 @@ class ShardUpload:
                     return
             f = self.frame(i)
             self.sent_bytes += len(f)
-            yield data_pb2.UploadChunk(index=i, frame=f, last=i == self.n_chunks - 1)
+            req = data_pb2.UploadRequest()  # fields set in place: one copy of the frame, not two
+            req.chunk.index = i
+            req.chunk.frame = f
+            req.chunk.last = i == self.n_chunks - 1
+            yield req
 
     def send(self, progress: Progress | None = None, *, stop_after: int | None = None) -> UploadResult:
         """Upload from where the enclave stands; ``stop_after`` ends this attempt early (interruption)."""
