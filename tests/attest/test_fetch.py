@@ -705,3 +705,20 @@ def test_content_checks_fuzz(body: bytes) -> None:
             check(body)
         except BadResponse:
             pass
+
+
+def test_cli_gpu_report_hex_and_evidence_json(all_routes, vec, tmp_path) -> None:
+    hex_file = tmp_path / "gpu.hex"
+    hex_file.write_text(vec.gpu.data.hex())
+    json_file = tmp_path / "gpu.json"
+    json_file.write_text(json.dumps(vec.gpu.to_json_obj()))
+    runner = CliRunner()
+    base = ["attest", "fetch-collateral", "--nvidia-rim", all_routes.url, "--rate", "0"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a"), "--gpu-report", str(hex_file),
+                              "--nvidia-ocsp", ""])
+    assert res.exit_code == 0, res.output
+    assert "nvidia/rim/driver/550.90.07.swidtag" in res.output and all_routes.hits("/ocsp") == 0
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "b"), "--gpu-report", str(json_file),
+                              "--nvidia-ocsp", all_routes.url + "/ocsp"])
+    assert res.exit_code == 0, res.output
+    assert all_routes.hits("/ocsp") == 3 and len(list((tmp_path / "b" / "nvidia" / "ocsp").iterdir())) == 3
