@@ -1,0 +1,253 @@
+"""A real pooled run over loopback gRPC: the log verifies, parties check their job, canaries never appear."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import grpc
+import pandas as pd
+import pytest
+from auditkit import numbered
+
+from mpctrain.enclave.audit import AuditRecord, lines_from_bytes, read_lines, summarize, verify_log
+from mpctrain.enclave.events import MemoryEventSink
+from mpctrain.enclave.server import Aggregator
+from mpctrain.party.audit_check import AuditCheckFailed, SentInput, check_job_audit, confirm_job, fetch_audit_log
+from mpctrain.party.errors import NotFound
+from mpctrain.sim.cluster import EXAMPLE, SimCluster
+
+PARTIES = ("hospital-a", "hospital-b", "hospital-c")
+TRAINING = {"epochs": 2, "batch_size": 64, "lr": 0.01, "seed": 7, "val_fraction": 0.2}
+CANARIES = (31337.0625, 27182.8125, 16180.3398)
+
+
+def _patterns(value: float) -> list[bytes]:
+    out = [f"{value}".encode(), f"{value:.4f}".encode()]
+    for fmt in ("<f", ">f", "<d", ">d"):
+        out.append(struct.pack(fmt, value))
+    f32 = struct.unpack("<f", struct.pack("<f", value))[0]
+    return [*out, struct.pack("<d", f32), f"{f32}".encode(), struct.pack("<f", value).hex().encode()]
+
+
+CANARY_BYTES = [p for v in CANARIES for p in _patterns(v)]
+
+
+@dataclasses.dataclass
+class Run:
+    cluster: SimCluster
+    manifest: object
+    agents: dict
+    log_path: Path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("audit-cluster")
+    data = {}
+    for pid in PARTIES:
+        data[pid] = work / f"{pid}.csv"
+        shutil.copy(EXAMPLE / "data" / f"{pid}.csv", data[pid])
+    df = pd.read_csv(data["hospital-b"])
+    for row, col in ((0, "mean_radius"), (1, "worst_area"), (2, "mean_texture")):
+        df.loc[row, col] = CANARIES[row]
+    df.to_csv(data["hospital-b"], index=False)
+    c = SimCluster(work / "cluster", researchers=("researcher",), events=MemoryEventSink())
+    with c:
+        m = c.manifest("audit-job", parties=[*PARTIES, "researcher"], training=TRAINING,
+                       recipients=["hospital-a", "researcher"])
+        agents = {p: c.agent(p, data=data[p]) for p in PARTIES}
+        agents["hospital-a"].client.propose(m)
+        for ag in agents.values():
+            ag.attest()
+            ag.approve(m)
+        for ag in agents.values():
+            ag.upload(m)
+        # wait() reports "done" only after the party's own audit check passed
+        assert agents["hospital-b"].wait(m.job_id, ("done",), timeout=120) == "done"
+        with pytest.raises(NotFound):
+            agents["hospital-c"].client.upload_status("no-such-job", "x")  # a signed call refused: recorded
+        yield Run(c, m, agents, c.workdir / "audit.jsonl")
+
+
+def test_log_fetched_over_grpc_is_the_stored_log_and_verifies(run):
+    lines = fetch_audit_log(run.agents["hospital-a"].client.channel)
+    stored = run.log_path.read_bytes()
+    assert b"".join(raw for _, raw in lines) == stored
+    assert [n for n, _ in lines] == list(range(1, len(lines) + 1))
+    report = verify_log(lines, run.cluster.policy())
+    assert report.segments[0].sig_public == run.agents["hospital-a"].enclave.sig_public
+    assert report.segments[0].measurement == run.cluster.attester.measurement
+
+
+def test_summary_shows_consents_inputs_and_outputs(run):
+    report = verify_log(read_lines(run.log_path), run.cluster.policy())
+    job = summarize(report.records)["audit-job"]
+    assert job.manifest_digest == run.manifest.digest().hex()
+    assert sorted(job.consents) == sorted(PARTIES)
+    for pid, ag in run.agents.items():
+        (sent,) = ag.sent["audit-job"]
+        (entry,) = job.inputs[pid]
+        assert (entry.object_id, entry.size) == (sent.object_id, sent.size)
+    started = {r.fields["object_id"]: r.fields["header_digest"] for _, r in report.records if r.kind == "shard.started"}
+    assert all(started[e.object_id] == e.digest for es in job.inputs.values() for e in es)
+    assert sorted(job.outputs) == ["hospital-a", "researcher"]
+    assert {e.name for e in job.outputs["researcher"]} == {"model", "metrics"}
+    assert job.state == "done" and set(job.metrics) <= {"accuracy", "auc"}
+
+
+def test_job_view_over_grpc_holds_only_that_job_and_its_context(run):
+    view = fetch_audit_log(run.agents["hospital-a"].client.channel, "audit-job")
+    kinds = {(json.loads(raw)["job_id"], json.loads(raw)["kind"]) for _, raw in view}
+    assert {k for j, k in kinds if j is None} <= {"segment.started", "evidence.served", "aggregator.started"}
+    assert {j for j, _ in kinds} == {None, "audit-job"}
+    verify_log(view, run.cluster.policy(), partial=True)
+
+
+def test_rejection_is_recorded_with_caller_and_no_payload(run):
+    recs = [AuditRecord.from_line(raw[:-1]) for _, raw in read_lines(run.log_path)]
+    (rej,) = [r for r in recs if r.kind == "rejected" and "no-such-job" in r.fields.get("reason", "")]
+    assert rej.fields["caller"] == "hospital-c" and rej.fields["code"] == "NOT_FOUND"
+    assert set(rej.fields) == {"method", "code", "reason", "caller"}
+
+
+def test_canaries_planted_in_party_data_never_reach_the_log(run):
+    blob = run.log_path.read_bytes()
+    assert b'"kind":"shard.accepted"' in blob  # the shards went in ...
+    assert [p for p in CANARY_BYTES if p in blob] == []  # ... none of their values did
+
+
+def test_every_party_check_passes_on_the_real_log(run):
+    for pid, ag in run.agents.items():
+        job = confirm_job(ag.client.channel, manifest=run.manifest, party_id=pid, enclave=ag.enclave,
+                          policy=ag.policy, sent=ag.sent["audit-job"])
+        assert pid in job.inputs
+
+
+def _view(run: Run) -> list[tuple[int, bytes]]:
+    return fetch_audit_log(run.agents["hospital-a"].client.channel, "audit-job")
+
+
+def _check(run: Run, lines, pid: str = "hospital-a", **kw):
+    ag = run.agents[pid]
+    args = dict(manifest=run.manifest, party_id=pid, enclave=ag.enclave, policy=ag.policy, sent=ag.sent["audit-job"])
+    args.update(kw)
+    return check_job_audit(lines, **args)
+
+
+def test_party_check_catches_a_dropped_shard_record(run):
+    view = [raw for _, raw in _view(run)]
+    mine = run.agents["hospital-a"].sent["audit-job"][0].object_id
+    dropped = [raw for raw in view if not (b'"shard.accepted"' in raw and mine.encode() in raw)]
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, numbered(dropped))
+    assert info.value.check == "log:job-chain"
+
+
+def test_party_check_catches_a_view_cut_before_done(run):
+    view = [raw for _, raw in _view(run)]
+    cut = next(i for i, raw in enumerate(view) if b'"training.started"' in raw)
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, numbered(view[:cut]))
+    assert info.value.check == "state"
+
+
+@pytest.mark.parametrize(("sent", "needle"), [
+    ([SentInput("shard/hospital-a/feedface", 10)], "not recorded"),
+    ("size", "records"),
+    ([], "never sent"),
+    ("digest", "digest differs"),
+])
+def test_party_check_compares_inputs_with_what_it_sent(run, sent, needle):
+    real = run.agents["hospital-a"].sent["audit-job"][0]
+    if sent == "size":
+        sent = [dataclasses.replace(real, size=real.size + 1)]
+    elif sent == "digest":
+        sent = [dataclasses.replace(real, header_digest="00" * 32)]
+    with pytest.raises(AuditCheckFailed, match=needle) as info:
+        _check(run, _view(run), sent=sent)
+    assert info.value.check == "inputs"
+
+
+def test_party_check_refuses_another_manifest(run):
+    other = run.cluster.manifest("audit-job", parties=[*PARTIES, "researcher"], training={**TRAINING, "epochs": 9})
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, _view(run), manifest=other)
+    assert info.value.check == "manifest"
+
+
+def test_party_check_refuses_keys_it_did_not_attest(run):
+    ag = run.agents["hospital-a"]
+    forged = dataclasses.replace(ag.enclave, sig_public=b"\x01" * 32)
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, _view(run), enclave=forged)
+    assert info.value.check == "keys"
+    unserved = dataclasses.replace(ag.enclave, evidence_digest=b"\x02" * 32)
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, _view(run), enclave=unserved)
+    assert info.value.check == "evidence"
+
+
+def test_party_check_applies_the_party_policy_to_the_log(run):
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, _view(run), policy=run.cluster.policy(measurement=b"\x00" * 48))
+    assert info.value.check == "log:evidence"
+
+
+def test_party_check_catches_outputs_to_a_non_recipient(run):
+    """An enclave (or a signed record) sealing to someone outside the manifest's recipients is refused."""
+    view = _view(run)
+    last = AuditRecord.from_line(view[-1][1][:-1])
+    job_last = next(AuditRecord.from_line(raw[:-1]) for _, raw in reversed(view) if b'"job_id":"audit-job"' in raw)
+    extra = AuditRecord(seq=last.seq + 1, segment=last.segment, time_ms=last.time_ms, kind="output.sealed",
+                        prev_hash=last.hash, fields={"recipient": "hospital-b", "name": "model", "size": 1},
+                        job_id="audit-job", job_seq=(job_last.job_seq or 0) + 1, job_prev=job_last.hash,
+                        ).signed(run.cluster.aggregator.identity.sig)
+    lines = [*view, (len(view) + 1, extra.to_line())]
+    with pytest.raises(AuditCheckFailed, match="hospital-b") as info:
+        _check(run, lines)
+    assert info.value.check == "outputs"
+
+
+def test_agent_does_not_report_done_when_the_log_disagrees(run):
+    ag = run.agents["hospital-c"]
+    ag.sent["audit-job"].append(SentInput("shard/hospital-c/never-accepted", 5))
+    try:
+        with pytest.raises(AuditCheckFailed):
+            ag.wait("audit-job", ("done",), timeout=30)
+    finally:
+        ag.sent["audit-job"].pop()
+
+
+def test_fetch_refusals_are_typed(run, sim, tmp_path):
+    ag = run.agents["hospital-a"]
+    with pytest.raises(AuditCheckFailed) as info:
+        fetch_audit_log(ag.client.channel, "x" * 300)
+    assert info.value.check == "fetch" and "INVALID_ARGUMENT" in str(info.value)
+    plain = Aggregator(sim.enclave(), events=MemoryEventSink())
+    plain.start()
+    try:
+        with grpc.insecure_channel(plain.target) as ch, pytest.raises(AuditCheckFailed, match="UNIMPLEMENTED"):
+            fetch_audit_log(ch)
+    finally:
+        plain.stop(grace=0)
+
+
+def test_restarted_aggregator_opens_a_linked_segment(sim, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    for _ in range(2):
+        agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path)
+        agg.start()
+        with grpc.insecure_channel(agg.target) as ch:
+            served = fetch_audit_log(ch)
+        agg.stop(grace=0)
+    assert served[-1][1] in path.read_bytes()
+    report = verify_log(read_lines(path), sim.policy())
+    kinds = [r.kind for _, r in report.records]
+    assert kinds == ["segment.started", "aggregator.started", "aggregator.stopped"] * 2
+    assert len(report.segments) == 2 and report.warnings == []
+    assert report.segments[1].sig_public != report.segments[0].sig_public
+    assert len(lines_from_bytes(path.read_bytes())) == 6
