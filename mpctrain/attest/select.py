@@ -7,6 +7,7 @@ operator must write ``tee = "sim"`` to get it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from mpctrain.seal.binding import gpu_nonce
 TEE_CHOICES = ("auto", "snp", "tdx", "sim")
 GPU_CHOICES = ("auto", "off")
 SIM_KEYS = frozenset({"root_dir", "config_digest", "debug", "tcb"})
+
+log = logging.getLogger(__name__)
 
 
 class SelectionError(CollectionError):
@@ -43,6 +46,8 @@ def select_attester(
     if tee not in TEE_CHOICES:
         raise SelectionError(f"unknown tee {tee!r}", field="tee", expected=list(TEE_CHOICES), actual=tee)
     if tee == "sim":
+        log.warning('tee = "sim": simulated TEE evidence protects nothing; only policies pinning this '
+                    "simulated root will accept it")
         return _sim_attester(sim or {})
     try:
         attester = ConfigfsTsmAttester(configfs_root, privlevel, fs=fs)

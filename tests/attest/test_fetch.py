@@ -477,6 +477,10 @@ def test_allowed_urls(url) -> None:
     check_url(url)
 
 
+def test_default_client_is_rate_limited(tmp_path) -> None:
+    assert CollateralFetcher(tmp_path).client.limiter.interval == 0.5
+
+
 def test_insecure_endpoints_refused_up_front(tmp_path) -> None:
     with pytest.raises(InsecureUrl):
         CollateralFetcher(tmp_path, endpoints=Endpoints(intel_pcs="http://api.trustedservices.intel.com"))

@@ -256,9 +256,11 @@ def test_nvml_size_fields_out_of_range(h100) -> None:
 # ------------------------------------------------------------------ selection
 
 
-def test_select_sim(sim_root_dir) -> None:
+def test_select_sim(sim_root_dir, caplog) -> None:
     d, _ = sim_root_dir
-    att = select_attester("sim", sim=sim_settings(d))
+    with caplog.at_level("WARNING", logger="mpctrain.attest.select"):
+        att = select_attester("sim", sim=sim_settings(d))
+    assert "protects nothing" in caplog.text
     assert isinstance(att, SimAttester) and isinstance(att, Attester)
     assert att.kind == "sim" and att.tcb == {"svn": 3} and att.debug is False
 

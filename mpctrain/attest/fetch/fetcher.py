@@ -14,6 +14,8 @@ from mpctrain.attest.fetch.store import CacheStore
 
 log = logging.getLogger(__name__)
 
+DEFAULT_RATE = 2.0  # requests per second when the caller brings no client: KDS answers bursts with 429
+
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -46,7 +48,7 @@ class CollateralFetcher:
     ) -> None:
         self.endpoints = endpoints or Endpoints()
         self.endpoints.check()
-        self.client = client or HttpClient()
+        self.client = client or HttpClient(rate=DEFAULT_RATE)
         self.store = CacheStore(out)
 
     def snp(self, report: bytes, *, product: str | None = None) -> list[str]:
