@@ -29,8 +29,15 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 
 
 @app.command()
-def demo() -> None:
+def demo(mode: str = typer.Option("pooled", "--mode", help="pooled | federated (four-bank Flower example)")) -> None:
     """Run the main job on the embedded default: simulated TEE, bundled data, loopback gRPC."""
+    if mode == "federated":
+        from mpctrain.enclave.federated.demo import run_federated_demo
+
+        run_federated_demo()
+        return
+    if mode != "pooled":
+        raise typer.BadParameter(f"unknown mode {mode!r}; use pooled or federated", param_hint="--mode")
     try:
         from mpctrain.sim.demo import run_demo
     except ImportError:

@@ -83,3 +83,12 @@ def test_federated_demo_runs_and_matches_plain_flower():
     lines: list[str] = []
     assert run_federated_demo(rounds=2, out=lines.append) < 1e-5
     assert any("attestations: 4" in line for line in lines)
+
+
+def test_cli_demo_refuses_unknown_mode():
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
+    result = CliRunner().invoke(app, ["demo", "--mode", "nonsense"])
+    assert result.exit_code != 0 and "unknown mode" in result.output
