@@ -73,6 +73,7 @@ class DataService(data_pb2_grpc.DataServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{self.limits.max_concurrent_uploads} uploads already in progress; retry later")
         upload: Upload | None = None
+        self.uploads.expire(self.limits.upload_ttl_s)
         try:
             with guarded(context, self.events, UPLOAD):
                 first = next(request_iterator, None)
@@ -105,6 +106,8 @@ class DataService(data_pb2_grpc.DataServicer):
                            "no data is accepted before every data party approved")
         if job.state != JobState.OPEN:
             raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}: it takes no data")
+        if job.manifest.expired():
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} has expired: it takes no data")
         if len(header) > self.limits.max_message_bytes:
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, "stream header too large")
         try:

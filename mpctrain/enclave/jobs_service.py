@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -47,6 +48,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
         self.events = events
         self.max_watchers = max_watchers
         self._watchers = 0
+        self._watch_lock = threading.Lock()
 
     def ProposeJob(self, request: jobs_pb2.ProposeJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
         with guarded(context, self.events, PROPOSE):
@@ -70,6 +72,8 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             caller = authenticate(self.auth, self.store, context, APPROVE, request)
             job = self.store.get(request.job_id)
             authorize(job, caller, roles=("data",))
+            if job.manifest.expired():
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} has expired")
             if request.party_id != caller.party_id:
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
                                f"{caller.party_id!r} cannot approve on behalf of {request.party_id!r}")
@@ -92,12 +96,14 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
         with guarded(context, self.events, "/mpctrain.v1.Jobs/WatchJob"):
             job = self.store.get(request.job_id)
-            if self._watchers >= self.max_watchers:
-                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                               f"{self.max_watchers} watchers already connected; retry later")
-            self._watchers += 1
+            with self._watch_lock:
+                if self._watchers >= self.max_watchers:
+                    raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"{self.max_watchers} watchers already connected; retry later")
+                self._watchers += 1
         try:
             for e in self.store.watch(job, context.is_active):
                 yield event_proto(job.job_id, e)
         finally:
-            self._watchers -= 1
+            with self._watch_lock:
+                self._watchers -= 1

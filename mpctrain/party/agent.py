@@ -113,7 +113,8 @@ class PartyAgent:
 
     def fetch(self, manifest: JobManifest) -> dict[str, bytes]:
         """Fetch, open and verify this party's outputs; write them to ``outputs_dir`` when set."""
-        opened, _receipt = fetch_outputs(self.client, self._attested(), manifest, self.party_id, self.kem)
+        opened, _receipt = fetch_outputs(self.client, self._attested(), manifest, self.party_id, self.kem,
+                                         policy=self.policy, at=self.at() if self.at else None)
         if self.outputs_dir is not None:
             d = self.outputs_dir / manifest.job_id
             d.mkdir(parents=True, exist_ok=True)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from mpctrain.attest import AttestationResult
+from datetime import datetime
+
+from mpctrain.attest import AttestationError, AttestationResult, EvidenceBundle, Policy, verify
 from mpctrain.enclave.identity import ENCLAVE_ID
 from mpctrain.enclave.outputs import OUTPUT_PURPOSE, output_object_id
-from mpctrain.enclave.receipt import Receipt, ReceiptError, verify_receipt
+from mpctrain.enclave.receipt import Receipt, ReceiptError, receipt_nonce, verify_receipt
 from mpctrain.jobs import JobManifest
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import OutputError
+from mpctrain.seal.binding import evidence_binding
 from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import KemKey
 from mpctrain.seal.stream import StreamOpener
@@ -34,9 +37,29 @@ def open_output(header: bytes, frames: list[tuple[int, bytes, bool]], *, recipie
     return bytes(out)
 
 
+def verify_receipt_evidence(receipt: Receipt, enclave: AttestationResult, policy: Policy,
+                            at: datetime | None = None) -> AttestationResult:
+    """The receipt's evidence must verify under ``policy`` with the nonce derived from this job and these
+    outputs, and come from the same enclave key that was attested before the upload."""
+    try:
+        bundle = EvidenceBundle.from_json(receipt.evidence)
+        nonce = receipt_nonce(receipt.job_digest, receipt.output_digest)
+        binding = evidence_binding(nonce, bundle.kem_public, bundle.sig_public, bundle.build.build_digest)
+        result = verify(bundle, binding, policy, at)
+    except AttestationError as exc:
+        raise OutputError(f"receipt evidence does not verify ({exc.check}): {exc}") from exc
+    if result.sig_public != enclave.sig_public:
+        raise OutputError("receipt evidence comes from another enclave key than the one attested before upload")
+    return result
+
+
 def fetch_outputs(client: AggregatorClient, enclave: AttestationResult, manifest: JobManifest, recipient_id: str,
-                  kem: KemKey) -> tuple[dict[str, bytes], Receipt]:
-    """Fetch, open and verify every output of a job for ``recipient_id``; return them and the receipt."""
+                  kem: KemKey, policy: Policy | None = None,
+                  at: datetime | None = None) -> tuple[dict[str, bytes], Receipt]:
+    """Fetch, open and verify every output of a job for ``recipient_id``; return them and the receipt.
+
+    With ``policy``, the evidence carried by the receipt is verified too (fresh, bound to these outputs).
+    """
     receipt = client.get_receipt(manifest.job_id)
     opened: dict[str, bytes] = {}
     for name in OUTPUT_NAMES:
@@ -47,7 +70,9 @@ def fetch_outputs(client: AggregatorClient, enclave: AttestationResult, manifest
         verify_receipt(receipt, enclave.sig_public, manifest.digest(), opened)
     except ReceiptError as exc:
         raise OutputError(f"receipt check failed: {exc}") from exc
+    if policy is not None:
+        verify_receipt_evidence(receipt, enclave, policy, at)
     return opened, receipt
 
 
-__all__ = ["ENCLAVE_ID", "fetch_outputs", "open_output"]
+__all__ = ["ENCLAVE_ID", "fetch_outputs", "open_output", "verify_receipt_evidence"]

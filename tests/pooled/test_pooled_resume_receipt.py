@@ -85,3 +85,30 @@ def test_forged_receipt_fails(cluster):
     with pytest.raises(ReceiptError, match="evidence"):
         verify_receipt(dataclasses.replace(r, evidence=r.evidence + b" "), sig_public, m.digest(), opened)
     assert isinstance(a.policy, Policy)
+
+
+def test_receipt_evidence_is_fresh_and_from_the_attested_enclave(cluster):
+    import os
+
+    from mpctrain.attest.measure import sim_measurement
+    from mpctrain.party.errors import OutputError
+    from mpctrain.party.outputs import verify_receipt_evidence
+
+    m, agents = run_job(cluster, "receipt-evidence")
+    a = agents["hospital-a"]
+    r = a.client.get_receipt(m.job_id)
+    result = verify_receipt_evidence(r, a.enclave, a.policy)
+    assert result.cpu.backend == "sim"
+    with pytest.raises(OutputError, match="measurement-not-allowed"):
+        verify_receipt_evidence(r, a.enclave, cluster.policy(measurement=sim_measurement(b"other")))
+    # evidence served for some other nonce, re-signed into a receipt by nobody: the binding does not match
+    other = a.client.get_evidence(os.urandom(32)).to_json()
+    swapped = dataclasses.replace(r, evidence=other)
+    with pytest.raises(OutputError, match="binding-mismatch"):
+        verify_receipt_evidence(swapped, a.enclave, a.policy)
+    with pytest.raises(OutputError, match="malformed"):
+        verify_receipt_evidence(dataclasses.replace(r, evidence=b"{}"), a.enclave, a.policy)
+    # genuine evidence, but an enclave other than the one this party attested before uploading
+    stale = dataclasses.replace(a.enclave, sig_public=IdentityKey.generate().public_bytes())
+    with pytest.raises(OutputError, match="another enclave key"):
+        verify_receipt_evidence(r, stale, a.policy)
