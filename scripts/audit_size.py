@@ -68,6 +68,7 @@ def federated(work: Path, rounds: int) -> dict[str, object]:
     from mpctrain.enclave.federated.simulation import build_federation
     from mpctrain.enclave.federated.strategy import Confidential
 
+    logging.getLogger("flwr").setLevel(logging.WARNING)
     fed = build_federation(["bank-a", "bank-b", "bank-c"], training={"rounds": rounds, "strategy": "FedAvg"})
     path = work / "federated.jsonl"
     audit = AuditLog(path, fed.enclave)
