@@ -112,7 +112,7 @@ def _certificates(path: str | Path) -> list[x509.Certificate]:
                 certs = x509.load_pem_x509_certificates(raw)
             else:
                 certs = [x509.load_der_x509_certificate(raw)]
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise Malformed(f"{path} is not a PEM or DER certificate: {exc}", field=str(path)) from exc
     return certs
 

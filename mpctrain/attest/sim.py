@@ -127,7 +127,7 @@ class SimRoot:
         except OSError as exc:
             raise SimRootError(f"cannot read the simulated root in {directory}: {exc}; "
                                "create one with `mpctrain attest sim-root --out DIR`") from exc
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise SimRootError(f"{directory} does not hold a PEM certificate and key: {exc}") from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise SimRootError(f"{directory / ROOT_KEY} is not an Ed25519 key")
@@ -171,7 +171,7 @@ def root_pin(pem_path: str | Path) -> str:
     """SHA-256 (hex) of the DER of the certificate in ``pem_path``: the value a policy pins."""
     try:
         cert = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, x509.InvalidVersion) as exc:
         raise SimRootError(f"cannot read certificate {pem_path}: {exc}") from exc
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -435,7 +435,7 @@ def _cert_bytes(evidence: Evidence, name: str) -> bytes:
 def _load_der(raw: bytes, name: str) -> x509.Certificate:
     try:
         return x509.load_der_x509_certificate(raw)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise Malformed(f"{name} certificate is not DER X.509: {exc}", field=f"certs.{name}") from exc
 
 

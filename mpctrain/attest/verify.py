@@ -6,6 +6,9 @@ import hmac
 import logging
 from datetime import UTC, datetime
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+
 from mpctrain.attest.backend import get_verifier
 from mpctrain.attest.claims import AttestationResult, Claims
 from mpctrain.attest.collateral import Collateral
@@ -14,12 +17,13 @@ from mpctrain.attest.errors import (
     BackendNotAllowed,
     BindingMismatch,
     DebugEnabled,
+    Malformed,
     MeasurementNotAllowed,
     PolicyViolation,
     TcbTooLow,
 )
 from mpctrain.attest.evidence import Evidence, EvidenceBundle
-from mpctrain.attest.policy import BackendPolicy, Policy
+from mpctrain.attest.policy import BackendPolicy, Policy, PolicyError
 from mpctrain.seal.binding import gpu_nonce
 
 log = logging.getLogger(__name__)
@@ -34,8 +38,12 @@ def verify_evidence(
     *,
     gpu: bool = False,
 ) -> Claims:
-    """Verify one piece of evidence: backend checks, then the common policy checks."""
-    at = at or datetime.now(UTC)
+    """Verify one piece of evidence: backend checks, then the common policy checks.
+
+    Whatever a backend lets escape from parsing hostile bytes (``cryptography`` parses some certificate
+    fields lazily) becomes ``Malformed``: callers handle one error family, never a stray ``ValueError``.
+    """
+    at = _aware(at)
     if gpu:
         if evidence.kind != "nvidia-gpu":
             raise BackendNotAllowed("GPU evidence of unknown kind", field="kind", expected="nvidia-gpu",
@@ -46,9 +54,22 @@ def verify_evidence(
     bpol = policy.backend(evidence.kind)
     if collateral is None:
         collateral = Collateral(directory=policy.collateral_dir)
-    claims = get_verifier(evidence.kind).verify(evidence, policy=bpol, at=at, collateral=collateral)
+    try:
+        claims = get_verifier(evidence.kind).verify(evidence, policy=bpol, at=at, collateral=collateral)
+    except (AttestationError, PolicyError):
+        raise
+    except (ValueError, TypeError, OverflowError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        raise Malformed(f"{evidence.kind} evidence cannot be processed ({type(exc).__name__}: {exc})",
+                        field="evidence") from exc
     check_claims(claims, bpol, expected_report_data)
     return claims
+
+
+def _aware(at: datetime | None) -> datetime:
+    """The verification time, timezone-aware: a naive time is taken as UTC (certificate times are UTC)."""
+    if at is None:
+        return datetime.now(UTC)
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def check_claims(claims: Claims, bpol: BackendPolicy, expected_report_data: bytes | None) -> None:
@@ -78,7 +99,7 @@ def verify(
     collateral: Collateral | None = None,
 ) -> AttestationResult:
     """Verify a composite bundle against ``policy``; raise the failed check's error type."""
-    at = at or datetime.now(UTC)
+    at = _aware(at)
     try:
         cpu = verify_evidence(bundle.cpu, expected_binding, policy, at, collateral)
         gpus = tuple(

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Annotated
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,7 +42,7 @@ def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
         raise Malformed(f"{what} certificate chain too large", field=what, actual=len(pem))
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise Malformed(f"{what} certificate chain is not valid PEM: {exc}", field=what) from exc
     return _bounded(certs, what)
 
@@ -53,7 +53,7 @@ def load_der_chain(ders: Iterable[bytes], what: str) -> list[x509.Certificate]:
     for i, der in enumerate(ders):
         try:
             certs.append(x509.load_der_x509_certificate(der))
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise Malformed(f"{what} certificate {i} is not valid DER: {exc}", field=f"{what}[{i}]") from exc
     return _bounded(certs, what)
 
@@ -62,6 +62,11 @@ def _bounded(certs: list[x509.Certificate], what: str) -> list[x509.Certificate]
     if not 2 <= len(certs) <= MAX_CHAIN_CERTS:
         raise Malformed(f"{what} chain must hold 2..{MAX_CHAIN_CERTS} certificates", field=what,
                         actual=len(certs))
+    for i, cert in enumerate(certs):
+        try:  # names and times parse lazily: surface their errors here, typed, before any check uses them
+            _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        except ValueError as exc:
+            raise Malformed(f"{what} certificate {i} does not parse: {exc}", field=f"{what}[{i}]") from exc
     return certs
 
 
@@ -104,7 +109,11 @@ def verify_chain(
             raise BadSignature(f"{what} certificate {i} is not signed with ECDSA/SHA-384",
                                field=f"{name}.signature_algorithm", expected="ecdsa-with-SHA384",
                                actual=cert.signature_algorithm_oid.dotted_string)
-        key = issuer.public_key()
+        try:
+            key = issuer.public_key()
+        except (ValueError, UnsupportedAlgorithm) as exc:  # issuers are checked leaf-first, so still untrusted here
+            raise Malformed(f"{what} certificate {i + 1} public key cannot be read: {exc}",
+                            field=f"{name}.issuer_key") from exc
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
             raise BadSignature(f"{what} certificate {i + 1} does not hold a P-384 key", field=f"{name}.issuer_key")
         try:

@@ -156,7 +156,7 @@ def load_cert(blob: bytes, *, field: str) -> x509.Certificate:
         return cached
     try:
         cert = _quiet_load(x509.load_der_x509_certificate, blob)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise Malformed(f"certificate is not valid DER: {exc}", field=field) from exc
     _PARSED.put(key, cert)
     return cert
@@ -175,7 +175,7 @@ def load_bundle(blob: bytes, *, field: str) -> list[x509.Certificate]:
         return list(cached)
     try:
         certs = _quiet_load(x509.load_pem_x509_certificates, blob)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise Malformed(f"certificate bundle is not valid PEM: {exc}", field=field) from exc
     if not 1 <= len(certs) <= MAX_BUNDLE_CERTS:
         raise Malformed("wrong number of certificates in bundle", field=field, expected=f"1..{MAX_BUNDLE_CERTS}",

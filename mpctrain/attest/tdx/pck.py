@@ -41,7 +41,7 @@ def load_chain(raw: bytes, name: str) -> list[x509.Certificate]:
         for cert in certs:  # some fields parse lazily: surface their errors here, typed
             _ = (cert.extensions, cert.subject, cert.issuer, cert.signature_algorithm_oid, cert.serial_number,
                  cert.not_valid_before_utc, cert.not_valid_after_utc)
-    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+    except (ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise Malformed(f"{name} is not a certificate chain: {exc}", field=name) from exc
     if not 1 <= len(certs) <= MAX_CHAIN_CERTS:
         raise Malformed(f"{name} has a wrong number of certificates", field=name,

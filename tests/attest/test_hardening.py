@@ -1,0 +1,160 @@
+"""Review hardening: hostile certificate bytes, JSON and policy values end in typed errors on every backend.
+
+``cryptography`` parses some certificate fields lazily and raises ``x509.InvalidVersion`` (not a
+``ValueError``) for a bad version; each loader must turn those into ``Malformed``, and ``verify_evidence``
+must not let any stray parser error escape a backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from mpctrain.attest import Collateral, Evidence, Malformed, Policy, PolicyError, verify_evidence
+from mpctrain.attest import backend as backend_mod
+from mpctrain.attest.files import load_evidence
+from mpctrain.attest.sim import SimAttester, SimRoot
+from mpctrain.attest.tdx.quote import parse_quote
+
+CERT_V3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: X.509 v3
+P384_OID = bytes.fromhex("06052b81040022")
+
+
+def bad_version(der: bytes) -> bytes:
+    """The certificate with its version field set to 7: loading raises ``x509.InvalidVersion``."""
+    i = der.index(CERT_V3)
+    return der[: i + 4] + b"\x07" + der[i + 5 :]
+
+
+def der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+def pem(ders: list[bytes]) -> bytes:
+    return b"".join(b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(d) + b"-----END CERTIFICATE-----\n"
+                    for d in ders)
+
+
+def pem_ders(path: Path) -> list[bytes]:
+    return [der(c) for c in x509.load_pem_x509_certificates(path.read_bytes())]
+
+
+def check(ev: Evidence, at: datetime, *, gpu: bool = False, policy: Policy | None = None) -> Malformed:
+    with pytest.raises(Malformed) as err:
+        verify_evidence(ev, None, policy or Policy.default(), at, Collateral(), gpu=gpu)
+    return err.value
+
+
+# --------------------------------------------------------------------------- certificate versions
+
+
+def test_snp_certificates_with_a_bad_version_are_malformed(vectors, vector_time) -> None:
+    snp = vectors / "snp"
+    report, vcek = (snp / "milan_v2_report.bin").read_bytes(), (snp / "milan_v2_vcek.der").read_bytes()
+    ask, ark = pem_ders(snp / "ask_ark_milan.pem")
+    check(Evidence("snp", report, {"vcek": bad_version(vcek), "ask_ark": pem([ask, ark])}), vector_time)
+    check(Evidence("snp", report, {"vcek": vcek, "ask_ark": pem([bad_version(ask), ark])}), vector_time)
+
+
+def test_nvidia_chain_with_a_bad_version_is_malformed(vectors, vector_time) -> None:
+    nv = vectors / "nvidia"
+    data = bytes.fromhex((nv / "h100_report.hex").read_text().strip())
+    chain = pem_ders(nv / "h100_cert_chain.pem")
+    for i in (0, 2):
+        bad = list(chain)
+        bad[i] = bad_version(bad[i])
+        check(Evidence("nvidia-gpu", data, {"chain": pem(bad)}), vector_time, gpu=True)
+
+
+def test_nvidia_chain_with_unparsable_names_or_keys_is_malformed(vectors, vector_time) -> None:
+    nv = vectors / "nvidia"
+    data = bytes.fromhex((nv / "h100_report.hex").read_text().strip())
+    chain = pem_ders(nv / "h100_cert_chain.pem")
+    leaf = x509.load_der_x509_certificate(chain[0])
+    issuer_name = leaf.issuer.public_bytes()
+    tag = issuer_name.index(b"\x13")  # the first PrintableString; as an application tag it parses only lazily
+    broken_name = issuer_name[:tag] + b"\x56" + issuer_name[tag + 1 :]
+    bad = [chain[0].replace(issuer_name, broken_name, 1), *chain[1:]]
+    assert bad[0] != chain[0]
+    err = check(Evidence("nvidia-gpu", data, {"chain": pem(bad)}), vector_time, gpu=True)
+    assert err.field == "chain[0]"
+    assert P384_OID in chain[1]
+    unknown_curve = [chain[0], chain[1].replace(P384_OID, P384_OID[:-1] + b"\x09", 1), *chain[2:]]
+    err = check(Evidence("nvidia-gpu", data, {"chain": pem(unknown_curve)}), vector_time, gpu=True)
+    assert err.field == "chain[0].issuer_key"
+
+
+def test_tdx_pck_chain_with_a_bad_version_is_malformed(vectors, vector_time) -> None:
+    quote = (vectors / "tdx" / "spr_v4_quote.dat").read_bytes()
+    chain = parse_quote(quote).pck_chain
+    start = quote.index(chain)
+    certs = pem_ders_from(chain)
+    new = pem([bad_version(certs[0]), *certs[1:]])
+    delta = len(new) - len(chain)
+    rebuilt = bytearray(quote[:start] + new + quote[start + len(chain) :])
+    for offset in (0x278, 0x2FE):  # sig_data_len and the outer certification data size
+        struct.pack_into("<I", rebuilt, offset, struct.unpack_from("<I", quote, offset)[0] + delta)
+    struct.pack_into("<I", rebuilt, start - 4, len(new))  # the PCK chain's own size
+    assert parse_quote(bytes(rebuilt)).pck_chain == new
+    check(Evidence("tdx", bytes(rebuilt)), vector_time)
+
+
+def pem_ders_from(raw: bytes) -> list[bytes]:
+    return [der(c) for c in x509.load_pem_x509_certificates(raw.rstrip(b"\x00"))]
+
+
+def test_sim_ak_with_a_bad_version_is_malformed(vector_time) -> None:
+    root = SimRoot.generate(now=vector_time)
+    ev = SimAttester(root, config_digest=b"c", clock=lambda: vector_time).attest(bytes(64))
+    policy = Policy.from_dict({"backends": ["sim"], "sim": {"roots": [root.sha256], "measurements": "report-only"}})
+    bad = Evidence("sim", ev.data, {**ev.certs, "ak": bad_version(ev.certs["ak"])})
+    assert check(bad, vector_time, policy=policy).field == "certs.ak"
+
+
+def test_certificate_files_with_a_bad_version_are_malformed(vectors, tmp_path) -> None:
+    vcek = tmp_path / "vcek.der"
+    vcek.write_bytes(bad_version((vectors / "snp" / "milan_v2_vcek.der").read_bytes()))
+    with pytest.raises(Malformed):
+        load_evidence("snp", vectors / "snp" / "milan_v2_report.bin", [vcek])
+
+
+# --------------------------------------------------------------------------- the net in verify_evidence
+
+
+class _Raising:
+    kind = "sim"
+    error: BaseException = ValueError("lazy field")
+
+    def verify(self, evidence, *, policy, at, collateral):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ValueError("x"), TypeError("x"), OverflowError("x"), x509.InvalidVersion("x", 9)])
+def test_stray_backend_errors_become_malformed(monkeypatch, vector_time, error) -> None:
+    _Raising.error = error
+    monkeypatch.setattr(backend_mod, "VERIFIERS", {**backend_mod.VERIFIERS, "sim": f"{__name__}:_Raising"})
+    policy = Policy.from_dict({"backends": ["sim"], "sim": {"measurements": "report-only"}})
+    err = check(Evidence("sim", b"x"), vector_time, policy=policy)
+    assert err.field == "evidence" and type(error).__name__ in str(err)
+
+
+def test_policy_errors_from_a_backend_are_not_relabelled(monkeypatch, vector_time) -> None:
+    _Raising.error = PolicyError("bad knob")
+    monkeypatch.setattr(backend_mod, "VERIFIERS", {**backend_mod.VERIFIERS, "sim": f"{__name__}:_Raising"})
+    policy = Policy.from_dict({"backends": ["sim"], "sim": {"measurements": "report-only"}})
+    with pytest.raises(PolicyError):
+        verify_evidence(Evidence("sim", b"x"), None, policy, vector_time)
+
+
+def test_naive_verification_time_is_utc(vector_time) -> None:
+    root = SimRoot.generate(now=vector_time)
+    ev = SimAttester(root, config_digest=b"c", clock=lambda: vector_time).attest(bytes(64))
+    policy = Policy.from_dict({"backends": ["sim"], "sim": {"roots": [root.sha256], "measurements": "report-only"}})
+    naive = vector_time.replace(tzinfo=None)
+    assert verify_evidence(ev, bytes(64), policy, naive) == verify_evidence(ev, bytes(64), policy, vector_time)
