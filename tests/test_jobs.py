@@ -4,6 +4,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpctrain.jobs import ConsentError, JobManifest, ManifestError, missing_consents, sign_consent, verify_consent
 from mpctrain.seal.keys import IdentityKey, KemKey
@@ -98,3 +100,40 @@ def test_consent_signatures():
 def test_expiry():
     m = JobManifest.from_authoring(_doc(_keys(1), expires=1_000))
     assert m.expired(datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def test_nesting_bomb_is_a_manifest_error():
+    with pytest.raises(ManifestError, match="not JSON"):
+        JobManifest.from_bytes(b"[" * 100_000)
+
+
+@pytest.mark.parametrize("over", [
+    {"parties": 5},
+    {"parties": [{"id": "p0", "kem_public": 1, "identity_public": "00"}]},
+    {"schema": [1, 2]},
+    {"schema": "abc"},
+    {"expires": None, "expires_in_days": "soon"},
+    {"expires": None, "expires_in_days": {"a": 1}},
+])
+def test_authoring_values_of_the_wrong_shape_are_manifest_errors(over):
+    with pytest.raises(ManifestError):
+        JobManifest.from_authoring(_doc(_keys(1), **over))
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=4))
+_value = st.recursive(_leaf, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=4), c,
+                                                                                           max_size=3)), max_leaves=8)
+_fields = st.sampled_from(["job_id", "mode", "proposer", "parties", "quorum", "schema", "model", "training", "privacy",
+                           "recipients", "public_metrics", "enclave_policy", "expires", "expires_in_days"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(_fields, _value, max_size=8))
+def test_any_authoring_document_is_a_manifest_or_a_manifest_error(over):
+    for parse in (lambda: JobManifest.from_authoring(_doc(_keys(1), **over)),
+                  lambda: JobManifest.from_authoring(over),
+                  lambda: JobManifest.from_bytes(json.dumps(over).encode())):
+        try:
+            parse()
+        except ManifestError:
+            pass

@@ -107,7 +107,7 @@ class EvidenceBundle:
             )
         except Malformed:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:  # nesting bombs recurse
             raise Malformed(f"evidence bundle JSON is not valid: {exc}") from exc
 
     def digest(self) -> bytes:

@@ -81,7 +81,7 @@ def _read(path: str | Path, limit: int) -> bytes:
 def _evidence_json(raw: bytes, kind: str, path: str | Path) -> Evidence:
     try:
         obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; nesting bombs recurse
         raise Malformed(f"{path} starts like JSON but is not: {exc}", field=str(path)) from exc
     evidence = Evidence.from_json_obj(obj)
     if evidence.kind != kind:

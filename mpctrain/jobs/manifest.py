@@ -123,7 +123,7 @@ class JobManifest:
             raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
         try:
             obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError; nesting bombs recurse
             raise ManifestError(f"manifest is not JSON: {exc}") from exc
         manifest = cls.from_obj(obj)
         if manifest.to_bytes() != raw:
@@ -185,6 +185,17 @@ class JobManifest:
 
     @classmethod
     def from_authoring(cls, doc: Mapping[str, Any], base_dir: Path = Path(".")) -> JobManifest:
+        """Build from the authoring form; a hand-written value of the wrong shape is a ``ManifestError``."""
+        try:
+            obj = cls._authoring_obj(doc, base_dir)
+        except ManifestError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"job file has a value of the wrong type or form: {exc}") from exc
+        return cls.from_obj(json.loads(_canonical_json(obj)))
+
+    @staticmethod
+    def _authoring_obj(doc: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
         def load_key(p: Mapping[str, Any], name: str) -> str:
             if name in p:
                 return str(p[name])
@@ -245,7 +256,7 @@ class JobManifest:
             "enclave_policy": load_table("enclave_policy"),
             "expires": expires,
         }
-        return cls.from_obj(json.loads(_canonical_json(obj)))
+        return obj
 
 
 def _read_pub_hex(path: Path) -> str:

@@ -16,9 +16,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mpctrain.attest import Collateral, Evidence, Malformed, Policy, PolicyError, verify_evidence
+from mpctrain.attest import Collateral, Evidence, EvidenceBundle, Malformed, Policy, PolicyError, verify_evidence
 from mpctrain.attest import backend as backend_mod
-from mpctrain.attest.files import load_evidence
+from mpctrain.attest.files import load_bundle, load_evidence
 from mpctrain.attest.sim import SimAttester, SimRoot
 from mpctrain.attest.tdx.quote import parse_quote
 
@@ -158,3 +158,18 @@ def test_naive_verification_time_is_utc(vector_time) -> None:
     policy = Policy.from_dict({"backends": ["sim"], "sim": {"roots": [root.sha256], "measurements": "report-only"}})
     naive = vector_time.replace(tzinfo=None)
     assert verify_evidence(ev, bytes(64), policy, naive) == verify_evidence(ev, bytes(64), policy, vector_time)
+
+
+# --------------------------------------------------------------------------- JSON nesting bombs
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"gpus":' + b"[" * 100_000, b'{"cpu":' + b'{"a":' * 50_000])
+def test_json_nesting_bombs_are_malformed(tmp_path, raw) -> None:
+    with pytest.raises(Malformed):
+        EvidenceBundle.from_json(raw)
+    path = tmp_path / "evidence.json"
+    path.write_bytes(b"{" + raw[1:] if raw[:1] == b"[" else raw)
+    with pytest.raises(Malformed):
+        load_evidence("sim", path)
+    with pytest.raises(Malformed):
+        load_bundle(path)
