@@ -45,3 +45,31 @@ def test_bad_policy_is_a_typed_error(tmp_path, text) -> None:
     p.write_text(text)
     with pytest.raises(PolicyError):
         Policy.load(p)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"backends": 5},
+        {"backends": "snp"},
+        {"backends": [{"kind": "snp"}]},
+        {"backends": ["snp"], "collateral_dir": 5},
+        {"backends": ["snp"], "clock_skew_seconds": 86401},
+        {"backends": ["snp"], "clock_skew_seconds": 10**30},
+    ],
+)
+def test_policy_values_of_the_wrong_type_or_range_are_policy_errors(data) -> None:
+    with pytest.raises(PolicyError):
+        Policy.from_dict(data)
+
+
+def test_policy_file_that_is_not_utf8_is_a_policy_error(tmp_path) -> None:
+    p = tmp_path / "policy.toml"
+    p.write_bytes(b'backends = ["\xff"]')
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        Policy.load(p)
+
+
+def test_a_day_of_skew_is_the_most_a_policy_may_allow() -> None:
+    pol = Policy.from_dict({"backends": ["snp"], "clock_skew_seconds": 86400})
+    assert pol.backend("snp").clock_skew_seconds == 86400

@@ -26,6 +26,7 @@ from typing import Any
 from mpctrain.attest.roots import DEFAULT_ROOTS
 
 REPORT_ONLY = "report-only"
+MAX_CLOCK_SKEW_SECONDS = 86400  # more would quietly stretch every certificate and collateral validity window
 _COMMON_KEYS = {"roots", "measurements", "allow_debug", "min_tcb"}
 
 
@@ -82,7 +83,7 @@ class Policy:
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise PolicyError(f"cannot read policy {path}: {exc}") from exc
         return cls.from_dict(data, base_dir=path.parent)
 
@@ -90,11 +91,17 @@ class Policy:
     def from_dict(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> Policy:
         from mpctrain.attest.backend import VERIFIERS
 
-        backends = tuple(data.get("backends", ()))
+        raw_backends = data.get("backends", ())
+        if not isinstance(raw_backends, list | tuple) or not all(isinstance(k, str) for k in raw_backends):
+            raise PolicyError(f"policy key backends must be a list of backend names, got {raw_backends!r}")
+        backends = tuple(raw_backends)
         for kind in backends:
             if kind not in VERIFIERS or kind == "nvidia-gpu":
                 raise PolicyError(f"policy names unknown CPU backend {kind!r}; known: sim, snp, tdx")
         skew = _int(data.get("clock_skew_seconds", 300), "clock_skew_seconds")
+        if skew > MAX_CLOCK_SKEW_SECONDS:
+            raise PolicyError(f"clock_skew_seconds {skew} is over the maximum of {MAX_CLOCK_SKEW_SECONDS}: a skew "
+                              "that large would accept expired certificates and collateral")
         tables: dict[str, BackendPolicy] = {}
         for kind in VERIFIERS:
             if kind in data:
@@ -102,6 +109,8 @@ class Policy:
         coll = data.get("collateral_dir")
         coll_path = None
         if coll is not None:
+            if not isinstance(coll, str):
+                raise PolicyError(f"policy key collateral_dir must be a path string, got {coll!r}")
             coll_path = Path(coll) if base_dir is None else (base_dir / coll)
         unknown = set(data) - set(VERIFIERS) - {"backends", "min_gpus", "clock_skew_seconds", "collateral_dir"}
         if unknown:
