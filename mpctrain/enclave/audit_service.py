@@ -2,7 +2,7 @@
 
 No authentication: the log is metadata only and lies on the host's disk in clear anyway; readers verify
 every record, so serving it adds no trust. Lines that do not parse are passed on as they are, for the
-reader's verifier to locate.
+reader's verifier to locate; a last line without its newline (being appended) is held back.
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ class AuditService(audit_pb2_grpc.AuditServicer):
             if not self.path.exists():
                 raise Rejected(grpc.StatusCode.NOT_FOUND, "this aggregator has written no audit log yet")
             for line_no, raw in read_lines(self.path):
+                if not raw.endswith(b"\n"):
+                    return  # the record being appended right now: the next fetch gets it whole
                 if request.job_id or request.from_seq:
                     seq, job, kind = _peek(raw)
                     parsed = seq is not None

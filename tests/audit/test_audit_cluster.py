@@ -251,3 +251,18 @@ def test_restarted_aggregator_opens_a_linked_segment(sim, tmp_path):
     assert len(report.segments) == 2 and report.warnings == []
     assert report.segments[1].sig_public != report.segments[0].sig_public
     assert len(lines_from_bytes(path.read_bytes())) == 6
+
+
+def test_record_being_appended_is_held_back(sim, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path)
+    agg.start()
+    try:
+        with path.open("ab") as f:
+            f.write(b'{"fields":{},"hash":"')  # a writer caught half-way
+        with grpc.insecure_channel(agg.target) as ch:
+            served = fetch_audit_log(ch)
+        assert [n for n, _ in served] == [1, 2]
+        verify_log(served, sim.policy())
+    finally:
+        agg.stop(grace=0)

@@ -314,3 +314,18 @@ def test_unwritable_log_is_a_typed_error(sim, tmp_path):
     with pytest.raises(AuditWriteError):
         AuditLog(d, sim.enclave())
 
+
+
+def test_failed_append_stops_the_log_instead_of_leaving_a_gap(sim, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, sim.enclave())
+    log.emit("job.proposed", job_id="j", digest="ab" * 32)
+    moved = path.rename(tmp_path / "kept.jsonl")
+    path.mkdir()  # the host swapped the file for something unwritable
+    with pytest.raises(AuditWriteError, match="cannot append"):
+        log.emit("job.state", job_id="j", state="open")
+    path.rmdir()
+    with pytest.raises(AuditWriteError, match="stopped after a failed write"):
+        log.emit("job.state", job_id="j", state="open")
+    assert not path.exists()
+    verify_log(read_lines(moved), sim.policy())
