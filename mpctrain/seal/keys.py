@@ -259,9 +259,21 @@ def write_public_files(out_dir: str | os.PathLike[str], identity: IdentityKey, k
     (d / "kem.pub").write_text(f"{kem.alg} {kem.public_bytes().hex()}\n")
 
 
+def _read_public_text(path: str | os.PathLike[str]) -> str:
+    """A public key file's text, bounded: these files are handed between parties, so they are untrusted."""
+    with open(path, "rb") as f:
+        raw = f.read(4 * MAX_KEY_FILE_BYTES + 1)
+    if len(raw) > 4 * MAX_KEY_FILE_BYTES:
+        raise KeyFormatError(f"{path} is larger than {4 * MAX_KEY_FILE_BYTES} bytes: not a public key file")
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyFormatError(f"{path}: a public key file is ASCII text (hex)") from None
+
+
 def load_identity_public(path: str | os.PathLike[str]) -> bytes:
     """Read an ``identity.pub`` file (64 hex characters)."""
-    text = Path(path).read_text()[: 4 * MAX_KEY_FILE_BYTES].strip()
+    text = _read_public_text(path).strip()
     try:
         public = bytes.fromhex(text)
     except ValueError:
@@ -273,7 +285,7 @@ def load_identity_public(path: str | os.PathLike[str]) -> bytes:
 
 def load_kem_public(path: str | os.PathLike[str]) -> tuple[str, bytes]:
     """Read a ``kem.pub`` file: ``ALG HEX``; returns (alg, raw public bytes), validated."""
-    parts = Path(path).read_text()[: 4 * MAX_KEY_FILE_BYTES].split()
+    parts = _read_public_text(path).split()
     if len(parts) != 2:
         raise KeyFormatError(f"{path}: expected '<alg> <hex public key>'")
     alg, hex_public = parts

@@ -194,3 +194,14 @@ def test_public_files_round_trip_and_reject_garbage(tmp_path):
         bad.write_text(text)
         with pytest.raises(KeyFormatError, match=match):
             load_kem_public(bad)
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe" + bytes(32).hex().encode(), "é".encode() * 40, b"0" * (5 * 64 * 1024)])
+def test_public_files_that_are_not_ascii_or_too_large_are_key_format_errors(tmp_path, raw):
+    bad = tmp_path / "bad.pub"
+    bad.write_bytes(raw)
+    with pytest.raises(KeyFormatError):
+        load_identity_public(bad)
+    bad.write_bytes(b"x25519 " + raw)
+    with pytest.raises(KeyFormatError):
+        load_kem_public(bad)
