@@ -44,6 +44,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 MAX_EPOCHS = 100_000
+GATHER_ROWS = 1 << 16  # rows gathered per shuffled chunk: bounds the extra memory to one chunk of the data
 
 
 class ConfigError(ValueError):
@@ -126,6 +127,7 @@ def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
     """Seeded, deterministic execution that restores the caller's RNG and determinism settings afterwards."""
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_fill = torch.utils.deterministic.fill_uninitialized_memory
     # cuBLAS is only deterministic with a fixed workspace, which must be configured before CUDA starts.
     safe = device.type == "cpu" or os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")
     devices = [device] if device.type == "cuda" else []
@@ -133,10 +135,14 @@ def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
         torch.manual_seed(seed)
         if safe:
             torch.use_deterministic_algorithms(True)
+            # Filling every new tensor with NaN is a debugging aid that costs a fill per allocation; the loop
+            # never reads uninitialised memory, so results are the same without it.
+            torch.utils.deterministic.fill_uninitialized_memory = False
         try:
             yield
         finally:
             torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+            torch.utils.deterministic.fill_uninitialized_memory = previous_fill
 
 
 def _as_tensors(X: Any, y: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,17 +233,22 @@ def _fit_plain(
     starts = range(0, n, bs)
     # Weights turning per-batch mean losses into the epoch's per-row mean (the last batch may be short).
     weights = torch.tensor([min(bs, n - s) / n for s in starts], device=dev)
+    # Rows are gathered in shuffled order a chunk of whole batches at a time, so each batch is a slice (a view)
+    # rather than its own gather; the batches are exactly those of indexing with perm[start : start + bs].
+    chunk = bs * max(1, GATHER_ROWS // bs)
     history: list[float] = []
     for epoch in range(1, config.epochs + 1):
         perm = torch.randperm(n, generator=gen, device=dev)
         losses: list[torch.Tensor] = []
-        for start in starts:
-            idx = perm[start : start + bs]
-            optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(X[idx]), y[idx])
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
+        for c in range(0, n, chunk):
+            idx = perm[c : c + chunk]
+            Xc, yc = X.index_select(0, idx), y.index_select(0, idx)
+            for start in range(0, idx.shape[0], bs):
+                optimizer.zero_grad(set_to_none=True)
+                loss = F.cross_entropy(model(Xc[start : start + bs]), yc[start : start + bs])
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.detach())
         mean = float((torch.stack(losses) * weights).sum())
         history.append(mean)
         if on_epoch is not None:

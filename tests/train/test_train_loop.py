@@ -104,9 +104,11 @@ def test_fit_restores_global_state():
     torch.manual_seed(99)
     rng_before = torch.get_rng_state()
     det_before = torch.are_deterministic_algorithms_enabled()
+    fill_before = torch.utils.deterministic.fill_uninitialized_memory
     _train()
     assert torch.equal(torch.get_rng_state(), rng_before)
     assert torch.are_deterministic_algorithms_enabled() == det_before
+    assert torch.utils.deterministic.fill_uninitialized_memory == fill_before
 
 
 # --- behaviour ------------------------------------------------------------------------------------------
