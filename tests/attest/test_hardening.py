@@ -19,7 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from mpctrain.attest import Collateral, Evidence, EvidenceBundle, Malformed, Policy, PolicyError, verify_evidence
 from mpctrain.attest import backend as backend_mod
 from mpctrain.attest.files import load_bundle, load_evidence
+from mpctrain.attest.policy import BackendPolicy
+from mpctrain.attest.roots import DEFAULT_ROOTS
 from mpctrain.attest.sim import SimAttester, SimRoot
+from mpctrain.attest.tdx import TdxVerifier
 from mpctrain.attest.tdx.quote import parse_quote
 
 CERT_V3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: X.509 v3
@@ -173,3 +176,22 @@ def test_json_nesting_bombs_are_malformed(tmp_path, raw) -> None:
         load_evidence("sim", path)
     with pytest.raises(Malformed):
         load_bundle(path)
+
+
+def test_crl_with_an_unparsable_issuer_name_is_malformed(vectors, vector_time) -> None:
+    tdx = vectors / "tdx"
+    files = {"tcb_info": "sample_tcbInfo_response", "tcb_info_issuer_chain": "tcb_info_issuer_chain.pem",
+             "qe_identity": "sample_qeIdentity_response", "qe_identity_issuer_chain": "qe_identity_issuer_chain.pem",
+             "pck_crl": "pckcrl", "pck_crl_issuer_chain": "pck_crl_issuer_chain.pem", "root_crl": "rootcrl.der"}
+    certs = {k: (tdx / f).read_bytes() for k, f in files.items()}
+    root_crl = certs["root_crl"]
+    name = x509.load_der_x509_crl(root_crl).issuer.public_bytes()
+    tag = name.index(b"\x0c")  # the first UTF8String; as an application tag it parses only lazily
+    certs["root_crl"] = root_crl.replace(name, name[:tag] + b"\x56" + name[tag + 1 :], 1)
+    assert certs["root_crl"] != root_crl
+    policy = BackendPolicy(kind="tdx", roots=DEFAULT_ROOTS["tdx"], measurements=None,
+                           options={"accepted_tcb_statuses": ["NoMatchingTcbLevel"]})
+    ev = Evidence("tdx", (tdx / "spr_v4_quote.dat").read_bytes(), certs)
+    with pytest.raises(Malformed) as err:
+        TdxVerifier(private_cache=True).verify(ev, policy=policy, at=vector_time, collateral=Collateral())
+    assert err.value.field == "root_crl"

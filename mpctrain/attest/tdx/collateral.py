@@ -343,13 +343,20 @@ def load_crl(raw: bytes, name: str) -> x509.CertificateRevocationList:
     data = bytes(raw)
     try:
         if data[:1] == b"\x30":
-            return x509.load_der_x509_crl(data)  # never strip DER: its last bytes may look like whitespace
-        data = data.strip()
-        if data.startswith(b"-----BEGIN X509 CRL-----"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(binascii.unhexlify(data))
+            crl = x509.load_der_x509_crl(data)  # never strip DER: its last bytes may look like whitespace
+        else:
+            data = data.strip()
+            if data.startswith(b"-----BEGIN X509 CRL-----"):
+                crl = x509.load_pem_x509_crl(data)
+            else:
+                crl = x509.load_der_x509_crl(binascii.unhexlify(data))
+        # names, times and entries parse lazily: surface their errors here, typed, before any check uses them
+        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.signature_algorithm_oid)
+        for entry in crl:
+            _ = (entry.serial_number, entry.revocation_date_utc)
     except (ValueError, binascii.Error) as exc:
         raise Malformed(f"{name} is not a CRL: {exc}", field=name) from exc
+    return crl
 
 
 # ---------------------------------------------------------------- evaluation
