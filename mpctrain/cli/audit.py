@@ -39,6 +39,15 @@ def _time(value: str | None) -> datetime | None:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
+def _head(value: str | None) -> tuple[int, str] | None:
+    if value is None:
+        return None
+    seq, _, digest = value.partition(":")
+    if not seq.isdigit() or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise _usage(f"--head must be SEQ:HASH (64 lowercase hex), got {value!r}")
+    return int(seq), digest
+
+
 def load_evidence_files(paths: list[Path]) -> dict[str, EvidenceBundle]:
     """Evidence bundles (JSON) by digest; a directory contributes every ``*.json`` in it."""
     out: dict[str, EvidenceBundle] = {}
@@ -69,6 +78,8 @@ def verify_cmd(
                                                      "(default: each segment's start time)"),
     job: str | None = typer.Option(None, "--job", help="print only this job's summary"),
     partial: bool = typer.Option(False, "--partial", help="the file is one job's view (GetLog with a job id)"),
+    head: str | None = typer.Option(None, "--head", help="SEQ:HASH printed by an earlier verify: the log must "
+                                                         "still hold that record (detects a cut tail or rollback)"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Check chain, signatures, sequence, segment links and times; print consents, inputs and outputs per job."""
@@ -78,12 +89,13 @@ def verify_cmd(
         raise _usage(str(exc)) from None
     bundles = load_evidence_files(evidence)
     when = _time(at)
+    pinned = _head(head)
     try:
         lines: list[RawLine] = list(read_lines(log_path))
     except OSError as exc:
         raise _usage(f"cannot read {log_path}: {exc}") from None
     try:
-        report = verify_log(lines, pol, evidence=bundles, at=when, partial=partial)
+        report = verify_log(lines, pol, evidence=bundles, at=when, partial=partial, expect_head=pinned)
     except AuditBroken as exc:
         if json_out:
             typer.echo(json.dumps({"ok": False, "line": exc.line, "seq": exc.seq, "check": exc.check,
@@ -94,18 +106,17 @@ def verify_cmd(
     jobs = summarize(report.records)
     if job is not None:
         jobs = {k: v for k, v in jobs.items() if k == job}
-    seq, head = report.head
+    seq, last_hash = report.head
     if json_out:
         typer.echo(json.dumps({
-            "ok": True, "records": len(report.records), "head": {"seq": seq, "hash": head},
+            "ok": True, "records": len(report.records), "head": {"seq": seq, "hash": last_hash},
             "segments": [{"segment": s.number, "line": s.line, "backend": s.backend,
                           "measurement": s.measurement.hex(), "sig_public": s.sig_public.hex(),
                           "evidence_digest": s.evidence_digest} for s in report.segments],
             "warnings": report.warnings, "jobs": {k: v.to_json_obj() for k, v in jobs.items()},
         }, sort_keys=True))
         return
-    typer.echo(f"OK {len(report.records)} records in {len(report.segments)} segment(s); head seq {seq} "
-               f"hash {head}")
+    typer.echo(f"OK {len(report.records)} records in {len(report.segments)} segment(s); head {seq}:{last_hash}")
     for s in report.segments:
         typer.echo(f"segment {s.number} (line {s.line}): {s.backend} measurement {s.measurement.hex()[:32]}… "
                    f"enclave key {s.sig_public.hex()[:16]}… evidence {s.evidence_digest[:16]}…")

@@ -32,7 +32,7 @@ def test_verify_prints_segments_and_per_job_summary(files):
     res = invoke("verify", str(log), "--policy", str(policy))
     assert res.exit_code == 0, res.output
     out = res.output
-    assert out.startswith("OK 26 records in 2 segment(s)")
+    assert out.startswith("OK 26 records in 2 segment(s); head 25:")
     assert "job job-1 (pooled) state=done" in out and "job job-2 (pooled) state=done" in out
     assert "consents: a, b" in out
     assert "input  a: 1000 bytes, object shard/a/0" in out
@@ -89,3 +89,15 @@ def test_fetch_writes_the_log_byte_for_byte(sim, tmp_path):
         assert invoke("fetch", agg.target, "--out", str(out), "--job", "x" * 300).exit_code == 1
     finally:
         agg.stop(grace=0)
+
+
+def test_head_pin_from_an_earlier_verify(files):
+    log, policy = files
+    res = invoke("verify", str(log), "--policy", str(policy), "--json")
+    head = json.loads(res.output)["head"]
+    pin = f"{head['seq']}:{head['hash']}"
+    assert invoke("verify", str(log), "--policy", str(policy), "--head", pin).exit_code == 0
+    log.write_bytes(b"".join(read(log)[:-1]))
+    res = invoke("verify", str(log), "--policy", str(policy), "--head", pin)
+    assert res.exit_code == 1 and "seq 25 [truncated]" in res.output
+    assert invoke("verify", str(log), "--policy", str(policy), "--head", "25:xyz").exit_code == 2

@@ -329,3 +329,15 @@ def test_failed_append_stops_the_log_instead_of_leaving_a_gap(sim, tmp_path):
         log.emit("job.state", job_id="j", state="open")
     assert not path.exists()
     verify_log(read_lines(moved), sim.policy())
+
+
+def test_pinned_head_catches_a_cut_tail_and_a_rewrite(built, sim):
+    _, lines, _, _ = built
+    full = verify_log(numbered(lines), sim.policy())
+    head = full.head
+    assert head == (N - 1, json.loads(lines[-1])["hash"])
+    verify_log(numbered(lines), sim.policy(), expect_head=head)
+    exc = broken(lines[:-3], sim, expect_head=head)
+    assert (exc.line, exc.seq, exc.check) == (N - 2, N - 1, "truncated")
+    exc = broken(lines, sim, expect_head=(5, "00" * 32))
+    assert (exc.line, exc.seq, exc.check) == (6, 5, "chain")

@@ -76,12 +76,14 @@ class AuditReport:
 
 
 def verify_log(lines: Iterable[RawLine], policy: Policy, *, evidence: Mapping[str, EvidenceBundle] | None = None,
-               at: datetime | None = None, partial: bool = False,
-               collateral: Collateral | None = None) -> AuditReport:
+               at: datetime | None = None, partial: bool = False, collateral: Collateral | None = None,
+               expect_head: tuple[int, str] | None = None) -> AuditReport:
     """Verify ``lines`` (from ``read_lines`` or a fetched stream); raise ``AuditBroken`` at the first failure.
 
     ``evidence`` maps evidence digests (hex) to bundles for segments whose record does not embed its
     bundle. ``at`` is the time certificates are checked at; default: each segment's own start time.
+    ``expect_head`` is a (seq, hash) pinned from an earlier fetch: the log must still hold that record, so
+    a cut tail or a rollback to an older copy is reported (``truncated``/``chain``) instead of passing.
     """
     report = AuditReport(partial=partial)
     prev: AuditRecord | None = None
@@ -129,10 +131,25 @@ def verify_log(lines: Iterable[RawLine], policy: Policy, *, evidence: Mapping[st
         prev = rec
     if prev is None:
         raise AuditBroken("empty", "the log holds no record", line=0)
+    if expect_head is not None:
+        _check_head(report, expect_head)
     if not partial and prev.kind != STOP_KIND:
         report.warnings.append(f"the log ends at seq {prev.seq} without {STOP_KIND}: the aggregator is running, "
                                "crashed, or the tail was cut (compare with a head you pinned earlier)")
     return report
+
+
+def _check_head(report: AuditReport, head: tuple[int, str]) -> None:
+    seq, digest = head
+    found = next(((n, r) for n, r in report.records if r.seq == seq), None)
+    if found is None:
+        last_line, last = report.records[-1]
+        raise AuditBroken("truncated", f"the log ends at seq {last.seq}, before the pinned head seq {seq} "
+                                       "(tail cut or rolled back)", line=last_line + 1, seq=seq)
+    line, rec = found
+    if rec.hash != digest:
+        raise AuditBroken("chain", f"seq {seq} is not the pinned record {digest[:16]}… (the log was rewritten)",
+                          line=line, seq=seq)
 
 
 def _check_sequence(rec: AuditRecord, prev: AuditRecord | None, partial: bool, broken) -> None:  # type: ignore[no-untyped-def]
