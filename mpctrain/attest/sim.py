@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.x509.oid import NameOID
@@ -434,9 +434,12 @@ def _cert_bytes(evidence: Evidence, name: str) -> bytes:
 
 def _load_der(raw: bytes, name: str) -> x509.Certificate:
     try:
-        return x509.load_der_x509_certificate(raw)
+        cert = x509.load_der_x509_certificate(raw)
+        # names and times parse lazily: surface their errors here, typed, before any check uses them
+        _ = (cert.subject, cert.issuer, cert.not_valid_before_utc, cert.not_valid_after_utc)
     except (ValueError, x509.InvalidVersion) as exc:
         raise Malformed(f"{name} certificate is not DER X.509: {exc}", field=f"certs.{name}") from exc
+    return cert
 
 
 def _check_issued(cert: x509.Certificate, issuer: x509.Certificate, name: str) -> None:
@@ -448,7 +451,7 @@ def _check_issued(cert: x509.Certificate, issuer: x509.Certificate, name: str) -
     except InvalidSignature as exc:
         raise BadSignature(f"{name} certificate signature does not verify with the pinned root",
                            field=f"{name}.signature") from exc
-    except TypeError as exc:
+    except (TypeError, UnsupportedAlgorithm) as exc:
         raise Malformed(f"{name} certificate uses an unsupported key type: {exc}", field=f"{name}.key") from exc
 
 

@@ -8,6 +8,7 @@ must not let any stray parser error escape a backend.
 from __future__ import annotations
 
 import base64
+import hashlib
 import struct
 from datetime import datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from mpctrain.attest import backend as backend_mod
 from mpctrain.attest.files import load_bundle, load_evidence
 from mpctrain.attest.policy import BackendPolicy
 from mpctrain.attest.roots import DEFAULT_ROOTS
-from mpctrain.attest.sim import SimAttester, SimRoot
+from mpctrain.attest.sim import SimAttester, SimRoot, SimVerifier
 from mpctrain.attest.tdx import TdxVerifier
 from mpctrain.attest.tdx.quote import parse_quote
 
@@ -195,3 +196,36 @@ def test_crl_with_an_unparsable_issuer_name_is_malformed(vectors, vector_time) -
     with pytest.raises(Malformed) as err:
         TdxVerifier(private_cache=True).verify(ev, policy=policy, at=vector_time, collateral=Collateral())
     assert err.value.field == "root_crl"
+
+
+def _sim(vector_time: datetime) -> tuple[SimRoot, Evidence]:
+    root = SimRoot.generate(now=vector_time)
+    return root, SimAttester(root, config_digest=b"c", clock=lambda: vector_time).attest(bytes(64))
+
+
+def _sim_policy(root_sha256: str) -> BackendPolicy:
+    return Policy.from_dict({"backends": ["sim"], "sim": {"roots": [root_sha256], "measurements": "report-only"}}
+                            ).backend("sim")
+
+
+def test_sim_ak_with_an_unparsable_issuer_name_is_malformed(vector_time) -> None:
+    root, ev = _sim(vector_time)
+    ak = ev.certs["ak"]
+    name = x509.load_der_x509_certificate(ak).issuer.public_bytes()
+    tag = name.index(b"\x0c")  # UTF8String CN; as an application tag it parses only lazily
+    bad = Evidence("sim", ev.data, {**ev.certs, "ak": ak.replace(name, name[:tag] + b"\x56" + name[tag + 1 :], 1)})
+    with pytest.raises(Malformed) as err:
+        SimVerifier().verify(bad, policy=_sim_policy(root.sha256), at=vector_time, collateral=Collateral())
+    assert err.value.field == "certs.ak"
+
+
+def test_pinned_sim_root_with_an_unknown_key_type_is_malformed(vector_time) -> None:
+    _, ev = _sim(vector_time)
+    ed25519_oid = bytes.fromhex("06032b6570")
+    root = ev.certs["root"].replace(ed25519_oid, ed25519_oid[:-1] + b"\x64")  # 1.3.101.100: no such key type
+    assert root != ev.certs["root"]
+    bad = Evidence("sim", ev.data, {**ev.certs, "root": root})
+    with pytest.raises(Malformed) as err:
+        SimVerifier().verify(bad, policy=_sim_policy(hashlib.sha256(root).hexdigest()), at=vector_time,
+                             collateral=Collateral())
+    assert err.value.field == "root.key"
