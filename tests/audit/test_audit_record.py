@@ -121,3 +121,35 @@ def test_concurrent_emitters_keep_one_contiguous_chain(sim, tmp_path):
         t.join()
     report = verify_log(numbered(read(tmp_path / "a.jsonl")), sim.policy())
     assert len(report.records) == 1 + 6 * 40
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=4), max_leaves=12)
+_KEYS = ("v", "seq", "segment", "time_ms", "kind", "job_id", "job_seq", "job_prev", "prev_hash", "fields", "hash",
+         "sig")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(obj=st.fixed_dictionaries({k: _json for k in _KEYS}) | _json)
+def test_arbitrary_json_is_a_typed_failure(small_log, sim, obj):
+    lines = [*small_log[:2], canonical_json(obj) + b"\n", *small_log[3:]]
+    with pytest.raises(AuditBroken) as info:
+        verify_log(numbered(lines), sim.policy())
+    assert info.value.line == 3 and info.value.check in ("parse", "encoding", "hash")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["job.proposed", "job.consent", "shard.accepted", "output.sealed", "fl.output_sealed",
+                             "training.finished", "fl.round_aggregated", "job.state", "receipt.signed"]),
+       fields=st.dictionaries(st.sampled_from(["party", "parties", "recipients", "recipient", "size", "round",
+                                               "metrics", "state", "digest", "object_id"]), _json, max_size=6))
+def test_summary_of_odd_but_signed_fields_never_crashes(sim, kind, fields):
+    from mpctrain.enclave.audit import render, summarize
+
+    rec = AuditRecord(seq=0, segment=0, time_ms=1, kind=kind, prev_hash="", fields=sanitize(fields), job_id="j",
+                      job_seq=0)
+    for summary in summarize([(1, rec)]).values():
+        assert render(summary)[0].startswith("job j")
+        json.dumps(summary.to_json_obj())

@@ -86,7 +86,8 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
         if kind == "job.proposed":
             js.manifest_digest = str(f.get("digest", ""))
             js.mode, js.proposer = str(f.get("mode", "")), str(f.get("proposer", ""))
-            js.parties = [str(p) for p in f.get("parties", []) if isinstance(p, str)]
+            parties = f.get("parties")
+            js.parties = [p for p in parties if isinstance(p, str)] if isinstance(parties, list) else []
         elif kind == "job.consent":
             js.consents[str(f.get("party", ""))] = str(f.get("signature", ""))
         elif kind == "shard.accepted":
@@ -99,7 +100,8 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
             js.outputs.setdefault(rid, []).append(OutputEntry(
                 rid, str(f.get("name", "")), str(f.get("digest", "")), _int(f.get("size")), line, rec.seq))
         elif kind == "fl.output_sealed":
-            for rid in f.get("recipients", []):
+            recipients = f.get("recipients")
+            for rid in recipients if isinstance(recipients, list) else []:
                 js.outputs.setdefault(str(rid), []).append(OutputEntry(
                     str(rid), "model", str(f.get("digest", "")), _int(f.get("size")), line, rec.seq))
         elif kind == "output.fetched":
