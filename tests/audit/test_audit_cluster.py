@@ -266,3 +266,12 @@ def test_record_being_appended_is_held_back(sim, tmp_path):
         verify_log(served, sim.policy())
     finally:
         agg.stop(grace=0)
+
+
+def test_log_of_a_run_stays_small(run):
+    """Metadata only: a whole 3-party run (evidence included) is a few tens of KB, shard records ~1 KB each."""
+    sizes = [(len(raw), json.loads(raw)["kind"]) for _, raw in read_lines(run.log_path)]
+    assert sum(s for s, _ in sizes) < 40_000
+    assert max(s for s, k in sizes if k != "segment.started") < 1_000
+    shard = sum(s for s, k in sizes if k.startswith("shard."))
+    assert shard / len(PARTIES) < 2_000
