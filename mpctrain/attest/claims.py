@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
 from mpctrain.attest.evidence import BuildInfo
 
 
@@ -17,6 +20,17 @@ class CertSummary:
     not_before: datetime
     not_after: datetime
     sha256: str
+
+    @classmethod
+    def of(cls, cert: x509.Certificate, sha256: str | None = None) -> CertSummary:
+        """Summarise a parsed certificate; ``sha256`` (hex of the DER) when the caller already has it."""
+        return cls(
+            subject=cert.subject.rfc4514_string(),
+            issuer=cert.issuer.rfc4514_string(),
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            sha256=sha256 if sha256 is not None else cert.fingerprint(hashes.SHA256()).hex(),
+        )
 
 
 @dataclass(frozen=True)
@@ -80,11 +94,7 @@ class AttestationResult:
             "kem_alg": self.kem_alg,
             "kem_public": self.kem_public.hex(),
             "sig_public": self.sig_public.hex(),
-            "build": {
-                "version": self.build.version,
-                "build_digest": self.build.build_digest.hex(),
-                "config_digest": self.build.config_digest.hex(),
-            },
+            "build": self.build.to_json_obj(),
             "evidence_digest": self.evidence_digest.hex(),
             "verified_at": self.verified_at.isoformat(),
         }

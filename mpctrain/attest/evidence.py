@@ -50,11 +50,23 @@ class Evidence:
 
 @dataclass(frozen=True)
 class BuildInfo:
-    """What the aggregator says it runs; ``build_digest`` is bound into the evidence."""
+    """What the aggregator says it runs.
+
+    Only ``build_digest`` is bound into the evidence (REPORT_DATA); ``version`` and ``config_digest`` travel
+    beside it and a host could change them, so they are labels: the configuration a party relies on is
+    attested through the measurement (the simulated TEE measures code and config digest together).
+    """
 
     version: str
     build_digest: bytes
     config_digest: bytes = b""
+
+    def to_json_obj(self) -> dict[str, str]:
+        return {
+            "version": self.version,
+            "build_digest": self.build_digest.hex(),
+            "config_digest": self.config_digest.hex(),
+        }
 
 
 @dataclass(frozen=True)
@@ -75,11 +87,7 @@ class EvidenceBundle:
             "kem_alg": self.kem_alg,
             "kem_public": self.kem_public.hex(),
             "sig_public": self.sig_public.hex(),
-            "build": {
-                "version": self.build.version,
-                "build_digest": self.build.build_digest.hex(),
-                "config_digest": self.build.config_digest.hex(),
-            },
+            "build": self.build.to_json_obj(),
         }
         return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 

@@ -393,7 +393,7 @@ class SimVerifier:
             debug=report.debug,
             tcb=dict(report.tcb),
             product="simulated",
-            chain=(_summary(ak, ak_der), _summary(root, root_der)),
+            chain=(CertSummary.of(ak, hashlib.sha256(ak_der).hexdigest()), CertSummary.of(root, root_sha)),
             details={
                 "version": report.version,
                 "timestamp": datetime.fromtimestamp(report.timestamp, UTC).isoformat(),
@@ -463,16 +463,6 @@ def _ed25519_public(cert: x509.Certificate) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise Malformed("simulated TEE keys must be Ed25519", field="key", actual=type(key).__name__)
     return key
-
-
-def _summary(cert: x509.Certificate, der: bytes) -> CertSummary:
-    return CertSummary(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        sha256=hashlib.sha256(der).hexdigest(),
-    )
 
 
 def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:

@@ -17,8 +17,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from mpctrain.attest import Collateral, Evidence, EvidenceBundle, Malformed, Policy, PolicyError, verify_evidence
+from mpctrain.attest import (
+    BuildInfo,
+    Collateral,
+    Evidence,
+    EvidenceBundle,
+    Malformed,
+    Policy,
+    PolicyError,
+    verify_evidence,
+)
 from mpctrain.attest import backend as backend_mod
+from mpctrain.attest.claims import CertSummary
 from mpctrain.attest.files import load_bundle, load_evidence
 from mpctrain.attest.policy import BackendPolicy
 from mpctrain.attest.roots import DEFAULT_ROOTS
@@ -229,3 +239,24 @@ def test_pinned_sim_root_with_an_unknown_key_type_is_malformed(vector_time) -> N
         SimVerifier().verify(bad, policy=_sim_policy(hashlib.sha256(root).hexdigest()), at=vector_time,
                              collateral=Collateral())
     assert err.value.field == "root.key"
+
+
+# --------------------------------------------------------------------------- shared helpers stay exact
+
+
+def test_cert_summary_hash_is_sha256_of_der(vectors) -> None:
+    cert = x509.load_pem_x509_certificates((vectors / "nvidia" / "nvidia_device_identity_root.pem").read_bytes())[0]
+    summary = CertSummary.of(cert)
+    assert summary.sha256 == hashlib.sha256(der(cert)).hexdigest() == DEFAULT_ROOTS["nvidia-gpu"][0]
+    assert summary.not_before.tzinfo is not None and summary.subject == cert.subject.rfc4514_string()
+    assert CertSummary.of(cert, "ab").sha256 == "ab"
+
+
+def test_bundle_json_is_byte_stable() -> None:
+    """Receipts and audit records cite ``digest()``: the canonical JSON must not drift."""
+    bundle = EvidenceBundle(cpu=Evidence("sim", b"\x01", {"root": b"\x02"}), kem_public=b"\x03", sig_public=b"\x04",
+                            build=BuildInfo("1.0", b"\x05", b"\x06"))
+    assert bundle.to_json() == (
+        b'{"build":{"build_digest":"05","config_digest":"06","version":"1.0"},"cpu":{"certs":{"root":"Ag=="},'
+        b'"data":"AQ==","kind":"sim"},"gpus":[],"kem_alg":"x25519","kem_public":"03","sig_public":"04"}')
+    assert bundle.digest() == hashlib.sha256(bundle.to_json()).digest()

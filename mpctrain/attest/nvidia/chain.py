@@ -75,13 +75,7 @@ def cert_sha256(cert: x509.Certificate) -> str:
 
 
 def summary(cert: x509.Certificate) -> CertSummary:
-    return CertSummary(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        sha256=cert_sha256(cert),
-    )
+    return CertSummary.of(cert)
 
 
 def verify_chain(

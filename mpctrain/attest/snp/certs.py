@@ -116,13 +116,7 @@ def summary(cert: x509.Certificate) -> CertSummary:
     cached = _SUMMARIES.get(cert)
     if isinstance(cached, CertSummary):
         return cached
-    found = CertSummary(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        sha256=der_sha256(cert),
-    )
+    found = CertSummary.of(cert, der_sha256(cert))
     _SUMMARIES.put(cert, found)
     return found
 

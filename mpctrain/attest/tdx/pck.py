@@ -219,13 +219,7 @@ def common_name(cert: x509.Certificate) -> str:
 
 
 def summarize(cert: x509.Certificate) -> CertSummary:
-    return CertSummary(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        sha256=cert_sha256(cert),
-    )
+    return CertSummary.of(cert)
 
 
 def check_validity(cert: x509.Certificate, at: datetime, skew: int, name: str) -> None:
