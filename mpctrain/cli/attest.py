@@ -148,14 +148,16 @@ def verify_cmd(
             if expected is None:
                 raise _usage("a bundle is verified against its binding: pass --nonce (the nonce you sent) or "
                              "--expect-report-data (the binding)")
-            result = verify(bundle, expected, pol or Policy.default(), when, coll)
-            _print_bundle_result(result, json_out)
+            used = pol or Policy.default()
+            result = verify(bundle, expected, used, when, coll)
+            _print_bundle_result(result, _unpinned(used, [result.cpu, *result.gpus]), json_out)
             return
         if pol is None and kind is Kind.sim:
             raise _usage(_needs_policy_message())
         ev = load_evidence(kind.value, evidence, certs)
-        claims = verify_evidence(ev, expected, pol or Policy.default(), when, coll, gpu=kind is Kind.nvidia_gpu)
-        _print_claims_result(claims, expected is not None, json_out)
+        used = pol or Policy.default()
+        claims = verify_evidence(ev, expected, used, when, coll, gpu=kind is Kind.nvidia_gpu)
+        _print_claims_result(claims, expected is not None, _unpinned(used, [claims]), json_out)
     except AttestationError as exc:
         _print_failure(exc.check, str(exc), exc.field, json_out)
         raise typer.Exit(EXIT_FAILED) from None
@@ -169,6 +171,18 @@ def verify_cmd(
         log.debug("verifier raised an unexpected exception", exc_info=True)
         _print_failure("internal-error", f"{type(exc).__name__}: {exc} (run with -v for details)", None, json_out)
         raise typer.Exit(EXIT_FAILED) from None
+
+
+def _unpinned(policy: Policy, claims: list[Claims]) -> list[str]:
+    """Backends whose measurement the policy only reported: "passed" must not read as "is the expected code"."""
+    return sorted({c.backend for c in claims if policy.backend(c.backend).measurements is None})
+
+
+def _warn_unpinned(con: Console, unpinned: list[str]) -> None:
+    if unpinned:
+        con.print(f"[yellow]warning:[/yellow] the policy is report-only for {', '.join(unpinned)}: the measurement "
+                  "was NOT compared with an allowlist, so this could be any code on genuine hardware; pin "
+                  "measurements in a policy file (--policy) before trusting it with data")
 
 
 def _print_failure(check: str, message: str, field: str | None, json_out: bool) -> None:
@@ -198,21 +212,23 @@ def claims_table(claims: Claims, title: str) -> Table:
     return table
 
 
-def _print_claims_result(claims: Claims, binding_checked: bool, json_out: bool) -> None:
+def _print_claims_result(claims: Claims, binding_checked: bool, unpinned: list[str], json_out: bool) -> None:
     if json_out:
-        typer.echo(json.dumps({"ok": True, "report_data_checked": binding_checked, "claims": claims.to_json_obj()},
-                              sort_keys=True))
+        typer.echo(json.dumps({"ok": True, "report_data_checked": binding_checked, "measurement_unchecked": unpinned,
+                               "claims": claims.to_json_obj()}, sort_keys=True))
         return
     con = _console()
     con.print(claims_table(claims, f"{claims.backend} evidence: every check passed"))
+    _warn_unpinned(con, unpinned)
     if not binding_checked:
         con.print("[yellow]warning:[/yellow] report data was NOT compared with an expected value "
                   "(pass --expect-report-data); without it this evidence could be a replay")
 
 
-def _print_bundle_result(result: AttestationResult, json_out: bool) -> None:
+def _print_bundle_result(result: AttestationResult, unpinned: list[str], json_out: bool) -> None:
     if json_out:
-        typer.echo(json.dumps({"ok": True, "result": result.to_json_obj()}, sort_keys=True))
+        typer.echo(json.dumps({"ok": True, "measurement_unchecked": unpinned, "result": result.to_json_obj()},
+                              sort_keys=True))
         return
     con = _console()
     con.print(claims_table(result.cpu, "CPU evidence: every check passed"))
@@ -226,6 +242,7 @@ def _print_bundle_result(result: AttestationResult, json_out: bool) -> None:
     keys.add_row("build", f"{result.build.version} {result.build.build_digest.hex()}")
     keys.add_row("evidence digest", result.evidence_digest.hex())
     con.print(keys)
+    _warn_unpinned(con, unpinned)
 
 
 # --------------------------------------------------------------------------- demo

@@ -429,3 +429,20 @@ def test_tdx_quote_under_a_fake_intel_root_is_untrusted(vectors) -> None:
                  "--at", "2026-11-22T00:00:00Z", "--json")
     assert result.exit_code == 1
     assert json.loads(result.stdout)["check"] == "untrusted-root"
+
+
+def test_default_policy_success_says_the_measurement_was_not_checked(vectors) -> None:
+    report_data = (vectors / "snp" / "milan_v2_report.bin").read_bytes()[0x50:0x90].hex()
+    result = _snp(vectors, "milan_v2_report.bin", "milan_v2_vcek.der", "--expect-report-data", report_data)
+    assert result.exit_code == 0, result.output
+    assert "report-only for snp" in result.output and "NOT compared" in result.output
+    result = _snp(vectors, "milan_v2_report.bin", "milan_v2_vcek.der", "--expect-report-data", report_data, "--json")
+    assert json.loads(result.stdout)["measurement_unchecked"] == ["snp"]
+
+
+def test_pinned_measurement_success_has_no_report_only_warning(env) -> None:
+    result = sim_verify(env, "--expect-report-data", env["report_data"].hex())
+    assert result.exit_code == 0, result.output
+    assert "report-only" not in result.output
+    result = sim_verify(env, "--expect-report-data", env["report_data"].hex(), "--json")
+    assert json.loads(result.stdout)["measurement_unchecked"] == []
