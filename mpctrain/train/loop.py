@@ -12,7 +12,7 @@ import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -110,6 +110,8 @@ class FitResult:
     """Trained weights (CPU tensors), mean training loss per epoch, and why training stopped if it stopped early.
 
     For DP fits, ``epsilon`` is the ε actually spent at ``delta`` with ``noise_multiplier`` over ``steps``.
+    The weights are covered by that guarantee; ``history`` (training loss) is not privatised, so release it
+    only to those entitled to see statistics of the training data.
     """
 
     state: dict[str, torch.Tensor]
@@ -119,7 +121,6 @@ class FitResult:
     epsilon: float | None = None
     delta: float | None = None
     noise_multiplier: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -146,13 +147,19 @@ def _deterministic(device: torch.device, seed: int) -> Iterator[None]:
 
 
 def _as_tensors(X: Any, y: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    Xt = torch.as_tensor(X, dtype=torch.float32)
-    yt = torch.as_tensor(y, dtype=torch.int64)
+    try:
+        Xt = torch.as_tensor(X, dtype=torch.float32)
+        yt = torch.as_tensor(y, dtype=torch.int64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise SchemaError(f"X and y must be numeric arrays: {exc}") from None
     if Xt.dim() != 2 or yt.dim() != 1 or Xt.shape[0] != yt.shape[0]:
         raise SchemaError(f"need X of shape (n, d) and y of shape (n,), got {tuple(Xt.shape)} and {tuple(yt.shape)}")
     if Xt.shape[0] == 0:
-        raise SchemaError("cannot train on zero rows")
-    return Xt.to(device), yt.to(device)
+        raise SchemaError("X and y have zero rows")
+    Xt, yt = Xt.to(device), yt.to(device)
+    if not bool(torch.isfinite(Xt).all()):
+        raise SchemaError("X has NaN or infinite values; validate the table first")
+    return Xt, yt
 
 
 def _check_labels(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> None:

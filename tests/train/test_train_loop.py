@@ -193,6 +193,8 @@ def test_fit_with_validation_holds_out_rows():
         (np.zeros((4, 5)), np.array([0, 1, 1, 0]), "5 features but the model expects 6"),
         (np.zeros((4, 6)), np.array([0, 1, 1]), "shape"),
         (np.zeros((0, 6)), np.zeros(0), "zero rows"),
+        (np.full((4, 6), np.nan), np.array([0, 1, 1, 0]), "NaN or infinite"),
+        (np.array([["a"] * 6] * 4, dtype=object), np.array([0, 1, 1, 0]), "numeric arrays"),
         (np.zeros(6), np.zeros(6), "shape"),
     ],
 )
