@@ -554,3 +554,18 @@ def test_package_dir_default_is_the_imported_package() -> None:
     import mpctrain
 
     assert default_package_dir() == Path(mpctrain.__file__).resolve().parent
+
+
+def test_sim_root_key_is_0600_under_umask_0_and_over_a_0666_file(tmp_path, root) -> None:
+    key = tmp_path / "sim-root.key"
+    key.write_text("old")
+    key.chmod(0o666)
+    old = os.umask(0)
+    try:
+        root.save(tmp_path, overwrite=True)
+        root.save(tmp_path / "fresh")
+    finally:
+        os.umask(old)
+    for path in (key, tmp_path / "fresh" / "sim-root.key"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert SimRoot.load(tmp_path).sha256 == root.sha256

@@ -208,3 +208,19 @@ def test_garbage_chunk_frames_never_yield_plaintext(parties, frames, known):
     with pytest.raises(SealError):
         got.extend(open_stream([header, *frames], **parties.open_kw()))
     assert got == []
+
+
+def test_opened_plaintext_is_0600_under_umask_0_and_over_a_0666_file(tmp_path, parties):
+    data, sealed = sealed_file(tmp_path, parties, CHUNK + 1)
+    out = tmp_path / "plain.out"
+    out.write_text("old")
+    out.chmod(0o666)
+    old = os.umask(0)
+    try:
+        open_file(sealed, out, **parties.open_kw())
+        resealed = tmp_path / "again.mpcs"
+        seal_file(out, resealed, **parties.seal_kw())
+    finally:
+        os.umask(old)
+    assert out.read_bytes() == data
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600 and stat.S_IMODE(os.stat(resealed).st_mode) == 0o600

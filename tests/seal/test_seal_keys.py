@@ -205,3 +205,27 @@ def test_public_files_that_are_not_ascii_or_too_large_are_key_format_errors(tmp_
     bad.write_bytes(b"x25519 " + raw)
     with pytest.raises(KeyFormatError):
         load_kem_public(bad)
+
+
+@pytest.fixture
+def umask_zero():
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("kind", ["identity", "kem", "kem-hybrid"])
+def test_private_files_are_0600_under_umask_0_and_over_a_0666_file(tmp_path, umask_zero, kind):
+    key = {"identity": IdentityKey.generate, "kem": KemKey.generate,
+           "kem-hybrid": lambda: KemKey.generate("mlkem768-x25519")}[kind]()
+    fresh, existing = tmp_path / "new" / "k.pem", tmp_path / "k.pem"
+    existing.write_text("old")
+    existing.chmod(0o666)
+    for path in (fresh, existing):
+        key.save(path)
+        assert mode(path) == 0o600
+        type(key).load(path)
+    assert mode(fresh.parent) == 0o700
+    assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temp file left behind
