@@ -126,8 +126,8 @@ class DataService(data_pb2_grpc.DataServicer):
                 if existing.complete:
                     raise Rejected(grpc.StatusCode.ALREADY_EXISTS,
                                    f"replayed header: object {h.object_id!r} is already complete")
-                if existing.busy:
-                    raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
+                if existing.busy:  # e.g. the old stream's drop has not been noticed yet: retry shortly
+                    raise Rejected(grpc.StatusCode.ABORTED,
                                    "another stream is uploading this object; wait for it to end, then resume")
                 existing.busy = True
                 self.events.emit("shard.resumed", job_id=job.job_id, party=party_id, object_id=h.object_id,

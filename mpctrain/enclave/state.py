@@ -71,7 +71,9 @@ class Job:
         return self.manifest.job_id
 
     def missing(self) -> list[str]:
-        return missing_consents(self.manifest, self.consents.values())
+        with self.cond:  # consents arrive concurrently: check a snapshot
+            consents = list(self.consents.values())
+        return missing_consents(self.manifest, consents)
 
 
 # A runner trains one job; it is started in a thread once the quorum's shards are in.
@@ -133,15 +135,19 @@ class JobStore:
     # -- transitions ---------------------------------------------------------------------------
     def add_consent(self, job: Job, consent: Consent) -> None:
         verify_consent(job.manifest, consent)  # ConsentError on wrong digest / party / signature
-        with job.cond:
+        with job.cond:  # record the consent and, if it was the last one, open the job: one atomic step
             if job.state != JobState.PROPOSED and consent.party_id in job.consents:
                 return
             job.consents[consent.party_id] = consent
+            self.record(job, "consent", party_id=consent.party_id)
+            opened = job.state == JobState.PROPOSED and not job.missing()
+            if opened:
+                job.state = JobState.OPEN
+                self.record(job, "state", message=str(JobState.OPEN))
         self.events.emit("job.consent", job_id=job.job_id, party=consent.party_id, digest=job.digest.hex(),
                          signature=consent.signature.hex())
-        self.record(job, "consent", party_id=consent.party_id)
-        if not job.missing() and job.state == JobState.PROPOSED:
-            self.set_state(job, JobState.OPEN)
+        if opened:
+            self.events.emit("job.state", job_id=job.job_id, state=str(JobState.OPEN))
 
     def shard_complete(self, job: Job, party_id: str, shard: Any) -> None:
         """Record a complete shard; start the job's runner when the quorum's shards are in."""

@@ -72,8 +72,14 @@ class Unavailable(AggregatorError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class Aborted(AggregatorError):
+    """A concurrent operation on the same object (e.g. a dropped stream not yet noticed): retry shortly."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 _BY_CODE = {c.code: c for c in (Unauthenticated, PermissionDenied, NotFound, AlreadyExists, FailedPrecondition,
-                                InvalidArgument, ResourceExhausted, Unavailable)}
+                                InvalidArgument, ResourceExhausted, Unavailable, Aborted)}
 
 
 def from_rpc_error(exc: grpc.RpcError) -> AggregatorError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from mpctrain.seal.stream import DEFAULT_CHUNK_SIZE, StreamSealer
 from mpctrain.wire import data_pb2
 
 Progress = Callable[[int, int], None]  # (bytes acknowledged, total bytes)
+RETRYABLE = ("UNAVAILABLE", "ABORTED", "CANCELLED", "DEADLINE_EXCEEDED", "UNKNOWN", "INTERNAL")
 WINDOW = 8
 
 
@@ -99,8 +101,8 @@ class ShardUpload:
                 if ack.complete:
                     self.complete = True
                     break
-                if stop_after is not None and ack.next_index >= min(stop_after, self.n_chunks):
-                    break
+                # with stop_after the request stream half-closes after that chunk; the enclave then ends the
+                # call cleanly, so the upload is free to resume as soon as this returns
         finally:
             with self._cond:
                 self._stopped = True
@@ -117,14 +119,15 @@ def upload_shard(client: AggregatorClient, job_id: str, enclave: AttestationResu
     """Upload a shard, resuming after a failed attempt from the last acknowledged chunk."""
     up = ShardUpload(client, job_id, enclave, identity, party_id, plaintext, chunk_size=chunk_size)
     last: Exception | None = None
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         try:
             result = up.send(progress)
         except AggregatorError as exc:
-            if exc.code.name in ("UNAVAILABLE", "INTERNAL", "UNKNOWN", "CANCELLED", "DEADLINE_EXCEEDED"):
-                last = exc
-                continue
-            raise
+            if exc.code.name not in RETRYABLE:
+                raise
+            last = exc
+            time.sleep(min(0.2 * 2**attempt, 5.0))  # the enclave keeps acknowledged chunks: resume after a pause
+            continue
         if result.complete:
             return result
     raise PartyError(f"upload of {up.object_id} did not complete after {retries + 1} attempts: {last}")

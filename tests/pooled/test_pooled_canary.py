@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import socket
 import struct
 import sys
 import threading
@@ -18,7 +17,7 @@ import pandas as pd
 
 from mpctrain.party.client import AggregatorClient
 from mpctrain.sim.cluster import EXAMPLE
-from pooled_kit import FAST_TRAINING
+from pooled_kit import FAST_TRAINING, Relay
 
 CANARIES = (31337.0625, 27182.8125, 16180.3398)  # exactly representable in float32 except the last
 
@@ -37,49 +36,6 @@ ALL = [p for v in CANARIES for p in patterns(v)]
 
 def found_in(blob: bytes) -> list[bytes]:
     return [p for p in ALL if p in blob]
-
-
-class Proxy:
-    """A loopback TCP relay that records every byte the aggregator sends back (what a host would see)."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.from_server = bytearray()
-        self.to_server = bytearray()
-        self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.sock.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, self.to_server), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, self.from_server), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, record: bytearray) -> None:
-        try:
-            while data := src.recv(65536):
-                with self.lock:
-                    record += data
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 _WRITES: list[str] = []
@@ -119,7 +75,7 @@ def test_canaries_never_leave_the_enclave(cluster, tmp_path, caplog, monkeypatch
     monkeypatch.setenv("TMPDIR", str(scratch))
     monkeypatch.setattr("tempfile.tempdir", str(scratch))
     caplog.set_level(logging.DEBUG)
-    proxy = Proxy(cluster.aggregator.port)
+    proxy = Relay(cluster.aggregator.port)
     target = f"127.0.0.1:{proxy.port}"
     m = cluster.manifest("canary", parties=["hospital-a", "hospital-b", "hospital-c"], training=FAST_TRAINING,
                          recipients=["hospital-a"], public_metrics=["accuracy", "auc", "loss", "f1"])

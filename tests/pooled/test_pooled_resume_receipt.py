@@ -112,3 +112,34 @@ def test_receipt_evidence_is_fresh_and_from_the_attested_enclave(cluster):
     stale = dataclasses.replace(a.enclave, sig_public=IdentityKey.generate().public_bytes())
     with pytest.raises(OutputError, match="another enclave key"):
         verify_receipt_evidence(r, stale, a.policy)
+
+
+def test_upload_survives_a_dropped_connection(cluster):
+    from mpctrain.party.client import AggregatorClient
+    from mpctrain.party.uploader import upload_shard
+    from pooled_kit import Relay
+
+    m = cluster.manifest("dropped", parties=["hospital-a", "hospital-b", "hospital-c"], training=FAST_TRAINING,
+                         quorum=1)
+    a = cluster.agent("hospital-a")
+    a.client.propose(m)
+    for pid in ("hospital-a", "hospital-b", "hospital-c"):
+        ag = cluster.agent(pid)
+        ag.attest()
+        ag.approve(m)
+    a.attest()
+    relay = Relay(cluster.aggregator.port, cut_after=20_000)  # the host drops the TCP connection mid-upload
+    client = AggregatorClient(f"127.0.0.1:{relay.port}", "hospital-a", a.identity)
+    try:
+        shard = load_shard(a.data_path, m)
+        seen = []
+        res = upload_shard(client, m.job_id, a.enclave, a.identity, "hospital-a", shard, chunk_size=2048,
+                           progress=lambda done, total: seen.append(done), retries=5)
+    finally:
+        client.close()
+        relay.close()
+    assert relay.cuts == 1
+    assert res.complete and res.total_size == len(shard)
+    assert seen.count(0) == 1 and seen == sorted(seen)  # resumed where it stopped, never from chunk 0
+    assert seen[-1] == len(shard)
+    assert a.wait(m.job_id, ("done",), timeout=60) == "done"
