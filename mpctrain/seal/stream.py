@@ -16,6 +16,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -703,59 +704,53 @@ def iter_frame_file(f: IO[bytes], *, max_frame: int = MAX_CHUNK_SIZE + TAG_BYTES
     yield from _iter_frames(f, max_frame)
 
 
-def _atomic_output(out_path: str | os.PathLike[str]) -> tuple[Path, int, str]:
+@contextmanager
+def _atomic_output(out_path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """A mode-0600 temp file beside ``out_path``, renamed over it only if the block completes: never partial."""
     target = Path(out_path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    return target, fd, tmp
-
-
-def seal_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kw: Any) -> StreamHeader:
-    """Seal a file into a frame file (written atomically, mode 0600); the total size is declared."""
-    target, fd, tmp = _atomic_output(out_path)
     try:
-        with open(path, "rb") as src, os.fdopen(fd, "wb") as out:
-            total = os.fstat(src.fileno()).st_size
-            kw.setdefault("total_size", total)
-            sealer = StreamSealer(**kw)
-            cs, total = sealer.header.chunk_size, sealer.header.total_size
-            out.write(FRAME_FILE_MAGIC)
-            write_frame(out, sealer.header_bytes)
-            count = sealer.header.chunk_count or 1
-            buf, frame = bytearray(cs), bytearray(cs + TAG_BYTES)
-            view = memoryview(buf)
-            for i in range(count):
-                want = min(cs, total - i * cs)
-                got = 0
-                while got < want and (r := src.readinto(view[got:want])):
-                    got += r
-                if got < want:
-                    raise TruncatedStream(f"{path} shrank while being sealed; seal it again")
-                write_frame(out, sealer.seal_chunk_into(i, view[:want], i == count - 1, frame))
-            if src.read(1):
-                raise StreamTooLarge(f"{path} grew past {total} bytes while being sealed; seal it again")
+        with os.fdopen(fd, "wb") as out:
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def seal_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kw: Any) -> StreamHeader:
+    """Seal a file into a frame file (written atomically, mode 0600); the total size is declared."""
+    with _atomic_output(out_path) as out, open(path, "rb") as src:
+        total = os.fstat(src.fileno()).st_size
+        kw.setdefault("total_size", total)
+        sealer = StreamSealer(**kw)
+        cs, total = sealer.header.chunk_size, sealer.header.total_size
+        out.write(FRAME_FILE_MAGIC)
+        write_frame(out, sealer.header_bytes)
+        count = sealer.header.chunk_count or 1
+        buf, frame = bytearray(cs), bytearray(cs + TAG_BYTES)
+        view = memoryview(buf)
+        for i in range(count):
+            want = min(cs, total - i * cs)
+            got = 0
+            while got < want and (r := src.readinto(view[got:want])):
+                got += r
+            if got < want:
+                raise TruncatedStream(f"{path} shrank while being sealed; seal it again")
+            write_frame(out, sealer.seal_chunk_into(i, view[:want], i == count - 1, frame))
+        if src.read(1):
+            raise StreamTooLarge(f"{path} grew past {total} bytes while being sealed; seal it again")
     return sealer.header
 
 
 def open_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], **opener_kwargs: Any) -> StreamHeader:
     """Open a frame file; ``out_path`` (mode 0600) appears only once the whole stream is verified."""
-    target, fd, tmp = _atomic_output(out_path)
-    try:
-        with open(path, "rb") as src, os.fdopen(fd, "wb") as out:
-            opener = StreamOpener(_read_frame_file_header(src), **opener_kwargs)
-            frames = _iter_frames(src, opener.header.chunk_size + TAG_BYTES)
-            for plaintext in opener.open_iter(frames):
-                out.write(plaintext)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _atomic_output(out_path) as out, open(path, "rb") as src:
+        opener = StreamOpener(_read_frame_file_header(src), **opener_kwargs)
+        frames = _iter_frames(src, opener.header.chunk_size + TAG_BYTES)
+        for plaintext in opener.open_iter(frames):
+            out.write(plaintext)
     return opener.header
