@@ -19,9 +19,10 @@ import hashlib
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -42,6 +43,7 @@ from mpctrain.attest.roots import AMD_ARK_SHA256
 from mpctrain.attest.snp.der import read_ia5, read_octets, read_uint
 from mpctrain.attest.snp.report import PRODUCTS, SnpReport, decode_tcb
 
+T = TypeVar("T")
 MAX_CERT_BYTES = 64 << 10
 MAX_BUNDLE_CERTS = 4
 _CACHE_SIZE = 512
@@ -124,7 +126,7 @@ def summary(cert: x509.Certificate) -> CertSummary:
 _LOAD_LOCK = threading.Lock()
 
 
-def _quiet_load(loader, blob: bytes):
+def _quiet_load(loader: Callable[[bytes], T], blob: bytes) -> T:
     # AMD VCEKs carry serial number 0, which cryptography accepts with a deprecation warning. catch_warnings
     # swaps process-wide state, so loads are serialised (they are rare: parsed certificates are memoised).
     with _LOAD_LOCK, warnings.catch_warnings():
