@@ -140,6 +140,7 @@ class DataService(data_pb2_grpc.DataServicer):
                                f"{party_id} already uploaded its shard for {job.job_id}")
             if h.total_size < 0:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a shard header must declare its total size")
+            self._drop_unfinished(job.job_id, party_id)
             try:
                 opener = StreamOpener(
                     header,
@@ -173,6 +174,19 @@ class DataService(data_pb2_grpc.DataServicer):
         self.events.emit("shard.started", job_id=job.job_id, party=party_id, object_id=h.object_id,
                          header_digest=digest.hex(), total_size=total, chunks=n_chunks)
         return upload
+
+    def _drop_unfinished(self, job_id: str, party_id: str) -> None:
+        """One upload in progress per party and job: a new stream (new header) replaces an unfinished one,
+        e.g. after the party restarted and lost its sealing key. Caller holds ``uploads.lock``."""
+        for key, up in list(self.uploads.by_object.items()):
+            if up.job_id == job_id and up.party_id == party_id and not up.complete:
+                if up.busy:
+                    raise Rejected(grpc.StatusCode.ABORTED,
+                                   "an earlier upload of this party is still streaming; wait for it to end")
+                up.wipe()
+                del self.uploads.by_object[key]
+                self.events.emit("shard.replaced", job_id=job_id, party=party_id, object_id=up.object_id,
+                                 acknowledged=up.next_index)
 
     def _chunk(self, upload: Upload, chunk: data_pb2.UploadChunk) -> None:
         if chunk.index != upload.next_index:

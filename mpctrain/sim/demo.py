@@ -7,6 +7,7 @@ three party agents that attest it, approve the job, seal and upload their shards
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import tomllib
@@ -25,8 +26,15 @@ JOB_ID = "hospitals-pooled"
 
 
 def _workdir() -> Path:
+    """``out/demo`` in the checkout (git-ignored); a temporary directory when that is not writable."""
     d = REPO / "out" / "demo"
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        probe = d / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError:
+        d = Path(tempfile.mkdtemp(prefix="mpctrain-demo-"))
     return d
 
 

@@ -64,6 +64,9 @@ def _plant(tmp: Path) -> dict[str, Path]:
     for row, col in ((0, "mean_radius"), (1, "worst_area"), (2, "mean_texture")):
         df.loc[row, col] = CANARIES[row]
     df.to_csv(data["hospital-b"], index=False)
+    parquet = tmp / "hospital-c.parquet"  # the adapter reads Parquet as well as CSV
+    pd.read_csv(data["hospital-c"]).to_parquet(parquet, engine="pyarrow")
+    data["hospital-c"] = parquet
     assert found_in(data["hospital-b"].read_bytes()), "the canaries must be findable in the party's own file"
     return data
 

@@ -243,3 +243,18 @@ def test_outputs_open_for_recipients_only(cluster):
     with pytest.raises(OutputError, match="TamperedChunk"):
         open_output(header, frames, recipient_id="hospital-a", kem=a.kem, enclave_sig_public=a.enclave.sig_public,
                     job_id=m.job_id, name="model")
+
+
+def test_new_header_replaces_an_unfinished_upload(cluster):
+    m, agents = _open_job(cluster, "restart")
+    a = agents["hospital-a"]
+    from mpctrain.party.agent import load_shard
+
+    shard = load_shard(a.data_path, m)
+    lost = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard, chunk_size=4096)
+    assert not lost.send(stop_after=2).complete  # the party restarts and loses its sealer
+    fresh = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard, chunk_size=4096)
+    assert fresh.send().complete
+    assert not lost.status().known  # the abandoned partial shard was wiped, not kept beside the new one
+    kinds = [k for k, f in cluster.events.events if f.get("job_id") == m.job_id]
+    assert "shard.replaced" in kinds
