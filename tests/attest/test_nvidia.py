@@ -6,6 +6,7 @@ policy pins) reaches the checks one real report cannot: FWID mismatch, CA constr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -366,6 +367,28 @@ def test_dice_tcbinfo_form_of_the_fwid_extension_is_read(vector_time) -> None:
 def test_leaf_without_a_usable_fwid_is_malformed(vector_time, ext: bytes | None) -> None:
     with pytest.raises(Malformed):
         _synthetic(synth.make_chain(leaf_ext=ext), vector_time)
+
+
+def _ca_resigned(chain: synth.Chain, *, basic_constraints: bool, key_usage: bool) -> synth.Chain:
+    """The chain with its CA certificate re-issued with or without basicConstraints / keyUsage."""
+    builder = (x509.CertificateBuilder().subject_name(chain.ca.subject).issuer_name(chain.root.subject)
+               .public_key(chain.ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(chain.ca.not_valid_before_utc).not_valid_after(chain.ca.not_valid_after_utc))
+    if basic_constraints:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+    if key_usage:
+        builder = builder.add_extension(synth._ku(cert_sign=True), critical=True)
+    return dataclasses.replace(chain, ca=builder.sign(chain.root_key, hashes.SHA384()))
+
+
+def test_issuer_without_basic_constraints_or_key_usage_is_refused(vector_time) -> None:
+    chain = synth.make_chain(leaf_ext=synth.composite_ext(FWID))
+    _synthetic(_ca_resigned(chain, basic_constraints=True, key_usage=True), vector_time)
+    with pytest.raises(BadSignature, match="not a CA") as err:
+        _synthetic(_ca_resigned(chain, basic_constraints=False, key_usage=True), vector_time)
+    assert err.value.actual == "no basicConstraints"
+    with pytest.raises(BadSignature, match="may not sign"):
+        _synthetic(_ca_resigned(chain, basic_constraints=True, key_usage=False), vector_time)
 
 
 def test_issuer_constraints_are_enforced(vector_time) -> None:

@@ -1,9 +1,9 @@
 """ECDSA P-384 certificate chains (GPU device identity and RIM signers) checked against a pinned root.
 
 NVIDIA's intermediates carry extensions a web-PKI path builder rejects, so each link is checked
-directly: issuer name, signature algorithm, ``issuer.public_key().verify(...)``, CA basic
-constraints and key usage where present, validity at the caller's time; the last certificate must be
-one whose SHA-256(DER) the policy pins.
+directly: issuer name, signature algorithm, ``issuer.public_key().verify(...)``, CA basic constraints
+and keyCertSign (required on every issuer), validity at the caller's time; the last certificate must
+be one whose SHA-256(DER) the policy pins.
 """
 
 from __future__ import annotations
@@ -149,27 +149,28 @@ def _verify_link(cert: x509.Certificate, issuer: x509.Certificate, key: ec.Ellip
 
 
 def _check_ca(cert: x509.Certificate, below: int, name: str) -> None:
-    """An issuer must not say it is no CA, nor exceed its path length, nor lack keyCertSign."""
+    """An issuer must say it is a CA (basicConstraints) allowed to sign certificates (keyUsage), within its
+    path length: every NVIDIA device and RIM issuer does, so a certificate without them (a leaf whose key
+    leaked, say) can never issue one."""
     try:
         bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
     except x509.ExtensionNotFound:
         bc = None
     except ValueError as exc:
         raise Malformed(f"{name} has unparsable extensions: {exc}", field=name) from exc
-    if bc is not None:
-        if not bc.ca:
-            raise BadSignature("issuer certificate is not a CA", field=f"{name}.basic_constraints",
-                               expected="ca=True", actual="ca=False")
-        if bc.path_length is not None and below > bc.path_length:
-            raise BadSignature("issuer path length constraint exceeded", field=f"{name}.path_length",
-                               expected=f"<={bc.path_length}", actual=below)
+    if bc is None or not bc.ca:
+        raise BadSignature("issuer certificate is not a CA", field=f"{name}.basic_constraints",
+                           expected="ca=True", actual="ca=False" if bc is not None else "no basicConstraints")
+    if bc.path_length is not None and below > bc.path_length:
+        raise BadSignature("issuer path length constraint exceeded", field=f"{name}.path_length",
+                           expected=f"<={bc.path_length}", actual=below)
     try:
         ku = cert.extensions.get_extension_for_oid(ExtensionOID.KEY_USAGE).value
     except x509.ExtensionNotFound:
-        return
+        ku = None
     except ValueError as exc:
         raise Malformed(f"{name} has unparsable extensions: {exc}", field=name) from exc
-    if not ku.key_cert_sign:
+    if ku is None or not ku.key_cert_sign:
         raise BadSignature("issuer certificate may not sign certificates", field=f"{name}.key_usage",
                            expected="keyCertSign", actual=False)
 
