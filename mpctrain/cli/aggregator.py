@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
-from mpctrain.enclave.server import Aggregator
+from mpctrain.enclave.server import Aggregator, tls_credentials
 
 app = typer.Typer(help="aggregator (the enclave): serve jobs, attestation, data and results", no_args_is_help=True)
 
@@ -26,12 +26,13 @@ def serve(
     try:
         cfg = AggregatorConfig.load(config)
         agg = Aggregator.from_config(cfg)
-        port = agg.start(listen or cfg.listen)
+        port = agg.start(listen or cfg.listen, tls_credentials(cfg))
     except (ConfigError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     host = (listen or cfg.listen).rsplit(":", 1)[0]
-    console.print(f"aggregator serving on {host}:{port} (attester {cfg.attester}; health and reflection on)")
+    console.print(f"aggregator serving on {host}:{port} (attester {cfg.attester}; "
+                  f"{'TLS' if cfg.tls_cert else 'plaintext transport'}; health and reflection on)")
     attester = agg.identity.attester
     measurement = getattr(attester, "measurement", None)
     if measurement is not None:

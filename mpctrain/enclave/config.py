@@ -10,6 +10,9 @@ audit_log = "audit.jsonl"        # optional: append-only signed audit log on the
 root_dir = "../../.mpctrain/sim-root"   # simulated vendor root (created on first run when missing)
 [limits]
 max_concurrent_uploads = 16
+[tls]                            # optional transport TLS (the data is sealed end to end either way)
+cert_file = "server.pem"
+key_file = "server.key"
 ```
 """
 
@@ -40,6 +43,8 @@ class AggregatorConfig:
     kem_alg: str = "x25519"
     limits: Limits = field(default_factory=Limits)
     audit_log: Path | None = None
+    tls_cert: Path | None = None  # PEM chain; transport TLS, independent of the end-to-end sealing
+    tls_key: Path | None = None
     raw: bytes = b""  # the file's bytes: its digest is the config digest the TEE measures
 
     @property
@@ -58,7 +63,7 @@ class AggregatorConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
-        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log"}
+        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls"}
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -71,8 +76,15 @@ class AggregatorConfig:
             limits = Limits.from_dict(doc.get("limits", {}))
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        tls_doc = doc.get("tls", {})
+        if not isinstance(tls_doc, dict) or set(tls_doc) - {"cert_file", "key_file"} or \
+                ("cert_file" in tls_doc) != ("key_file" in tls_doc):
+            raise ConfigError("[tls] takes cert_file and key_file, both or neither")
+        tls = ((base_dir / str(tls_doc["cert_file"]), base_dir / str(tls_doc["key_file"])) if tls_doc
+               else (None, None))
         return cls(listen=str(doc.get("listen", "127.0.0.1:50051")), attester=attester,
                    version=str(doc.get("version", "0.1.0")), device=str(doc.get("device", "auto")),
                    sim_root_dir=(base_dir / root) if root else None, kem_alg=str(doc.get("kem_alg", "x25519")),
                    limits=limits, raw=raw or repr(sorted(doc.items())).encode(),
-                   audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None)
+                   audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None,
+                   tls_cert=tls[0], tls_key=tls[1])

@@ -56,6 +56,17 @@ def build_info(config_digest: bytes, version: str = "0.1.0") -> BuildInfo:
     return BuildInfo(version=version, build_digest=code_digest(), config_digest=config_digest)
 
 
+def tls_credentials(config: AggregatorConfig) -> grpc.ServerCredentials | None:
+    """Server TLS credentials from ``[tls]`` (None: plaintext transport)."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    try:
+        chain, key = config.tls_cert.read_bytes(), config.tls_key.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc
+    return grpc.ssl_server_credentials([(key, chain)])
+
+
 def make_attester(config: AggregatorConfig) -> Attester:
     """The configured TEE backend's attester; the simulated root is created on first use."""
     if config.attester == "sim":
@@ -123,11 +134,13 @@ class Aggregator:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    def start(self, address: str = "127.0.0.1:0") -> int:
+    def start(self, address: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> int:
+        """Bind and serve; with ``credentials`` the port speaks TLS (see ``tls_credentials``)."""
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="enclave"),
                              options=self.server_options(), interceptors=self.interceptors)
         self.add_services(server)
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         server.start()

@@ -7,6 +7,7 @@ policy = "policy.toml"          # the party's own attestation policy
 data = "../../examples/hospitals_pooled/data/hospital-a.csv"   # .csv or .parquet
 keys_dir = "keys"               # identity.key + kem.key, created on first run (never commit them)
 outputs_dir = "outputs"         # where opened outputs go when this party is a recipient
+tls_ca = "aggregator-ca.pem"    # optional: the aggregator's transport TLS roots
 [rules]
 auto_approve = true
 allowed_recipients = ["hospital-a", "hospital-b", "hospital-c"]
@@ -38,6 +39,7 @@ class PartyConfig:
     keys_dir: Path
     outputs_dir: Path
     rules: PartyRules
+    tls_ca: Path | None = None  # PEM roots for the aggregator's transport TLS (None: plaintext)
 
     @classmethod
     def load(cls, path: str | Path) -> PartyConfig:
@@ -50,7 +52,7 @@ class PartyConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base: Path) -> PartyConfig:
-        known = {"id", "aggregator", "policy", "data", "keys_dir", "outputs_dir", "rules", "schema"}
+        known = {"id", "aggregator", "policy", "data", "keys_dir", "outputs_dir", "rules", "schema", "tls_ca"}
         unknown = set(doc) - known
         if unknown:
             raise PartyConfigError(f"unknown party config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -70,7 +72,8 @@ class PartyConfig:
                    policy=base / str(doc.get("policy", "policy.toml")),
                    data=(base / str(doc["data"])) if "data" in doc else None,
                    keys_dir=base / str(doc.get("keys_dir", "keys")),
-                   outputs_dir=base / str(doc.get("outputs_dir", "outputs")), rules=rules)
+                   outputs_dir=base / str(doc.get("outputs_dir", "outputs")), rules=rules,
+                   tls_ca=(base / str(doc["tls_ca"])) if "tls_ca" in doc else None)
 
     def load_keys(self, create: bool = True) -> tuple[IdentityKey, KemKey]:
         """Load the party's keys; generate them on first run (private files 0600, public files beside)."""

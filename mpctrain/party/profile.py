@@ -31,7 +31,15 @@ def agent_from_config(config: PartyConfig, target: str | None = None, policy_fil
         policy = Policy.load(policy_file or config.policy)
     except PolicyError as exc:
         raise PartyConfigError(f"{config.id}: {exc}") from exc
-    client = AggregatorClient(target or config.aggregator, config.id, identity)
+    credentials = None
+    if config.tls_ca is not None:
+        import grpc
+
+        try:
+            credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+        except OSError as exc:
+            raise PartyConfigError(f"{config.id}: cannot read tls_ca {config.tls_ca}: {exc}") from exc
+    client = AggregatorClient(target or config.aggregator, config.id, identity, credentials=credentials)
     return PartyAgent(party_id=config.id, identity=identity, kem=kem, policy=policy, client=client,
                       data_path=config.data, rules=config.rules, outputs_dir=config.outputs_dir)
 

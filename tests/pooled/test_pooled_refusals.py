@@ -258,3 +258,22 @@ def test_new_header_replaces_an_unfinished_upload(cluster):
     assert not lost.status().known  # the abandoned partial shard was wiped, not kept beside the new one
     kinds = [k for k, f in cluster.events.events if f.get("job_id") == m.job_id]
     assert "shard.replaced" in kinds
+
+
+def test_duplicate_object_id_is_rejected(cluster):
+    m, agents = _open_job(cluster, "dup-object")
+    a, b = agents["hospital-a"], agents["hospital-b"]
+    from mpctrain.party.agent import load_shard
+
+    first = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", load_shard(a.data_path, m),
+                        chunk_size=4096, object_id="shard/shared-name")
+    assert not first.send(stop_after=1).complete
+    again = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", load_shard(a.data_path, m),
+                        chunk_size=4096, object_id="shard/shared-name")
+    with pytest.raises(AlreadyExists, match="already holds another upload"):
+        again.send()
+    other = ShardUpload(b.client, m.job_id, b.enclave, b.identity, "hospital-b", load_shard(b.data_path, m),
+                        chunk_size=4096, object_id="shard/shared-name")
+    with pytest.raises(AlreadyExists, match="already holds another upload"):
+        other.send()
+    assert first.send().complete  # the original stream is unaffected and completes

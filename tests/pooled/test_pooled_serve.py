@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mpctrain.attest import Policy
@@ -65,3 +66,66 @@ def test_aggregator_serve_bad_config(tmp_path):
                           "--config", str(cfg)], capture_output=True, text=True, env=env, timeout=60)
     assert res.returncode == 2
     assert "attester must be one of" in res.stdout + res.stderr
+
+
+def _self_signed(tmp_path):
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "aggregator")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_transport_tls(tmp_path):
+    from mpctrain.enclave.config import AggregatorConfig
+    from mpctrain.enclave.server import Aggregator, tls_credentials
+    from mpctrain.party.errors import AttestationRefused
+
+    cert_file, _ = _self_signed(tmp_path)
+    cfg_file = tmp_path / "aggregator.toml"
+    cfg_file.write_text('attester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "root"\n'
+                        '[tls]\ncert_file = "server.pem"\nkey_file = "server.key"\n')
+    cfg = AggregatorConfig.load(cfg_file)
+    agg = Aggregator.from_config(cfg)
+    port = agg.start("127.0.0.1:0", tls_credentials(cfg))
+    try:
+        from mpctrain.attest.sim import ROOT_PEM, root_pin
+
+        measurement = agg.identity.attester.measurement.hex()
+        policy = Policy.from_dict({"backends": ["sim"], "sim": {
+            "roots": [root_pin(tmp_path / "root" / ROOT_PEM)], "measurements": [measurement]}})
+        creds = grpc.ssl_channel_credentials(root_certificates=cert_file.read_bytes())
+        tls_client = AggregatorClient(f"127.0.0.1:{port}", "hospital-a", IdentityKey.generate(), credentials=creds,
+                                      timeout=10)
+        assert attest_aggregator(tls_client, policy).cpu.backend == "sim"
+        tls_client.close()
+        plain = AggregatorClient(f"127.0.0.1:{port}", "hospital-a", IdentityKey.generate(), timeout=3)
+        with pytest.raises(AttestationRefused, match="unreachable"):
+            attest_aggregator(plain, policy)
+        plain.close()
+    finally:
+        agg.stop(grace=0.5)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[tls]\ncert_file = "server.pem"\n')
+    from mpctrain.enclave.config import ConfigError
+
+    with pytest.raises(ConfigError, match="both or neither"):
+        AggregatorConfig.load(bad)
