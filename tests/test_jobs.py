@@ -137,3 +137,19 @@ def test_any_authoring_document_is_a_manifest_or_a_manifest_error(over):
             parse()
         except ManifestError:
             pass
+
+
+@pytest.mark.parametrize("kem", [
+    {"kem_alg": "x25519", "kem_public": "00" * 33},
+    {"kem_alg": "mlkem768-x25519", "kem_public": "11" * 32},
+    {"kem_alg": "x25519", "kem_public": "00" * 1216},
+])
+def test_party_kem_key_must_fit_its_algorithm(kem):
+    keys = _keys(1)
+    doc = _doc(keys)
+    doc["parties"][0].update(kem)
+    with pytest.raises(ManifestError, match="kem_public"):
+        JobManifest.from_authoring(doc)
+    hybrid = KemKey.generate("mlkem768-x25519")
+    doc["parties"][0].update(kem_alg="mlkem768-x25519", kem_public=hybrid.public_bytes().hex())
+    assert JobManifest.from_authoring(doc).parties[0].kem_public == hybrid.public_bytes()

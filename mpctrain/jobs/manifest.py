@@ -16,12 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mpctrain.seal.errors import KeyFormatError
+from mpctrain.seal.keys import KEM_ALGS, public_kem_key
+
 FORMAT = "mpctrain.job/v1"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PARTIES = 256
 MODES = ("pooled", "federated")
 ROLES = ("data", "researcher")
-KEM_ALGS = ("x25519", "mlkem768-x25519")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -324,8 +326,10 @@ def _validate(m: JobManifest) -> None:
             raise ManifestError(f"party {p.id}: identity_public must be a 32-byte Ed25519 key")
         if p.kem_alg not in KEM_ALGS:
             raise ManifestError(f"party {p.id}: kem_alg must be one of {KEM_ALGS}, got {p.kem_alg!r}")
-        if not 32 <= len(p.kem_public) <= 4096:
-            raise ManifestError(f"party {p.id}: kem_public has an implausible length {len(p.kem_public)}")
+        try:  # checked here, not when outputs are sealed at the end of training
+            public_kem_key(p.kem_alg, p.kem_public)
+        except KeyFormatError as exc:
+            raise ManifestError(f"party {p.id}: kem_public is not a valid {p.kem_alg} public key: {exc}") from exc
     n_data = len(m.data_parties())
     if n_data == 0:
         raise ManifestError("a job needs at least one data party")
