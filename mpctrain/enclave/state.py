@@ -76,6 +76,22 @@ class Job:
         return missing_consents(self.manifest, consents)
 
 
+# Errors whose messages come from the manifest or the platform, never from party data: shown verbatim.
+_MANIFEST_ERRORS = ("ModelSpecError", "UnknownModel", "ConfigError", "PrivacyBudgetError", "DeviceUnavailable")
+_DATA_ERRORS = ("TensorFormatError", "DataError", "SchemaError")
+
+
+def public_error(exc: BaseException) -> str:
+    """What ``GetJob`` may show about a failed job. Messages of data-derived errors can quote values from a
+    shard (a label, a range), so for those only the type and a generic reason are shown."""
+    name = type(exc).__name__
+    if name in _MANIFEST_ERRORS:
+        return f"{name}: {exc}"[:500]
+    if name in _DATA_ERRORS:
+        return f"{name}: a shard does not match the job's schema (feature count, dtypes or label range)"
+    return f"{name}: training failed inside the enclave"
+
+
 # A runner trains one job; it is started in a thread once the quorum's shards are in.
 Runner = Callable[[Job, "JobStore"], None]
 
@@ -173,7 +189,7 @@ class JobStore:
         try:
             runner(job, self)
         except Exception as exc:  # the runner's error is reported, never its data
-            job.error = f"{type(exc).__name__}: {exc}"[:500]
+            job.error = public_error(exc)
             self.events.emit("training.failed", job_id=job.job_id, error=type(exc).__name__)
             self.set_state(job, JobState.FAILED, message=job.error)
             return
