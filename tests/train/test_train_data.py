@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from mpctrain.train.data import (
     DataError,
@@ -238,3 +241,53 @@ def test_stratified_split_keeps_small_classes_on_both_sides():
 def test_stratified_split_rejects_bad_fraction(fraction):
     with pytest.raises(ValueError, match="fraction"):
         stratified_split(np.zeros((4, 1)), np.zeros(4), fraction, seed=0)
+
+
+# --- properties -----------------------------------------------------------------------------------------
+
+finite32 = st.floats(min_value=-(2.0**100), max_value=2.0**100, allow_nan=False, width=32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 6), st.data())
+def test_validate_and_shard_round_trip_any_numeric_table(rows, cols, data):
+    X = data.draw(arrays(np.float32, (rows, cols), elements=finite32))
+    y = data.draw(arrays(np.int64, rows, elements=st.integers(0, 3)))
+    names = tuple(f"f{j}" for j in range(cols))
+    df = pd.DataFrame(X, columns=list(names)).assign(target=y)
+    X2, y2 = validate(df, TableSchema("target", names))
+    np.testing.assert_array_equal(X2, X)
+    np.testing.assert_array_equal(y2, y)
+    X3, y3 = table_from_bytes(table_to_bytes(X2, y2), num_features=cols, num_classes=4)
+    np.testing.assert_array_equal(X3, X)
+    np.testing.assert_array_equal(y3, y)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 20), st.integers(0, 2), st.sampled_from(["abc", None, float("inf"), "1,5"]), st.data())
+def test_one_bad_cell_is_reported_with_its_column_and_row(rows, col, bad, data):
+    row = data.draw(st.integers(0, rows - 1))
+    df = pd.DataFrame({"label": [0] * rows, "a": [1.0] * rows, "b": [2.0] * rows, "c": [3.0] * rows})
+    name = "abc"[col]
+    df[name] = df[name].astype(object)
+    df.loc[row, name] = bad
+    with pytest.raises(SchemaError, match=rf"'{name}' has .* at row {row}"):
+        validate(df, SCHEMA)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=60), st.floats(0.0, 0.9), st.integers(0, 2**32))
+def test_stratified_split_properties(labels, fraction, seed):
+    y = np.array(labels)
+    X = np.arange(len(y)).reshape(-1, 1)
+    s = stratified_split(X, y, fraction, seed)
+    ids = np.concatenate([s.X_train[:, 0], s.X_val[:, 0]])
+    assert sorted(ids.tolist()) == list(range(len(y)))
+    np.testing.assert_array_equal(y[s.X_train[:, 0]], s.y_train)
+    for c in np.unique(y):
+        n_c, v_c = int((y == c).sum()), int((s.y_val == c).sum())
+        assert (s.y_train == c).sum() >= 1  # every class is trained on
+        if n_c >= 2 and fraction > 0:
+            assert 1 <= v_c <= max(1, round(fraction * n_c))
+        if fraction == 0:
+            assert v_c == 0

@@ -246,3 +246,18 @@ def test_dp_with_dropout_runs_under_vmap_and_is_reproducible():
     a, b = run(), run()
     assert a.steps == 30 and a.stop_reason is None
     assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_reported_epsilon_grows_with_training_length_and_epochs_are_reported():
+    X, y = blobs()
+    dp = DPConfig(epsilon=50.0, delta=1e-5, clip=1.0, noise_multiplier=1.5, noise_seed=2)
+    spent = []
+    for epochs in (1, 2, 4):
+        seen: list[int] = []
+        model = build_model({"name": "logreg"}, X.shape[1], 2)
+        cfg = TrainConfig(epochs=epochs, batch_size=40, lr=0.05, seed=0)
+        result = fit(model, X, y, cfg, device=CPU, dp=dp, on_epoch=lambda e, _loss, seen=seen: seen.append(e))
+        assert result.steps == 10 * epochs and seen == list(range(1, epochs + 1))
+        assert result.epsilon == pytest.approx(spent_epsilon(1.5, 0.1, 10 * epochs, 1e-5))
+        spent.append(result.epsilon)
+    assert spent[0] < spent[1] < spent[2] <= 50.0
