@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpctrain.attest.policy import REPORT_ONLY, Policy, PolicyError
 
@@ -73,3 +75,22 @@ def test_policy_file_that_is_not_utf8_is_a_policy_error(tmp_path) -> None:
 def test_a_day_of_skew_is_the_most_a_policy_may_allow() -> None:
     pol = Policy.from_dict({"backends": ["snp"], "clock_skew_seconds": 86400})
     assert pol.backend("snp").clock_skew_seconds == 86400
+
+
+_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-5, max_value=10**20), st.floats(allow_nan=False),
+                  st.text(max_size=70), st.just(REPORT_ONLY), st.just("ab" * 32))
+_value = st.recursive(_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=3),
+    st.dictionaries(st.sampled_from(["roots", "measurements", "allow_debug", "min_tcb", "vmpl", "snp"]), c, max_size=3),
+), max_leaves=8)
+_keys = st.sampled_from(["backends", "min_gpus", "clock_skew_seconds", "collateral_dir", "sim", "snp", "tdx",
+                         "nvidia-gpu"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_keys, _value, max_size=6))
+def test_any_policy_data_is_a_policy_or_a_policy_error(data) -> None:
+    try:
+        Policy.from_dict(data)
+    except PolicyError:
+        pass

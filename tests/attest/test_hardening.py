@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpctrain.attest import (
     BuildInfo,
@@ -260,3 +263,20 @@ def test_bundle_json_is_byte_stable() -> None:
         b'{"build":{"build_digest":"05","config_digest":"06","version":"1.0"},"cpu":{"certs":{"root":"Ag=="},'
         b'"data":"AQ==","kind":"sim"},"gpus":[],"kem_alg":"x25519","kem_public":"03","sig_public":"04"}')
     assert bundle.digest() == hashlib.sha256(bundle.to_json()).digest()
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=8), st.just("AA=="), st.just("00"))
+_json = st.recursive(_json_leaf, lambda c: st.one_of(
+    st.lists(c, max_size=3),
+    st.dictionaries(st.sampled_from(["cpu", "gpus", "kind", "data", "certs", "kem_alg", "kem_public", "sig_public",
+                                     "build", "version", "build_digest", "config_digest", "x"]), c, max_size=6),
+), max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_json)
+def test_any_bundle_json_is_a_bundle_or_malformed(obj) -> None:
+    try:
+        EvidenceBundle.from_json(json.dumps(obj).encode())
+    except Malformed:
+        pass
