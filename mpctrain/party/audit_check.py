@@ -89,7 +89,8 @@ def check_job_audit(lines: Sequence[RawLine], *, manifest: JobManifest, party_id
     if not served:
         raise AuditCheckFailed("evidence", "the evidence this party verified is not recorded as served by that "
                                            "enclave")
-    job = summarize(report.records).get(manifest.job_id)
+    mine = [(n, r) for n, r in report.records if r.segment == segment.number]  # the enclave it attested
+    job = summarize(mine).get(manifest.job_id)
     if job is None:
         raise AuditCheckFailed("job", f"the log holds no record of job {manifest.job_id}")
     if not hmac.compare_digest(job.manifest_digest, manifest.digest().hex()):

@@ -33,7 +33,7 @@ def test_verify_prints_segments_and_per_job_summary(files):
     assert res.exit_code == 0, res.output
     out = res.output
     assert out.startswith("OK 26 records in 2 segment(s); head 25:")
-    assert "job job-1 (pooled) state=done" in out and "job job-2 (pooled) state=done" in out
+    assert "job job-1 (segment 0, pooled) state=done" in out and "job job-2 (segment 1, pooled) state=done" in out
     assert "consents: a, b" in out
     assert "input  a: 1000 bytes, object shard/a/0" in out
     assert "output a: model, 123 bytes" in out

@@ -288,7 +288,7 @@ def test_log_refuses_to_extend_a_damaged_file(sim, tmp_path):
     assert path.read_bytes() == good + b"garbage\n"  # never repaired in place
 
 
-def test_restart_continues_sequence_and_job_chain(sim, tmp_path):
+def test_restart_continues_the_sequence_and_starts_job_chains_afresh(sim, tmp_path):
     path = tmp_path / "audit.jsonl"
     first = AuditLog(path, sim.enclave())
     first.emit("job.proposed", job_id="j", digest="ab" * 32)
@@ -297,7 +297,7 @@ def test_restart_continues_sequence_and_job_chain(sim, tmp_path):
     recs = [json.loads(raw) for raw in read(path)]
     assert [r["seq"] for r in recs] == [0, 1, 2, 3]
     assert [r["segment"] for r in recs] == [0, 0, 1, 1]
-    assert recs[3]["job_seq"] == 1 and recs[3]["job_prev"] == recs[1]["hash"]
+    assert (recs[3]["job_seq"], recs[3]["job_prev"]) == (0, "")  # a restarted enclave holds no jobs
     assert second.head == (4, recs[3]["hash"])
     verify_log(read_lines(path), sim.policy())
 
@@ -341,3 +341,33 @@ def test_pinned_head_catches_a_cut_tail_and_a_rewrite(built, sim):
     assert (exc.line, exc.seq, exc.check) == (N - 2, N - 1, "truncated")
     exc = broken(lines, sim, expect_head=(5, "00" * 32))
     assert (exc.line, exc.seq, exc.check) == (6, 5, "chain")
+
+
+def test_job_view_skips_an_older_build_and_trusts_nothing_it_signed(sim, tmp_path):
+    from mpctrain.enclave.audit import summarize
+    from mpctrain.enclave.audit_service import job_view
+
+    old_build = SimAttester(sim.root, config_digest=b"\x08" * 32)  # another measurement, no longer allowed
+    path = tmp_path / "audit.jsonl"
+    old = AuditLog(path, sim.enclave(old_build))
+    old.emit("evidence.served", backend="sim", gpus=0, evidence_digest="cd" * 32, nonce_digest="ef" * 32)
+    old.emit("job.proposed", job_id="job", digest="aa" * 32)
+    old.emit("aggregator.stopped")
+    new = AuditLog(path, sim.enclave())
+    new.emit("job.proposed", job_id="job", digest="bb" * 32)  # the same id after a restart: another job
+    lines = read(path)
+    view = [raw for raw in lines if job_view("job", json.loads(raw)["job_id"], json.loads(raw)["kind"])]
+
+    exc = broken(lines, sim)  # the auditor's full check: every build that ran must be in the policy
+    assert (exc.line, exc.check) == (1, "evidence")
+    report = verify_log(numbered(view), sim.policy(), partial=True)
+    assert [s.number for s in report.segments] == [1]
+    assert [r.kind for _, r in report.records] == ["segment.started", "job.proposed"]
+    assert "segment 0 (line 1) is skipped" in report.warnings[0]
+    assert summarize(report.records)["job"].manifest_digest == "bb" * 32
+    exc = broken(view[:4], sim, partial=True)  # only the old build's records: nothing verifies
+    assert (exc.line, exc.seq, exc.check) == (1, 0, "evidence")
+    both = type(sim.policy()).from_dict({"backends": ["sim"], "sim": {"roots": [sim.root.sha256], "measurements": [
+        sim.attester.measurement.hex(), old_build.measurement.hex()]}})
+    jobs = summarize(verify_log(numbered(lines), both).records)
+    assert {k: v.manifest_digest[:2] for k, v in jobs.items()} == {"job": "aa", "job@1": "bb"}

@@ -46,13 +46,13 @@ class AuditLog:
         self._segment = 0
         self._prev_hash = ""
         self._time_ms = 0
-        self._jobs: dict[str, tuple[int, str]] = {}
+        self._jobs: dict[str, tuple[int, str]] = {}  # this segment's jobs: a restarted enclave holds none
         self._resume()
         self._start_segment()
 
     # -- opening ------------------------------------------------------------------------------
     def _resume(self) -> None:
-        """Continue after the last record already in the file (a restart): next seq, link hash, job heads."""
+        """Continue after the last record already in the file (a restart): next seq, link hash, segment."""
         if not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             return
@@ -67,8 +67,6 @@ class AuditLog:
                 except RecordFormatError as exc:
                     raise AuditWriteError(f"{self.path} line {line_no} is not an audit record ({exc}); refusing to "
                                           "extend it: move it aside to start a new log") from None
-                if rec.job_id is not None:
-                    self._jobs[rec.job_id] = (rec.job_seq or 0, rec.hash)
                 last = rec
         except OSError as exc:
             raise AuditWriteError(f"cannot read the audit log {self.path}: {exc}") from exc

@@ -36,6 +36,7 @@ class OutputEntry:
 @dataclass
 class JobSummary:
     job_id: str
+    segment: int = 0
     manifest_digest: str = ""
     mode: str = ""
     proposer: str = ""
@@ -57,7 +58,7 @@ class JobSummary:
 
     def to_json_obj(self) -> dict[str, Any]:
         return {
-            "job_id": self.job_id, "manifest_digest": self.manifest_digest, "mode": self.mode,
+            "job_id": self.job_id, "segment": self.segment, "manifest_digest": self.manifest_digest, "mode": self.mode,
             "proposer": self.proposer, "parties": self.parties, "consents": sorted(self.consents),
             "inputs": {p: [{"object_id": e.object_id, "digest": e.digest, "size": e.size, "seq": e.seq} for e in es]
                        for p, es in sorted(self.inputs.items())},
@@ -74,12 +75,19 @@ def _int(v: Any) -> int:
 
 
 def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummary]:
-    """Fold a verified log's records into one summary per job id (in order of first appearance)."""
+    """Fold a verified log's records into one summary per job (in order of first appearance).
+
+    A job lives in one segment (a restarted enclave holds no jobs); a job id seen again in a later segment
+    is another job, keyed ``"<job id>@<segment>"``.
+    """
     jobs: dict[str, JobSummary] = {}
+    seen: dict[str, int] = {}
     for line, rec in records:
         if rec.job_id is None:
             continue
-        js = jobs.setdefault(rec.job_id, JobSummary(rec.job_id))
+        first = seen.setdefault(rec.job_id, rec.segment)
+        key = rec.job_id if first == rec.segment else f"{rec.job_id}@{rec.segment}"
+        js = jobs.setdefault(key, JobSummary(rec.job_id, segment=rec.segment))
         js.records += 1
         f = rec.fields
         kind = rec.kind
@@ -124,7 +132,7 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
 
 def render(summary: JobSummary) -> list[str]:
     """Plain text lines for the CLI (no colours, so the output can be archived as is)."""
-    out = [f"job {summary.job_id} ({summary.mode or '?'}) state={summary.state} "
+    out = [f"job {summary.job_id} (segment {summary.segment}, {summary.mode or '?'}) state={summary.state} "
            f"manifest={summary.manifest_digest[:16]}… proposer={summary.proposer or '?'} records={summary.records}"]
     out.append(f"  consents: {', '.join(sorted(summary.consents)) or 'none'}")
     for party, entries in sorted(summary.inputs.items()):

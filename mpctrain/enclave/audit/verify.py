@@ -10,6 +10,10 @@ nonce), ``signature`` (not signed by the attested key of its segment), ``time`` 
 
 ``partial=True`` verifies a job's view served by ``GetLog(job_id)``: every record stands on its own
 (hash, signature, attested segment key) and sequence numbers only increase; the job chain stays strict.
+A segment whose evidence fails the policy (an older build the party no longer allows) is skipped with a
+warning: none of its records enter the report, so nothing it signed can count for the party.
+Job chains (``job_seq``/``job_prev``) start afresh in every segment: a restarted enclave holds no jobs,
+and a job id reused after a restart names another job.
 """
 
 from __future__ import annotations
@@ -88,6 +92,8 @@ def verify_log(lines: Iterable[RawLine], policy: Policy, *, evidence: Mapping[st
     report = AuditReport(partial=partial)
     prev: AuditRecord | None = None
     current: Segment | None = None
+    seg_no = -1  # number of the last segment start seen
+    skipped: AuditBroken | None = None  # partial view: the first segment whose evidence failed
     job_heads: dict[str, AuditRecord] = {}
     for line_no, raw in lines:
         if not raw.endswith(b"\n"):
@@ -104,18 +110,29 @@ def verify_log(lines: Iterable[RawLine], policy: Policy, *, evidence: Mapping[st
             raise broken("hash", "the record's content does not match its hash (edited)")
         _check_sequence(rec, prev, partial, broken)
         if rec.kind == SEGMENT_KIND:
-            expected = 0 if current is None else current.number + 1
-            if rec.segment != expected:
-                raise broken("segment", f"segment {rec.segment} starts where segment {expected} must")
+            if rec.segment != seg_no + 1:
+                raise broken("segment", f"segment {rec.segment} starts where segment {seg_no + 1} must")
+            seg_no = rec.segment
             _check_link(rec, prev, partial, broken)
-            current = _open_segment(rec, line_no, policy, evidence or {}, at, collateral, broken)
+            job_heads = {}  # a restarted enclave has no jobs: job chains start afresh in each segment
+            try:
+                current = _open_segment(rec, line_no, policy, evidence or {}, at, collateral, broken)
+            except AuditBroken as exc:
+                if not partial:
+                    raise
+                skipped = skipped or exc
+                current = None  # a job's view: an older build's segment is skipped, never trusted
+                report.warnings.append(f"segment {rec.segment} (line {line_no}) is skipped: {exc.detail}")
+                continue
             report.segments.append(current)
         else:
-            if current is None:
+            if seg_no < 0:
                 raise broken("segment", "record before any segment start: its signing key was never attested")
-            if rec.segment != current.number:
-                raise broken("segment", f"record claims segment {rec.segment} inside segment {current.number} "
+            if rec.segment != seg_no:
+                raise broken("segment", f"record claims segment {rec.segment} inside segment {seg_no} "
                                         "(a segment start is missing)")
+            if current is None:
+                continue  # partial view, segment skipped above: none of its records count
             _check_link(rec, prev, partial, broken)
         try:
             rec.verify_signature(current.sig_public)
@@ -130,6 +147,8 @@ def verify_log(lines: Iterable[RawLine], policy: Policy, *, evidence: Mapping[st
         report.records.append((line_no, rec))
         prev = rec
     if prev is None:
+        if skipped is not None:
+            raise skipped  # nothing verified: the evidence failure is the reason
         raise AuditBroken("empty", "the log holds no record", line=0)
     if expect_head is not None:
         _check_head(report, expect_head)
