@@ -275,3 +275,13 @@ def test_log_of_a_run_stays_small(run):
     assert max(s for s, k in sizes if k != "segment.started") < 1_000
     shard = sum(s for s, k in sizes if k.startswith("shard."))
     assert shard / len(PARTIES) < 2_000
+
+
+def test_incremental_fetch_from_a_sequence_number(run):
+    from mpctrain.wire import audit_pb2, audit_pb2_grpc
+
+    stub = audit_pb2_grpc.AuditStub(run.agents["hospital-a"].client.channel)
+    full = list(stub.GetLog(audit_pb2.GetLogRequest(), timeout=10))
+    tail = list(stub.GetLog(audit_pb2.GetLogRequest(from_seq=5), timeout=10))
+    assert [r.line for r in tail] == [r.line for r in full][5:]
+    assert json.loads(tail[0].data)["seq"] == 5
