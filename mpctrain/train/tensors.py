@@ -56,7 +56,9 @@ def state_from_bytes(b: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[st
     _check_payload(b, max_bytes)
     try:
         return safetensors.torch.load(bytes(b))
-    except Exception as exc:  # the Rust parser raises several types; all mean "malformed"
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # the Rust parser's errors, a Rust panic (a BaseException) included
         raise TensorFormatError(f"malformed safetensors payload: {exc}") from None
 
 
@@ -82,7 +84,9 @@ def arrays_from_bytes(b: bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[s
     _check_payload(b, max_bytes)
     try:
         return safetensors.numpy.load(bytes(b))
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # as in state_from_bytes
         raise TensorFormatError(f"malformed safetensors payload: {exc}") from None
 
 
@@ -116,6 +120,8 @@ def _check_payload(b: Any, max_bytes: int) -> dict[str, Any]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TensorFormatError(f"not safetensors: header is not valid JSON ({exc})") from None
+    except RecursionError:  # deeply nested arrays: a real header is one flat object of flat entries
+        raise TensorFormatError("not safetensors: header JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise TensorFormatError("not safetensors: header is not a JSON object")
     return header

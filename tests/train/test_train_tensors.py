@@ -124,7 +124,10 @@ def test_oversized_payload_is_refused_before_parsing():
 
 
 def _with_header(header: dict, data: bytes) -> bytes:
-    raw = json.dumps(header).encode()
+    return _with_header_raw(json.dumps(header).encode(), data)
+
+
+def _with_header_raw(raw: bytes, data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(raw)) + raw + data
 
 
@@ -136,6 +139,7 @@ def _with_header(header: dict, data: bytes) -> bytes:
         (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
         (struct.pack("<Q", 3) + b"{\xff}", "not valid JSON"),
         (struct.pack("<Q", 2) + b'"x', "not a JSON object"),
+        (_with_header_raw(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"), "nested too deeply"),
         (_with_header({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, b"\x00" * 8), "malformed"),
         (_with_header({"w": {"dtype": "F32", "shape": [4], "data_offsets": [8, 4]}}, b"\x00" * 16), "malformed"),
         (_with_header({"w": {"dtype": "NOPE", "shape": [4], "data_offsets": [0, 16]}}, b"\x00" * 16), "malformed"),
@@ -194,3 +198,25 @@ def test_single_byte_corruption_is_caught_or_harmless(pos, value):
         return
     # A flip inside the data region (or a no-op) still decodes to a well-formed array of the same shape.
     assert [a.shape for a in out.values()] == [(3, 2)]
+
+
+entries = st.fixed_dictionaries(
+    {
+        "dtype": st.sampled_from(["F32", "F16", "BF16", "I64", "U8", "BOOL", "F64", "X9"]),
+        "shape": st.lists(st.one_of(st.integers(-2, 6), st.integers(2**31, 2**64)), max_size=3),
+        "data_offsets": st.lists(st.integers(-1, 80), min_size=0, max_size=3),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=0, max_size=4), entries, max_size=3), st.integers(0, 80))
+def test_structured_hostile_headers_are_typed_errors(header, data_len):
+    payload = _with_header(header, b"\x01" * data_len)
+    for loader in (state_from_bytes, arrays_from_bytes):
+        try:
+            out = loader(payload)
+        except TensorFormatError:
+            continue
+        # Whatever decodes must be exactly what the header declared.
+        assert set(out) == set(header)
