@@ -172,6 +172,7 @@ def validate(df: pd.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndar
         raise SchemaError(f"table has column(s) not in the job's schema: {extra}; drop them before uploading")
     if len(df) == 0:
         raise SchemaError("table has no rows")
+    df = df.set_axis(columns, axis=1)  # e.g. integer column labels from a hand-built frame
 
     X = np.empty((len(df), len(schema.features)), dtype=np.float32)
     for j, name in enumerate(schema.features):

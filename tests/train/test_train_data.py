@@ -119,6 +119,13 @@ def test_validate_returns_schema_order_and_dtypes():
     np.testing.assert_array_equal(y, [0, 1, 1, 0])
 
 
+def test_validate_accepts_non_string_column_labels():
+    df = pd.DataFrame({"label": [0, 1], 0: [1.0, 2.0], 1: [3.0, 4.0]})
+    X, y = validate(df, TableSchema("label", ("0", "1")))
+    np.testing.assert_array_equal(X, [[1, 3], [2, 4]])
+    np.testing.assert_array_equal(y, [0, 1])
+
+
 def test_validate_maps_label_values():
     schema = TableSchema("label", ("a", "b", "c"), label_values=("benign", "malignant"))
     _, y = validate(frame(label=["malignant", "benign", "benign", "malignant"]), schema)
