@@ -14,7 +14,7 @@ import grpc
 import typer
 
 from mpctrain.attest import AttestationError, EvidenceBundle, Policy, PolicyError
-from mpctrain.enclave.audit import AuditBroken, read_lines, render, summarize, verify_log
+from mpctrain.enclave.audit import AuditBroken, cross_check, read_lines, render, summarize, verify_log
 from mpctrain.enclave.audit.reader import RawLine
 
 app = typer.Typer(help="audit log: verify offline, summarise per job, fetch from an aggregator", no_args_is_help=True)
@@ -72,8 +72,9 @@ def verify_cmd(
     log_path: Path = typer.Argument(..., metavar="LOG", help="audit log (JSON Lines) as stored or fetched"),
     policy: Path = typer.Option(..., "--policy", help="policy TOML the enclave of every segment must satisfy"),
     evidence: list[Path] = typer.Option([], "--evidence",
-                                        help="evidence bundle JSON or a directory of them, for segments whose "
-                                             "record does not embed its evidence (repeatable)"),
+                                        help="evidence bundle JSON or a directory of them (repeatable): for "
+                                             "segments whose record does not embed its evidence, or a bundle you "
+                                             "attested yourself, to cross-check with the log"),
     at: str | None = typer.Option(None, "--at", help="check certificates at this ISO-8601 time "
                                                      "(default: each segment's start time)"),
     job: str | None = typer.Option(None, "--job", help="print only this job's summary"),
@@ -103,6 +104,7 @@ def verify_cmd(
         else:
             typer.echo(f"FAILED {exc}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
+    checks = cross_check(report, bundles)
     jobs = summarize(report.records)
     if job is not None:
         jobs = {k: v for k, v in jobs.items() if k == job}
@@ -114,7 +116,11 @@ def verify_cmd(
                           "measurement": s.measurement.hex(), "sig_public": s.sig_public.hex(),
                           "evidence_digest": s.evidence_digest} for s in report.segments],
             "warnings": report.warnings, "jobs": {k: v.to_json_obj() for k, v in jobs.items()},
+            "cross_checks": [{"evidence_digest": c.evidence_digest, "ok": c.ok, "message": c.message}
+                             for c in checks],
         }, sort_keys=True))
+        if not all(c.ok for c in checks):
+            raise typer.Exit(EXIT_FAILED)
         return
     typer.echo(f"OK {len(report.records)} records in {len(report.segments)} segment(s); head {seq}:{last_hash}")
     for s in report.segments:
@@ -122,9 +128,13 @@ def verify_cmd(
                    f"enclave key {s.sig_public.hex()[:16]}… evidence {s.evidence_digest[:16]}…")
     for w in report.warnings:
         typer.echo(f"warning: {w}")
+    for c in checks:
+        typer.echo(f"{'evidence' if c.ok else 'FAILED evidence'} {c.evidence_digest[:16]}…: {c.message}")
     for summary in jobs.values():
         for text in render(summary):
             typer.echo(text)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command("fetch")

@@ -285,3 +285,38 @@ def test_incremental_fetch_from_a_sequence_number(run):
     tail = list(stub.GetLog(audit_pb2.GetLogRequest(from_seq=5), timeout=10))
     assert [r.line for r in tail] == [r.line for r in full][5:]
     assert json.loads(tail[0].data)["seq"] == 5
+
+
+def test_cli_cross_checks_evidence_a_party_attested_itself(run, sim, tmp_path):
+    import os
+
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
+    ag = run.agents["hospital-b"]
+    served = ag.client.get_evidence(os.urandom(32))  # recorded as evidence.served
+    unserved = run.cluster.aggregator.identity.evidence(os.urandom(32))  # same keys, never served
+    foreign = sim.enclave().evidence(os.urandom(32))  # another enclave's keys
+    pol = run.cluster.policy()
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'backends = ["sim"]\n[sim]\nroots = ["{pol.backend("sim").roots[0]}"]\n'
+                      f'measurements = ["{run.cluster.attester.measurement.hex()}"]\n')
+    files = {}
+    for name, bundle in (("served", served), ("unserved", unserved), ("foreign", foreign)):
+        files[name] = tmp_path / f"{name}.json"
+        files[name].write_bytes(bundle.to_json())
+
+    def verify(*names: str):
+        args = ["audit", "verify", str(run.log_path), "--policy", str(policy)]
+        for n in names:
+            args += ["--evidence", str(files[n])]
+        return CliRunner().invoke(app, args)
+
+    ok = verify("served")
+    assert ok.exit_code == 0, ok.output
+    assert f"evidence {served.digest().hex()[:16]}…: keys of segment 0, served at seq" in ok.output
+    res = verify("served", "unserved")
+    assert res.exit_code == 1 and "not recorded as served" in res.output
+    res = verify("foreign")
+    assert res.exit_code == 1 and "not those of any verified segment" in res.output

@@ -9,7 +9,7 @@ from mpctrain.enclave.audit.log import AuditLog
 from mpctrain.enclave.audit.reader import RawLine, lines_from_bytes, read_lines
 from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, segment_nonce
 from mpctrain.enclave.audit.summary import InputEntry, JobSummary, OutputEntry, render, summarize
-from mpctrain.enclave.audit.verify import AuditReport, Segment, verify_log
+from mpctrain.enclave.audit.verify import AuditReport, CrossCheck, Segment, cross_check, verify_log
 
 __all__ = [
     "SEGMENT_KIND",
@@ -19,12 +19,14 @@ __all__ = [
     "AuditRecord",
     "AuditReport",
     "AuditWriteError",
+    "CrossCheck",
     "InputEntry",
     "JobSummary",
     "OutputEntry",
     "RawLine",
     "RecordFormatError",
     "Segment",
+    "cross_check",
     "lines_from_bytes",
     "read_lines",
     "render",

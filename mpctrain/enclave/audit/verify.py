@@ -158,6 +158,40 @@ def verify_log(lines: Iterable[RawLine], policy: Policy, *, evidence: Mapping[st
     return report
 
 
+@dataclass(frozen=True)
+class CrossCheck:
+    """A bundle a party attested itself, compared with the log: same keys as a segment, recorded as served."""
+
+    evidence_digest: str
+    ok: bool
+    message: str
+    segment: int | None = None
+    seq: int | None = None
+
+
+def cross_check(report: AuditReport, bundles: Mapping[str, EvidenceBundle]) -> list[CrossCheck]:
+    """For each bundle not used as a segment's own evidence: find the segment with its keys and the
+    ``evidence.served`` record of its digest there (what ties a party's live attestation to the log)."""
+    own = {s.evidence_digest for s in report.segments}
+    out: list[CrossCheck] = []
+    for digest, bundle in sorted(bundles.items()):
+        if digest in own:
+            continue
+        seg = report.segment_of(bundle.sig_public)
+        if seg is None or seg.kem_public != bundle.kem_public:
+            out.append(CrossCheck(digest, False, "its enclave keys are not those of any verified segment"))
+            continue
+        served = next((r for _, r in report.records if r.kind == "evidence.served" and r.segment == seg.number
+                       and r.fields.get("evidence_digest") == digest), None)
+        if served is None:
+            out.append(CrossCheck(digest, False, f"keys of segment {seg.number}, but not recorded as served",
+                                  segment=seg.number))
+            continue
+        out.append(CrossCheck(digest, True, f"keys of segment {seg.number}, served at seq {served.seq}",
+                              segment=seg.number, seq=served.seq))
+    return out
+
+
 def _check_head(report: AuditReport, head: tuple[int, str]) -> None:
     seq, digest = head
     found = next(((n, r) for n, r in report.records if r.seq == seq), None)
