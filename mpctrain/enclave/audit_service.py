@@ -56,9 +56,8 @@ class AuditService(audit_pb2_grpc.AuditServicer):
                     return  # the record being appended right now: the next fetch gets it whole
                 if request.job_id or request.from_seq:
                     seq, job, kind = _peek(raw)
-                    parsed = seq is not None
-                    if parsed and request.from_seq and seq < request.from_seq:  # type: ignore[operator]
+                    if seq is not None and seq < request.from_seq:
                         continue
-                    if parsed and request.job_id and not job_view(request.job_id, job, kind):
+                    if seq is not None and request.job_id and not job_view(request.job_id, job, kind):
                         continue
                 yield audit_pb2.AuditRecord(line=line_no, data=raw)

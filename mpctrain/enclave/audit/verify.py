@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -33,6 +33,7 @@ from mpctrain.seal.binding import evidence_binding
 from mpctrain.seal.errors import BadSignature
 
 STOP_KIND = "aggregator.stopped"
+Broken = Callable[[str, str], AuditBroken]  # (check, message) -> the error located at the current record
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ def _check_head(report: AuditReport, head: tuple[int, str]) -> None:
                           line=line, seq=seq)
 
 
-def _check_sequence(rec: AuditRecord, prev: AuditRecord | None, partial: bool, broken) -> None:  # type: ignore[no-untyped-def]
+def _check_sequence(rec: AuditRecord, prev: AuditRecord | None, partial: bool, broken: Broken) -> None:
     if partial:
         if prev is not None and rec.seq <= prev.seq:
             raise broken("sequence", f"seq {rec.seq} does not follow seq {prev.seq} (reordered or duplicated)")
@@ -216,7 +217,7 @@ def _check_sequence(rec: AuditRecord, prev: AuditRecord | None, partial: bool, b
         raise broken("sequence", f"expected seq {expected}, found {rec.seq} ({what})")
 
 
-def _check_link(rec: AuditRecord, prev: AuditRecord | None, partial: bool, broken) -> None:  # type: ignore[no-untyped-def]
+def _check_link(rec: AuditRecord, prev: AuditRecord | None, partial: bool, broken: Broken) -> None:
     if prev is None:
         if not partial and rec.prev_hash != "":
             raise broken("chain", "the first record links to a record that is not in the log (head cut off)")
@@ -228,7 +229,7 @@ def _check_link(rec: AuditRecord, prev: AuditRecord | None, partial: bool, broke
         raise broken("chain", f"prev_hash does not match the {where} (seq {prev.seq}, hash {prev.hash[:16]}…)")
 
 
-def _check_job_chain(rec: AuditRecord, head: AuditRecord | None, broken) -> None:  # type: ignore[no-untyped-def]
+def _check_job_chain(rec: AuditRecord, head: AuditRecord | None, broken: Broken) -> None:
     want_seq, want_prev = (0, "") if head is None else ((head.job_seq or 0) + 1, head.hash)
     if rec.job_seq != want_seq or rec.job_prev != want_prev:
         raise broken("job-chain", f"job {rec.job_id!r}: expected its record #{want_seq} linking to "
@@ -236,7 +237,7 @@ def _check_job_chain(rec: AuditRecord, head: AuditRecord | None, broken) -> None
 
 
 def _open_segment(rec: AuditRecord, line_no: int, policy: Policy, supplied: Mapping[str, EvidenceBundle],
-                  at: datetime | None, collateral: Collateral | None, broken) -> Segment:  # type: ignore[no-untyped-def]
+                  at: datetime | None, collateral: Collateral | None, broken: Broken) -> Segment:
     """Verify a segment start: its bundle, the keys it names, the link-derived nonce, the policy."""
     f = rec.fields
     try:
