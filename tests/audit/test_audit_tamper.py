@@ -371,3 +371,15 @@ def test_job_view_skips_an_older_build_and_trusts_nothing_it_signed(sim, tmp_pat
         sim.attester.measurement.hex(), old_build.measurement.hex()]}})
     jobs = summarize(verify_log(numbered(lines), both).records)
     assert {k: v.manifest_digest[:2] for k, v in jobs.items()} == {"job": "aa", "job@1": "bb"}
+
+
+def test_evidence_is_checked_at_the_segment_time_unless_told(built, sim):
+    from datetime import UTC, datetime, timedelta
+
+    from mpctrain.enclave.events import EventSink
+
+    _, lines, _, _ = built
+    assert isinstance(AuditLog.__new__(AuditLog), EventSink)
+    verify_log(numbered(lines), sim.policy())  # years from now this still holds: certificates at segment time
+    exc = broken(lines, sim, at=datetime.now(UTC) + timedelta(days=3650))
+    assert (exc.line, exc.check) == (1, "evidence")
