@@ -59,13 +59,17 @@ def test_aggregator_serve_process(tmp_path):
 
 
 def test_aggregator_serve_bad_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
     cfg = tmp_path / "aggregator.toml"
     cfg.write_text('attester = "quantum"\n')
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    res = subprocess.run([sys.executable, "-c", "from mpctrain.cli.main import app; app()", "aggregator", "serve",
-                          "--config", str(cfg)], capture_output=True, text=True, env=env, timeout=60)
-    assert res.returncode == 2
-    assert "attester must be one of" in res.stdout + res.stderr
+    res = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg)])
+    assert res.exit_code == 2
+    assert "attester must be one of" in res.output
+    res = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(tmp_path / "missing.toml")])
+    assert res.exit_code == 2 and "cannot read aggregator config" in res.output
 
 
 def _self_signed(tmp_path):
