@@ -76,3 +76,29 @@ def test_profile_refuses_changed_app_code_and_unapproved_jobs(tmp_path, keys):
         approve_federated_job(prof, manifest)
     with pytest.raises(JobNotReady, match="mpctrain-party"):
         resolve_party({})
+
+
+def test_partition_resolver_maps_simulated_nodes_to_parties(sim_root, sim_attester):
+    from fedkit import build_job, initial_arrays, toy_app
+    from flwr.app import ConfigRecord
+    from flwr.serverapp.strategy import FedAvg
+
+    from mpctrain.enclave.federated.ray_sim import partition_resolver
+    from mpctrain.party.flower import ConfidentialMod, register_party, unregister_party
+
+    job = build_job(sim_root, sim_attester, n=2)
+    names = [f"sim-{p.id}" for p in job.parties]
+    for name, p in zip(names, job.parties, strict=True):
+        register_party(name, job.runtime(p))
+    try:
+        mod = ConfidentialMod(partition_resolver(names))
+        grid = job.grid(lambda p, i: toy_app(0.1 * (i + 1), 10, mod=mod), node_config=lambda p, i: {"partition-id": i})
+        strategy = job.confidential(FedAvg(min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0))
+        result = strategy.start(grid, initial_arrays(), num_rounds=1)
+        assert result.rounds_completed == 1 and not strategy.rejections
+        bad = job.grid(lambda p, i: toy_app(0.1, 10, mod=mod), node_config=lambda p, i: {"partition-id": 7})
+        replies = list(bad.send_and_receive(strategy.configure_train(2, initial_arrays(), ConfigRecord(), bad)))
+        assert all(r.has_error() and "partition-id" in r.error.reason for r in replies)
+    finally:
+        for name in names:
+            unregister_party(name)
