@@ -113,7 +113,7 @@ def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, 
 def run_secagg(n: int, local_steps: int) -> dict[str, float]:
     """Flower's SecAgg+ workflow (legacy strategy API) on the same runtime and model; server time per round."""
     from flwr.client import NumPyClient
-    from flwr.clientapp.mod import secaggplus_mod
+    from flwr.client.mod import secaggplus_mod
     from flwr.server import LegacyContext, ServerConfig
     from flwr.server.strategy import FedAvg as LegacyFedAvg
     from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
