@@ -25,6 +25,8 @@ from mpctrain.attest.errors import (
 from mpctrain.attest.evidence import Evidence, EvidenceBundle
 from mpctrain.attest.policy import BackendPolicy, Policy, PolicyError
 from mpctrain.seal.binding import gpu_nonce
+from mpctrain.seal.errors import KeyFormatError
+from mpctrain.seal.keys import ED25519_PUBLIC_BYTES, public_kem_key
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,21 @@ def verify_evidence(
                         field="evidence") from exc
     check_claims(claims, bpol, expected_report_data)
     return claims
+
+
+def _check_enclave_keys(bundle: EvidenceBundle) -> None:
+    """The keys a party will trust must be usable: fail here, typed, not when the first upload is sealed.
+
+    ``kem_alg`` is not in the binding; only a label that fits the bound ``kem_public`` passes.
+    """
+    try:
+        public_kem_key(bundle.kem_alg, bundle.kem_public)
+    except KeyFormatError as exc:
+        raise Malformed(f"enclave KEM key is not a valid {bundle.kem_alg!r} public key: {exc}", field="kem_public",
+                        actual=bundle.kem_alg) from exc
+    if len(bundle.sig_public) != ED25519_PUBLIC_BYTES:
+        raise Malformed("enclave signing key is not a 32-byte Ed25519 public key", field="sig_public",
+                        expected=ED25519_PUBLIC_BYTES, actual=len(bundle.sig_public))
 
 
 def _aware(at: datetime | None) -> datetime:
@@ -109,6 +126,7 @@ def verify(
         if len(gpus) < policy.min_gpus:
             raise PolicyViolation("too few confidential GPUs", field="gpus", expected=f">={policy.min_gpus}",
                                   actual=len(gpus))
+        _check_enclave_keys(bundle)
     except AttestationError as exc:
         log.warning("attestation rejected: %s: %s", exc.check, exc)
         raise

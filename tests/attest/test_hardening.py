@@ -28,6 +28,7 @@ from mpctrain.attest import (
     Malformed,
     Policy,
     PolicyError,
+    verify,
     verify_evidence,
 )
 from mpctrain.attest import backend as backend_mod
@@ -38,6 +39,7 @@ from mpctrain.attest.roots import DEFAULT_ROOTS
 from mpctrain.attest.sim import SimAttester, SimRoot, SimVerifier
 from mpctrain.attest.tdx import TdxVerifier
 from mpctrain.attest.tdx.quote import parse_quote
+from mpctrain.seal.binding import evidence_binding
 
 CERT_V3 = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT INTEGER 2: X.509 v3
 P384_OID = bytes.fromhex("06052b81040022")
@@ -280,3 +282,28 @@ def test_any_bundle_json_is_a_bundle_or_malformed(obj) -> None:
         EvidenceBundle.from_json(json.dumps(obj).encode())
     except Malformed:
         pass
+
+
+@pytest.mark.parametrize(("kem_alg", "kem_len", "sig_len", "field"), [
+    ("mlkem768-x25519", 32, 32, "kem_public"),  # the label is not bound: it must fit the bound key
+    ("rsa", 32, 32, "kem_public"),
+    ("x25519", 31, 32, "kem_public"),
+    ("x25519", 32, 33, "sig_public"),
+])
+def test_attested_enclave_keys_must_be_usable(vector_time, kem_alg, kem_len, sig_len, field) -> None:
+    root, _ = _sim(vector_time)
+    attester = SimAttester(root, config_digest=b"c", clock=lambda: vector_time)
+    build = BuildInfo("1", b"\x01" * 48)
+    policy = Policy.from_dict({"backends": ["sim"], "sim": {"roots": [root.sha256], "measurements": "report-only"}})
+
+    def bundle(alg: str, kem: bytes, sig: bytes) -> tuple[EvidenceBundle, bytes]:
+        binding = evidence_binding(bytes(32), kem, sig, build.build_digest)
+        return EvidenceBundle(cpu=attester.attest(binding), kem_public=kem, sig_public=sig, build=build,
+                              kem_alg=alg), binding
+
+    good, binding = bundle("x25519", b"\x09" * 32, b"\x0a" * 32)
+    assert verify(good, binding, policy, vector_time).kem_public == b"\x09" * 32
+    bad, binding = bundle(kem_alg, b"\x09" * kem_len, b"\x0a" * sig_len)
+    with pytest.raises(Malformed) as err:
+        verify(bad, binding, policy, vector_time)
+    assert err.value.field == field
