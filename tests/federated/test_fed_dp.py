@@ -71,3 +71,30 @@ def test_dp_needs_fedavg(sim_root, sim_attester):
     manifest = replace(job.manifest, training={**job.manifest.training, "strategy": "Krum"})
     with pytest.raises(ManifestError, match="FedAvg"):
         build_strategy(manifest)
+
+
+def test_unknown_strategy_or_bad_args_in_manifest_are_refused(sim_root, sim_attester):
+    job = build_job(sim_root, sim_attester, n=2)
+    with pytest.raises(ManifestError, match="unknown federated strategy"):
+        build_strategy(replace(job.manifest, training={**job.manifest.training, "strategy": "Pickle"}))
+    with pytest.raises(ManifestError, match="do not fit"):
+        build_strategy(replace(job.manifest, training={**job.manifest.training, "strategy_args": {"nope": 1}}))
+
+
+def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester):
+    from mpctrain.enclave.federated.runner import FederatedRunner
+    from mpctrain.enclave.state import JobState, JobStore
+
+    job = build_job(sim_root, sim_attester, n=4)
+    grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))]),
+                    node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
+    runner = FederatedRunner(job.enclave, job.events, grid_for=lambda j: grid,
+                             initial_arrays=lambda j: initial_arrays())
+    store = JobStore(job.events, runners={"federated": runner})
+    stored = store.add(job.manifest, job.manifest.to_bytes())
+    for c in job.consents:
+        store.add_consent(stored, c)
+    assert stored.state == JobState.OPEN
+    runner(stored, store)
+    assert set(stored.outputs) == {(r, "model") for r in job.manifest.recipients}
+    assert stored.public_metrics["rounds"] == 2.0 and 0 < stored.public_metrics["accuracy"] <= 1
