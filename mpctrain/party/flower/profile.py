@@ -1,0 +1,84 @@
+"""A party profile for federated jobs: ``party.toml`` (shared with pooled mode) plus ``flower.toml``.
+
+```toml
+# parties/bank-a/flower.toml
+app_dir = "../../examples/banks_federated/app"   # the ClientApp code; its digest must match the manifest
+jobs_dir = "jobs"                                 # approved jobs: jobs/<job_id>/manifest.json + consent.json
+job = "banks-federated"                           # the job this node serves
+```
+
+``approve_federated_job`` is how the party consents: it checks the app digest, signs the manifest digest
+with the identity key and stores both, so a SuperNode started later only serves what was approved.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from mpctrain.attest import Policy
+from mpctrain.enclave.federated.errors import JobNotReady
+from mpctrain.jobs import Consent, JobManifest, sign_consent
+from mpctrain.party.config import PartyConfig
+from mpctrain.party.flower.attestation import GrpcEvidenceSource
+from mpctrain.party.flower.runtime import PartyRuntime, check_app_code
+
+FLOWER_FILE = "flower.toml"
+MAX_CONSENT_BYTES = 4096
+
+
+def _flower_settings(profile: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads((profile / FLOWER_FILE).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise JobNotReady(f"cannot read {profile / FLOWER_FILE}: {exc}") from exc
+
+
+def _job_dir(profile: Path, settings: dict[str, Any], job_id: str) -> Path:
+    return profile / str(settings.get("jobs_dir", "jobs")) / job_id
+
+
+def approve_federated_job(profile: str | Path, manifest: JobManifest) -> Consent:
+    """Consent to ``manifest`` as this profile's party, after checking the app code it will run."""
+    profile = Path(profile)
+    cfg = PartyConfig.load(profile / "party.toml")
+    settings = _flower_settings(profile)
+    if manifest.mode != "federated":
+        raise JobNotReady(f"job {manifest.job_id} is not federated")
+    check_app_code(manifest, profile / str(settings["app_dir"]))
+    identity, _ = cfg.load_keys(create=False)
+    consent = sign_consent(manifest, cfg.id, identity)
+    job_dir = _job_dir(profile, settings, manifest.job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / "manifest.json").write_bytes(manifest.to_bytes())
+    (job_dir / "consent.json").write_text(json.dumps({
+        "job_id": consent.job_id, "party_id": consent.party_id, "manifest_digest": consent.manifest_digest.hex(),
+        "signature": consent.signature.hex()}))
+    return consent
+
+
+def load_profile(profile: str | Path, *, job_id: str | None = None) -> PartyRuntime:
+    """The runtime a SuperNode's mod uses: keys, policy, the approved manifest and consent, the app dir."""
+    profile = Path(profile)
+    cfg = PartyConfig.load(profile / "party.toml")
+    settings = _flower_settings(profile)
+    job = job_id or settings.get("job")
+    if not isinstance(job, str):
+        raise JobNotReady(f"{profile / FLOWER_FILE} names no job; approve one with approve_federated_job")
+    job_dir = _job_dir(profile, settings, job)
+    try:
+        manifest = JobManifest.from_bytes((job_dir / "manifest.json").read_bytes())
+        raw = (job_dir / "consent.json").read_bytes()
+        if len(raw) > MAX_CONSENT_BYTES:
+            raise JobNotReady(f"{job_dir / 'consent.json'} is too large")
+        c = json.loads(raw)
+        consent = Consent(job_id=str(c["job_id"]), party_id=str(c["party_id"]),
+                          manifest_digest=bytes.fromhex(c["manifest_digest"]), signature=bytes.fromhex(c["signature"]))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise JobNotReady(f"job {job} is not approved in {job_dir}: {exc}") from exc
+    identity, kem = cfg.load_keys(create=False)
+    return PartyRuntime(party_id=cfg.id, identity=identity, kem=kem, manifest=manifest, consent=consent,
+                        policy=Policy.load(cfg.policy), evidence=GrpcEvidenceSource(cfg.aggregator),
+                        app_dir=profile / str(settings["app_dir"]))
