@@ -56,6 +56,7 @@ def test_bad_policy_is_a_typed_error(tmp_path, text) -> None:
         {"backends": "snp"},
         {"backends": [{"kind": "snp"}]},
         {"backends": ["snp"], "collateral_dir": 5},
+        {"backends": ["snp"], "collateral_dir": "a\x00b"},
         {"backends": ["snp"], "clock_skew_seconds": 86401},
         {"backends": ["snp"], "clock_skew_seconds": 10**30},
     ],

@@ -109,7 +109,7 @@ class Policy:
         coll = data.get("collateral_dir")
         coll_path = None
         if coll is not None:
-            if not isinstance(coll, str):
+            if not isinstance(coll, str) or not coll or "\x00" in coll:
                 raise PolicyError(f"policy key collateral_dir must be a path string, got {coll!r}")
             coll_path = Path(coll) if base_dir is None else (base_dir / coll)
         unknown = set(data) - set(VERIFIERS) - {"backends", "min_gpus", "clock_skew_seconds", "collateral_dir"}
