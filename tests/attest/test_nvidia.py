@@ -461,6 +461,7 @@ def test_minimum_driver_tcb(report, chain_pem, vector_time) -> None:
     {"vbios": [96]},
     {"rim_files": ["a.swidtag"]},
     {"rim_files": {"firmware": "a.swidtag"}},
+    {"rim_files": {"driver": "a\x00.swidtag"}},
     {"rim_roots": ["zz"]},
     {"rim_verification_time": "last year"},
     {"rim_verification_time": 2024},

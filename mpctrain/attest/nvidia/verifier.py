@@ -72,7 +72,7 @@ class NvidiaOptions:
         rim_files = None
         if files is not None:
             if not isinstance(files, Mapping) or not set(files) <= set(RIM_ROLES) or not all(
-                isinstance(v, str | Path) for v in files.values()
+                isinstance(v, str | Path) and str(v) and "\x00" not in str(v) for v in files.values()
             ):
                 raise PolicyError('[nvidia-gpu].rim_files must be a table like { driver = "path", vbios = "path" }')
             rim_files = {k: Path(v) for k, v in files.items()}
