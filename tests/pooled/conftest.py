@@ -26,6 +26,17 @@ class CallCounter(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
+@pytest.fixture(scope="package", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is faster than two on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="package")
 def counter() -> CallCounter:
     return CallCounter()
