@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -153,3 +154,19 @@ def test_party_kem_key_must_fit_its_algorithm(kem):
     hybrid = KemKey.generate("mlkem768-x25519")
     doc["parties"][0].update(kem_alg="mlkem768-x25519", kem_public=hybrid.public_bytes().hex())
     assert JobManifest.from_authoring(doc).parties[0].kem_public == hybrid.public_bytes()
+
+
+@pytest.fixture
+def zone_west_of_utc(monkeypatch):
+    """Local time 5 h behind UTC: reading a naive time as local would expire a job 5 h late."""
+    monkeypatch.setenv("TZ", "EST+05")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_expiry_with_a_naive_time_is_utc(zone_west_of_utc):
+    expires = int(datetime(2030, 1, 1, tzinfo=UTC).timestamp())
+    m = JobManifest.from_authoring(_doc(_keys(1), expires=expires))
+    assert m.expired(datetime(2030, 1, 1)) and not m.expired(datetime(2029, 12, 31, 23, 59, 59))

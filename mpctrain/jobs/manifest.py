@@ -90,7 +90,10 @@ class JobManifest:
         return None
 
     def expired(self, now: datetime | None = None) -> bool:
+        """``expires`` is a Unix time; a naive ``now`` is UTC (not local time, which would shift expiry)."""
         now = now or datetime.now(UTC)
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
         return now.timestamp() >= self.expires
 
     # -- canonical form ------------------------------------------------------------------------
