@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import struct
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mpctrain.attest import (
+    AttestationError,
     BuildInfo,
     Collateral,
     Evidence,
@@ -37,6 +39,8 @@ from mpctrain.attest.files import load_bundle, load_evidence
 from mpctrain.attest.policy import BackendPolicy
 from mpctrain.attest.roots import DEFAULT_ROOTS
 from mpctrain.attest.sim import SimAttester, SimRoot, SimVerifier
+from mpctrain.attest.snp import der as der_reader
+from mpctrain.attest.snp import parse_cert_table
 from mpctrain.attest.tdx import TdxVerifier
 from mpctrain.attest.tdx.quote import parse_quote
 from mpctrain.seal.binding import evidence_binding
@@ -307,3 +311,41 @@ def test_attested_enclave_keys_must_be_usable(vector_time, kem_alg, kem_len, sig
     with pytest.raises(Malformed) as err:
         verify(bad, binding, policy, vector_time)
     assert err.value.field == field
+
+
+# --------------------------------------------------------------------------- small parsers, fuzzed
+
+_GUIDS = [uuid.UUID("63da758d-e664-4564-adc5-f4b93be8accd").bytes, bytes(16), b"\x01" * 16]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_GUIDS), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1)),
+                max_size=18), st.binary(max_size=200))
+def test_any_snp_cert_table_is_certificates_or_malformed(entries, tail) -> None:
+    blob = b"".join(guid + struct.pack("<II", offset, length) for guid, offset, length in entries) + tail
+    try:
+        for name, cert in parse_cert_table(blob).items():
+            assert name in ("vcek", "vlek", "ask", "ark") and cert
+    except Malformed:
+        pass
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40))
+def test_any_amd_extension_value_is_a_value_or_malformed(raw) -> None:
+    for read in (der_reader.read_tlv, der_reader.read_uint, der_reader.read_ia5, der_reader.read_octets):
+        try:
+            read(raw, field="x")
+        except Malformed:
+            pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(["sim", "snp", "tdx", "nvidia-gpu"]), st.binary(max_size=300))
+def test_any_evidence_file_is_evidence_or_a_typed_error(tmp_path_factory, kind, raw) -> None:
+    path = tmp_path_factory.mktemp("ev") / "evidence"
+    path.write_bytes(raw)
+    try:
+        assert load_evidence(kind, path).kind == kind
+    except AttestationError:
+        pass
