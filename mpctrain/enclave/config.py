@@ -2,7 +2,8 @@
 
 ```toml
 listen = "127.0.0.1:50051"
-attester = "sim"                 # sim | snp | tdx (configfs-tsm inside a confidential VM)
+attester = "sim"                 # sim | snp | tdx | auto (configfs-tsm inside a confidential VM)
+gpu = "off"                      # auto: add evidence of every CC-mode NVIDIA GPU (default auto off sim)
 version = "0.1.0"
 device = "auto"                  # training device: auto | cpu | cuda
 audit_log = "audit.jsonl"        # optional: append-only signed audit log on the host (docs/audit.md)
@@ -26,7 +27,8 @@ from typing import Any
 
 from mpctrain.enclave.limits import Limits
 
-ATTESTERS = ("sim", "snp", "tdx")
+ATTESTERS = ("sim", "snp", "tdx", "auto")
+GPU_CHOICES = ("auto", "off")
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,7 @@ class AggregatorConfig:
     device: str = "auto"
     sim_root_dir: Path | None = None
     kem_alg: str = "x25519"
+    gpu: str = "off"
     limits: Limits = field(default_factory=Limits)
     audit_log: Path | None = None
     tls_cert: Path | None = None  # PEM chain; transport TLS, independent of the end-to-end sealing
@@ -63,7 +66,7 @@ class AggregatorConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
-        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls"}
+        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls", "gpu"}
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -76,6 +79,9 @@ class AggregatorConfig:
             limits = Limits.from_dict(doc.get("limits", {}))
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+        gpu = str(doc.get("gpu", "off" if attester == "sim" else "auto"))
+        if gpu not in GPU_CHOICES:
+            raise ConfigError(f"gpu must be one of {GPU_CHOICES}, got {gpu!r}")
         tls_doc = doc.get("tls", {})
         if not isinstance(tls_doc, dict) or set(tls_doc) - {"cert_file", "key_file"} or \
                 ("cert_file" in tls_doc) != ("key_file" in tls_doc):
@@ -87,4 +93,4 @@ class AggregatorConfig:
                    sim_root_dir=(base_dir / root) if root else None, kem_alg=str(doc.get("kem_alg", "x25519")),
                    limits=limits, raw=raw or repr(sorted(doc.items())).encode(),
                    audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None,
-                   tls_cert=tls[0], tls_key=tls[1])
+                   tls_cert=tls[0], tls_key=tls[1], gpu=gpu)

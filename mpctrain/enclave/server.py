@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Sequence
 from concurrent import futures
@@ -14,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mpctrain.attest import BuildInfo
-from mpctrain.attest.backend import Attester
+from mpctrain.attest.backend import Attester, GpuAttester
 from mpctrain.enclave.attestation_service import AttestationService
 from mpctrain.enclave.audit import AuditLog
 from mpctrain.enclave.audit_service import AuditService
@@ -76,11 +75,26 @@ def make_attester(config: AggregatorConfig) -> Attester:
         if not (root_dir / ROOT_PEM).exists():
             create_sim_root(root_dir)
         return SimAttester(root_dir, config_digest=config.config_digest)
+    from mpctrain.attest.select import SelectionError, select_attester
+
+    try:  # configfs-tsm inside an SEV-SNP or TDX guest; never a silent fallback to simulation
+        return select_attester(config.attester)
+    except SelectionError as exc:
+        raise ConfigError(f"attester {config.attester!r}: {exc}") from exc
+
+
+def make_gpu_attesters(config: AggregatorConfig) -> list[GpuAttester]:
+    """NVIDIA CC-mode GPU evidence when ``gpu = "auto"`` finds such GPUs (none otherwise)."""
+    if config.gpu == "off":
+        return []
+    from mpctrain.attest.select import select_gpu_attester
+
     try:
-        module = importlib.import_module("mpctrain.attest.tsm")
-        return module.TsmAttester(config.attester)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"attester {config.attester!r} is not available in this build: {exc}") from exc
+        gpu = select_gpu_attester(config.gpu)
+    except Exception as exc:  # no driver / NVML library: a CPU-only enclave
+        log.warning("no GPU evidence: %s", type(exc).__name__)
+        return []
+    return [gpu] if gpu is not None else []
 
 
 class Aggregator:
@@ -114,7 +128,7 @@ class Aggregator:
     def from_config(cls, config: AggregatorConfig, events: EventSink | None = None) -> Aggregator:
         attester = make_attester(config)
         identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
-                                            kem_alg=config.kem_alg)
+                                            kem_alg=config.kem_alg, gpus=make_gpu_attesters(config))
         return cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log)
 
     def server_options(self) -> list[tuple[str, Any]]:

@@ -133,3 +133,24 @@ def test_transport_tls(tmp_path):
 
     with pytest.raises(ConfigError, match="both or neither"):
         AggregatorConfig.load(bad)
+
+
+def test_real_tee_attester_is_never_replaced_by_simulation(tmp_path, monkeypatch):
+    from mpctrain.attest import select
+    from mpctrain.attest.configfs import CollectionError
+    from mpctrain.enclave.config import AggregatorConfig, ConfigError
+    from mpctrain.enclave.server import Aggregator
+
+    def no_tsm(*args, **kwargs):
+        raise CollectionError("configfs-tsm not present")
+
+    monkeypatch.setattr(select, "ConfigfsTsmAttester", no_tsm)  # as on any machine that is not a CVM guest
+    for tee in ("snp", "tdx", "auto"):
+        cfg_file = tmp_path / f"{tee}.toml"
+        cfg_file.write_text(f'attester = "{tee}"\ngpu = "off"\n')
+        with pytest.raises(ConfigError, match="configfs-tsm"):
+            Aggregator.from_config(AggregatorConfig.load(cfg_file))
+    bad = tmp_path / "gpu.toml"
+    bad.write_text('gpu = "maybe"\n')
+    with pytest.raises(ConfigError, match="gpu must be one of"):
+        AggregatorConfig.load(bad)
