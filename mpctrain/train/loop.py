@@ -198,6 +198,7 @@ def fit(
     device: torch.device | str | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     dp: DPConfig | None = None,
+    fit_standardizer: bool = True,
 ) -> FitResult:
     """Train ``model`` in place on all of ``(X, y)`` and return its weights and per-epoch loss.
 
@@ -205,21 +206,23 @@ def fit(
     Poisson-samples a batch of expected size ``batch_size``, clips per-sample gradients and adds Gaussian
     noise; training stops before a step that would exceed the (ε, δ) budget, and the result says so.
     Without DP, :class:`~mpctrain.train.registry.Standardize` layers are fitted on ``X`` first; with DP they
-    are left as they are, since statistics of the data would be released without accounting.
+    are left as they are, since statistics of the data would be released without accounting. Pass
+    ``fit_standardizer=False`` to continue training a model whose statistics are already set (a federated
+    round starting from the global weights).
     """
     dev = pick_device("auto" if device is None else str(device))
     Xt, yt = _as_tensors(X, y, dev)
     model.to(dev)
     _check_labels(model, Xt, yt)
     with _deterministic(dev, config.seed):
-        if dp is None:
+        if dp is None and fit_standardizer:
             for m in model.modules():
                 if isinstance(m, Standardize):
                     m.fit_stats(Xt)
-            model.train()
+        model.train()
+        if dp is None:
             result = _fit_plain(model, Xt, yt, config, dev, on_epoch)
         else:
-            model.train()
             result = _fit_dp(model, Xt, yt, config, dev, on_epoch, dp)
     result.state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     return result

@@ -227,3 +227,16 @@ def test_fit_rejects_unavailable_device(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable, match="CUDA is not available"):
         fit(model, X, y, CFG, device=torch.device("cuda"))
+
+
+def test_continue_training_without_refitting_the_standardizer():
+    X, y = blobs()
+    model = build_model({"name": "logreg"}, X.shape[1], 2)
+    first = fit(model, X, y, CFG, device=CPU)
+    X2 = X * 3 + 5  # another party's differently scaled data
+    second = fit(model, X2, y, CFG, device=CPU, fit_standardizer=False)
+    for k in ("standardize.mean", "standardize.std"):
+        assert torch.equal(second.state[k], first.state[k])
+    assert not torch.equal(second.state["linear.weight"], first.state["linear.weight"])
+    third = fit(model, X2, y, CFG, device=CPU)
+    assert not torch.equal(third.state["standardize.mean"], first.state["standardize.mean"])
