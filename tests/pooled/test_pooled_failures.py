@@ -58,3 +58,13 @@ def test_public_error_hides_data_derived_messages():
     assert "label 7" not in public_error(TensorFormatError("table has label 7, the job's schema has only 2 classes"))
     assert public_error(ModelSpecError("unknown model 'x'")) == "ModelSpecError: unknown model 'x'"
     assert public_error(RuntimeError("value 98765.4321")) == "RuntimeError: training failed inside the enclave"
+
+
+def test_dp_job_reports_the_privacy_spent(cluster):
+    import json
+
+    from pooled_kit import run_job
+
+    m, agents = run_job(cluster, "dp", privacy={"epsilon": 8.0, "delta": 1e-5, "clip": 1.0})
+    metrics = json.loads(agents["hospital-a"].fetch(m)["metrics"])
+    assert 0 < metrics["validation"]["epsilon_spent"] <= 8.0 + 1e-6
