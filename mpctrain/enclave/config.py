@@ -4,6 +4,7 @@
 listen = "127.0.0.1:50051"
 attester = "sim"                 # sim | snp | tdx | auto (configfs-tsm inside a confidential VM)
 gpu = "off"                      # auto: add evidence of every CC-mode NVIDIA GPU (default auto off sim)
+proposers = ["<hex identity key>"] # optional: only these identity keys may propose jobs
 version = "0.1.0"
 device = "auto"                  # training device: auto | cpu | cuda
 audit_log = "audit.jsonl"        # optional: append-only signed audit log on the host (docs/audit.md)
@@ -46,6 +47,7 @@ class AggregatorConfig:
     gpu: str = "off"
     limits: Limits = field(default_factory=Limits)
     audit_log: Path | None = None
+    proposers: tuple[bytes, ...] = ()  # identity keys allowed to propose jobs; () = anyone with a valid manifest
     tls_cert: Path | None = None  # PEM chain; transport TLS, independent of the end-to-end sealing
     tls_key: Path | None = None
     raw: bytes = b""  # the file's bytes: its digest is the config digest the TEE measures
@@ -66,7 +68,8 @@ class AggregatorConfig:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
-        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls", "gpu"}
+        known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls", "gpu",
+                 "proposers"}
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -93,4 +96,16 @@ class AggregatorConfig:
                    sim_root_dir=(base_dir / root) if root else None, kem_alg=str(doc.get("kem_alg", "x25519")),
                    limits=limits, raw=raw or repr(sorted(doc.items())).encode(),
                    audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None,
-                   tls_cert=tls[0], tls_key=tls[1], gpu=gpu)
+                   tls_cert=tls[0], tls_key=tls[1], gpu=gpu, proposers=_proposers(doc.get("proposers", [])))
+
+
+def _proposers(value: Any) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError("proposers must be a list of hex Ed25519 identity public keys")
+    try:
+        keys = tuple(bytes.fromhex(v) for v in value)
+    except ValueError as exc:
+        raise ConfigError(f"proposers: {exc}") from exc
+    if any(len(k) != 32 for k in keys):
+        raise ConfigError("proposers: each entry must be a 32-byte Ed25519 public key in hex")
+    return keys

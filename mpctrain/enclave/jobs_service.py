@@ -42,7 +42,9 @@ def event_proto(job_id: str, e: JobEventRecord) -> jobs_pb2.JobEvent:
 
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
-    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink, max_watchers: int = 64) -> None:
+    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink, max_watchers: int = 64,
+                 proposers: tuple[bytes, ...] = ()) -> None:
+        self.proposers = frozenset(proposers)
         self.store = store
         self.auth = auth
         self.events = events
@@ -64,6 +66,9 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             if caller.party_id != manifest.proposer:
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
                                f"{caller.party_id!r} is not the proposer {manifest.proposer!r} this manifest names")
+            if self.proposers and caller.identity_public not in self.proposers:
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{caller.party_id!r} may not propose jobs on this aggregator (see `proposers`)")
             job = self.store.add(manifest, bytes(request.manifest))
             return job_status(job)
 

@@ -102,7 +102,8 @@ class Aggregator:
 
     def __init__(self, identity: EnclaveIdentity, *, limits: Limits | None = None, events: EventSink | None = None,
                  device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32,
-                 interceptors: Sequence[grpc.ServerInterceptor] = (), audit_log: str | Path | None = None) -> None:
+                 interceptors: Sequence[grpc.ServerInterceptor] = (), audit_log: str | Path | None = None,
+                 proposers: Sequence[bytes] = ()) -> None:
         self.identity = identity
         self.limits = limits or Limits()
         self.events = events or LogEventSink()
@@ -114,7 +115,7 @@ class Aggregator:
         self.store = JobStore(self.events, runners=all_runners, max_jobs=self.limits.max_jobs)
         self.auth = RequestAuthenticator(window_s=self.limits.auth_window_s)
         self.uploads = UploadTable()
-        self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers)
+        self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers))
         self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
         self.results = ResultsService(self.store, self.auth, self.events)
         self.attestation = AttestationService(identity, self.events)
@@ -129,7 +130,8 @@ class Aggregator:
         attester = make_attester(config)
         identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
                                             kem_alg=config.kem_alg, gpus=make_gpu_attesters(config))
-        return cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log)
+        return cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log,
+                   proposers=config.proposers)
 
     def server_options(self) -> list[tuple[str, Any]]:
         return [

@@ -213,3 +213,26 @@ def test_unknown_caller_on_every_mutating_call(small, opened):
     with pytest.raises(Unauthenticated, match="unknown party"):
         stranger.upload_status(m.job_id, "x")
     stranger.close()
+
+
+def test_only_configured_proposers_may_propose(tmp_path):
+    from mpctrain.enclave.config import AggregatorConfig, ConfigError
+    from mpctrain.enclave.server import Aggregator
+
+    c = SimCluster(tmp_path, events=MemoryEventSink())
+    c.start()
+    try:
+        allowed = c.parties["hospital-b"].identity.public_bytes()
+        c.aggregator.jobs.proposers = frozenset({allowed})
+        with pytest.raises(PermissionDenied, match="may not propose"):
+            c.agent("hospital-a").client.propose(c.manifest("by-a"))
+        c.agent("hospital-b").client.propose(c.manifest("by-b", proposer="hospital-b"))
+    finally:
+        c.stop()
+    cfg = tmp_path / "agg.toml"
+    cfg.write_text(f'device = "cpu"\nproposers = ["{allowed.hex()}"]\n[sim]\nroot_dir = "root"\n')
+    agg = Aggregator.from_config(AggregatorConfig.load(cfg))
+    assert agg.jobs.proposers == {allowed}
+    cfg.write_text('proposers = ["abcd"]\n')
+    with pytest.raises(ConfigError, match="32-byte"):
+        AggregatorConfig.load(cfg)
