@@ -82,6 +82,17 @@ def _check_enclave_keys(bundle: EvidenceBundle) -> None:
                         expected=ED25519_PUBLIC_BYTES, actual=len(bundle.sig_public))
 
 
+def _check_distinct_gpus(gpus: tuple[Claims, ...]) -> None:
+    """One device must not fill several GPU slots: each report has to come from its own device certificate."""
+    seen: set[str] = set()
+    for i, g in enumerate(gpus):
+        leaf = g.chain[0].sha256 if g.chain else ""
+        if leaf in seen:
+            raise PolicyViolation("the same GPU is reported more than once", field=f"gpus[{i}].device",
+                                  expected="a distinct device certificate per GPU", actual=leaf)
+        seen.add(leaf)
+
+
 def _aware(at: datetime | None) -> datetime:
     """The verification time, timezone-aware: a naive time is taken as UTC (certificate times are UTC)."""
     if at is None:
@@ -123,6 +134,7 @@ def verify(
             verify_evidence(ev, gpu_nonce(expected_binding, i), policy, at, collateral, gpu=True)
             for i, ev in enumerate(bundle.gpus)
         )
+        _check_distinct_gpus(gpus)
         if len(gpus) < policy.min_gpus:
             raise PolicyViolation("too few confidential GPUs", field="gpus", expected=f">={policy.min_gpus}",
                                   actual=len(gpus))

@@ -129,6 +129,14 @@ def make_chain(
     return Chain(root_key, root, ca_key, ca, leaf_key, leaf)
 
 
+def sibling(chain: Chain, leaf_ext: bytes | None, prefix: str = "Test2") -> Chain:
+    """Another device under the same root and CA: a second, distinct GPU."""
+    leaf_key = ec.generate_private_key(ec.SECP384R1())
+    leaf = _cert(_name(f"{prefix} FMC LF"), chain.ca.subject, leaf_key.public_key(), chain.ca_key, ca=None,
+                 ku=_ku(cert_sign=False), ext=leaf_ext)
+    return Chain(chain.root_key, chain.root, chain.ca_key, chain.ca, leaf_key, leaf)
+
+
 def _ku(*, cert_sign: bool) -> x509.KeyUsage:
     return x509.KeyUsage(digital_signature=not cert_sign, content_commitment=False, key_encipherment=False,
                          data_encipherment=False, key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign,

@@ -106,8 +106,9 @@ def test_cpu_only_bundle_and_min_gpus(root, attester, vector_time) -> None:
 
 
 def test_bundle_with_gpus_bound_to_the_binding_verifies(root, attester, device, vector_time) -> None:
+    second = synth.sibling(device, synth.composite_ext(b"\x42" * 48), prefix="Device2")
     bundle, binding = make_bundle(
-        attester, lambda b: [synth.gpu_evidence(device, gpu_nonce(b, i)) for i in range(2)])
+        attester, lambda b: [synth.gpu_evidence(d, gpu_nonce(b, i)) for i, d in enumerate((device, second))])
     bundle = EvidenceBundle.from_json(bundle.to_json())
     result = verify(bundle, binding, make_policy(root, min_gpus=2, gpu_roots=[device.root_sha256]), vector_time)
     assert [g.report_data for g in result.gpus] == [gpu_nonce(binding, 0), gpu_nonce(binding, 1)]
@@ -116,6 +117,15 @@ def test_bundle_with_gpus_bound_to_the_binding_verifies(root, attester, device, 
         verify(bundle, binding, make_policy(root, min_gpus=3, gpu_roots=[device.root_sha256]), vector_time)
     with pytest.raises(UntrustedRoot):
         verify(bundle, binding, make_policy(root, min_gpus=2), vector_time)
+
+
+def test_one_gpu_cannot_fill_two_slots(root, attester, device, vector_time) -> None:
+    """A host with one confidential GPU must not satisfy min_gpus = 2 by reporting it twice."""
+    bundle, binding = make_bundle(
+        attester, lambda b: [synth.gpu_evidence(device, gpu_nonce(b, i)) for i in range(2)])
+    with pytest.raises(PolicyViolation) as err:
+        verify(bundle, binding, make_policy(root, min_gpus=2, gpu_roots=[device.root_sha256]), vector_time)
+    assert err.value.field == "gpus[1].device"
 
 
 def test_swapped_or_replayed_gpu_reports_are_binding_mismatches(root, attester, device, vector_time) -> None:

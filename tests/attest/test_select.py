@@ -25,6 +25,7 @@ from mpctrain.attest import (
     Evidence,
     EvidenceBundle,
     Policy,
+    PolicyViolation,
     verify,
     verify_evidence,
 )
@@ -373,8 +374,13 @@ def test_bundle_with_signing_fake_gpus_verifies(sim_root_dir, device) -> None:
     assert gpu is not None
     bundle, binding = bundle_for(select_attester("sim", sim=sim_settings(d)), gpu)
     assert nvml.nonces == [gpu_nonce(binding, i) for i in range(3)]
-    result = verify(bundle, binding, policy(root, min_gpus=3, gpu_roots=[device.root_sha256]), datetime.now(UTC))
-    assert [g.report_data for g in result.gpus] == [gpu_nonce(binding, i) for i in range(3)]
+    # the fake serves one device three times: every report verifies and is bound, but it is one GPU
+    with pytest.raises(PolicyViolation, match="more than once"):
+        verify(bundle, binding, policy(root, min_gpus=3, gpu_roots=[device.root_sha256]), datetime.now(UTC))
+    single = EvidenceBundle(cpu=bundle.cpu, kem_public=bundle.kem_public, sig_public=bundle.sig_public,
+                            build=bundle.build, kem_alg=bundle.kem_alg, gpus=bundle.gpus[:1])
+    result = verify(single, binding, policy(root, min_gpus=1, gpu_roots=[device.root_sha256]), datetime.now(UTC))
+    assert [g.report_data for g in result.gpus] == [gpu_nonce(binding, 0)]
 
 
 def test_too_many_gpus_refused(sim_root_dir, device) -> None:
