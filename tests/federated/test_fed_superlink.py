@@ -46,7 +46,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_port(port: int, timeout: float = 30.0) -> None:
+def _wait_port(port: int, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
@@ -120,20 +120,20 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
         for p in fed.parties:
             priv, pub = supernode_keypair(tmp_path / "supernode-keys", p.id)
             reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(pub), "local"], env=env,
-                                 capture_output=True, text=True, timeout=60)
+                                 capture_output=True, text=True, timeout=120)
             assert reg.returncode == 0, reg.stdout + reg.stderr
             spawn(p.id, [str(BIN / "flower-supernode"), "--root-certificates", str(tls.ca), "--superlink",
                          f"127.0.0.1:{port}", "--auth-supernode-private-key", str(priv),
                          "--auth-supernode-public-key", str(pub), "--port", str(_free_port()),
                          "--node-config", f"mpctrain-party='{profiles[p.id]}'"])
         run = subprocess.run([str(BIN / "flwr"), "run", str(EXAMPLE), "local"], env=env, capture_output=True,
-                             text=True, timeout=60)
+                             text=True, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
         job = FederatedJob(manifest=fed.manifest, consents=fed.consents, enclave=fed.enclave, events=fed.events,
                            initial_arrays=ArrayRecord({"w": Array(CANARY), "b": Array(np.zeros(1, np.float32))}))
         strategy = FedAvg(min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
         result = serve_run(job, f"127.0.0.1:{port}", root_certificates=tls.ca.read_bytes(), strategy=strategy,
-                           timeout=120)
+                           timeout=240)
     finally:
         for proc in procs:
             proc.terminate()
