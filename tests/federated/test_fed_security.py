@@ -226,6 +226,12 @@ def test_enclave_refuses_jobs_without_all_consents(job):
     with pytest.raises(JobNotReady, match="pooled"):
         Confidential(FedAvg(), manifest=replace(job.manifest, mode="pooled"), consents=job.consents,
                      enclave=job.enclave)
+    many = tuple(replace(job.manifest.parties[0], id=f"bank-{i:03d}", identity_public=bytes([i % 256]) * 31 + b"\x01")
+                 for i in range(65))
+    with pytest.raises(JobNotReady, match="at most 64"):
+        Confidential(FedAvg(), manifest=replace(job.manifest, parties=(*many, job.researcher.spec("researcher")),
+                                                quorum=65, recipients=("researcher",)),
+                     consents=job.consents, enclave=job.enclave)
     with pytest.raises(JobNotReady, match="expired"):
         Confidential(FedAvg(), manifest=replace(job.manifest, expires=1000), consents=job.consents,
                      enclave=job.enclave)

@@ -43,6 +43,7 @@ from mpctrain.enclave.federated.protocol import (
 from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.jobs import Consent, JobManifest, missing_consents
 from mpctrain.seal.errors import SealError
+from mpctrain.seal.stream import MAX_RECIPIENTS
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ def check_job(manifest: JobManifest, consents: Iterable[Consent], now: datetime 
         raise JobNotReady(f"job {manifest.job_id} is a {manifest.mode!r} job, not a federated one")
     if manifest.expired(now):
         raise JobNotReady(f"job {manifest.job_id} expired at {manifest.expires}; propose a new manifest")
+    if len(manifest.data_parties()) > MAX_RECIPIENTS:
+        raise JobNotReady(f"job {manifest.job_id} has {len(manifest.data_parties())} data parties; a sealed "
+                          f"instruction wraps its key to at most {MAX_RECIPIENTS} (nodes not yet authenticated "
+                          "may be any party): split the federation")
     missing = missing_consents(manifest, consents)
     if missing:
         raise JobNotReady(f"job {manifest.job_id} lacks valid consent from {missing}; "
