@@ -236,3 +236,30 @@ def test_only_configured_proposers_may_propose(tmp_path):
     cfg.write_text('proposers = ["abcd"]\n')
     with pytest.raises(ConfigError, match="32-byte"):
         AggregatorConfig.load(cfg)
+
+
+def test_garbage_on_every_method_gets_a_status_and_the_server_stays_up(small, opened):
+    import os
+    import random
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    m, agents = opened
+    rng = random.Random(7)
+    ch = agents["hospital-a"].client.channel
+    unary = ["/mpctrain.v1.Attestation/GetEvidence", "/mpctrain.v1.Jobs/ProposeJob", "/mpctrain.v1.Jobs/ApproveJob",
+             "/mpctrain.v1.Jobs/GetJob", "/mpctrain.v1.Data/GetUploadStatus", "/mpctrain.v1.Results/GetReceipt"]
+    for _ in range(30):
+        method = rng.choice(unary)
+        blob = os.urandom(rng.randrange(0, 2048))
+        with pytest.raises(grpc.RpcError) as err:
+            ch.unary_unary(method)(blob, timeout=5)
+        assert err.value.code() != grpc.StatusCode.OK
+    # well-formed protobuf with hostile contents on the upload stream: header of random bytes
+    a = agents["hospital-a"]
+    for _ in range(10):
+        with pytest.raises((InvalidArgument, ResourceExhausted)):
+            list(a.client.upload(m.job_id, os.urandom(rng.randrange(1, 4096)), lambda s: iter(())))
+    health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert a.client.get_job(m.job_id).state == "open"
