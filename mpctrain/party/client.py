@@ -13,7 +13,7 @@ from mpctrain.enclave.auth import auth_metadata
 from mpctrain.enclave.receipt import Receipt
 from mpctrain.enclave.results_service import receipt_from_proto
 from mpctrain.jobs import Consent, JobManifest
-from mpctrain.party.errors import from_rpc_error
+from mpctrain.party.errors import OutputError, from_rpc_error
 from mpctrain.seal.keys import IdentityKey
 from mpctrain.wire import (
     attestation_pb2,
@@ -156,7 +156,7 @@ class AggregatorClient:
                 else:
                     total += len(part.frame.frame)
                     if total > MAX_OUTPUT_BYTES:
-                        raise ValueError("output larger than the client's limit")
+                        raise OutputError(f"output {name!r} is larger than the client's limit of {MAX_OUTPUT_BYTES}")
                     frames.append((part.frame.index, bytes(part.frame.frame), part.frame.last))
             return header, frames
 

@@ -227,7 +227,7 @@ def test_shard_sealed_to_another_key_is_refused(cluster):
         list(b.client.upload(m.job_id, b"garbage" * 10, lambda s: iter(())))
 
 
-def test_outputs_open_for_recipients_only(cluster):
+def test_outputs_open_for_recipients_only(cluster, monkeypatch):
     m, agents = run_job(cluster, "recipients-only", recipients=["hospital-a"])
     a, b = agents["hospital-a"], agents["hospital-b"]
     assert set(a.fetch(m)) == {"model", "metrics"}
@@ -243,6 +243,16 @@ def test_outputs_open_for_recipients_only(cluster):
     with pytest.raises(OutputError, match="TamperedChunk"):
         open_output(header, frames, recipient_id="hospital-a", kem=a.kem, enclave_sig_public=a.enclave.sig_public,
                     job_id=m.job_id, name="model")
+    with pytest.raises(OutputError, match="ContextMismatch"):  # the metrics stream offered as the model
+        h2, f2 = a.client.fetch_output(m.job_id, "hospital-a", "metrics")
+        open_output(h2, f2, recipient_id="hospital-a", kem=a.kem, enclave_sig_public=a.enclave.sig_public,
+                    job_id=m.job_id, name="model")
+    with pytest.raises(OutputError, match="UnexpectedSender"):  # signed by another key than the attested one
+        open_output(header, frames, recipient_id="hospital-a", kem=a.kem,
+                    enclave_sig_public=IdentityKey.generate().public_bytes(), job_id=m.job_id, name="model")
+    monkeypatch.setattr("mpctrain.party.client.MAX_OUTPUT_BYTES", 100)
+    with pytest.raises(OutputError, match="larger than the client's limit"):
+        a.client.fetch_output(m.job_id, "hospital-a", "model")
 
 
 def test_new_header_replaces_an_unfinished_upload(cluster):
