@@ -77,3 +77,31 @@ def test_streaming_and_buffered_fedavg_agree(job5):
 def test_streaming_refuses_non_fedavg_aggregation(job5):
     with pytest.raises(ValueError, match="streaming"):
         job5.confidential(Krum(), streaming=True)
+
+
+def test_client_side_clipping_mod_after_confidential_mod_sees_plaintext(job5):
+    """Flower's client-side DP: the clipping mod runs inside confidential_mod, on the opened instruction."""
+    from flwr.clientapp.mod import fixedclipping_mod
+    from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+    job = job5
+    clip = 0.05
+    grid = job.grid(lambda p, i: _with_mods(toy_app(1.0, 10, mod=None), [ConfidentialMod(job.runtime(p)),
+                                                                           fixedclipping_mod]))
+    inner = DifferentialPrivacyClientSideFixedClipping(FedAvg(**COMMON), noise_multiplier=0.0, clipping_norm=clip,
+                                                       num_sampled_clients=5)
+    strategy = job.confidential(inner)
+    result = strategy.start(grid, initial_arrays(), num_rounds=1)
+    assert not strategy.rejections
+    arrays, _ = open_output(result.sealed_output, manifest=job.manifest, recipient_id="researcher",
+                            kem=job.researcher.kem, enclave_sig_public=job.enclave.sig.public_bytes())
+    delta = np.concatenate([(arrays[k].numpy() - initial_arrays()[k].numpy()).ravel() for k in ("w", "b")])
+    assert np.linalg.norm(delta) == pytest.approx(clip, rel=1e-4)  # each update was clipped to the norm
+
+
+def _with_mods(app, mods):
+    """Re-register the toy app's functions behind ``mods`` (first = outermost)."""
+    from flwr.client.mod.utils import make_ffn
+
+    app._registered_funcs = {name: make_ffn(fn, mods) for name, fn in app._registered_funcs.items()}
+    return app
