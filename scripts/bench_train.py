@@ -26,7 +26,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mpctrain.train.data import table_from_bytes, table_to_bytes
-from mpctrain.train.device import pick_device
+from mpctrain.train.device import DeviceUnavailable, pick_device
 from mpctrain.train.loop import TrainConfig, fit
 from mpctrain.train.registry import build_model
 
@@ -118,7 +118,10 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    try:
+        device = pick_device(args.device)
+    except DeviceUnavailable as exc:
+        raise SystemExit(f"bench_train: {exc}") from None
     hidden = [int(h) for h in args.hidden.split(",") if h.strip()]
     spec = {"name": "mlp", "hidden": hidden, "seed": args.seed} if hidden else {"name": "logreg", "seed": args.seed}
     config = TrainConfig(epochs=1, batch_size=args.batch_size, lr=1e-3, seed=args.seed)

@@ -44,3 +44,13 @@ def test_cli_reports_ratio_and_identity(tmp_path, monkeypatch, capsys):
     assert result["steps_per_epoch"] == 3
     assert result["wall"]["ratio_of_medians"] > 0 and result["cpu"]["fit_median_s"] > 0
     assert "weights identical: True" in capsys.readouterr().out
+
+
+def test_cli_refuses_missing_device_with_a_message(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "tpu"])
+    try:
+        _load().main()
+    except SystemExit as exc:
+        assert "unknown device 'tpu'" in str(exc.code)
+    else:
+        raise AssertionError("an unknown device must stop the benchmark")
