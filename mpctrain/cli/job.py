@@ -44,11 +44,11 @@ def _fail(exc: Exception) -> typer.Exit:
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
             aggregator: str | None = AGGREGATOR) -> None:
     """Serialise the manifest once and propose it; prints the digest every party will sign."""
+    agent = _agent(party, profiles, aggregator)  # first: creates this party's keys on first use
     try:
         manifest = JobManifest.from_toml(job_file)
     except ManifestError as exc:
         raise _fail(exc) from exc
-    agent = _agent(party, profiles, aggregator)
     try:
         status = agent.client.propose(manifest)
     except PartyError as exc:
