@@ -66,15 +66,21 @@ class DPConfig:
             _number(self.noise_multiplier) and self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)
         ):
             raise PrivacyBudgetError(f"DP noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
-        if self.noise_seed is not None and (isinstance(self.noise_seed, bool) or not isinstance(self.noise_seed, int)):
-            raise PrivacyBudgetError(f"DP noise_seed must be an integer or None, got {self.noise_seed!r}")
+        seed = self.noise_seed
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise PrivacyBudgetError(f"DP noise_seed must be an integer in [0, 2**64) or None, got {self.noise_seed!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DPConfig:
         """Build from a manifest's privacy section: ``{"epsilon", "delta", "clip", "noise_multiplier"?}``."""
         if not isinstance(d, Mapping):
             raise PrivacyBudgetError(f"DP settings must be a mapping, got {type(d).__name__}")
-        allowed = {"epsilon", "delta", "clip", "noise_multiplier", "noise_seed"}
+        if "noise_seed" in d:
+            raise PrivacyBudgetError(
+                "a job may not fix the DP noise seed: noise every party can regenerate gives no privacy; "
+                "remove 'noise_seed' (the enclave draws a secret one)"
+            )
+        allowed = {"epsilon", "delta", "clip", "noise_multiplier"}
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise PrivacyBudgetError(f"unknown DP setting(s) {unknown}; allowed: {sorted(allowed)}")

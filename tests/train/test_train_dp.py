@@ -145,6 +145,7 @@ def test_max_steps_is_the_last_step_within_budget():
         ({"epsilon": 1, "delta": 1e-5, "clip": 0}, "clip"),
         ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_multiplier": -1}, "noise_multiplier"),
         ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_seed": "x"}, "noise_seed"),
+        ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_seed": -1}, "noise_seed"),
         ({"epsilon": True, "delta": 1e-5, "clip": 1}, "epsilon"),
     ],
 )
@@ -159,6 +160,8 @@ def test_dp_config_from_dict():
         DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0, "sigma": 1})
     with pytest.raises(PrivacyBudgetError, match=r"need \['clip'\]"):
         DPConfig.from_dict({"epsilon": 3, "delta": 1e-5})
+    with pytest.raises(PrivacyBudgetError, match="may not fix the DP noise seed"):
+        DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0, "noise_seed": 1})
 
 
 @pytest.mark.parametrize(
