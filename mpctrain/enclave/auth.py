@@ -89,7 +89,7 @@ class RequestAuthenticator:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED,
                             f"request lacks authentication metadata ({MD_PARTY}, {MD_TIME}, {MD_SESSION}, "
                             f"{MD_SIGNATURE}); sign it with the party's identity key")
-        if len(party_id) > 64 or len(session) != 2 * SESSION_BYTES or len(sig) > 128:
+        if len(party_id) > 64 or len(session) != 2 * SESSION_BYTES or len(sig) > 128 or len(ts_raw) > 20:
             raise AuthError(grpc.StatusCode.UNAUTHENTICATED, "malformed authentication metadata")
         try:
             ts = int(ts_raw)
