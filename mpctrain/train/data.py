@@ -26,6 +26,7 @@ from mpctrain.train.tensors import (
 )
 
 __all__ = [
+    "MAX_CLASSES",
     "TABLE_FORMAT",
     "DataError",
     "SchemaError",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 TABLE_FORMAT = "mpctrain.table/1"
+MAX_CLASSES = 1 << 16
 
 
 class DataError(ValueError):
@@ -299,6 +301,9 @@ def _check_table(
         raise err("table has negative labels")
     if num_classes is not None and y.max() >= num_classes:
         raise err(f"table has label {int(y.max())}, the job's schema has only {num_classes} classes")
+    if y.max() >= MAX_CLASSES:
+        # Without this, one shard with label 10**9 would make the trainer build a 10**9-way output layer.
+        raise err(f"table has label {int(y.max())}; at most {MAX_CLASSES} classes are supported")
     return X, y
 
 

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mpctrain.train.data import MAX_CLASSES
+
 __all__ = [
     "MODELS",
     "ModelSpecError",
@@ -21,6 +23,9 @@ __all__ = [
     "build_model",
     "register_model",
 ]
+
+
+MAX_INPUT_DIM = 1 << 20  # widest input a job may ask for: bounds memory on untrusted specs
 
 
 class ModelSpecError(ValueError):
@@ -142,6 +147,10 @@ def build_model(spec: Mapping[str, Any], input_dim: int, num_classes: int) -> nn
             raise ModelSpecError(f"{what} must be a positive integer, got {value!r}")
     if num_classes < 2:
         raise ModelSpecError(f"num_classes must be at least 2, got {num_classes}")
+    if input_dim > MAX_INPUT_DIM:
+        raise ModelSpecError(f"input_dim must be at most {MAX_INPUT_DIM}, got {input_dim}")
+    if num_classes > MAX_CLASSES:
+        raise ModelSpecError(f"num_classes must be at most {MAX_CLASSES}, got {num_classes}")
     seed = spec.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ModelSpecError(f"model 'seed' must be a non-negative integer, got {seed!r}")

@@ -210,6 +210,7 @@ GOOD_Y = np.array([0, 1, 0], dtype=np.int64)
         (_arrays(GOOD_X, np.array([0, -3, 1], dtype=np.int64)), {}, "negative"),
         (_arrays(GOOD_X, GOOD_Y), {"num_features": 3}, "has 2 features"),
         (_arrays(GOOD_X, np.array([0, 5, 1], dtype=np.int64)), {"num_classes": 2}, "only 2 classes"),
+        (_arrays(GOOD_X, np.array([0, 10**9, 1], dtype=np.int64)), {}, "at most 65536 classes"),
         (_arrays(GOOD_X, GOOD_Y), {"max_bytes": 64}, "over the limit"),
         (_arrays(GOOD_X, GOOD_Y)[:-3], {}, "malformed"),
         (b"garbage", {}, "truncated"),

@@ -51,6 +51,8 @@ def test_init_is_seeded_and_leaves_global_rng_alone():
         ({"name": "logreg"}, (0, 2), "input_dim"),
         ({"name": "logreg"}, (3, 1), "at least 2"),
         ({"name": "logreg"}, (3, True), "num_classes"),
+        ({"name": "logreg"}, (3, 10**9), "at most 65536"),
+        ({"name": "logreg"}, (10**7, 2), "at most 1048576"),
         (["logreg"], (3, 2), "mapping"),
     ],
 )
