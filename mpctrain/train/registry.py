@@ -7,6 +7,7 @@ Initialisation is seeded without touching the caller's global RNG state.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
 
 
 MAX_INPUT_DIM = 1 << 20  # widest input a job may ask for: bounds memory on untrusted specs
+MAX_PARAMETERS = 1 << 28  # about 1 GiB of float32 weights
 
 
 class ModelSpecError(ValueError):
@@ -109,6 +111,13 @@ def _mlp(
         raise ModelSpecError(f"mlp 'hidden' widths must be integers in 1..65536, got {list(hidden)}")
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         raise ModelSpecError(f"mlp 'dropout' must be a number in [0, 1), got {dropout!r}")
+    widths = [input_dim, *hidden, num_classes]
+    params = sum((a + 1) * b for a, b in itertools.pairwise(widths))
+    if len(hidden) > 64 or params > MAX_PARAMETERS:
+        raise ModelSpecError(
+            f"mlp too large: {len(hidden)} hidden layers, {params} parameters "
+            f"(limits: 64 layers, {MAX_PARAMETERS} parameters)"
+        )
     return MLP(input_dim, num_classes, tuple(hidden), float(dropout))
 
 

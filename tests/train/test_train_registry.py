@@ -45,6 +45,8 @@ def test_init_is_seeded_and_leaves_global_rng_alone():
         ({"name": "mlp", "hidden": 8}, (3, 2), "non-empty list"),
         ({"name": "mlp", "hidden": []}, (3, 2), "non-empty list"),
         ({"name": "mlp", "dropout": 1.0}, (3, 2), "dropout"),
+        ({"name": "mlp", "hidden": [65536] * 70}, (3, 2), "too large"),
+        ({"name": "mlp", "hidden": [65536, 65536]}, (3, 2), "too large"),
         ({"name": "mlp", "depth": 3}, (3, 2), r"does not take parameter\(s\) \['depth'\]"),
         ({"name": "logreg", "hidden": [3]}, (3, 2), "does not take"),
         ({"name": "logreg", "seed": -1}, (3, 2), "seed"),
