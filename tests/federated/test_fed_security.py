@@ -281,3 +281,43 @@ def test_host_visible_path_and_logs_never_carry_plaintext(job, caplog):
     assert ins and res
     assert down.tobytes() not in ins and up.tobytes() not in res
     assert "1234.5" not in caplog.text and "8765.4" not in caplog.text
+
+
+@pytest.mark.parametrize("metrics", [{"num-examples": "ten"}, {"num-examples": 10, "loss": ["a"]},
+                                     {"num-examples": -1}, {"loss": 1.0}, {"num-examples": float("nan")}])
+def test_authentic_reply_with_malformed_metrics_is_rejected_not_crashing(job, metrics):
+    """A job party seals well-formed bytes with hostile contents: typed rejection, the others aggregate."""
+    import json
+
+    from safetensors.numpy import save as st_save
+
+    from mpctrain.enclave.federated.codec import META_KEY
+    from mpctrain.enclave.federated.protocol import (
+        ENCLAVE_SENDER,
+        PURPOSE_REPLY,
+        Envelope,
+        make_sealed_content,
+    )
+    from mpctrain.seal.stream import seal_bytes
+
+    grid = _grid(job)
+    strategy = job.confidential(_fedavg())
+    replies = _round(job, strategy, grid)
+    victim = replies[0]
+    party = victim.content["mpctrain.envelope"]["party"]
+    node = victim.metadata.src_node_id
+    nonce = strategy._expect[("train", 1)][node]
+    meta = {"v": 1, "records": [{"name": "arrays", "kind": "arrays", "keys": ["w", "b"]},
+                                {"name": "metrics", "kind": "metrics", "values": metrics}],
+            "ctx": {"job_digest": strategy.job_digest, "party": party, "nonce": nonce, "category": "train"}}
+    payload = st_save({"0.0": np.zeros(10, np.float32), "0.1": np.zeros(2, np.float32)},
+                      metadata={META_KEY: json.dumps(meta)})
+    p = next(x for x in job.parties if x.id == party)
+    frames = seal_bytes(payload, sender=p.identity, sender_id=party,
+                        recipients=[(ENCLAVE_SENDER, job.enclave.kem.alg, job.enclave.kem.public_bytes())],
+                        purpose=PURPOSE_REPLY, job_id=job.manifest.job_id, object_id=f"res:{nonce}:{party}")
+    victim.content = make_sealed_content(frames, Envelope(job.manifest.job_id, f"res:{nonce}:{party}", strategy.key_id,
+                                                          party=party))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert len(strategy.rejections) == 1 and strategy.rejections[0].party_id == party
+    assert arrays is not None

@@ -105,3 +105,36 @@ def _with_mods(app, mods):
 
     app._registered_funcs = {name: make_ffn(fn, mods) for name, fn in app._registered_funcs.items()}
     return app
+
+
+@pytest.mark.parametrize("name", ["Krum", "FedMedian", "FedAvg-buffered"])
+def test_authentic_update_of_another_shape_is_rejected_not_aborting_the_round(job5, name):
+    from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    job = job5
+
+    def odd_app(mod):
+        app = ClientApp(mods=[mod])
+
+        @app.train()
+        def train(msg: Message, context: Context) -> Message:
+            update = ArrayRecord({"z": Array(np.zeros(3, np.float32))})
+            return Message(RecordDict({"arrays": update, "metrics": MetricRecord({"num-examples": 1, "loss": 0.0})}),
+                           reply_to=msg)
+
+        return app
+
+    def app_for(p, i):
+        mod = ConfidentialMod(job.runtime(p))
+        return odd_app(mod) if i == 2 else toy_app(DELTAS[i], EXAMPLES[i], mod=mod)
+
+    grid = job.grid(app_for)
+    inner = FedAvg(**COMMON) if name == "FedAvg-buffered" else STRATEGIES[name]()
+    strategy = job.confidential(inner, streaming=False)
+    result = strategy.start(grid, initial_arrays(), num_rounds=1)
+    assert result.rounds_completed == 1
+    assert len(strategy.rejections) == 1 and strategy.rejections[0].party_id == job.parties[2].id
+    arrays, _ = open_output(result.sealed_output, manifest=job.manifest, recipient_id="researcher",
+                            kem=job.researcher.kem, enclave_sig_public=job.enclave.sig.public_bytes())
+    assert not np.allclose(arrays["w"].numpy(), initial_arrays()["w"].numpy())

@@ -18,37 +18,42 @@ class InconsistentUpdate(ValueError):
 
 
 class StreamingMean:
-    """Weighted mean of array records and metric records, fed one reply at a time."""
+    """Weighted mean of array records and metric records, fed one reply at a time.
 
-    def __init__(self, weighted_by_key: str) -> None:
+    ``expected`` (the keys and shapes of the model sent this round) fixes the structure updates must
+    have, so no single party decides it by replying first. Each metric is averaged over the updates that
+    report it (with consistent replies this is exactly Flower's ``aggregate_metricrecords``).
+    """
+
+    def __init__(self, weighted_by_key: str, expected: list[tuple[str, tuple[int, ...]]] | None = None) -> None:
         self.weighted_by_key = weighted_by_key
+        self.expected = expected
         self.total_weight = 0.0
         self.count = 0
         self._name: str | None = None
         self._keys: list[str] = []
         self._dtypes: list[np.dtype] = []
         self._sums: list[np.ndarray] = []
-        self._metric_keys: set[str] | None = None
         self._metric_sums: dict[str, Any] = {}
+        self._metric_weights: dict[str, float] = {}
 
     def check(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any]) -> float:
-        """Validate one update against the round's first; return its weight. Raises ``InconsistentUpdate``."""
+        """Validate one update; return its weight. Raises ``InconsistentUpdate`` before any state changes."""
         weight = metrics.get(self.weighted_by_key)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or not np.isfinite(weight) or weight < 0:
             raise InconsistentUpdate(f"metric {self.weighted_by_key!r} must be a finite non-negative number")
-        if self._name is not None:
-            if name != self._name or keys != self._keys:
-                raise InconsistentUpdate("array record name or keys differ from the round's first update")
-            for arr, ref in zip(arrays, self._sums, strict=True):
-                if arr.shape != ref.shape:
-                    raise InconsistentUpdate(f"array shape {arr.shape} differs from {ref.shape}")
-            if set(metrics) != self._metric_keys:
-                raise InconsistentUpdate("metric keys differ from the round's first update")
+        structure = [(k, tuple(a.shape)) for k, a in zip(keys, arrays, strict=True)]
+        if self.expected is not None and structure != self.expected:
+            raise InconsistentUpdate("array keys or shapes differ from the model sent this round")
+        if self._name is not None and (keys != self._keys or
+                                       any(a.shape != b.shape for a, b in zip(arrays, self._sums, strict=True))):
+            raise InconsistentUpdate("array keys or shapes differ from the round's other updates")
         for key, value in metrics.items():
-            if isinstance(value, list) and key != self.weighted_by_key and self._metric_keys is not None:
-                ref = self._metric_sums.get(key)
-                if isinstance(ref, list) and len(ref) != len(value):
-                    raise InconsistentUpdate(f"metric list {key!r} has another length than the first update's")
+            ref = self._metric_sums.get(key)
+            if isinstance(value, list) != isinstance(ref, list) and ref is not None:
+                raise InconsistentUpdate(f"metric {key!r} is a list in some updates and a number in others")
+            if isinstance(value, list) and isinstance(ref, list) and len(ref) != len(value):
+                raise InconsistentUpdate(f"metric list {key!r} has another length than the other updates'")
         return float(weight)
 
     def add(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any]) -> None:
@@ -58,7 +63,6 @@ class StreamingMean:
             self._name, self._keys = name, list(keys)
             self._dtypes = [a.dtype for a in arrays]
             self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
-            self._metric_keys = set(metrics)
         for buf, arr in zip(self._sums, arrays, strict=True):
             buf += arr * weight  # one temporary in the update's dtype; the sum itself is float64
         for key, value in metrics.items():
@@ -69,6 +73,7 @@ class StreamingMean:
                 self._metric_sums[key] = [p + float(v) * weight for p, v in zip(prev, value, strict=True)]
             else:
                 self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value) * weight
+            self._metric_weights[key] = self._metric_weights.get(key, 0.0) + weight
         self.total_weight += weight
         self.count += 1
 
@@ -84,7 +89,8 @@ class StreamingMean:
             for key, buf, dtype in zip(self._keys, self._sums, self._dtypes, strict=True)
         })
         metrics = MetricRecord({
-            k: ([x * inv for x in v] if isinstance(v, list) else v * inv) for k, v in self._metric_sums.items()
+            k: ([x / w for x in v] if isinstance(v, list) else v / w)
+            for k, v in self._metric_sums.items() if (w := self._metric_weights[k]) > 0
         })
         return arrays, metrics
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,6 +152,7 @@ class Confidential(Strategy):
         self._node_party: dict[int, str] = {}
         self._hidden_nodes: set[int] = set()
         self._expect: dict[tuple[str, int], dict[int, str]] = {}
+        self._array_ref: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
         self.rejections: list[ReplyRejected] = []
 
     # -- keys ---------------------------------------------------------------------------------
@@ -166,6 +168,7 @@ class Confidential(Strategy):
     # -- instructions -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
+        self._array_ref = {server_round: [(k, tuple(a.shape)) for k, a in arrays.items()]}
         messages = self.inner.configure_train(server_round, arrays, config, _JobGrid(grid, self._hidden_nodes))
         return self._seal_instructions("train", server_round, messages, grid)
 
@@ -289,8 +292,52 @@ class Confidential(Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self.streaming:
             return self._aggregate_streaming(server_round, replies)
-        opened = list(self._open_all("train", server_round, replies))
+        opened = self._consistent(list(self._open_all("train", server_round, replies)), server_round)
         return self.inner.aggregate_train(server_round, opened)
+
+    def _consistent(self, replies: list[Message], server_round: int) -> list[Message]:
+        """Drop authentic but malformed updates, so one party cannot make Flower abort the whole round.
+
+        Flower's strategies raise when replies differ in structure. Here the arrays must have the keys and
+        shapes of the model this round sent; the weight must be a finite non-negative number; and the record
+        names and metric keys must be the ones most replies use (so a single party cannot impose its own).
+        Anything else is rejected like any other bad reply.
+        """
+        key = _weight_key(self.inner)
+        ref_arrays = self._array_ref.get(server_round)
+        candidates: list[tuple[Message, tuple]] = []
+        out = []
+        for reply in replies:
+            if reply.has_error():
+                out.append(reply)
+                continue
+            content = reply.content
+            node = reply.metadata.src_node_id
+            try:
+                if len(content.array_records) != 1 or len(content.metric_records) != 1:
+                    raise InconsistentUpdate("an update holds exactly one ArrayRecord and one MetricRecord")
+                name, arrays = next(iter(content.array_records.items()))
+                if ref_arrays is not None and [(k, tuple(a.shape)) for k, a in arrays.items()] != ref_arrays:
+                    raise InconsistentUpdate("array keys or shapes differ from the model sent this round")
+                metric_name, metrics = next(iter(content.metric_records.items()))
+                weight = metrics.get(key) if key else 0
+                if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
+                    raise InconsistentUpdate(f"metric {key!r} must be a finite non-negative number")
+            except InconsistentUpdate as exc:
+                self._reject(ReplyRejected(str(exc), node_id=node, party_id=self._node_party.get(node)), "train",
+                             server_round)
+                continue
+            candidates.append((reply, (name, metric_name, frozenset(metrics))))
+        if candidates:
+            common = Counter(sig for _, sig in candidates).most_common(1)[0][0]
+            for reply, sig in candidates:
+                if sig == common:
+                    out.append(reply)
+                    continue
+                node = reply.metadata.src_node_id
+                self._reject(ReplyRejected("record names or metric keys differ from the other updates'",
+                                           node_id=node, party_id=self._node_party.get(node)), "train", server_round)
+        return out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, list(self._open_all("evaluate", server_round, replies)))
@@ -301,7 +348,7 @@ class Confidential(Strategy):
         assert isinstance(inner, FedAvg)
         expect = self._expect.pop(("train", server_round), {})
         seen: set[str] = set()
-        mean = StreamingMean(inner.weighted_by_key)
+        mean = StreamingMean(inner.weighted_by_key, expected=self._array_ref.get(server_round))
         metric_records: list[RecordDict] = []
         custom_metrics = inner.train_metrics_aggr_fn is not aggregate_metricrecords
         for reply in replies:
@@ -317,6 +364,10 @@ class Confidential(Strategy):
             try:
                 if len(array_records) != 1 or len(metrics) != 1:
                     raise InconsistentUpdate("a FedAvg reply holds exactly one ArrayRecord and one MetricRecord")
+                try:
+                    MetricRecord(metrics[0]["values"])  # Flower's own type checks, before any value is used
+                except (TypeError, ValueError) as exc:
+                    raise InconsistentUpdate(f"metric values of the wrong type: {exc}") from exc
                 name, keys, arrays = array_records[0]
                 mean.add(name, keys, arrays, metrics[0]["values"])
             except InconsistentUpdate as exc:
@@ -326,7 +377,11 @@ class Confidential(Strategy):
             if custom_metrics:
                 metric_records.append(RecordDict({"metrics": MetricRecord(metrics[0]["values"])}))
             del arrays, array_records, decoded
-        arrays_out, metrics_out = mean.result()
+        try:
+            arrays_out, metrics_out = mean.result()
+        except InconsistentUpdate as exc:  # e.g. every accepted update weighs zero: nothing to average
+            log.warning("round %s not aggregated: %s", server_round, exc)
+            arrays_out, metrics_out = None, None
         if custom_metrics and metric_records:
             metrics_out = inner.train_metrics_aggr_fn(metric_records, inner.weighted_by_key)
         self.events.emit("fl.round_aggregated", job_id=self.job_id, round=server_round, updates=mean.count,
@@ -420,6 +475,15 @@ def _run_id(grid: Grid) -> int:
         return int(grid.run.run_id)
     except Exception:  # a grid without a run yet
         return 0
+
+
+def _weight_key(strategy: Strategy) -> str | None:
+    """The weighting metric of the strategy (or of the strategy a DP wrapper wraps)."""
+    for candidate in (strategy, getattr(strategy, "strategy", None)):
+        key = getattr(candidate, "weighted_by_key", None)
+        if isinstance(key, str):
+            return key
+    return None
 
 
 def _epsilon(strategy: Strategy) -> float | None:
