@@ -107,7 +107,7 @@ def _with_mods(app, mods):
     return app
 
 
-@pytest.mark.parametrize("name", ["Krum", "FedMedian", "FedAvg-buffered"])
+@pytest.mark.parametrize("name", ["Krum", "FedMedian", "FedAvg-buffered", "FedAvg-streaming"])
 def test_authentic_update_of_another_shape_is_rejected_not_aborting_the_round(job5, name):
     from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -130,8 +130,8 @@ def test_authentic_update_of_another_shape_is_rejected_not_aborting_the_round(jo
         return odd_app(mod) if i == 2 else toy_app(DELTAS[i], EXAMPLES[i], mod=mod)
 
     grid = job.grid(app_for)
-    inner = FedAvg(**COMMON) if name == "FedAvg-buffered" else STRATEGIES[name]()
-    strategy = job.confidential(inner, streaming=False)
+    inner = FedAvg(**COMMON) if name.startswith("FedAvg") else STRATEGIES[name]()
+    strategy = job.confidential(inner, streaming=name == "FedAvg-streaming")
     result = strategy.start(grid, initial_arrays(), num_rounds=1)
     assert result.rounds_completed == 1
     assert len(strategy.rejections) == 1 and strategy.rejections[0].party_id == job.parties[2].id
