@@ -92,7 +92,8 @@ def public_error(exc: BaseException) -> str:
     return f"{name}: training failed inside the enclave"
 
 
-# A runner trains one job; it is started in a thread once the quorum's shards are in.
+# A runner trains one job; it is started in a thread once the quorum's shards are in, or as soon as the
+# job opens when the runner sets ``starts_on_open`` (federated: the data never comes to the enclave).
 Runner = Callable[[Job, "JobStore"], None]
 
 
@@ -164,6 +165,8 @@ class JobStore:
                          signature=consent.signature.hex())
         if opened:
             self.events.emit("job.state", job_id=job.job_id, state=str(JobState.OPEN))
+            if getattr(self.runners[job.manifest.mode], "starts_on_open", False):
+                self._start(job)
 
     def shard_complete(self, job: Job, party_id: str, shard: Any) -> None:
         """Record a complete shard; start the job's runner when the quorum's shards are in."""
@@ -173,16 +176,22 @@ class JobStore:
                 raise JobError("already_exists", f"{party_id} already uploaded its shard for {job.job_id}")
             job.shards[party_id] = shard
             self.record(job, "shard", party_id=party_id)
-            if job.state == JobState.OPEN and len(job.shards) >= job.manifest.quorum:
-                job.state = JobState.TRAINING
-                self.record(job, "state", message=str(JobState.TRAINING))
-                start = True
+            start = job.state == JobState.OPEN and len(job.shards) >= job.manifest.quorum
         if start:
-            self.events.emit("job.state", job_id=job.job_id, state=str(JobState.TRAINING))
-            runner = self.runners[job.manifest.mode]
-            t = threading.Thread(target=self._run, args=(runner, job), name=f"job-{job.job_id}", daemon=True)
-            self._threads.append(t)
-            t.start()
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        """OPEN -> TRAINING once, then run the job's runner in its own thread."""
+        with job.cond:
+            if job.state != JobState.OPEN:
+                return
+            job.state = JobState.TRAINING
+            self.record(job, "state", message=str(JobState.TRAINING))
+        self.events.emit("job.state", job_id=job.job_id, state=str(JobState.TRAINING))
+        runner = self.runners[job.manifest.mode]
+        t = threading.Thread(target=self._run, args=(runner, job), name=f"job-{job.job_id}", daemon=True)
+        self._threads.append(t)
+        t.start()
 
     def _run(self, runner: Runner, job: Job) -> None:
         self.events.emit("training.started", job_id=job.job_id, parties=sorted(job.shards))

@@ -49,6 +49,13 @@ def test_federated_rounds_are_audited_and_verify(tmp_path):
     assert sorted(summary.outputs) == sorted(job.manifest.recipients)
     kinds = [r.kind for _, r in report.records if r.job_id == "fed-test"]
     assert kinds.count("fl.round_aggregated") == 2 and kinds[-1] == "fl.training_ended"
+    # every accepted sealed update is on record: per party, one per train and evaluate round
+    data_parties = sorted(p.id for p in job.manifest.data_parties())
+    assert sorted(summary.inputs) == data_parties
+    for party in data_parties:
+        entries = summary.inputs[party]
+        assert len(entries) == kinds.count("fl.update_accepted") // len(data_parties) >= 2
+        assert all(len(e.digest) == 64 and e.size > 0 for e in entries)
     blob = path.read_bytes()
     for pattern in (struct.pack("<f", CANARY), struct.pack("<d", CANARY), str(CANARY).encode(),
                     struct.pack("<f", CANARY).hex().encode()):

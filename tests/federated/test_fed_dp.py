@@ -92,9 +92,11 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester):
                              initial_arrays=lambda j: initial_arrays())
     store = JobStore(job.events, runners={"federated": runner})
     stored = store.add(job.manifest, job.manifest.to_bytes())
-    for c in job.consents:
+    for c in job.consents[:-1]:
         store.add_consent(stored, c)
-    assert stored.state == JobState.OPEN
-    runner(stored, store)
+    assert stored.state == JobState.PROPOSED  # nothing runs before every consent is in
+    store.add_consent(stored, job.consents[-1])  # the last consent opens the job and starts the rounds
+    store.join(timeout=120)
+    assert stored.state == JobState.DONE
     assert set(stored.outputs) == {(r, "model") for r in job.manifest.recipients}
     assert stored.public_metrics["rounds"] == 2.0 and 0 < stored.public_metrics["accuracy"] <= 1

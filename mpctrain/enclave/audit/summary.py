@@ -103,6 +103,11 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
             js.inputs.setdefault(party, []).append(InputEntry(
                 party, str(f.get("object_id", "")), str(f.get("header_digest", "")), _int(f.get("size")),
                 line, rec.seq))
+        elif kind == "fl.update_accepted":  # a federated party's sealed update, one per round
+            party = str(f.get("party", ""))
+            js.inputs.setdefault(party, []).append(InputEntry(
+                party, str(f.get("object_id", "")), str(f.get("ciphertext_digest", "")), _int(f.get("size")),
+                line, rec.seq))
         elif kind == "output.sealed":
             rid = str(f.get("recipient", ""))
             js.outputs.setdefault(rid, []).append(OutputEntry(

@@ -20,6 +20,8 @@ from mpctrain.enclave.identity import EnclaveIdentity
 class FederatedRunner:
     """``Runner`` for ``mode = "federated"`` jobs: ``grid_for(job)`` connects it to the parties' nodes."""
 
+    starts_on_open = True  # no shards are uploaded: rounds begin once every consent is in
+
     def __init__(self, identity: EnclaveIdentity, events: EventSink, *, grid_for: Callable[[Any], Grid],
                  initial_arrays: Callable[[Any], ArrayRecord]) -> None:
         self.identity = identity

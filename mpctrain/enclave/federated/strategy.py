@@ -9,6 +9,7 @@ reject the reply before the inner strategy runs. FedAvg-style aggregation stream
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -275,6 +276,9 @@ class Confidential(Strategy):
             return None
         seen.add(party)
         self._node_party[node] = party
+        self.events.emit("fl.update_accepted", job_id=self.job_id, category=category, round=server_round,
+                         party=party, object_id=object_id, ciphertext_digest=_frames_digest(frames),
+                         size=sum(len(f) for f in frames))
         return decoded
 
     def _open_all(self, category: str, server_round: int, replies: Iterable[Message]) -> Iterable[Message]:
@@ -492,3 +496,12 @@ def _epsilon(strategy: Strategy) -> float | None:
         return None
     value = spent()
     return None if value is None else float(value.epsilon)
+
+
+def _frames_digest(frames: Iterable[bytes]) -> str:
+    """SHA-256 over the sealed frames as received: what the audit log cites for an accepted update."""
+    h = hashlib.sha256()
+    for f in frames:
+        h.update(len(f).to_bytes(8, "big"))
+        h.update(f)
+    return h.hexdigest()
