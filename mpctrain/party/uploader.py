@@ -6,6 +6,7 @@ stays near the shard's own size; a chunk index is never sealed twice (that would
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ class UploadResult:
     chunks: int
     sent_bytes: int  # sealed bytes put on the wire (header and frames), over every attempt
     complete: bool
+    header_digest: bytes = b""  # SHA-256 of the sealed header: what the audit log must cite for this shard
 
 
 class ShardUpload:
@@ -107,7 +109,8 @@ class ShardUpload:
             with self._cond:
                 self._stopped = True
                 self._cond.notify_all()
-        return UploadResult(self.object_id, total, self.n_chunks, self.sent_bytes, self.complete)
+        return UploadResult(self.object_id, total, self.n_chunks, self.sent_bytes, self.complete,
+                            hashlib.sha256(self.header).digest())
 
     def status(self) -> data_pb2.UploadStatus:
         return self.client.upload_status(self.job_id, self.object_id)

@@ -92,6 +92,7 @@ def test_summary_shows_consents_inputs_and_outputs(run):
         (sent,) = ag.sent["audit-job"]
         (entry,) = job.inputs[pid]
         assert (entry.object_id, entry.size) == (sent.object_id, sent.size)
+        assert len(sent.header_digest) == 64 and entry.digest == sent.header_digest  # the exact ciphertext
     started = {r.fields["object_id"]: r.fields["header_digest"] for _, r in report.records if r.kind == "shard.started"}
     assert all(started[e.object_id] == e.digest for es in job.inputs.values() for e in es)
     assert sorted(job.outputs) == ["hospital-a", "researcher"]
