@@ -79,10 +79,14 @@ class PooledRunner:
         self.events.emit("training.data", job_id=job.job_id, train_rows=len(y_tr), val_rows=len(y_va),
                          parties=sorted(rows), device=str(device))
 
-        def on_epoch(epoch: int, loss: float) -> None:
-            store.record(job, "epoch", epoch=int(epoch), loss=float(loss))
-
         dp = DPConfig.from_dict(dict(m.privacy)) if m.privacy else None
+        # Watchers are not authenticated: the training loss goes out only when the manifest makes it public,
+        # and never under DP (the loss history is not covered by the privacy budget).
+        show_loss = "train_loss" in m.public_metrics and dp is None
+
+        def on_epoch(epoch: int, loss: float) -> None:
+            store.record(job, "epoch", epoch=int(epoch), loss=float(loss) if show_loss else float("nan"))
+
         result = fit(model, X_tr, y_tr, cfg, device=device, on_epoch=on_epoch, dp=dp)
         metrics = {k: float(v) for k, v in evaluate(model, X_va, y_va).items() if _is_number(v)}
         if result.epsilon is not None:

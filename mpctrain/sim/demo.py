@@ -7,6 +7,7 @@ three party agents that attest it, approve the job, seal and upload their shards
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import threading
 import time
@@ -124,7 +125,8 @@ def _run(workdir: Path, console: Console, epochs: int | None) -> dict:
         def follow() -> None:
             for ev in agents["hospital-a"].client.watch(JOB_ID, timeout=120):
                 if ev.kind == "epoch":
-                    watch_lines.append(f"epoch {ev.epoch:>3}  loss {ev.loss:.4f}")
+                    shown = "withheld (not public)" if math.isnan(ev.loss) else f"{ev.loss:.4f}"
+                    watch_lines.append(f"epoch {ev.epoch:>3}  loss {shown}")
             done.set()
 
         threading.Thread(target=follow, daemon=True).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -71,3 +72,11 @@ def test_unknown_job_is_not_found(cluster):
         raise AssertionError("expected NotFound")
     finally:
         client.close()
+
+
+def test_training_loss_is_withheld_from_watchers_unless_public(cluster):
+    """Watchers are unauthenticated: without ``train_loss`` in public_metrics they see epochs, not losses."""
+    m, agents = run_job(cluster, "e2e-private-loss", public_metrics=["accuracy"])
+    epochs = [e for e in agents["hospital-b"].client.watch(m.job_id, timeout=10) if e.kind == "epoch"]
+    assert [e.epoch for e in epochs] == [1, 2, 3]
+    assert all(math.isnan(e.loss) for e in epochs)
