@@ -16,6 +16,8 @@ import typer
 from mpctrain.attest import AttestationError, EvidenceBundle, Policy, PolicyError
 from mpctrain.enclave.audit import AuditBroken, cross_check, read_lines, render, summarize, verify_log
 from mpctrain.enclave.audit.reader import RawLine
+from mpctrain.seal.errors import SealError
+from mpctrain.seal.keys import IdentityKey
 
 app = typer.Typer(help="audit log: verify offline, summarise per job, fetch from an aggregator", no_args_is_help=True)
 
@@ -137,19 +139,54 @@ def verify_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
+IDENTITY_FILES = ("identity.key", "identity.pem")  # what party profiles and `mpctrain keys generate` write
+
+
+def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, IdentityKey]:
+    """(party id, identity key) signing the request: from ``--keys DIR`` when given, else the party's profile."""
+    from mpctrain.party.config import PartyConfig, PartyConfigError
+    from mpctrain.party.profile import profile_path
+
+    if keys is not None and not party.endswith(".toml"):
+        party_id, keys_dir = party, keys
+    else:
+        try:
+            cfg = PartyConfig.load(profile_path(party, profiles))
+        except PartyConfigError as exc:
+            raise _usage(f"{exc} (or pass --keys DIR with the identity key)") from None
+        party_id, keys_dir = cfg.id, keys or cfg.keys_dir
+    found = [keys_dir / n for n in IDENTITY_FILES if (keys_dir / n).exists()]
+    if not found:
+        raise _usage(f"no identity key ({' or '.join(IDENTITY_FILES)}) in {keys_dir}")
+    try:
+        return party_id, IdentityKey.load(found[0])
+    except (SealError, OSError) as exc:
+        raise _usage(f"cannot load the identity key {found[0]}: {exc}") from None
+
+
 @app.command("fetch")
 def fetch_cmd(
     target: str = typer.Argument(..., help="aggregator address host:port"),
     out: Path = typer.Option(..., "--out", help="file to write the log to (verify it with `audit verify`)"),
+    party: str = typer.Option(..., "--as", help="party id signing the request (profile parties/ID/party.toml) "
+                                                "or a path to a party.toml"),
+    profiles: Path = typer.Option(Path("parties"), "--profiles", help="directory of party profiles"),
+    keys: Path | None = typer.Option(None, "--keys", help="directory holding the identity key (identity.key or "
+                                                          "identity.pem), instead of the profile's keys_dir"),
     job: str = typer.Option("", "--job", help="only this job's view (then verify with --partial)"),
     timeout: float = typer.Option(60.0, "--timeout", help="seconds"),
 ) -> None:
-    """Copy the aggregator's audit log (or one job's view) to a file, byte for byte."""
+    """Copy the aggregator's audit log (or one job's view) to a file, byte for byte.
+
+    The request is signed: a job's view needs a party of that job; the whole log a party the aggregator
+    knows from one of its jobs, or one of its auditors.
+    """
     from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
 
+    party_id, identity = load_signer(party, profiles, keys)
     with grpc.insecure_channel(target) as channel:
         try:
-            lines = fetch_audit_log(channel, job, timeout=timeout)
+            lines = fetch_audit_log(channel, job, party_id=party_id, identity=identity, timeout=timeout)
         except AuditCheckFailed as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_FAILED) from None

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 from mpctrain.enclave.auth import AuthError, Caller, RequestAuthenticator
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.state import Job, JobError, JobStore
+from mpctrain.jobs.manifest import ROLES
 
 log = logging.getLogger("mpctrain.enclave")
 
@@ -83,3 +84,26 @@ def authorize(job: Job, caller: Caller, *, roles: tuple[str, ...] = ("data", "re
         raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
                        f"party {caller.party_id!r} has role {spec.role!r} in job {job.job_id}; "
                        f"this call needs {' or '.join(roles)}")
+
+
+def names(job: Job, caller: Caller) -> bool:
+    """Whether ``job``'s manifest names the caller, under the id it claimed and with the key it signed with."""
+    spec = job.manifest.party_by_identity(caller.identity_public)
+    return spec is not None and spec.id == caller.party_id
+
+
+def readable_job(store: JobStore, job_id: str, caller: Caller) -> Job:
+    """The job an authenticated read may see: the caller must be named by it, in any role.
+
+    A missing job and a job that does not name the caller give the same PERMISSION_DENIED, so a party
+    cannot probe which job ids exist on the aggregator.
+    """
+    try:
+        job = store.get(job_id)
+    except JobError:
+        job = None
+    if job is None or not names(job, caller):
+        raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                       f"party {caller.party_id!r} is not named by job {job_id[:256]!r}")
+    authorize(job, caller, roles=ROLES)
+    return job

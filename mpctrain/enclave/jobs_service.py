@@ -1,4 +1,9 @@
-"""The Jobs gRPC service: propose, approve (consent), get, list, watch. Mode-independent."""
+"""The Jobs gRPC service: propose, approve (consent), get, list, watch. Mode-independent.
+
+Every call is signed by the caller's identity key. Reads (get, list, watch) show a job only to the parties
+its manifest names: the status reveals the manifest (party ids and keys, schema, model, recipients),
+consents, uploads and public metrics, which are the parties' business only.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 
 from mpctrain.enclave.auth import RequestAuthenticator
-from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded
+from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded, names, readable_job
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.state import Job, JobEventRecord, JobStore
 from mpctrain.jobs import Consent, ConsentError, JobManifest, ManifestError
@@ -16,10 +21,13 @@ from mpctrain.wire import jobs_pb2, jobs_pb2_grpc
 
 PROPOSE = "/mpctrain.v1.Jobs/ProposeJob"
 APPROVE = "/mpctrain.v1.Jobs/ApproveJob"
+GET = "/mpctrain.v1.Jobs/GetJob"
+LIST = "/mpctrain.v1.Jobs/ListJobs"
+WATCH = "/mpctrain.v1.Jobs/WatchJob"
 
 
 def job_status(job: Job) -> jobs_pb2.JobStatus:
-    """What anyone may read about a job: manifest, consents, uploads, state, public metrics only."""
+    """What the job's own parties may read about it: manifest, consents, uploads, state, public metrics only."""
     with job.cond:
         public = {k: float(v) for k, v in job.public_metrics.items() if k in job.manifest.public_metrics}
         return jobs_pb2.JobStatus(
@@ -91,16 +99,19 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
             return job_status(job)
 
     def GetJob(self, request: jobs_pb2.GetJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
-        with guarded(context, self.events, "/mpctrain.v1.Jobs/GetJob"):
-            return job_status(self.store.get(request.job_id))
+        with guarded(context, self.events, GET):
+            caller = authenticate(self.auth, self.store, context, GET, request)
+            return job_status(readable_job(self.store, request.job_id, caller))
 
     def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
-        with guarded(context, self.events, "/mpctrain.v1.Jobs/ListJobs"):
-            return jobs_pb2.ListJobsResponse(jobs=[job_status(j) for j in self.store.list()])
+        with guarded(context, self.events, LIST):
+            caller = authenticate(self.auth, self.store, context, LIST, request)
+            return jobs_pb2.ListJobsResponse(jobs=[job_status(j) for j in self.store.list() if names(j, caller)])
 
     def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
-        with guarded(context, self.events, "/mpctrain.v1.Jobs/WatchJob"):
-            job = self.store.get(request.job_id)
+        with guarded(context, self.events, WATCH):
+            caller = authenticate(self.auth, self.store, context, WATCH, request)
+            job = readable_job(self.store, request.job_id, caller)
             with self._watch_lock:
                 if self._watchers >= self.max_watchers:
                     raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -1,4 +1,4 @@
-"""The Results gRPC service: sealed outputs for recipients only, and the signed receipt."""
+"""The Results gRPC service: sealed outputs for recipients only, and the signed receipt for the job's parties."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import grpc
 
 from mpctrain.enclave.auth import RequestAuthenticator
-from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded
+from mpctrain.enclave.common import Rejected, authenticate, guarded, readable_job
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.receipt import Receipt
 from mpctrain.enclave.state import JobState, JobStore
@@ -40,8 +40,7 @@ class ResultsService(results_pb2_grpc.ResultsServicer):
                     context: grpc.ServicerContext) -> Iterator[results_pb2.OutputPart]:
         with guarded(context, self.events, FETCH):
             caller = authenticate(self.auth, self.store, context, FETCH, request)
-            job = self.store.get(request.job_id)
-            authorize(job, caller)
+            job = readable_job(self.store, request.job_id, caller)
             if caller.party_id != request.recipient or request.recipient not in job.manifest.recipients:
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
                                f"{caller.party_id!r} is not a recipient of job {job.job_id}'s outputs")
@@ -58,7 +57,8 @@ class ResultsService(results_pb2_grpc.ResultsServicer):
 
     def GetReceipt(self, request: results_pb2.GetReceiptRequest, context: grpc.ServicerContext) -> results_pb2.Receipt:
         with guarded(context, self.events, RECEIPT):
-            job = self.store.get(request.job_id)
+            caller = authenticate(self.auth, self.store, context, RECEIPT, request)
+            job = readable_job(self.store, request.job_id, caller)
             if job.receipt is None:
                 raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
                                f"job {job.job_id} has no receipt yet ({job.state})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -103,8 +103,9 @@ class Aggregator:
     def __init__(self, identity: EnclaveIdentity, *, limits: Limits | None = None, events: EventSink | None = None,
                  device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32,
                  interceptors: Sequence[grpc.ServerInterceptor] = (), audit_log: str | Path | None = None,
-                 proposers: Sequence[bytes] = ()) -> None:
+                 proposers: Sequence[bytes] = (), auditors: Mapping[str, bytes] | None = None) -> None:
         self.identity = identity
+        self.auditors = dict(auditors or {})  # party id -> identity key: may read the whole audit log
         self.limits = limits or Limits()
         self.events = events or LogEventSink()
         self.audit = AuditLog(audit_log, identity) if audit_log is not None else None  # opens this enclave's segment
@@ -146,7 +147,8 @@ class Aggregator:
         data_pb2_grpc.add_DataServicer_to_server(self.data, server)
         results_pb2_grpc.add_ResultsServicer_to_server(self.results, server)
         if self.audit is not None:
-            audit_pb2_grpc.add_AuditServicer_to_server(AuditService(self.audit.path, self.events), server)
+            audit_pb2_grpc.add_AuditServicer_to_server(
+                AuditService(self.audit.path, self.events, self.auth, self.store, self.auditors), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 

@@ -107,8 +107,9 @@ class PartyAgent:
     def check_audit(self, job_id: str) -> str:
         """Before reporting ``done``: the enclave's audit log must show this party's job as it did it."""
         manifest = self.manifest(job_id)
-        confirm_job(self.client.channel, manifest=manifest, party_id=self.party_id, enclave=self._attested(),
-                    policy=self.policy, sent=self.sent.get(job_id), at=self.at() if self.at else None)
+        confirm_job(self.client.channel, manifest=manifest, party_id=self.party_id, identity=self.identity,
+                    enclave=self._attested(), policy=self.policy, sent=self.sent.get(job_id),
+                    at=self.at() if self.at else None)
         return "done"
 
     def fetch(self, manifest: JobManifest) -> dict[str, bytes]:

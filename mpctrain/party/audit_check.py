@@ -20,10 +20,13 @@ import grpc
 
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.enclave.audit import AuditBroken, JobSummary, RawLine, summarize, verify_log
+from mpctrain.enclave.audit_service import GET_LOG
+from mpctrain.enclave.auth import auth_metadata
 from mpctrain.jobs import JobManifest
 from mpctrain.jobs.consent import CONSENT_DOMAIN
 from mpctrain.party.errors import PartyError
 from mpctrain.seal.errors import BadSignature
+from mpctrain.seal.keys import IdentityKey
 from mpctrain.seal.sign import verify_fields
 from mpctrain.wire import audit_pb2, audit_pb2_grpc
 
@@ -54,19 +57,28 @@ class SentInput:
                    digest.hex() if isinstance(digest, bytes) else str(digest))
 
 
-def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, timeout: float = 60.0) -> list[RawLine]:
-    """The log (or ``job_id``'s view of it) over gRPC, as (line number, stored bytes)."""
+def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, party_id: str, identity: IdentityKey,
+                    timeout: float = 60.0) -> list[RawLine]:
+    """The log (or ``job_id``'s view of it) over gRPC, as (line number, stored bytes).
+
+    The request is signed by ``party_id``'s identity key: a job's view is served to that job's parties,
+    the whole log to parties the aggregator knows from its jobs or its auditors list (docs/audit.md).
+    """
     stub = audit_pb2_grpc.AuditStub(channel)
+    req = audit_pb2.GetLogRequest(job_id=job_id)
+    md = auth_metadata(identity, party_id, GET_LOG, req)
     out: list[RawLine] = []
     try:
-        for rec in stub.GetLog(audit_pb2.GetLogRequest(job_id=job_id), timeout=timeout):
+        for rec in stub.GetLog(req, metadata=md, timeout=timeout):
             out.append((int(rec.line), bytes(rec.data)))
             if len(out) > MAX_FETCH_RECORDS:
                 raise AuditCheckFailed("fetch", f"the aggregator sent more than {MAX_FETCH_RECORDS} records")
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
-        raise AuditCheckFailed("fetch", f"cannot fetch the audit log ({code}); without it the job cannot be "
-                                        "confirmed: the aggregator must run with an audit_log") from None
+        detail = exc.details() if hasattr(exc, "details") else ""
+        raise AuditCheckFailed("fetch", f"cannot fetch the audit log ({code}: {str(detail)[:300]}); without it "
+                                        "the job cannot be confirmed: the aggregator must run with an audit_log "
+                                        "and the caller must be a party of the job") from None
     return out
 
 
@@ -127,14 +139,14 @@ def _check_own_consent(job: JobSummary, manifest: JobManifest, party_id: str) ->
                                           "manifest") from None
 
 
-def confirm_job(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, enclave: AttestationResult,
-                policy: Policy, sent: Sequence[SentInput] | None = None, at: datetime | None = None,
-                settle_s: float = 5.0) -> JobSummary:
+def confirm_job(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, identity: IdentityKey,
+                enclave: AttestationResult, policy: Policy, sent: Sequence[SentInput] | None = None,
+                at: datetime | None = None, settle_s: float = 5.0) -> JobSummary:
     """Fetch the job's view and check it; the final records may land just after the state change, so a
     missing ``done`` is re-fetched for up to ``settle_s`` seconds."""
     deadline = time.monotonic() + settle_s
     while True:
-        lines = fetch_audit_log(channel, manifest.job_id)
+        lines = fetch_audit_log(channel, manifest.job_id, party_id=party_id, identity=identity)
         try:
             return check_job_audit(lines, manifest=manifest, party_id=party_id, enclave=enclave, policy=policy,
                                    sent=sent, at=at)

@@ -1,4 +1,4 @@
-"""gRPC client for the aggregator: every mutating call signed by the party's identity key, typed errors."""
+"""gRPC client for the aggregator: every call but GetEvidence signed by the party's identity key, typed errors."""
 
 from __future__ import annotations
 
@@ -91,14 +91,21 @@ class AggregatorClient:
         return self._call(lambda: self.jobs.ApproveJob(req, metadata=md, timeout=self.timeout))
 
     def get_job(self, job_id: str) -> jobs_pb2.JobStatus:
+        """The job's status; only a party the manifest names may read it (else ``PermissionDenied``)."""
         req = jobs_pb2.GetJobRequest(job_id=job_id)
-        return self._call(lambda: self.jobs.GetJob(req, timeout=self.timeout))
+        md = self._md("/mpctrain.v1.Jobs/GetJob", req)
+        return self._call(lambda: self.jobs.GetJob(req, metadata=md, timeout=self.timeout))
 
     def list_jobs(self) -> list[jobs_pb2.JobStatus]:
-        return list(self._call(lambda: self.jobs.ListJobs(jobs_pb2.ListJobsRequest(), timeout=self.timeout)).jobs)
+        """The jobs whose manifests name this party (and no others)."""
+        req = jobs_pb2.ListJobsRequest()
+        md = self._md("/mpctrain.v1.Jobs/ListJobs", req)
+        return list(self._call(lambda: self.jobs.ListJobs(req, metadata=md, timeout=self.timeout)).jobs)
 
     def watch(self, job_id: str, timeout: float | None = None) -> Iterator[jobs_pb2.JobEvent]:
-        stream = self.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job_id), timeout=timeout)
+        req = jobs_pb2.WatchJobRequest(job_id=job_id)
+        md = self._md("/mpctrain.v1.Jobs/WatchJob", req)  # signed once, over the request opening the stream
+        stream = self.jobs.WatchJob(req, metadata=md, timeout=timeout)
         try:
             yield from stream
         except grpc.RpcError as exc:
@@ -164,4 +171,5 @@ class AggregatorClient:
 
     def get_receipt(self, job_id: str) -> Receipt:
         req = results_pb2.GetReceiptRequest(job_id=job_id)
-        return receipt_from_proto(self._call(lambda: self.results.GetReceipt(req, timeout=self.timeout)))
+        md = self._md("/mpctrain.v1.Results/GetReceipt", req)
+        return receipt_from_proto(self._call(lambda: self.results.GetReceipt(req, metadata=md, timeout=self.timeout)))

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from mpctrain.cli.main import app
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.server import Aggregator
+from mpctrain.seal.keys import IdentityKey
 
 
 @pytest.fixture
@@ -77,16 +78,48 @@ def test_usage_errors_exit_2(files, tmp_path, bad):
     assert invoke(*args).exit_code == 2
 
 
+def _keys(directory, name: str = "identity.key") -> IdentityKey:
+    key = IdentityKey.generate()
+    key.save(directory / name)
+    return key
+
+
 def test_fetch_writes_the_log_byte_for_byte(sim, tmp_path):
     path = tmp_path / "audit.jsonl"
-    agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path)
+    auditor = _keys(tmp_path / "auditor")
+    agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path,
+                     auditors={"auditor": auditor.public_bytes()})
     agg.start()
     try:
         out = tmp_path / "copy.jsonl"
-        res = invoke("fetch", agg.target, "--out", str(out))
+        signer = ["--as", "auditor", "--keys", str(tmp_path / "auditor")]
+        res = invoke("fetch", agg.target, "--out", str(out), *signer)
         assert res.exit_code == 0, res.output
         assert out.read_bytes() == path.read_bytes()
-        assert invoke("fetch", agg.target, "--out", str(out), "--job", "x" * 300).exit_code == 1
+        assert invoke("fetch", agg.target, "--out", str(out), "--job", "x" * 300, *signer).exit_code == 1
+    finally:
+        agg.stop(grace=0)
+
+
+def test_fetch_is_signed_and_refused_to_strangers(sim, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    _keys(tmp_path / "auditor")
+    _keys(tmp_path / "stranger", "identity.pem")
+    agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path,
+                     auditors={"auditor": IdentityKey.generate().public_bytes()})
+    agg.start()
+    try:
+        out = tmp_path / "copy.jsonl"
+        # the auditor's id with another key, and an id the aggregator does not know
+        for who in ("auditor", "stranger"):
+            res = invoke("fetch", agg.target, "--out", str(out), "--as", who, "--keys", str(tmp_path / who))
+            assert res.exit_code == 1 and "UNAUTHENTICATED" in res.output, res.output
+        assert not out.exists()
+        assert invoke("fetch", agg.target, "--out", str(out)).exit_code == 2  # no identity: usage error
+        res = invoke("fetch", agg.target, "--out", str(out), "--as", "auditor", "--keys", str(tmp_path / "none"))
+        assert res.exit_code == 2 and "no identity key" in res.output
+        res = invoke("fetch", agg.target, "--out", str(out), "--as", "nobody", "--profiles", str(tmp_path))
+        assert res.exit_code == 2 and "--keys" in res.output
     finally:
         agg.stop(grace=0)
 

@@ -18,6 +18,7 @@ from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.server import Aggregator
 from mpctrain.party.audit_check import AuditCheckFailed, SentInput, check_job_audit, confirm_job, fetch_audit_log
 from mpctrain.party.errors import NotFound
+from mpctrain.seal.keys import IdentityKey
 from mpctrain.sim.cluster import EXAMPLE, SimCluster
 
 PARTIES = ("hospital-a", "hospital-b", "hospital-c")
@@ -74,7 +75,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_log_fetched_over_grpc_is_the_stored_log_and_verifies(run):
-    lines = fetch_audit_log(run.agents["hospital-a"].client.channel)
+    lines = _fetch(run)
     stored = run.log_path.read_bytes()
     assert b"".join(raw for _, raw in lines) == stored
     assert [n for n, _ in lines] == list(range(1, len(lines) + 1))
@@ -101,7 +102,7 @@ def test_summary_shows_consents_inputs_and_outputs(run):
 
 
 def test_job_view_over_grpc_holds_only_that_job_and_its_context(run):
-    view = fetch_audit_log(run.agents["hospital-a"].client.channel, "audit-job")
+    view = _fetch(run, "audit-job")
     kinds = {(json.loads(raw)["job_id"], json.loads(raw)["kind"]) for _, raw in view}
     assert {k for j, k in kinds if j is None} <= {"segment.started", "evidence.served", "aggregator.started"}
     assert {j for j, _ in kinds} == {None, "audit-job"}
@@ -123,13 +124,18 @@ def test_canaries_planted_in_party_data_never_reach_the_log(run):
 
 def test_every_party_check_passes_on_the_real_log(run):
     for pid, ag in run.agents.items():
-        job = confirm_job(ag.client.channel, manifest=run.manifest, party_id=pid, enclave=ag.enclave,
-                          policy=ag.policy, sent=ag.sent["audit-job"])
+        job = confirm_job(ag.client.channel, manifest=run.manifest, party_id=pid, identity=ag.identity,
+                          enclave=ag.enclave, policy=ag.policy, sent=ag.sent["audit-job"])
         assert pid in job.inputs
 
 
+def _fetch(run: Run, job_id: str = "", pid: str = "hospital-a") -> list[tuple[int, bytes]]:
+    ag = run.agents[pid]
+    return fetch_audit_log(ag.client.channel, job_id, party_id=pid, identity=ag.identity)
+
+
 def _view(run: Run) -> list[tuple[int, bytes]]:
-    return fetch_audit_log(run.agents["hospital-a"].client.channel, "audit-job")
+    return _fetch(run, "audit-job")
 
 
 def _check(run: Run, lines, pid: str = "hospital-a", **kw):
@@ -226,24 +232,26 @@ def test_agent_does_not_report_done_when_the_log_disagrees(run):
 def test_fetch_refusals_are_typed(run, sim, tmp_path):
     ag = run.agents["hospital-a"]
     with pytest.raises(AuditCheckFailed) as info:
-        fetch_audit_log(ag.client.channel, "x" * 300)
+        fetch_audit_log(ag.client.channel, "x" * 300, party_id="hospital-a", identity=ag.identity)
     assert info.value.check == "fetch" and "INVALID_ARGUMENT" in str(info.value)
     plain = Aggregator(sim.enclave(), events=MemoryEventSink())
     plain.start()
     try:
         with grpc.insecure_channel(plain.target) as ch, pytest.raises(AuditCheckFailed, match="UNIMPLEMENTED"):
-            fetch_audit_log(ch)
+            fetch_audit_log(ch, party_id="hospital-a", identity=ag.identity)
     finally:
         plain.stop(grace=0)
 
 
 def test_restarted_aggregator_opens_a_linked_segment(sim, tmp_path):
     path = tmp_path / "audit.jsonl"
+    auditor = IdentityKey.generate()
     for _ in range(2):
-        agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path)
+        agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path,
+                         auditors={"auditor": auditor.public_bytes()})
         agg.start()
         with grpc.insecure_channel(agg.target) as ch:
-            served = fetch_audit_log(ch)
+            served = fetch_audit_log(ch, party_id="auditor", identity=auditor)
         agg.stop(grace=0)
     assert served[-1][1] in path.read_bytes()
     report = verify_log(read_lines(path), sim.policy())
@@ -256,13 +264,15 @@ def test_restarted_aggregator_opens_a_linked_segment(sim, tmp_path):
 
 def test_record_being_appended_is_held_back(sim, tmp_path):
     path = tmp_path / "audit.jsonl"
-    agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path)
+    auditor = IdentityKey.generate()
+    agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path,
+                     auditors={"auditor": auditor.public_bytes()})
     agg.start()
     try:
         with path.open("ab") as f:
             f.write(b'{"fields":{},"hash":"')  # a writer caught half-way
         with grpc.insecure_channel(agg.target) as ch:
-            served = fetch_audit_log(ch)
+            served = fetch_audit_log(ch, party_id="auditor", identity=auditor)
         assert [n for n, _ in served] == [1, 2]
         verify_log(served, sim.policy())
     finally:
@@ -279,11 +289,18 @@ def test_log_of_a_run_stays_small(run):
 
 
 def test_incremental_fetch_from_a_sequence_number(run):
+    from mpctrain.enclave.audit_service import GET_LOG
+    from mpctrain.enclave.auth import auth_metadata
     from mpctrain.wire import audit_pb2, audit_pb2_grpc
 
-    stub = audit_pb2_grpc.AuditStub(run.agents["hospital-a"].client.channel)
-    full = list(stub.GetLog(audit_pb2.GetLogRequest(), timeout=10))
-    tail = list(stub.GetLog(audit_pb2.GetLogRequest(from_seq=5), timeout=10))
+    ag = run.agents["hospital-a"]
+    stub = audit_pb2_grpc.AuditStub(ag.client.channel)
+
+    def get(req):
+        return list(stub.GetLog(req, metadata=auth_metadata(ag.identity, "hospital-a", GET_LOG, req), timeout=10))
+
+    full = get(audit_pb2.GetLogRequest())
+    tail = get(audit_pb2.GetLogRequest(from_seq=5))
     assert [r.line for r in tail] == [r.line for r in full][5:]
     assert json.loads(tail[0].data)["seq"] == 5
 

@@ -91,7 +91,7 @@ def test_cli_party_refuses_unattested_aggregator(live):
     assert res.exit_code == 1
     assert "measurement-not-allowed" in res.output and "nothing was sent" in res.output
     res = runner.invoke(app, ["job", "status", "nope", "--as", "hospital-b", "--profiles", str(profiles)])
-    assert res.exit_code == 1 and "NOT_FOUND" in res.output
+    assert res.exit_code == 1 and "PERMISSION_DENIED" in res.output  # existence is not revealed
     res = runner.invoke(app, ["job", "propose", str(profiles / "missing.toml"), "--as", "hospital-b",
                               "--profiles", str(profiles)])
     assert res.exit_code == 1 and "cannot read job file" in res.output

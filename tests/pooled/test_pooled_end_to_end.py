@@ -6,6 +6,7 @@ import json
 import math
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -60,22 +61,20 @@ def test_health_and_reflection_are_served(cluster):
         assert "grpc.health.v1.Health" in listed
 
 
-def test_unknown_job_is_not_found(cluster):
-    from mpctrain.party.errors import NotFound
+def test_unknown_job_is_denied_like_a_job_of_others(cluster):
+    """A missing job must not be told apart from someone else's: both are PERMISSION_DENIED, same wording."""
+    from mpctrain.party.errors import PermissionDenied
 
     client = AggregatorClient(cluster.target, "hospital-a", cluster.parties["hospital-a"].identity)
     try:
-        client.get_job("no-such-job")
-    except NotFound as exc:
-        assert "no-such-job" in str(exc)
-    else:
-        raise AssertionError("expected NotFound")
+        with pytest.raises(PermissionDenied, match="'hospital-a' is not named by job 'no-such-job'"):
+            client.get_job("no-such-job")
     finally:
         client.close()
 
 
 def test_training_loss_is_withheld_from_watchers_unless_public(cluster):
-    """Watchers are unauthenticated: without ``train_loss`` in public_metrics they see epochs, not losses."""
+    """Without ``train_loss`` in public_metrics the job's watchers (its parties) see epochs, not losses."""
     m, agents = run_job(cluster, "e2e-private-loss", public_metrics=["accuracy"])
     epochs = [e for e in agents["hospital-b"].client.watch(m.job_id, timeout=10) if e.kind == "epoch"]
     assert [e.epoch for e in epochs] == [1, 2, 3]

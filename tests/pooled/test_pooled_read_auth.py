@@ -1,0 +1,259 @@
+"""Reads are signed and authorized like writes: a job, its events, receipt and audit view are its parties' only."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mpctrain.enclave.audit_service import GET_LOG, AuditService
+from mpctrain.enclave.auth import RequestAuthenticator, auth_metadata
+from mpctrain.enclave.events import MemoryEventSink
+from mpctrain.enclave.state import JobStore
+from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+from mpctrain.party.client import AggregatorClient
+from mpctrain.party.errors import PermissionDenied
+from mpctrain.seal.keys import IdentityKey
+from mpctrain.wire import (
+    attestation_pb2,
+    attestation_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    results_pb2,
+    results_pb2_grpc,
+)
+from pooled_kit import FAST_TRAINING
+
+GET = "/mpctrain.v1.Jobs/GetJob"
+LIST = "/mpctrain.v1.Jobs/ListJobs"
+WATCH = "/mpctrain.v1.Jobs/WatchJob"
+RECEIPT = "/mpctrain.v1.Results/GetReceipt"
+FETCH = "/mpctrain.v1.Results/FetchOutput"
+AB = "readauth-ab"  # hospital-a, hospital-b
+CR = "readauth-cr"  # hospital-c, researcher
+MISSING = "readauth-missing"
+
+Call = Callable[[grpc.Channel, object, object], list]
+
+
+def _unary(stub: Callable, name: str) -> Call:
+    return lambda ch, req, md: [getattr(stub(ch), name)(req, metadata=md, timeout=10)]
+
+
+def _stream(stub: Callable, name: str) -> Call:
+    return lambda ch, req, md: list(getattr(stub(ch), name)(req, metadata=md, timeout=10))
+
+
+# method -> (request for a job id, how to call it)
+JOB_READS: dict[str, tuple[Callable[[str], object], Call]] = {
+    GET: (lambda j: jobs_pb2.GetJobRequest(job_id=j), _unary(jobs_pb2_grpc.JobsStub, "GetJob")),
+    WATCH: (lambda j: jobs_pb2.WatchJobRequest(job_id=j), _stream(jobs_pb2_grpc.JobsStub, "WatchJob")),
+    RECEIPT: (lambda j: results_pb2.GetReceiptRequest(job_id=j), _unary(results_pb2_grpc.ResultsStub, "GetReceipt")),
+    GET_LOG: (lambda j: audit_pb2.GetLogRequest(job_id=j), _stream(audit_pb2_grpc.AuditStub, "GetLog")),
+    FETCH: (lambda j: results_pb2.FetchOutputRequest(job_id=j, recipient="hospital-c", name="model"),
+            _stream(results_pb2_grpc.ResultsStub, "FetchOutput")),
+}
+ALL_READS = {**JOB_READS, LIST: (lambda j: jobs_pb2.ListJobsRequest(), _unary(jobs_pb2_grpc.JobsStub, "ListJobs")),
+             "whole-log": (lambda j: audit_pb2.GetLogRequest(), _stream(audit_pb2_grpc.AuditStub, "GetLog"))}
+
+
+def _method(name: str) -> str:
+    return GET_LOG if name == "whole-log" else name
+
+
+@pytest.fixture(scope="module")
+def jobs(cluster) -> dict[str, object]:
+    out = {}
+    for job_id, parties in ((AB, ["hospital-a", "hospital-b"]), (CR, ["hospital-c", "researcher"])):
+        m = cluster.manifest(job_id, parties=parties, training=FAST_TRAINING, recipients=parties)
+        cluster.agent(m.proposer).client.propose(m)
+        out[job_id] = m
+    return out
+
+
+@pytest.fixture(scope="module")
+def channel(cluster) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(cluster.target) as ch:
+        yield ch
+
+
+def _md(cluster, pid: str, method: str, req, *, key: IdentityKey | None = None, now: float | None = None):
+    return auth_metadata(key or cluster.parties[pid].identity, pid, method, req, now=now)
+
+
+def _code(fn: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as err:
+        fn()
+    return err.value.code(), err.value.details()
+
+
+@pytest.mark.parametrize("name", sorted(ALL_READS))
+def test_unsigned_read_is_unauthenticated(cluster, jobs, channel, name):
+    make, call = ALL_READS[name]
+    code, details = _code(lambda: call(channel, make(AB), None))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "lacks authentication metadata" in details
+
+
+@pytest.mark.parametrize("name", sorted(ALL_READS))
+def test_read_signed_by_another_key_is_unauthenticated(cluster, jobs, channel, name):
+    make, call = ALL_READS[name]
+    req = make(AB)
+    forged = _md(cluster, "hospital-a", _method(name), req, key=IdentityKey.generate())
+    code, details = _code(lambda: call(channel, req, forged))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "does not verify" in details
+    # another party's genuine key under hospital-a's name is no better
+    borrowed = _md(cluster, "hospital-a", _method(name), req, key=cluster.parties["hospital-c"].identity)
+    assert _code(lambda: call(channel, req, borrowed))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("name", sorted(JOB_READS))
+def test_signature_is_bound_to_the_request_and_the_method(cluster, jobs, channel, name):
+    make, call = JOB_READS[name]
+    moved = _md(cluster, "hospital-a", name, make(CR))  # signed for another job id
+    code, details = _code(lambda: call(channel, make(AB), moved))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "does not verify" in details
+    other = RECEIPT if name == GET else GET  # GetJobRequest and GetReceiptRequest serialise alike
+    wrong_method = _md(cluster, "hospital-a", other, JOB_READS[other][0](AB))
+    assert _code(lambda: call(channel, make(AB), wrong_method))[0] == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.parametrize("name", sorted(ALL_READS))
+def test_stale_read_is_unauthenticated(cluster, jobs, channel, name):
+    make, call = ALL_READS[name]
+    req = make(AB)
+    stale = _md(cluster, "hospital-a", _method(name), req, now=time.time() - 3600)
+    code, details = _code(lambda: call(channel, req, stale))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "freshness" in details
+
+
+def test_replayed_reads_are_unauthenticated(cluster, jobs, channel):
+    for name in (GET, RECEIPT, LIST, GET_LOG, "whole-log"):
+        make, call = ALL_READS[name]
+        req = make(AB)
+        md = _md(cluster, "hospital-a", _method(name), req)
+        try:
+            call(channel, req, md)  # the first use is served (or refused for its content, not its signature)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION and name == RECEIPT  # no receipt yet
+        code, details = _code(lambda: call(channel, req, md))  # noqa: B023 - called at once
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "replayed" in details, name
+
+
+def test_replayed_watch_is_unauthenticated(cluster, jobs, channel):
+    req = jobs_pb2.WatchJobRequest(job_id=AB)
+    md = _md(cluster, "hospital-b", WATCH, req)
+    stream = jobs_pb2_grpc.JobsStub(channel).WatchJob(req, metadata=md, timeout=10)
+    first = next(stream)  # the job is open to its party: the stream starts with its past events
+    stream.cancel()
+    assert first.job_id == AB
+    code, details = _code(lambda: list(jobs_pb2_grpc.JobsStub(channel).WatchJob(req, metadata=md, timeout=10)))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "replayed" in details
+
+
+@pytest.mark.parametrize("name", sorted(JOB_READS))
+@pytest.mark.parametrize("outsider", ["hospital-c", "researcher"])
+def test_party_outside_the_job_is_denied_and_cannot_tell_if_it_exists(cluster, jobs, channel, name, outsider):
+    make, call = JOB_READS[name]
+    details = {}
+    for job_id in (AB, MISSING):
+        req = make(job_id)
+        code, details[job_id] = _code(lambda: call(channel, req, _md(cluster, outsider, name, req)))  # noqa: B023
+        assert code == grpc.StatusCode.PERMISSION_DENIED, (job_id, details[job_id])
+    assert details[AB].replace(AB, "J") == details[MISSING].replace(MISSING, "J")  # same answer, either way
+
+
+def test_parties_of_the_job_read_it_in_any_role(cluster, jobs, channel):
+    for pid, job_id in (("hospital-a", AB), ("hospital-b", AB), ("hospital-c", CR), ("researcher", CR)):
+        req = jobs_pb2.GetJobRequest(job_id=job_id)
+        status = jobs_pb2_grpc.JobsStub(channel).GetJob(req, metadata=_md(cluster, pid, GET, req), timeout=10)
+        assert status.job_id == job_id and status.manifest == jobs[job_id].to_bytes()
+        req = results_pb2.GetReceiptRequest(job_id=job_id)
+        code, details = _code(lambda: results_pb2_grpc.ResultsStub(channel).GetReceipt(
+            req, metadata=_md(cluster, pid, RECEIPT, req), timeout=10))  # noqa: B023
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "no receipt yet" in details
+
+
+def test_list_shows_only_the_callers_jobs(cluster, jobs):
+    for pid, mine, theirs in (("hospital-a", AB, CR), ("hospital-b", AB, CR), ("hospital-c", CR, AB),
+                              ("researcher", CR, AB)):
+        with AggregatorClient(cluster.target, pid, cluster.parties[pid].identity) as client:
+            listed = client.list_jobs()
+        ids = {s.job_id for s in listed}
+        assert mine in ids and theirs not in ids, pid
+        assert all(pid in s.manifest.decode() for s in listed)  # every job shown names the caller
+
+
+def test_client_reads_are_signed_and_typed(cluster, jobs):
+    with AggregatorClient(cluster.target, "hospital-c", cluster.parties["hospital-c"].identity) as client:
+        assert client.get_job(CR).state == "proposed"
+        with pytest.raises(PermissionDenied, match="not named by job"):
+            client.get_job(AB)
+        with pytest.raises(PermissionDenied):
+            list(client.watch(AB, timeout=10))
+        with pytest.raises(PermissionDenied):
+            client.get_receipt(AB)
+    ident = cluster.parties["hospital-c"].identity
+    with grpc.insecure_channel(cluster.target) as ch:
+        view = fetch_audit_log(ch, CR, party_id="hospital-c", identity=ident)
+        assert {json.loads(raw)["job_id"] for _, raw in view} <= {None, CR}
+        with pytest.raises(AuditCheckFailed, match="PERMISSION_DENIED"):
+            fetch_audit_log(ch, AB, party_id="hospital-c", identity=ident)
+        with pytest.raises(AuditCheckFailed, match="UNAUTHENTICATED"):
+            fetch_audit_log(ch, CR, party_id="hospital-c", identity=IdentityKey.generate())
+
+
+def test_whole_log_is_for_known_parties_only(cluster, jobs):
+    with grpc.insecure_channel(cluster.target) as ch:
+        whole = fetch_audit_log(ch, party_id="hospital-c", identity=cluster.parties["hospital-c"].identity)
+        # documented (docs/audit.md): the whole log shows other jobs' metadata to any known party
+        assert AB in {json.loads(raw)["job_id"] for _, raw in whole}
+        with pytest.raises(AuditCheckFailed, match="UNAUTHENTICATED"):
+            fetch_audit_log(ch, party_id="stranger", identity=IdentityKey.generate())
+
+
+def test_attestation_and_health_stay_open(cluster, channel):
+    import os
+
+    ev = attestation_pb2_grpc.AttestationStub(channel).GetEvidence(
+        attestation_pb2.GetEvidenceRequest(nonce=os.urandom(32)), timeout=10)
+    assert ev.cpu  # served to anyone: attestation comes before any trust
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture
+def bare_audit(tmp_path) -> Iterator[tuple[str, IdentityKey, IdentityKey]]:
+    """An Audit service alone: one party known from the config (no job names it) and one auditor."""
+    known, auditor = IdentityKey.generate(), IdentityKey.generate()
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"seq":0,"kind":"segment.started","job_id":null}\n')
+    store = JobStore(MemoryEventSink(), known_parties={"old": {known.public_bytes()}})
+    service = AuditService(path, MemoryEventSink(), RequestAuthenticator(), store,
+                           auditors={"auditor": auditor.public_bytes()})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    audit_pb2_grpc.add_AuditServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}", known, auditor
+    finally:
+        server.stop(0)
+
+
+def test_whole_log_needs_a_job_or_the_auditors_list(bare_audit):
+    target, known, auditor = bare_audit
+    with grpc.insecure_channel(target) as ch:
+        assert len(fetch_audit_log(ch, party_id="auditor", identity=auditor)) == 1
+        with pytest.raises(AuditCheckFailed, match=r"PERMISSION_DENIED.*auditor"):
+            fetch_audit_log(ch, party_id="old", identity=known)  # authentic, but named by no job
+        with pytest.raises(AuditCheckFailed, match="PERMISSION_DENIED"):
+            fetch_audit_log(ch, "some-job", party_id="auditor", identity=auditor)  # an auditor is no job party
+        with pytest.raises(AuditCheckFailed, match="UNAUTHENTICATED"):
+            fetch_audit_log(ch, party_id="auditor", identity=known)  # the auditor's id, another key
