@@ -1,8 +1,9 @@
 """Request authentication: a party's identity key signs (method, request digest, time, session).
 
-The signature travels in gRPC metadata. The server checks freshness against a window and refuses a
-session it has seen (replay). Authorization (is this party named by the job?) is the caller's next
-step: an unknown or badly signed caller is UNAUTHENTICATED, a known one outside the job PERMISSION_DENIED.
+Every call but attestation, health and reflection is signed, reads included. The signature travels in
+gRPC metadata. The server checks freshness against a window and refuses a session it has seen (replay).
+Authorization (is this party named by the job?) is the caller's next step: an unknown or badly signed
+caller is UNAUTHENTICATED, a known one outside the job PERMISSION_DENIED.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def request_digest(request: Message) -> bytes:
 def auth_metadata(
     key: IdentityKey, party_id: str, method: str, request: Message, *, now: float | None = None
 ) -> tuple[tuple[str, str | bytes], ...]:
-    """Metadata a client attaches to one mutating call (for a stream: over its opening message)."""
+    """Metadata a client attaches to one signed call, a read or a write (for a stream: over its opening message)."""
     ts = int((time.time() if now is None else now) * 1000)
     session = os.urandom(SESSION_BYTES).hex()
     sig = sign_fields(key, AUTH_DOMAIN, method, request_digest(request), ts, session, party_id)

@@ -76,6 +76,12 @@ def test_cli_job_lifecycle(live, tmp_path):
     assert set(results) == set(HOSPITALS) and all(r and "model" in r for r in results.values())
     res = runner.invoke(app, ["job", "status", "cli-job", "--as", "hospital-b", "--profiles", str(profiles)])
     assert res.exit_code == 0 and "done" in res.output and "accuracy" in res.output, res.output
+    c = live[0]
+    log = tmp_path / "view.jsonl"
+    res = runner.invoke(app, ["audit", "fetch", c.target, "--out", str(log), "--job", "cli-job", "--as", "hospital-b",
+                              "--profiles", str(profiles)])  # signed with the profile's identity key
+    assert res.exit_code == 0, res.output
+    assert b'"job_id":"cli-job"' in log.read_bytes() and b'"kind":"job.proposed"' in log.read_bytes()
     out = tmp_path / "fetched"
     res = runner.invoke(app, ["job", "fetch", "cli-job", "--as", "hospital-c", "--profiles", str(profiles),
                               "--out", str(out)])
@@ -84,7 +90,8 @@ def test_cli_job_lifecycle(live, tmp_path):
 
 
 def test_cli_party_refuses_unattested_aggregator(live):
-    _, profiles, _ = live
+    c, profiles, _ = live
+    c.agent("hospital-b").client.propose(c.manifest("cli-known-b", parties=["hospital-b"]))  # a party it knows
     runner = CliRunner()
     res = runner.invoke(app, ["party", "run", "--config", str(profiles / "hospital-b" / "party.toml"),
                               "--policy", str(profiles / "wrong-policy.toml"), "--timeout", "5"])
