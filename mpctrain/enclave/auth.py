@@ -30,6 +30,7 @@ MD_SIGNATURE = "x-mpctrain-signature-bin"
 SESSION_BYTES = 16
 DEFAULT_WINDOW_S = 300
 DEFAULT_CACHE_MAX = 200_000
+UNKNOWN_PARTY = "unknown party"  # start of the refusal for a party id no manifest names (yet)
 
 
 class AuthError(Exception):
@@ -102,7 +103,7 @@ class RequestAuthenticator:
                             f"request time is outside the {self.window_s}s freshness window: check the clock")
         keys = list(identities(party_id))
         if not keys:
-            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"unknown party {party_id!r}")
+            raise AuthError(grpc.StatusCode.UNAUTHENTICATED, f"{UNKNOWN_PARTY} {party_id!r}")
         digest = request_digest(request)
         signer = None
         for public in keys:

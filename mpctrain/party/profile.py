@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from mpctrain.attest import Policy, PolicyError
+from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.config import PartyConfig, PartyConfigError
-from mpctrain.party.errors import ManifestRejected, PartyError
+from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated
 
 DEFAULT_PROFILES = Path("parties")
 
@@ -48,7 +49,7 @@ def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float 
     """The named job, or the first proposed job that names this party (waiting up to ``timeout``)."""
     deadline = time.monotonic() + timeout
     while True:
-        for status in agent.client.list_jobs():
+        for status in _listed(agent):
             if job_id is not None and status.job_id != job_id:
                 continue
             manifest = JobManifest.from_bytes(status.manifest)
@@ -58,6 +59,16 @@ def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float 
             raise PartyError(f"no {'job ' + job_id if job_id else 'proposed job'} naming {agent.party_id} "
                              f"appeared within {timeout:.0f}s")
         time.sleep(poll)
+
+
+def _listed(agent: PartyAgent) -> list[Any]:
+    """The jobs naming this party; none while no manifest names it yet (the aggregator does not know it)."""
+    try:
+        return agent.client.list_jobs()
+    except Unauthenticated as exc:
+        if UNKNOWN_PARTY not in str(exc):
+            raise
+        return []
 
 
 def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 600.0,

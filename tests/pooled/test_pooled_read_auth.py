@@ -257,3 +257,28 @@ def test_whole_log_needs_a_job_or_the_auditors_list(bare_audit):
             fetch_audit_log(ch, "some-job", party_id="auditor", identity=auditor)  # an auditor is no job party
         with pytest.raises(AuditCheckFailed, match="UNAUTHENTICATED"):
             fetch_audit_log(ch, party_id="auditor", identity=known)  # the auditor's id, another key
+
+
+def test_party_waiting_for_its_first_job_keeps_polling_but_a_wrong_key_fails(tmp_path):
+    """`party run` may start before the proposal: "unknown party" then means "no job yet", nothing else does."""
+    import threading
+
+    from mpctrain.party.errors import Unauthenticated
+    from mpctrain.party.profile import find_job
+    from mpctrain.sim.cluster import SimCluster
+
+    with SimCluster(tmp_path, events=MemoryEventSink()) as c:
+        found: dict[str, object] = {}
+        waiter = c.agent("hospital-b")
+        t = threading.Thread(target=lambda: found.setdefault("m", find_job(waiter, None, timeout=20, poll=0.1)))
+        t.start()
+        time.sleep(0.5)  # hospital-b polls while no manifest names it
+        assert t.is_alive() and not found
+        c.agent("hospital-a").client.propose(c.manifest("late", parties=["hospital-a", "hospital-b"]))
+        t.join(20)
+        assert found["m"].job_id == "late"
+        impostor = c.agent("hospital-b", client=AggregatorClient(c.target, "hospital-b", IdentityKey.generate()))
+        with pytest.raises(Unauthenticated, match="does not verify"):
+            find_job(impostor, None, timeout=0)
+        impostor.client.close()
+        waiter.client.close()
