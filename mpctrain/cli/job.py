@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import typer
@@ -21,15 +22,24 @@ AS = typer.Option(..., "--as", help="party id (profile parties/ID/party.toml) or
 PROFILES = typer.Option(DEFAULT_PROFILES, help="directory of party profiles")
 AGGREGATOR = typer.Option(None, help="override the aggregator address of the profile")
 POLICY = typer.Option(None, help="override the profile's attestation policy file")
+KEYS = typer.Option(None, "--keys", help="directory with this party's identity.key and kem.key, instead of the "
+                                         "profile's keys_dir (every call, reads included, is signed with them)")
 
 
 def _console() -> Console:
     return Console(highlight=False)
 
 
-def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None) -> PartyAgent:
+def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None,
+           keys: Path | None = None) -> PartyAgent:
     try:
-        return agent_from_config(PartyConfig.load(profile_path(party, profiles)), aggregator, policy)
+        config = PartyConfig.load(profile_path(party, profiles))
+        if keys is not None:  # given keys must exist: never generate a new identity in a directory named by hand
+            missing = [n for n in ("identity.key", "kem.key") if not (keys / n).is_file()]
+            if missing:
+                raise PartyConfigError(f"--keys {keys}: no {' or '.join(missing)} there")
+            config = dataclasses.replace(config, keys_dir=keys)
+        return agent_from_config(config, aggregator, policy)
     except (PartyConfigError, PolicyError, OSError) as exc:
         _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -42,9 +52,9 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
-            aggregator: str | None = AGGREGATOR) -> None:
+            aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS) -> None:
     """Serialise the manifest once and propose it; prints the digest every party will sign."""
-    agent = _agent(party, profiles, aggregator)  # first: creates this party's keys on first use
+    agent = _agent(party, profiles, aggregator, keys=keys)  # first: creates this party's keys on first use
     try:
         manifest = JobManifest.from_toml(job_file)
     except ManifestError as exc:
@@ -59,9 +69,9 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
 
 @app.command()
 def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
-            policy: Path | None = POLICY) -> None:
+            policy: Path | None = POLICY, keys: Path | None = KEYS) -> None:
     """Attest the aggregator, show the job's problems under local rules, then sign consent by hand."""
-    agent = _agent(party, profiles, aggregator, policy)
+    agent = _agent(party, profiles, aggregator, policy, keys)
     console = _console()
     try:
         agent.attest()
@@ -78,9 +88,10 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
 
 
 @app.command()
-def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR) -> None:
-    """State, consents, uploads and the public metrics of a job."""
-    agent = _agent(party, profiles, aggregator)
+def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
+           keys: Path | None = KEYS) -> None:
+    """State, consents, uploads and the public metrics of a job (the request is signed: parties of the job only)."""
+    agent = _agent(party, profiles, aggregator, keys=keys)
     try:
         st = agent.client.get_job(job_id)
     except PartyError as exc:
@@ -102,9 +113,10 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
 
 @app.command()
 def fetch(job_id: str, party: str = AS, out: Path = typer.Option(..., "--out", help="directory for the outputs"),
-          profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR, policy: Path | None = POLICY) -> None:
+          profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR, policy: Path | None = POLICY,
+          keys: Path | None = KEYS) -> None:
     """Attest, fetch the sealed outputs, open them with this party's key, verify the receipt."""
-    agent = _agent(party, profiles, aggregator, policy)
+    agent = _agent(party, profiles, aggregator, policy, keys)
     agent.outputs_dir = out
     try:
         agent.attest()

@@ -102,3 +102,24 @@ def test_cli_party_refuses_unattested_aggregator(live):
     res = runner.invoke(app, ["job", "propose", str(profiles / "missing.toml"), "--as", "hospital-b",
                               "--profiles", str(profiles)])
     assert res.exit_code == 1 and "cannot read job file" in res.output
+
+
+def test_cli_job_status_is_signed_and_for_the_jobs_parties(live, tmp_path):
+    c, profiles, _ = live
+    c.agent("hospital-b").client.propose(c.manifest("cli-status", parties=["hospital-b", "hospital-c"]))
+    c.agent("hospital-a").client.propose(c.manifest("cli-status-a", parties=["hospital-a"]))
+    runner = CliRunner()
+
+    def status(*args: str):
+        return runner.invoke(app, ["job", "status", "cli-status", "--profiles", str(profiles), *args])
+
+    res = status("--as", "hospital-c")
+    assert res.exit_code == 0 and "proposed" in res.output, res.output
+    res = status("--as", "hospital-c", "--keys", str(c.parties["hospital-c"].dir / "keys"))
+    assert res.exit_code == 0 and "proposed" in res.output, res.output
+    res = status("--as", "hospital-a")  # known to the aggregator, not a party of this job
+    assert res.exit_code == 1 and "PERMISSION_DENIED" in res.output, res.output
+    res = status("--as", "hospital-c", "--keys", str(c.parties["hospital-a"].dir / "keys"))  # someone else's key
+    assert res.exit_code == 1 and "UNAUTHENTICATED" in res.output, res.output
+    res = status("--as", "hospital-c", "--keys", str(tmp_path))
+    assert res.exit_code == 2 and "identity.key" in res.output and not (tmp_path / "identity.key").exists()
