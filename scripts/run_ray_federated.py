@@ -35,7 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-RUN_CONFIG = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "train-seed": 7}  # the app's defaults
 TOLERANCE = 1e-6
 
 
@@ -153,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         return FederatedJob(manifest=fed.manifest, consents=fed.consents, enclave=fed.enclave,
                             initial_arrays=task.initial_arrays(), events=sink)
 
-    # In-process runtime: the reference (and the per-round baseline).
+    # In-process runtime: the reference (and the per-round baseline). No run config on either runtime
+    # (Flower's run_simulation takes none), so both train with the app's defaults: same data and seeds.
     local_sink = TimedSink()
     t0 = time.perf_counter()
-    local = run_federated_job(job(local_sink), fed.grid(client_app.make_client_app, run_config=RUN_CONFIG))
+    local = run_federated_job(job(local_sink), fed.grid(client_app.make_client_app))
     local_wall = time.perf_counter() - t0
     print(f"in-process runtime: {local.rounds_completed} rounds in {local_wall:.2f} s, "
           f"{sum(rt.attestations for rt in fed.runtimes.values())} attestations (in process)")
@@ -186,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = (_problems("in-process", local, local_sink, args.rounds, len(fed.parties))
                 + _problems("ray", result, ray_sink, args.rounds, len(fed.parties)))
+    if ray_sink.count("evidence.served") < len(fed.parties):
+        problems.append(f"ray: only {ray_sink.count('evidence.served')} attestations over gRPC for "
+                        f"{len(fed.parties)} banks")
     for problem in problems:
         print(f"FAILED {problem}")
     if problems:
