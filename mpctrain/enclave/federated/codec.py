@@ -3,15 +3,19 @@
 The byte string is a safetensors file: arrays are its tensors (never pickle, never ``np.load`` on
 foreign bytes), and the record structure, metric and config values (JSON, bytes tagged) and the sealed
 context ride in its ``__metadata__`` under ``mpctrain.record``. One self-describing file means no extra
-framing and no copy to split it on decode. Decoding is strict and bounded (header checked before the
-parser runs, by ``mpctrain.train.tensors``): anything malformed, oversized or inconsistent raises
-``CodecError``.
+framing and no copy to split it on decode. Decoding is strict and bounded and copies nothing: the
+safetensors header is parsed once (size-capped, duplicate keys refused, every tensor's dtype, shape and
+offsets checked to tile the data exactly, as the safetensors library's own validation does) and each
+tensor is a read-only ``np.frombuffer`` view into the caller's buffer. Anything malformed, oversized or
+inconsistent raises ``CodecError``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+import struct
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -19,14 +23,17 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from safetensors.numpy import save as st_save
 
-from mpctrain.train.tensors import TensorFormatError, arrays_from_bytes, read_metadata
-
 META_KEY = "mpctrain.record"
 MAX_META_BYTES = 8 << 20
+MAX_HEADER_BYTES = MAX_META_BYTES + (16 << 20)
 MAX_RECORDS = 64
 MAX_ARRAYS = 100_000
 DEFAULT_MAX_PAYLOAD = 4 << 30
 _KINDS = ("arrays", "metrics", "configs")
+# safetensors dtype names numpy can view directly (little-endian, as the format stores them)
+_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+           "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+Buffer = bytes | bytearray | memoryview
 
 
 class CodecError(ValueError):
@@ -58,7 +65,7 @@ def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None)
         raise CodecError(f"cannot serialise the arrays: {exc}") from None
 
 
-def decode_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[RecordDict, dict[str, Any]]:
+def decode_record(data: Buffer, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[RecordDict, dict[str, Any]]:
     """Inverse of ``encode_record``: returns the RecordDict and the context."""
     records, ctx, arrays = _split(data, max_bytes)
     out = RecordDict()
@@ -74,12 +81,13 @@ def decode_record(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple
     return out, ctx
 
 
-def decode_numpy(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[
+def decode_numpy(data: Buffer, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[
     list[tuple[str, list[str], list[np.ndarray]]], dict[str, dict[str, Any]], dict[str, Any]
 ]:
     """Decode without building Flower objects (the streaming aggregation path).
 
-    Returns ``(array records as (name, keys, ndarrays), metric/config records by name, context)``.
+    Returns ``(array records as (name, keys, ndarrays), metric/config records by name, context)``. The
+    ndarrays are read-only views into ``data``: valid only while the caller keeps that buffer unchanged.
     """
     records, ctx, arrays = _split(data, max_bytes)
     array_records = []
@@ -93,16 +101,10 @@ def decode_numpy(data: bytes, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[
     return array_records, others, ctx
 
 
-def _split(data: bytes, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray]]:
-    if not isinstance(data, bytes):
-        raise CodecError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
-        raise CodecError(f"encoded record is {len(data)} bytes; the limit is {max_bytes}")
-    try:
-        raw_meta = read_metadata(data, max_bytes=max_bytes).get(META_KEY)
-    except TensorFormatError as exc:
-        raise CodecError(f"not an encoded RecordDict: {exc}") from exc
-    if raw_meta is None or len(raw_meta) > MAX_META_BYTES:
+def _split(data: Buffer, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, np.ndarray]]:
+    meta, arrays = _parse_safetensors(data, max_bytes)
+    raw_meta = meta.get(META_KEY)
+    if not isinstance(raw_meta, str) or len(raw_meta) > MAX_META_BYTES:
         raise CodecError("not an encoded RecordDict: no (or oversized) record metadata")
     try:
         meta = json.loads(raw_meta)
@@ -130,13 +132,75 @@ def _split(data: bytes, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str,
     names = [r["name"] for r in records]
     if len(set(names)) != len(names):
         raise CodecError("two records share a name")
-    try:
-        arrays = arrays_from_bytes(data, max_bytes=max_bytes)
-    except TensorFormatError as exc:
-        raise CodecError(f"array payload is not valid safetensors: {exc}") from exc
     if set(arrays) != expected:
         raise CodecError("array payload does not hold exactly the arrays the metadata names")
     return records, ctx, arrays
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise CodecError("safetensors header repeats a key")
+    return out
+
+
+def _parse_safetensors(data: Buffer, max_bytes: int) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+    """The ``__metadata__`` map and a read-only view per tensor; the table must tile the data exactly."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+    size = view.nbytes
+    if size > max_bytes:
+        raise CodecError(f"encoded record is {size} bytes; the limit is {max_bytes}")
+    if size < 8:
+        raise CodecError(f"not an encoded RecordDict: {size} bytes is shorter than a safetensors header")
+    (header_len,) = struct.unpack_from("<Q", view, 0)
+    if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+        raise CodecError(f"not an encoded RecordDict: header length {header_len} does not fit the {size} bytes")
+    try:
+        header = json.loads(bytes(view[8:8 + header_len]), object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        if isinstance(exc, CodecError):
+            raise
+        raise CodecError(f"not an encoded RecordDict: safetensors header is not JSON ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise CodecError("not an encoded RecordDict: safetensors header is not a JSON object")
+    meta = header.pop("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise CodecError("safetensors __metadata__ must map strings to strings")
+    start = 8 + header_len
+    spans: list[tuple[int, int, str, np.dtype, tuple[int, ...]]] = []
+    for name, entry in header.items():
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise CodecError(f"tensor {name!r}: entry must hold exactly dtype, shape and data_offsets")
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if dtype not in _DTYPES:
+            raise CodecError(f"tensor {name!r}: dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) > 32
+                or not all(type(d) is int and d >= 0 for d in shape)):
+            raise CodecError(f"tensor {name!r}: shape must be a list of non-negative integers")
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+            raise CodecError(f"tensor {name!r}: data_offsets must be two integers")
+        np_dtype = np.dtype(_DTYPES[dtype])
+        begin, end = offsets
+        if not 0 <= begin <= end or end - begin != math.prod(shape) * np_dtype.itemsize:
+            raise CodecError(f"tensor {name!r}: data_offsets {offsets} do not match shape {shape} of {dtype}")
+        spans.append((begin, end, name, np_dtype, tuple(shape)))
+    spans.sort(key=lambda s: (s[0], s[1]))
+    pos = 0
+    for begin, end, name, _, _ in spans:
+        if begin != pos:
+            raise CodecError(f"tensor {name!r} starts at {begin}, expected {pos}: overlapping or gapped tensors")
+        pos = end
+    if start + pos != size:
+        raise CodecError(f"safetensors data is {size - start} bytes but the tensors cover {pos}: truncated or padded")
+    arrays: dict[str, np.ndarray] = {}
+    for begin, end, name, np_dtype, shape in spans:
+        arr = np.frombuffer(view, dtype=np_dtype, count=(end - begin) // np_dtype.itemsize, offset=start + begin)
+        arr = arr.reshape(shape)
+        arr.flags.writeable = False
+        arrays[name] = arr
+    return meta, arrays
 
 
 def _tag(values: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,11 @@
 Flower's ``aggregate_arrayrecords`` needs every update in memory at once (O(parties x model)); inside an
 enclave, memory is the scarce resource, so the FedAvg path keeps a single float64 buffer per array
 (O(model)) and opens the next sealed reply only after the previous one has been added.
+
+Speed: an update is added block by block (the weighted temporary stays in cache) into a partial sum in the
+update's own dtype, float32 for most models, the precision Flower's FedAvg sums in; every few updates the
+partials are folded into the float64 sums, so rounding does not grow with the number of parties. Adding a
+float32 update this way costs about one pass over it, instead of a float64 conversion per element.
 """
 
 from __future__ import annotations
@@ -11,6 +16,20 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
+
+BLOCK = 1 << 16  # elements per step of the weighted add: the temporary stays in cache
+FOLD_EVERY = 16  # updates summed in float32 before the partial sums are folded into the float64 sums
+
+
+def _axpy(acc: np.ndarray, x: np.ndarray, weight: float, tmp: np.ndarray) -> None:
+    """``acc += weight * x`` in ``acc``'s dtype, in cache-sized blocks, allocating nothing."""
+    flat_acc, flat_x = acc.reshape(-1), x.reshape(-1)
+    size = flat_x.size
+    for start in range(0, size, BLOCK):
+        end = min(start + BLOCK, size)
+        t = tmp[: end - start]
+        np.multiply(flat_x[start:end], weight, out=t)
+        np.add(flat_acc[start:end], t, out=flat_acc[start:end])
 
 
 class InconsistentUpdate(ValueError):
@@ -34,6 +53,9 @@ class StreamingMean:
         self._keys: list[str] = []
         self._dtypes: list[np.dtype] = []
         self._sums: list[np.ndarray] = []
+        self._partials: list[np.ndarray | None] = []
+        self._tmp: dict[np.dtype, np.ndarray] = {}
+        self._unfolded = 0
         self._metric_sums: dict[str, Any] = {}
         self._metric_weights: dict[str, float] = {}
 
@@ -63,8 +85,17 @@ class StreamingMean:
             self._name, self._keys = name, list(keys)
             self._dtypes = [a.dtype for a in arrays]
             self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
-        for buf, arr in zip(self._sums, arrays, strict=True):
-            buf += arr * weight  # one temporary in the update's dtype; the sum itself is float64
+            self._partials = [np.zeros(a.shape, dtype=a.dtype) if a.dtype == np.float32 else None for a in arrays]
+        for buf, partial, arr in zip(self._sums, self._partials, arrays, strict=True):
+            if partial is not None:
+                _axpy(partial, arr, weight, self._scratch(np.dtype(np.float32)))
+            elif arr.dtype == np.float64:
+                _axpy(buf, arr, weight, self._scratch(np.dtype(np.float64)))
+            else:  # other dtypes (ints, float16): weighted in float64, never in their own narrow type
+                np.add(buf, np.multiply(arr, weight, dtype=np.float64), out=buf)
+        self._unfolded += 1
+        if self._unfolded >= FOLD_EVERY:
+            self._fold()
         for key, value in metrics.items():
             if key == self.weighted_by_key:
                 continue
@@ -77,17 +108,36 @@ class StreamingMean:
         self.total_weight += weight
         self.count += 1
 
+    def _scratch(self, dtype: np.dtype) -> np.ndarray:
+        tmp = self._tmp.get(dtype)
+        if tmp is None:
+            tmp = self._tmp[dtype] = np.empty(BLOCK, dtype=dtype)
+        return tmp
+
+    def _fold(self) -> None:
+        """Move the float32 partial sums into the float64 sums."""
+        for buf, partial in zip(self._sums, self._partials, strict=True):
+            if partial is not None:
+                np.add(buf, partial, out=buf)
+                partial.fill(0)
+        self._unfolded = 0
+
     def result(self) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The weighted means, in each array's original dtype; (None, None) when nothing was added."""
         if self.count == 0 or self._name is None:
             return None, None
         if self.total_weight <= 0:
             raise InconsistentUpdate(f"the sum of {self.weighted_by_key!r} over the round is zero")
+        if self._unfolded:
+            self._fold()
+        self._partials = [None] * len(self._sums)  # free them before the outputs are built
         inv = 1.0 / self.total_weight
-        arrays = ArrayRecord({
-            key: Array(np.asarray(buf * inv).astype(dtype, copy=False))
-            for key, buf, dtype in zip(self._keys, self._sums, self._dtypes, strict=True)
-        })
+        means = []
+        for buf, dtype in zip(self._sums, self._dtypes, strict=True):
+            out = np.empty(buf.shape, dtype=dtype)
+            np.multiply(buf, inv, out=out, casting="unsafe")  # one pass, as astype would cast
+            means.append(out)
+        arrays = ArrayRecord({key: Array(mean) for key, mean in zip(self._keys, means, strict=True)})
         metrics = MetricRecord({
             k: ([x / w for x in v] if isinstance(v, list) else v / w)
             for k, v in self._metric_sums.items() if (w := self._metric_weights[k]) > 0

@@ -1,0 +1,184 @@
+"""The fast server path: zero-copy open and decode, blocked FedAvg sums.
+
+Every shortcut keeps the checks of the slow path: a malformed tensor table or a tampered, truncated,
+extended or misaddressed stream fails the same typed way.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from safetensors.numpy import save as st_save
+
+from mpctrain.enclave.federated import fedavg
+from mpctrain.enclave.federated.codec import META_KEY, CodecError, decode_numpy, decode_record, encode_record
+from mpctrain.enclave.federated.fedavg import StreamingMean
+from mpctrain.enclave.federated.protocol import PlaintextBuffer, open_payload, open_payload_into
+from mpctrain.seal.errors import ContextMismatch, TamperedChunk, TruncatedStream, WrongRecipient
+from mpctrain.seal.keys import IdentityKey, KemKey
+from mpctrain.seal.stream import seal_bytes, seal_stream
+
+META = json.dumps({"v": 1, "records": [{"name": "arrays", "kind": "arrays", "keys": ["w"]}], "ctx": {}})
+
+
+def _raw(header: dict, data: bytes, pad: bytes = b"") -> bytes:
+    blob = json.dumps({"__metadata__": {META_KEY: META}, **header}).encode() + pad
+    return struct.pack("<Q", len(blob)) + blob + data
+
+
+# -- zero-copy decode --------------------------------------------------------------------------------
+
+
+def test_decode_numpy_returns_read_only_views_into_the_buffer():
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+                                                 "h": Array(np.ones(3, dtype=np.float16))}),
+                          "metrics": MetricRecord({"num-examples": 4})})
+    buf = bytearray(encode_record(content, {"round": 1}))
+    arrays, others, ctx = decode_numpy(memoryview(buf))
+    (_, keys, (w, h)), = arrays
+    assert keys == ["w", "h"] and ctx == {"round": 1} and others["metrics"]["values"] == {"num-examples": 4}
+    np.testing.assert_array_equal(w, np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert np.shares_memory(w, np.frombuffer(buf, np.uint8)) and not w.flags.writeable
+    with pytest.raises(ValueError):
+        w[0, 0] = 1.0
+    assert h.dtype == np.float16 and h.tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("header, data", [
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "x": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),  # overlapping tensors
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, bytes(12)),  # a gap before the first
+    ({"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)),  # shape and offsets disagree
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(12)),  # trailing bytes
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, bytes(6)),  # data cut short
+    ({"w": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}, bytes(4)),  # a dtype numpy cannot view
+    ({"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, bytes(8)),
+    ({"w": {"dtype": "F32", "shape": [True, 2], "data_offsets": [0, 8]}}, bytes(8)),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}}, bytes(8)),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0]}}, bytes(8)),
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8], "extra": 1}}, bytes(8)),
+    ({"w": [1, 2]}, bytes(8)),
+])
+def test_malformed_tensor_tables_are_codec_errors(header, data):
+    blob = _raw(header, data)
+    for decode in (decode_numpy, decode_record):
+        with pytest.raises(CodecError):
+            decode(blob)
+
+
+def test_duplicate_header_keys_and_bad_lengths_are_codec_errors():
+    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    meta = json.dumps({META_KEY: META})
+    blob = f'{{"__metadata__":{meta},"w":{entry},"w":{entry}}}'.encode()
+    with pytest.raises(CodecError, match="repeats a key"):
+        decode_numpy(struct.pack("<Q", len(blob)) + blob + bytes(4))
+    with pytest.raises(CodecError, match="header length"):
+        decode_numpy(struct.pack("<Q", 1 << 60) + b"{}")
+    with pytest.raises(CodecError, match="not JSON"):
+        decode_numpy(struct.pack("<Q", 4) + b"\xff\xfe{}")
+    with pytest.raises(CodecError, match="expected bytes"):
+        decode_numpy("not bytes")  # type: ignore[arg-type]
+
+
+def test_library_written_files_still_decode():
+    blob = st_save({"0.0": np.arange(3, dtype=np.float64)}, metadata={META_KEY: META})
+    ((_, _, (w,)),), _, _ = decode_numpy(blob)
+    assert w.tolist() == [0.0, 1.0, 2.0]
+
+
+# -- opening straight into a reused buffer -----------------------------------------------------------
+
+SENDER = IdentityKey.generate()
+ENCLAVE = KemKey.generate()
+KW = dict(purpose="p", job_id="j", object_id="o")
+
+
+def _seal(payload: bytes, **kw) -> list[bytes]:
+    return seal_bytes(payload, sender=SENDER, sender_id="bank-a", recipients=[("enclave", ENCLAVE.alg,
+                      ENCLAVE.public_bytes())], chunk_size=1000, **{**KW, **kw})
+
+
+def _open_into(frames, buffer=None, **kw):
+    args = dict(recipient_id="enclave", recipient_key=ENCLAVE, sender_public=SENDER.public_bytes(),
+                max_bytes=1 << 20, **KW)
+    return open_payload_into(frames, buffer or PlaintextBuffer(), **{**args, **kw})
+
+
+def test_open_into_equals_open_and_reuses_its_buffer():
+    buffer = PlaintextBuffer()
+    small, large = bytes(range(256)) * 9, bytes(reversed(range(256))) * 20
+    view = _open_into(_seal(small), buffer)
+    assert bytes(view) == small == open_payload(_seal(small), recipient_id="enclave", recipient_key=ENCLAVE,
+                                                sender_public=SENDER.public_bytes(), max_bytes=1 << 20, **KW)
+    first = view.obj
+    assert bytes(_open_into(_seal(small[:100]), buffer)) == small[:100]
+    assert _open_into(_seal(small[:100]), buffer).obj is first  # no allocation for a payload that fits
+    assert bytes(_open_into(_seal(large), buffer)) == large  # grows (a new buffer) while the old view lives
+    assert bytes(_open_into(_seal(b""), buffer)) == b""
+
+
+def test_open_into_refuses_tampered_truncated_extended_and_misaddressed_streams():
+    frames = _seal(bytes(2500))
+    bad = bytearray(frames[2])
+    bad[5] ^= 1
+    with pytest.raises(TamperedChunk):
+        _open_into([frames[0], frames[1], bytes(bad), frames[3]])
+    with pytest.raises(TruncatedStream):
+        _open_into(frames[:-1])
+    with pytest.raises(TruncatedStream):
+        _open_into([])
+    with pytest.raises(TamperedChunk):
+        _open_into([*frames, frames[-1]])
+    with pytest.raises(TamperedChunk):
+        _open_into([frames[0], frames[2], frames[1], frames[3]])
+    with pytest.raises(WrongRecipient):
+        _open_into(frames, recipient_id="bank-b")
+    with pytest.raises(ContextMismatch):
+        _open_into(frames, object_id="other")
+    with pytest.raises(Exception, match="limit"):
+        _open_into(frames, max_bytes=2000)
+
+
+def test_open_into_handles_streams_of_undeclared_size():
+    payload = bytes(range(256)) * 10
+    frames = list(seal_stream(payload, sender=SENDER, sender_id="bank-a", chunk_size=1000,
+                              recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes())], **KW))
+    assert bytes(_open_into(frames)) == payload
+    with pytest.raises(Exception, match="limit"):
+        _open_into(frames, max_bytes=2000)
+
+
+# -- the blocked FedAvg sums ---------------------------------------------------------------------------
+
+
+def test_blocked_float32_sums_match_a_float64_reference(monkeypatch):
+    monkeypatch.setattr(fedavg, "BLOCK", 7)  # blocks that do not divide the arrays
+    monkeypatch.setattr(fedavg, "FOLD_EVERY", 3)  # several folds, the last one partial
+    rng = np.random.default_rng(0)
+    updates = [(rng.standard_normal((5, 11)).astype(np.float32), rng.standard_normal(4), int(rng.integers(1, 50)))
+               for _ in range(10)]
+    mean = StreamingMean("n")
+    for w, b, n in updates:
+        mean.add("arrays", ["w", "b"], [w, b], {"n": n, "loss": 1.0})
+    arrays, metrics = mean.result()
+    total = sum(n for *_, n in updates)
+    want_w = sum(w.astype(np.float64) * n for w, _, n in updates) / total
+    want_b = sum(b * n for _, b, n in updates) / total
+    assert arrays["w"].numpy().dtype == np.float32 and arrays["b"].numpy().dtype == np.float64
+    np.testing.assert_allclose(arrays["w"].numpy(), want_w, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(arrays["b"].numpy(), want_b, rtol=1e-12)
+    assert metrics["loss"] == pytest.approx(1.0)
+
+
+def test_narrow_and_integer_dtypes_are_weighted_in_float64():
+    mean = StreamingMean("n")
+    big = np.full(4, 60000, dtype=np.float16)  # times a weight of 1000 would overflow float16
+    mean.add("arrays", ["h", "i"], [big, np.array([1, 2], dtype=np.int64)], {"n": 1000})
+    mean.add("arrays", ["h", "i"], [big, np.array([3, 4], dtype=np.int64)], {"n": 1000})
+    arrays, _ = mean.result()
+    assert np.isfinite(arrays["h"].numpy()).all() and arrays["h"].numpy()[0] == 60000
+    assert arrays["i"].numpy().tolist() == [2, 3]
