@@ -48,6 +48,7 @@ class AggregatorConfig:
     limits: Limits = field(default_factory=Limits)
     audit_log: Path | None = None
     proposers: tuple[bytes, ...] = ()  # identity keys allowed to propose jobs; () = anyone with a valid manifest
+    auditors: dict[str, bytes] = field(default_factory=dict)  # party id -> identity key allowed the whole audit log
     tls_cert: Path | None = None  # PEM chain; transport TLS, independent of the end-to-end sealing
     tls_key: Path | None = None
     raw: bytes = b""  # the file's bytes: its digest is the config digest the TEE measures
@@ -69,7 +70,7 @@ class AggregatorConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
         known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls", "gpu",
-                 "proposers"}
+                 "proposers", "auditors"}
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -96,7 +97,21 @@ class AggregatorConfig:
                    sim_root_dir=(base_dir / root) if root else None, kem_alg=str(doc.get("kem_alg", "x25519")),
                    limits=limits, raw=raw or repr(sorted(doc.items())).encode(),
                    audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None,
-                   tls_cert=tls[0], tls_key=tls[1], gpu=gpu, proposers=_proposers(doc.get("proposers", [])))
+                   tls_cert=tls[0], tls_key=tls[1], gpu=gpu, proposers=_proposers(doc.get("proposers", [])),
+                   auditors=_auditors(doc.get("auditors", {})))
+
+
+def _auditors(value: Any) -> dict[str, bytes]:
+    """``[auditors]`` table: party id = hex Ed25519 identity key, allowed to fetch the whole audit log."""
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigError("[auditors] must map party ids to hex Ed25519 identity public keys")
+    try:
+        keys = {k: bytes.fromhex(v) for k, v in value.items()}
+    except ValueError as exc:
+        raise ConfigError(f"auditors: {exc}") from exc
+    if any(len(k) != 32 for k in keys.values()):
+        raise ConfigError("auditors: each value must be a 32-byte Ed25519 public key in hex")
+    return keys
 
 
 def _proposers(value: Any) -> tuple[bytes, ...]:

@@ -132,7 +132,7 @@ class Aggregator:
         identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
                                             kem_alg=config.kem_alg, gpus=make_gpu_attesters(config))
         return cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log,
-                   proposers=config.proposers)
+                   proposers=config.proposers, auditors=config.auditors)
 
     def server_options(self) -> list[tuple[str, Any]]:
         return [

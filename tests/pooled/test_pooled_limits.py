@@ -263,3 +263,18 @@ def test_garbage_on_every_method_gets_a_status_and_the_server_stays_up(small, op
     health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert a.client.get_job(m.job_id).state == "open"
+
+
+def test_auditors_come_from_the_config(tmp_path):
+    from mpctrain.enclave.config import AggregatorConfig, ConfigError
+    from mpctrain.enclave.server import Aggregator
+
+    key = "11" * 32
+    cfg = tmp_path / "agg.toml"
+    cfg.write_text(f'device = "cpu"\n[sim]\nroot_dir = "root"\n[auditors]\nsecurity-office = "{key}"\n')
+    agg = Aggregator.from_config(AggregatorConfig.load(cfg))
+    assert agg.auditors == {"security-office": bytes.fromhex(key)}
+    for bad in ('[auditors]\nx = "abcd"\n', '[auditors]\nx = 3\n', 'auditors = ["11"]\n'):
+        cfg.write_text(bad)
+        with pytest.raises(ConfigError, match="auditors"):
+            AggregatorConfig.load(cfg)
