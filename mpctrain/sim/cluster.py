@@ -41,10 +41,10 @@ class PartyIdentity:
     dir: Path
 
     @classmethod
-    def create(cls, party_id: str, role: str, base: Path) -> PartyIdentity:
+    def create(cls, party_id: str, role: str, base: Path, kem_alg: str = "x25519") -> PartyIdentity:
         d = base / party_id
         keys = d / "keys"
-        ident, kem = IdentityKey.generate(), KemKey.generate()
+        ident, kem = IdentityKey.generate(), KemKey.generate(kem_alg)
         ident.save(keys / "identity.key")
         kem.save(keys / "kem.key")
         write_public_files(keys, ident, kem)
@@ -70,6 +70,7 @@ class SimCluster:
     parties: dict[str, PartyIdentity] = field(default_factory=dict)
     attester: SimAttester | None = None
     interceptors: Sequence[Any] = ()
+    kem_alg: str = "x25519"  # enclave and party KEM: "x25519" or the post-quantum hybrid "mlkem768-x25519"
 
     def start(self) -> SimCluster:
         root_dir = self.workdir / "sim-root"
@@ -77,14 +78,14 @@ class SimCluster:
             create_sim_root(root_dir)
         self.root_pin = root_pin(root_dir / ROOT_PEM)
         self.attester = SimAttester(root_dir, config_digest=self.config_digest)
-        identity = EnclaveIdentity.generate(self.attester, build_info(self.config_digest))
+        identity = EnclaveIdentity.generate(self.attester, build_info(self.config_digest), kem_alg=self.kem_alg)
         self.aggregator = Aggregator(identity, limits=self.limits, events=self.events, device=self.device,
                                      interceptors=self.interceptors, audit_log=self.workdir / "audit.jsonl")
         self.aggregator.start("127.0.0.1:0")
         for pid in self.party_ids:
-            self.parties[pid] = PartyIdentity.create(pid, "data", self.workdir)
+            self.parties[pid] = PartyIdentity.create(pid, "data", self.workdir, self.kem_alg)
         for pid in self.researchers:
-            self.parties[pid] = PartyIdentity.create(pid, "researcher", self.workdir)
+            self.parties[pid] = PartyIdentity.create(pid, "researcher", self.workdir, self.kem_alg)
         return self
 
     def stop(self) -> None:
