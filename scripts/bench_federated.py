@@ -75,21 +75,21 @@ class Marks:
     """
 
     def __init__(self, strategy) -> None:
-        self.train_start: list[float] = []
-        self.train_end: list[float] = []
+        self.train_start: list[tuple[float, float]] = []  # (wall, process CPU)
+        self.train_end: list[tuple[float, float]] = []
         self.configure: list[float] = []
         self.aggregate: list[float] = []
         conf, conf_eval, agg = strategy.configure_train, strategy.configure_evaluate, strategy.aggregate_train
 
         def configure_train(*a, **k):
             t = time.perf_counter()
-            self.train_start.append(t)
+            self.train_start.append((t, time.process_time()))
             out = list(conf(*a, **k))
             self.configure.append(time.perf_counter() - t)
             return out
 
         def configure_evaluate(*a, **k):
-            self.train_end.append(time.perf_counter())
+            self.train_end.append((time.perf_counter(), time.process_time()))
             return conf_eval(*a, **k)
 
         def aggregate_train(rnd, replies):
@@ -105,11 +105,12 @@ class Marks:
 
 
 def _steady(values: list[float]) -> float:
-    """Median over rounds 2..R: round 1 includes each party's first attestation."""
-    return statistics.median(values[1:] or values)
+    """Median over rounds 2..R of each repeat: round 1 includes each party's first attestation."""
+    return statistics.median(values)
 
 
-def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, float]:
+def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, list[float]]:
+    """One federation; per steady-state round (2..R): wall and CPU time, sealing, aggregation figures."""
     fed = build_federation([f"p{i:03d}" for i in range(n)], training={"rounds": rounds, "strategy": "FedAvg"})
     grid = fed.grid(make_app(local_steps, seed=1), confidential=confidential, node_config=lambda p: {})
     inner = FedAvg(min_available_nodes=n, min_train_nodes=n, fraction_evaluate=0.0)
@@ -118,15 +119,27 @@ def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, 
     marks = Marks(strategy)
     init = ArrayRecord({"w": Array(np.zeros((DIM, DIM), np.float32))})
     strategy.start(grid, init, num_rounds=rounds)
-    per_round = [b - a for a, b in zip(marks.train_start, marks.train_end, strict=True)]
-    out = {"round_s": _steady(per_round), "first_round_s": per_round[0], "configure_s": _steady(marks.configure)}
+    pairs = list(zip(marks.train_start, marks.train_end, strict=True))[1:]
+    out = {"round_s": [b[0] - a[0] for a, b in pairs], "round_cpu_s": [b[1] - a[1] for a, b in pairs],
+           "configure_s": marks.configure[1:]}
     if confidential:
         assert len(strategy.timings) == rounds and not marks.aggregate, "Confidential did not stream"
-        out["aggregate_s"] = _steady([t.busy_s for t in strategy.timings])
-        out["after_last_reply_s"] = _steady([t.after_last_reply_s for t in strategy.timings])
+        out["aggregate_s"] = [t.busy_s for t in strategy.timings[1:]]
+        out["after_last_reply_s"] = [t.after_last_reply_s for t in strategy.timings[1:]]
     else:
-        out["aggregate_s"] = out["after_last_reply_s"] = _steady(marks.aggregate)
+        out["aggregate_s"] = out["after_last_reply_s"] = marks.aggregate[1:]
     return out
+
+
+def measure(n: int, rounds: int, local_steps: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Plain and confidential runs alternate, so load from other processes hits both alike; medians."""
+    samples: dict[bool, dict[str, list[float]]] = {False: {}, True: {}}
+    for _ in range(repeats):
+        for confidential in (False, True):
+            for key, values in run(n, rounds, local_steps, confidential).items():
+                samples[confidential].setdefault(key, []).extend(values)
+    plain, conf = ({k: _steady(v) for k, v in samples[c].items()} for c in (False, True))
+    return plain, conf
 
 
 def run_secagg(n: int, local_steps: int) -> dict[str, float]:
@@ -187,16 +200,17 @@ def main() -> None:
     ap.add_argument("--parties", type=int, nargs="+", default=[10, 50])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--local-steps", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating plain/confidential runs per N")
     ap.add_argument("--secagg", action="store_true", help="also time Flower's SecAgg+ workflow")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.disable(logging.INFO)
     rows = []
     for n in args.parties:
-        plain = run(n, args.rounds, args.local_steps, confidential=False)
-        conf = run(n, args.rounds, args.local_steps, confidential=True)
+        plain, conf = measure(n, args.rounds, args.local_steps, args.repeats)
         row = {"parties": n, "plain": plain, "confidential": conf,
                "round_ratio": conf["round_s"] / plain["round_s"],
+               "round_cpu_ratio": conf["round_cpu_s"] / plain["round_cpu_s"],
                "aggregation_speedup_total": plain["aggregate_s"] / conf["aggregate_s"],
                "aggregation_speedup_after_last_reply": plain["aggregate_s"] / conf["after_last_reply_s"]}
         if args.secagg:
@@ -207,12 +221,14 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"model: {DIM * DIM:,} float32 parameters; local steps per round: {args.local_steps}; "
-          f"steady-state medians over rounds 2..{args.rounds}; cores: {os.cpu_count()}")
+    print(f"model: {DIM * DIM:,} float32 parameters; local steps per round: {args.local_steps}; medians over "
+          f"rounds 2..{args.rounds} of {args.repeats} alternating runs each; cores: {os.cpu_count()}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     for r in rows:
         p, c = r["plain"], r["confidential"]
         print(f"N={r['parties']:3d}  round: plain {p['round_s']:.3f}s  confidential {c['round_s']:.3f}s  "
-              f"ratio {r['round_ratio']:.2f}x (goal <= 1.15x)")
+              f"ratio {r['round_ratio']:.2f}x (goal <= 1.15x); process CPU per round: plain "
+              f"{p['round_cpu_s']:.3f}s confidential {c['round_cpu_s']:.3f}s ratio {r['round_cpu_ratio']:.2f}x")
         print(f"        server aggregation, Flower FedAvg.aggregate_train (starts after the last reply): "
               f"{p['aggregate_s'] * 1e3:.1f} ms")
         print(f"        confidential, total (open + check + add every sealed update, folded in as pulled): "

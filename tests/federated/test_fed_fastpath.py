@@ -15,9 +15,16 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from safetensors.numpy import save as st_save
 
 from mpctrain.enclave.federated import fedavg
-from mpctrain.enclave.federated.codec import META_KEY, CodecError, decode_numpy, decode_record, encode_record
+from mpctrain.enclave.federated.codec import (
+    META_KEY,
+    CodecError,
+    decode_numpy,
+    decode_record,
+    encode_record,
+    encode_record_pieces,
+)
 from mpctrain.enclave.federated.fedavg import StreamingMean
-from mpctrain.enclave.federated.protocol import PlaintextBuffer, open_payload, open_payload_into
+from mpctrain.enclave.federated.protocol import PlaintextBuffer, open_payload, open_payload_into, seal_pieces
 from mpctrain.seal.errors import ContextMismatch, TamperedChunk, TruncatedStream, WrongRecipient
 from mpctrain.seal.keys import IdentityKey, KemKey
 from mpctrain.seal.stream import seal_bytes, seal_stream
@@ -155,9 +162,10 @@ def test_open_into_handles_streams_of_undeclared_size():
 # -- the blocked FedAvg sums ---------------------------------------------------------------------------
 
 
-def test_blocked_float32_sums_match_a_float64_reference(monkeypatch):
+@pytest.mark.parametrize("fold_every", [3, 10, 64])  # several folds and a partial one; one at the end; none
+def test_blocked_float32_sums_match_a_float64_reference(monkeypatch, fold_every):
     monkeypatch.setattr(fedavg, "BLOCK", 7)  # blocks that do not divide the arrays
-    monkeypatch.setattr(fedavg, "FOLD_EVERY", 3)  # several folds, the last one partial
+    monkeypatch.setattr(fedavg, "FOLD_EVERY", fold_every)
     rng = np.random.default_rng(0)
     updates = [(rng.standard_normal((5, 11)).astype(np.float32), rng.standard_normal(4), int(rng.integers(1, 50)))
                for _ in range(10)]
@@ -182,3 +190,35 @@ def test_narrow_and_integer_dtypes_are_weighted_in_float64():
     arrays, _ = mean.result()
     assert np.isfinite(arrays["h"].numpy()).all() and arrays["h"].numpy()[0] == 60000
     assert arrays["i"].numpy().tolist() == [2, 3]
+
+
+# -- sealing from pieces ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [[0], [10], [999, 1], [1000, 1000], [3, 2500, 0, 7, 1990], [4000], [1, 1, 1]])
+def test_seal_pieces_equals_sealing_their_concatenation(sizes):
+    rng = np.random.default_rng(len(sizes))
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+    mixed = [memoryview(p) if i % 2 else p for i, p in enumerate(pieces)]
+    whole = b"".join(pieces)
+    frames = seal_pieces(mixed, len(whole), sender=SENDER, sender_id="bank-a", chunk_size=1000,
+                         recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes())], **KW)
+    assert len(frames) == 1 + max(1, -(-len(whole) // 1000))
+    assert bytes(_open_into(frames)) == whole
+
+
+def test_seal_pieces_refuses_a_wrong_total():
+    with pytest.raises(ValueError, match="declared"):
+        seal_pieces([b"abc"], 4, sender=SENDER, sender_id="bank-a", chunk_size=1000,
+                    recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes())], **KW)
+
+
+def test_encoded_pieces_view_the_arrays_without_copying():
+    w = np.arange(6, dtype=np.float32)
+    arr = Array(w)
+    pieces, total = encode_record_pieces(RecordDict({"arrays": ArrayRecord({"w": arr})}), {"k": 1})
+    assert total == sum(memoryview(p).nbytes for p in pieces) and len(pieces) == 2
+    assert np.shares_memory(np.frombuffer(pieces[1], np.uint8), np.frombuffer(arr.data, np.uint8))
+    out, ctx = decode_record(b"".join(pieces))
+    assert ctx == {"k": 1} and out["arrays"]["w"].numpy().tolist() == w.tolist()
+    assert out["arrays"]["w"].data == arr.data  # the same .npy bytes Flower's Array(ndarray) makes

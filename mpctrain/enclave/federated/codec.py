@@ -17,11 +17,12 @@ import json
 import math
 import struct
 from collections.abc import Iterator, Mapping
+from io import BytesIO
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from safetensors.numpy import save as st_save
+from numpy.lib import format as npy_format
 
 META_KEY = "mpctrain.record"
 MAX_META_BYTES = 8 << 20
@@ -33,6 +34,7 @@ _KINDS = ("arrays", "metrics", "configs")
 # safetensors dtype names numpy can view directly (little-endian, as the format stores them)
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
            "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?"}
+_ST_NAMES = {np.dtype(v).str: k for k, v in _DTYPES.items()}
 Buffer = bytes | bytearray | memoryview
 
 
@@ -40,15 +42,20 @@ class CodecError(ValueError):
     """The bytes are not a well-formed encoded RecordDict (truncated, garbage, oversized, bad types)."""
 
 
-def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None) -> bytes:
-    """Serialise ``content`` plus a small JSON ``context`` (protocol fields that get sealed with it)."""
+def encode_record_pieces(content: RecordDict, context: Mapping[str, Any] | None = None) -> tuple[
+    list[bytes | memoryview], int
+]:
+    """``encode_record`` as pieces (header, then each array's bytes viewed in place) and their total size.
+
+    Sealing reads the pieces straight from the arrays' own buffers: no whole-payload copy is made.
+    """
     records: list[dict[str, Any]] = []
-    tensors: dict[str, np.ndarray] = {}
+    tensors: list[tuple[str, np.ndarray]] = []
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             keys = list(record.keys())
             for i, key in enumerate(keys):
-                tensors[f"{len(records)}.{i}"] = np.require(record[key].numpy(), requirements="C")
+                tensors.append((f"{len(records)}.{i}", _writable_layout(_array_view(record[key]))))
             records.append({"name": name, "kind": "arrays", "keys": keys})
         elif isinstance(record, MetricRecord):
             records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
@@ -59,20 +66,83 @@ def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None)
     meta = json.dumps({"v": 1, "records": records, "ctx": dict(context or {})}, separators=(",", ":"))
     if len(meta) > MAX_META_BYTES:
         raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
+    # widest dtypes first, as the safetensors library lays them out: every tensor stays aligned
+    tensors.sort(key=lambda t: -t[1].dtype.itemsize)
+    header: dict[str, Any] = {"__metadata__": {META_KEY: meta}}
+    pos = 0
+    views: list[bytes | memoryview] = []
+    for name, arr in tensors:
+        header[name] = {"dtype": _ST_NAMES[arr.dtype.str], "shape": list(arr.shape),
+                        "data_offsets": [pos, pos + arr.nbytes]}
+        pos += arr.nbytes
+        views.append(memoryview(arr.reshape(-1).view(np.uint8)))
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    head = struct.pack("<Q", len(blob)) + blob
+    return [head, *views], len(head) + pos
+
+
+def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise ``content`` plus a small JSON ``context`` (protocol fields that get sealed with it)."""
+    pieces, _ = encode_record_pieces(content, context)
+    return b"".join(pieces)
+
+
+def _array_view(array: Array) -> np.ndarray:
+    """A Flower ``Array`` as an ndarray viewing its bytes (``Array.numpy()`` copies them through ``np.load``)."""
+    if not isinstance(array, Array):
+        raise CodecError(f"expected a Flower Array, got {type(array).__name__}")
     try:
-        return st_save(tensors, metadata={META_KEY: meta})
-    except Exception as exc:  # e.g. a dtype safetensors cannot carry (object arrays)
-        raise CodecError(f"cannot serialise the arrays: {exc}") from None
+        if array.stype == "numpy.ndarray" and isinstance(array.data, bytes):
+            stream = BytesIO(array.data)  # shares the bytes until written
+            major, _ = npy_format.read_magic(stream)
+            read_header = {1: npy_format.read_array_header_1_0, 2: npy_format.read_array_header_2_0}.get(major)
+            if read_header is not None:
+                shape, fortran, dtype = read_header(stream)
+                if dtype.hasobject:
+                    raise CodecError("object arrays have no safe serialisation")
+                arr = np.frombuffer(array.data, dtype=dtype, count=math.prod(shape), offset=stream.tell())
+                return arr.reshape(shape, order="F" if fortran else "C")
+        return array.numpy()
+    except CodecError:
+        raise
+    except (ValueError, TypeError, OSError) as exc:
+        raise CodecError(f"array cannot be read: {exc}") from None
+
+
+def _writable_layout(arr: np.ndarray) -> np.ndarray:
+    """C order, little-endian, a dtype safetensors names (copies only when the array is not already so)."""
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    if arr.dtype.str not in _ST_NAMES:
+        raise CodecError(f"cannot serialise the arrays: dtype {arr.dtype} has no safetensors name")
+    return _c_order(arr)
+
+
+def _c_order(arr: np.ndarray) -> np.ndarray:
+    return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
+
+
+def _to_flower_array(arr: np.ndarray) -> Array:
+    """What ``Array(ndarray)`` builds (the .npy bytes), with one copy instead of ``np.save``'s two."""
+    arr = _c_order(arr)
+    head = BytesIO()
+    try:
+        npy_format.write_array_header_1_0(head, npy_format.header_data_from_array_1_0(arr))
+    except ValueError:  # a header too large for format 1.0: let numpy pick
+        return Array(arr)
+    data = b"".join((head.getvalue(), memoryview(arr.reshape(-1).view(np.uint8))))
+    return Array(dtype=str(arr.dtype), shape=tuple(arr.shape), stype="numpy.ndarray", data=data)
 
 
 def decode_record(data: Buffer, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tuple[RecordDict, dict[str, Any]]:
-    """Inverse of ``encode_record``: returns the RecordDict and the context."""
+    """Inverse of ``encode_record``: returns the RecordDict (owning copies of the arrays) and the context."""
     records, ctx, arrays = _split(data, max_bytes)
     out = RecordDict()
     for idx, rec in enumerate(records):
         if rec["kind"] == "arrays":
             out[rec["name"]] = ArrayRecord(
-                {key: Array(arrays.pop(f"{idx}.{i}")) for i, key in enumerate(rec["keys"])}
+                {key: _to_flower_array(arrays.pop(f"{idx}.{i}")) for i, key in enumerate(rec["keys"])}
             )
         elif rec["kind"] == "metrics":
             out[rec["name"]] = _build(MetricRecord, rec["values"])

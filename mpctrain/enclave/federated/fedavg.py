@@ -1,13 +1,14 @@
 """FedAvg aggregation that streams: one running weighted sum, each reply opened, added and dropped.
 
 Flower's ``aggregate_arrayrecords`` needs every update in memory at once (O(parties x model)); inside an
-enclave, memory is the scarce resource, so the FedAvg path keeps a single float64 buffer per array
-(O(model)) and opens the next sealed reply only after the previous one has been added.
+enclave, memory is the scarce resource, so the FedAvg path keeps one running sum per array (O(model)) and
+opens the next sealed reply only after the previous one has been added.
 
-Speed: an update is added block by block (the weighted temporary stays in cache) into a partial sum in the
-update's own dtype, float32 for most models, the precision Flower's FedAvg sums in; every few updates the
-partials are folded into the float64 sums, so rounding does not grow with the number of parties. Adding a
-float32 update this way costs about one pass over it, instead of a float64 conversion per element.
+Speed and precision: a float32 update is added block by block (the weighted temporary stays in cache)
+into a float32 sum, the precision Flower's own FedAvg sums in, so adding it costs about one pass instead
+of a float64 conversion per element. Every ``FOLD_EVERY`` updates that sum is folded into a float64 one,
+so rounding never grows past what Flower's sum over that many updates has (a job has at most 64 data
+parties, so in practice the fold never runs). Other dtypes are summed in float64 directly.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, MetricRecord
 
 BLOCK = 1 << 16  # elements per step of the weighted add: the temporary stays in cache
-FOLD_EVERY = 16  # updates summed in float32 before the partial sums are folded into the float64 sums
+FOLD_EVERY = 64  # float32 updates summed before the partial sums are folded into float64 ones
 
 
 def _axpy(acc: np.ndarray, x: np.ndarray, weight: float, tmp: np.ndarray) -> None:
@@ -52,7 +53,8 @@ class StreamingMean:
         self._name: str | None = None
         self._keys: list[str] = []
         self._dtypes: list[np.dtype] = []
-        self._sums: list[np.ndarray] = []
+        self._shapes: list[tuple[int, ...]] = []
+        self._sums: list[np.ndarray | None] = []
         self._partials: list[np.ndarray | None] = []
         self._tmp: dict[np.dtype, np.ndarray] = {}
         self._unfolded = 0
@@ -68,7 +70,7 @@ class StreamingMean:
         if self.expected is not None and structure != self.expected:
             raise InconsistentUpdate("array keys or shapes differ from the model sent this round")
         if self._name is not None and (keys != self._keys or
-                                       any(a.shape != b.shape for a, b in zip(arrays, self._sums, strict=True))):
+                                       any(a.shape != b for a, b in zip(arrays, self._shapes, strict=True))):
             raise InconsistentUpdate("array keys or shapes differ from the round's other updates")
         for key, value in metrics.items():
             ref = self._metric_sums.get(key)
@@ -84,8 +86,10 @@ class StreamingMean:
         if self._name is None:
             self._name, self._keys = name, list(keys)
             self._dtypes = [a.dtype for a in arrays]
-            self._sums = [np.zeros(a.shape, dtype=np.float64) for a in arrays]
-            self._partials = [np.zeros(a.shape, dtype=a.dtype) if a.dtype == np.float32 else None for a in arrays]
+            self._shapes = [a.shape for a in arrays]
+            f32 = [a.dtype == np.float32 for a in arrays]
+            self._partials = [np.zeros(a.shape, np.float32) if f else None for a, f in zip(arrays, f32, strict=True)]
+            self._sums = [None if f else np.zeros(a.shape, np.float64) for a, f in zip(arrays, f32, strict=True)]
         for buf, partial, arr in zip(self._sums, self._partials, arrays, strict=True):
             if partial is not None:
                 _axpy(partial, arr, weight, self._scratch(np.dtype(np.float32)))
@@ -115,11 +119,16 @@ class StreamingMean:
         return tmp
 
     def _fold(self) -> None:
-        """Move the float32 partial sums into the float64 sums."""
-        for buf, partial in zip(self._sums, self._partials, strict=True):
-            if partial is not None:
+        """Move the float32 partial sums into float64 sums (allocated at the first fold)."""
+        for i, partial in enumerate(self._partials):
+            if partial is None:
+                continue
+            buf = self._sums[i]
+            if buf is None:
+                self._sums[i] = partial.astype(np.float64)
+            else:
                 np.add(buf, partial, out=buf)
-                partial.fill(0)
+            partial.fill(0)
         self._unfolded = 0
 
     def result(self) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -128,15 +137,16 @@ class StreamingMean:
             return None, None
         if self.total_weight <= 0:
             raise InconsistentUpdate(f"the sum of {self.weighted_by_key!r} over the round is zero")
-        if self._unfolded:
-            self._fold()
-        self._partials = [None] * len(self._sums)  # free them before the outputs are built
+        if self._unfolded and any(p is not None and b is not None for p, b in zip(self._partials, self._sums,
+                                                                                  strict=True)):
+            self._fold()  # a float64 sum exists already: the rest joins it
         inv = 1.0 / self.total_weight
         means = []
-        for buf, dtype in zip(self._sums, self._dtypes, strict=True):
-            out = np.empty(buf.shape, dtype=dtype)
-            np.multiply(buf, inv, out=out, casting="unsafe")  # one pass, as astype would cast
+        for buf, partial, dtype, shape in zip(self._sums, self._partials, self._dtypes, self._shapes, strict=True):
+            out = np.empty(shape, dtype=dtype)
+            np.multiply(partial if buf is None else buf, inv, out=out, casting="unsafe")  # one pass, like astype
             means.append(out)
+        self._partials = [None] * len(self._partials)
         arrays = ArrayRecord({key: Array(mean) for key, mean in zip(self._keys, means, strict=True)})
         metrics = MetricRecord({
             k: ([x / w for x in v] if isinstance(v, list) else v / w)

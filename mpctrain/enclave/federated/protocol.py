@@ -23,7 +23,7 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from mpctrain.enclave.federated.codec import CodecError, decode_record, encode_record
+from mpctrain.enclave.federated.codec import CodecError, decode_record, encode_record_pieces
 from mpctrain.enclave.federated.errors import EnvelopeError
 from mpctrain.seal.binding import canonical
 
@@ -100,11 +100,47 @@ def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any
                  recipients: Sequence[tuple[str, str, bytes]], purpose: str, job_id: str, object_id: str,
                  chunk_size: int = 1 << 20) -> list[bytes]:
     """Encode ``content`` with its sealed ``context`` and seal it once to every recipient."""
-    from mpctrain.seal.stream import seal_bytes
+    pieces, total = encode_record_pieces(content, context)
+    return seal_pieces(pieces, total, sender=sender, sender_id=sender_id, recipients=list(recipients),
+                       purpose=purpose, job_id=job_id, object_id=object_id, chunk_size=chunk_size)
 
-    payload = encode_record(content, context)
-    return seal_bytes(payload, sender=sender, sender_id=sender_id, recipients=list(recipients), purpose=purpose,
-                      job_id=job_id, object_id=object_id, chunk_size=chunk_size)
+
+def seal_pieces(pieces: Sequence[bytes | memoryview], total: int, **sealer_kwargs: Any) -> list[bytes]:
+    """Seal the concatenation of ``pieces`` (``total`` bytes, declared) without building it.
+
+    Each chunk is encrypted straight from the piece that holds it (the arrays' own buffers); only a
+    chunk straddling two pieces is gathered into one reused staging buffer first. Frames: header first.
+    """
+    from mpctrain.seal.stream import StreamSealer
+
+    sealer = StreamSealer(total_size=total, **sealer_kwargs)
+    cs = sealer.header.chunk_size
+    count = sealer.header.chunk_count or 1
+    views = [v for v in (memoryview(p).cast("B") for p in pieces) if v.nbytes]
+    if sum(v.nbytes for v in views) != total:
+        raise ValueError(f"pieces hold {sum(v.nbytes for v in views)} bytes, not the declared {total}")
+    frames = [sealer.header_bytes]
+    staging: bytearray | None = None
+    piece, offset = 0, 0
+    for index in range(count):
+        want = min(cs, total - index * cs)
+        if piece < len(views) and views[piece].nbytes - offset >= want:
+            chunk: bytes | memoryview = views[piece][offset:offset + want]
+            offset += want
+        else:
+            staging = staging or bytearray(cs)
+            got = 0
+            while got < want:
+                take = min(want - got, views[piece].nbytes - offset)
+                staging[got:got + take] = views[piece][offset:offset + take]
+                got, offset = got + take, offset + take
+                if offset == views[piece].nbytes:
+                    piece, offset = piece + 1, 0
+            chunk = memoryview(staging)[:want]
+        if piece < len(views) and offset == views[piece].nbytes:
+            piece, offset = piece + 1, 0
+        frames.append(sealer.seal_chunk(index, chunk, index == count - 1))
+    return frames
 
 
 def open_payload(frames: Sequence[bytes], *, recipient_id: str, recipient_key: Any, sender_public: bytes,
@@ -167,9 +203,14 @@ def open_payload_into(frames: Sequence[bytes], buffer: PlaintextBuffer, *, recip
     return view
 
 
-def open_content(frames: Sequence[bytes], *, max_bytes: int, **kwargs: Any) -> tuple[RecordDict, dict[str, Any]]:
-    """``open_payload`` then decode; codec errors become ``EnvelopeError``."""
-    payload = open_payload(frames, max_bytes=max_bytes, **kwargs)
+def open_content(frames: Sequence[bytes], *, max_bytes: int, buffer: PlaintextBuffer | None = None,
+                 **kwargs: Any) -> tuple[RecordDict, dict[str, Any]]:
+    """``open_payload`` (into ``buffer`` when given) then decode; codec errors become ``EnvelopeError``.
+
+    The RecordDict owns its arrays: ``buffer`` may be reused as soon as this returns.
+    """
+    payload = (open_payload(frames, max_bytes=max_bytes, **kwargs) if buffer is None
+               else open_payload_into(frames, buffer, max_bytes=max_bytes, **kwargs))
     try:
         return decode_record(payload, max_bytes=max_bytes)
     except CodecError as exc:

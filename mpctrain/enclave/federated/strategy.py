@@ -164,6 +164,7 @@ class Confidential(Strategy):
         self._array_ref: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
         self.rejections: list[ReplyRejected] = []
         self.timings: list[AggregationTiming] = []
+        self._plaintext = PlaintextBuffer()  # reused by every round: no fresh pages to fault in per update
 
     # -- keys ---------------------------------------------------------------------------------
     @property
@@ -522,7 +523,7 @@ class StreamingRound:
         self.mean = StreamingMean(inner.weighted_by_key, expected=owner._array_ref.get(server_round))
         self._metric_records: list[RecordDict] = []
         self._custom_metrics = inner.train_metrics_aggr_fn is not aggregate_metricrecords
-        self._buffer: PlaintextBuffer | None = PlaintextBuffer()
+        self._buffer: PlaintextBuffer | None = owner._plaintext
         self.busy_s = 0.0
 
     def fold(self, reply: Message) -> None:

@@ -9,6 +9,7 @@ or the instruction does not open, it answers with a bare error and the app never
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from flwr.app import Context, Error, Message
@@ -21,6 +22,7 @@ from mpctrain.enclave.federated.protocol import (
     PURPOSE_INSTRUCTION,
     PURPOSE_REPLY,
     Envelope,
+    PlaintextBuffer,
     make_sealed_content,
     open_content,
     read_sealed_content,
@@ -45,6 +47,13 @@ class ConfidentialMod:
 
     def __init__(self, party: PartyRuntime | Callable[[Context], PartyRuntime] | None = None) -> None:
         self._party = party
+        self._local = threading.local()  # one plaintext buffer per thread, reused round after round
+
+    def _buffer(self) -> PlaintextBuffer:
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None:
+            buffer = self._local.buffer = PlaintextBuffer()
+        return buffer
 
     def runtime(self, context: Context) -> PartyRuntime:
         if isinstance(self._party, PartyRuntime):
@@ -78,7 +87,7 @@ class ConfidentialMod:
             content, ctx = open_content(
                 frames, recipient_id=rt.party_id, recipient_key=rt.kem, sender_public=att.sig_public,
                 purpose=PURPOSE_INSTRUCTION, job_id=rt.manifest.job_id, object_id=env.object_id,
-                max_bytes=rt.max_bytes,
+                max_bytes=rt.max_bytes, buffer=self._buffer(),
             )
         except (SealError, EnvelopeError) as exc:
             return _refuse(msg, f"sealed instruction does not open: {type(exc).__name__}: {exc}")
