@@ -22,6 +22,7 @@ from mpctrain.enclave.federated.codec import (
     decode_record,
     encode_record,
     encode_record_pieces,
+    to_flower_array,
 )
 from mpctrain.enclave.federated.fedavg import StreamingMean
 from mpctrain.enclave.federated.protocol import PlaintextBuffer, open_payload, open_payload_into, seal_pieces
@@ -222,3 +223,11 @@ def test_encoded_pieces_view_the_arrays_without_copying():
     out, ctx = decode_record(b"".join(pieces))
     assert ctx == {"k": 1} and out["arrays"]["w"].numpy().tolist() == w.tolist()
     assert out["arrays"]["w"].data == arr.data  # the same .npy bytes Flower's Array(ndarray) makes
+
+
+@pytest.mark.parametrize("arr", [np.array(2.5, dtype=np.float64), np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+                                 np.arange(10, dtype=np.int16)[::2], np.array([True, False])])
+def test_flower_arrays_built_with_one_copy_read_back_like_flowers_own(arr):
+    built = to_flower_array(arr)
+    np.testing.assert_array_equal(built.numpy(), arr)
+    assert built.numpy().shape == arr.shape and built.dtype == Array(arr).dtype and built.shape == Array(arr).shape

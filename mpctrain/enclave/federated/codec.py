@@ -123,7 +123,7 @@ def _c_order(arr: np.ndarray) -> np.ndarray:
     return arr if arr.flags.c_contiguous else arr.copy(order="C")  # keeps 0-d arrays 0-d
 
 
-def _to_flower_array(arr: np.ndarray) -> Array:
+def to_flower_array(arr: np.ndarray) -> Array:
     """What ``Array(ndarray)`` builds (the .npy bytes), with one copy instead of ``np.save``'s two."""
     arr = _c_order(arr)
     head = BytesIO()
@@ -142,7 +142,7 @@ def decode_record(data: Buffer, *, max_bytes: int = DEFAULT_MAX_PAYLOAD) -> tupl
     for idx, rec in enumerate(records):
         if rec["kind"] == "arrays":
             out[rec["name"]] = ArrayRecord(
-                {key: _to_flower_array(arrays.pop(f"{idx}.{i}")) for i, key in enumerate(rec["keys"])}
+                {key: to_flower_array(arrays.pop(f"{idx}.{i}")) for i, key in enumerate(rec["keys"])}
             )
         elif rec["kind"] == "metrics":
             out[rec["name"]] = _build(MetricRecord, rec["values"])

@@ -16,7 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
+
+from mpctrain.enclave.federated.codec import to_flower_array
 
 BLOCK = 1 << 16  # elements per step of the weighted add: the temporary stays in cache
 FOLD_EVERY = 64  # float32 updates summed before the partial sums are folded into float64 ones
@@ -147,7 +149,7 @@ class StreamingMean:
             np.multiply(partial if buf is None else buf, inv, out=out, casting="unsafe")  # one pass, like astype
             means.append(out)
         self._partials = [None] * len(self._partials)
-        arrays = ArrayRecord({key: Array(mean) for key, mean in zip(self._keys, means, strict=True)})
+        arrays = ArrayRecord({key: to_flower_array(mean) for key, mean in zip(self._keys, means, strict=True)})
         metrics = MetricRecord({
             k: ([x / w for x in v] if isinstance(v, list) else v / w)
             for k, v in self._metric_sums.items() if (w := self._metric_weights[k]) > 0

@@ -52,7 +52,7 @@ from mpctrain.seal.stream import MAX_RECIPIENTS
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPDATE_BYTES = 1 << 30
-POLL_MIN_S = 0.01
+POLL_MIN_S = 0.1
 POLL_MAX_S = 3.0  # Flower's own send_and_receive polls every 3 s
 
 
@@ -444,7 +444,7 @@ class Confidential(Strategy):
 
         Pulling ``pull_batch`` ids per call (default 1) bounds the replies held in memory to that many, so
         the streaming mean is O(model) end to end, and lets each reply be folded in while the others are
-        still being computed. Polls back off from 10 ms to Flower's 3 s while nothing arrives.
+        still being computed. Polls back off from 0.1 s to Flower's 3 s while nothing arrives.
         """
         pending = dict.fromkeys(message_ids)
         deadline = time.monotonic() + timeout
