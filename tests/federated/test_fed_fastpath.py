@@ -231,3 +231,12 @@ def test_flower_arrays_built_with_one_copy_read_back_like_flowers_own(arr):
     built = to_flower_array(arr)
     np.testing.assert_array_equal(built.numpy(), arr)
     assert built.numpy().shape == arr.shape and built.dtype == Array(arr).dtype and built.shape == Array(arr).shape
+
+
+def test_a_federated_message_of_a_few_megabytes_is_one_chunk_frame():
+    from mpctrain.enclave.federated.protocol import seal_content
+
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(1 << 20, np.float32))})})
+    frames = seal_content(content, {}, sender=SENDER, sender_id="bank-a", purpose="p", job_id="j", object_id="o",
+                          recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes())])
+    assert len(frames) == 2  # the header, then one chunk: one Flower Array less to serialise per MB

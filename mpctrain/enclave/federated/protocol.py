@@ -36,6 +36,9 @@ PURPOSE_OUTPUT = "mpctrain/v1/fl-output"
 ENCLAVE_SENDER = "enclave"
 FRAME_STYPE = "mpctrain.sealed-frame"
 MAX_FRAMES = 1 << 16
+# One frame for most models: each frame is one more Flower Array to serialise on every hop (about 0.3 ms
+# per MB-sized frame in and out), while the chunk size changes nothing else (opening decrypts in place).
+DEFAULT_CHUNK_SIZE = 16 << 20
 KEY_ID_DOMAIN = b"mpctrain/v1/enclave-key-id"
 
 
@@ -98,7 +101,7 @@ def read_sealed_content(content: RecordDict) -> tuple[list[bytes], Envelope]:
 
 def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any, sender_id: str,
                  recipients: Sequence[tuple[str, str, bytes]], purpose: str, job_id: str, object_id: str,
-                 chunk_size: int = 1 << 20) -> list[bytes]:
+                 chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
     """Encode ``content`` with its sealed ``context`` and seal it once to every recipient."""
     pieces, total = encode_record_pieces(content, context)
     return seal_pieces(pieces, total, sender=sender, sender_id=sender_id, recipients=list(recipients),

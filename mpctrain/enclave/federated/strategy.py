@@ -30,6 +30,7 @@ from mpctrain.enclave.federated.codec import CodecError, decode_numpy
 from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
 from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean
 from mpctrain.enclave.federated.protocol import (
+    DEFAULT_CHUNK_SIZE,
     ENCLAVE_SENDER,
     PURPOSE_INSTRUCTION,
     PURPOSE_OUTPUT,
@@ -136,7 +137,7 @@ class Confidential(Strategy):
         events: EventSink | None = None,
         streaming: bool | None = None,
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
-        chunk_size: int = 1 << 20,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
         now: Callable[[], datetime] | None = None,
         pull_batch: int = 1,
     ) -> None:
