@@ -145,7 +145,10 @@ class StreamingMean:
         inv = 1.0 / self.total_weight
         means = []
         for buf, partial, dtype, shape in zip(self._sums, self._partials, self._dtypes, self._shapes, strict=True):
-            out = np.empty(shape, dtype=dtype)
+            if buf is None and partial is not None and partial.dtype == dtype:
+                out = partial  # scaled in place: its pages are warm, a fresh array would fault them in
+            else:
+                out = np.empty(shape, dtype=dtype)
             np.multiply(partial if buf is None else buf, inv, out=out, casting="unsafe")  # one pass, like astype
             means.append(out)
         self._partials = [None] * len(self._partials)
