@@ -240,3 +240,28 @@ def test_a_federated_message_of_a_few_megabytes_is_one_chunk_frame():
     frames = seal_content(content, {}, sender=SENDER, sender_id="bank-a", purpose="p", job_id="j", object_id="o",
                           recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes())])
     assert len(frames) == 2  # the header, then one chunk: one Flower Array less to serialise per MB
+
+
+def _npy(descr: str, shape: str, payload: bytes) -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + payload
+
+
+@pytest.mark.parametrize("array", [
+    Array("float32", (2,), "numpy.ndarray", b"garbage, not .npy"),
+    Array("object", (1,), "numpy.ndarray", _npy("|O", "(1,)", bytes(8))),  # would need pickle to read
+    Array("float32", (4,), "numpy.ndarray", _npy("<f4", "(4,)", bytes(8))),  # data shorter than the shape
+    Array("complex64", (1,), "numpy.ndarray", _npy("<c8", "(1,)", bytes(8))),  # no safetensors name
+])
+def test_arrays_that_cannot_be_encoded_are_codec_errors(array):
+    with pytest.raises(CodecError):
+        encode_record(RecordDict({"arrays": ArrayRecord({"w": array})}))
+
+
+def test_big_endian_and_fortran_arrays_encode_to_their_values():
+    big = np.arange(5, dtype=">f8")
+    fortran = np.asfortranarray(np.arange(6, dtype=np.int32).reshape(2, 3))
+    data = encode_record(RecordDict({"arrays": ArrayRecord({"b": Array(big), "f": Array(fortran)})}))
+    ((_, keys, (b, f)),), _, _ = decode_numpy(data)
+    assert keys == ["b", "f"] and b.tolist() == big.tolist() and f.tolist() == fortran.tolist()
