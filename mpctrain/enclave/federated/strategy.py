@@ -4,7 +4,8 @@ The inner strategy never sees ciphertext and the host never sees plaintext. Per 
 kind, the wrapper seals each distinct instruction body once under a fresh data key wrapped to every
 selected party, and opens each reply inside the enclave: wrong job, unknown or outside party, node
 bound to another party, stale enclave key, replay from another round, tampering or truncation all
-reject the reply before the inner strategy runs. FedAvg-style aggregation streams (``fedavg.py``).
+reject the reply before the inner strategy runs. FedAvg-style aggregation streams (``fedavg.py``):
+``start`` folds each reply into the running mean as it is pulled, so little is left after the last one.
 """
 
 from __future__ import annotations
@@ -490,7 +491,6 @@ class Confidential(Strategy):
         self.events.emit("fl.output_sealed", job_id=self.job_id, recipients=[p.id for p in recipients],
                          frames=len(frames))
         return frames
-
 
 
 @dataclass
