@@ -109,13 +109,15 @@ def _steady(values: list[float]) -> float:
     return statistics.median(values)
 
 
-def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, list[float]]:
+def run(n: int, rounds: int, local_steps: int, confidential: bool, workers: int = 1,
+        fold_ahead: int = 0) -> dict[str, list[float]]:
     """One federation; per steady-state round (2..R): wall and CPU time, sealing, aggregation figures."""
     fed = build_federation([f"p{i:03d}" for i in range(n)], training={"rounds": rounds, "strategy": "FedAvg"})
-    grid = fed.grid(make_app(local_steps, seed=1), confidential=confidential, node_config=lambda p: {})
+    grid = fed.grid(make_app(local_steps, seed=1), confidential=confidential, node_config=lambda p: {},
+                    workers=workers)
     inner = FedAvg(min_available_nodes=n, min_train_nodes=n, fraction_evaluate=0.0)
     strategy = (Confidential(inner, manifest=fed.manifest, consents=fed.consents, enclave=fed.enclave,
-                             events=fed.events) if confidential else inner)
+                             events=fed.events, fold_ahead=fold_ahead) if confidential else inner)
     marks = Marks(strategy)
     init = ArrayRecord({"w": Array(np.zeros((DIM, DIM), np.float32))})
     strategy.start(grid, init, num_rounds=rounds)
@@ -132,14 +134,25 @@ def run(n: int, rounds: int, local_steps: int, confidential: bool) -> dict[str, 
     return out
 
 
-def measure(n: int, rounds: int, local_steps: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Plain and confidential runs alternate, so load from other processes hits both alike; medians."""
+def measure(n: int, rounds: int, local_steps: int, repeats: int, *, workers: int = 1, fold_ahead: int = 0,
+            warmup: bool = True) -> tuple[dict[str, float], dict[str, float]]:
+    """Plain and confidential runs alternate, so load from other processes hits both alike; medians.
+
+    One unrecorded run of each first: the first federation in a fresh process faults in its heap, which
+    would otherwise be charged to whichever mode runs first.
+    """
     samples: dict[bool, dict[str, list[float]]] = {False: {}, True: {}}
+    if warmup:
+        for confidential in (False, True):
+            run(n, 2, local_steps, confidential, workers=workers, fold_ahead=fold_ahead)
     for _ in range(repeats):
         for confidential in (False, True):
-            for key, values in run(n, rounds, local_steps, confidential).items():
+            for key, values in run(n, rounds, local_steps, confidential, workers=workers,
+                                   fold_ahead=fold_ahead).items():
                 samples[confidential].setdefault(key, []).extend(values)
     plain, conf = ({k: _steady(v) for k, v in samples[c].items()} for c in (False, True))
+    spread = sorted(c / p for c, p in zip(samples[True]["round_s"], samples[False]["round_s"], strict=False))
+    conf["round_ratio_quartiles"] = (spread[len(spread) // 4], spread[(3 * len(spread)) // 4])  # type: ignore[assignment]
     return plain, conf
 
 
@@ -202,13 +215,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--local-steps", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=2, help="alternating plain/confidential runs per N")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="in-process grid threads (1: parties take turns; more: they run as soon as pushed)")
+    ap.add_argument("--fold-ahead", type=int, default=0,
+                    help="replies queued for Confidential's fold thread (0: fold in the pulling thread)")
+    ap.add_argument("--no-warmup", action="store_true", help="skip the unrecorded first run of each mode")
     ap.add_argument("--secagg", action="store_true", help="also time Flower's SecAgg+ workflow")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.disable(logging.INFO)
     rows = []
     for n in args.parties:
-        plain, conf = measure(n, args.rounds, args.local_steps, args.repeats)
+        plain, conf = measure(n, args.rounds, args.local_steps, args.repeats, workers=args.workers,
+                              fold_ahead=args.fold_ahead, warmup=not args.no_warmup)
         row = {"parties": n, "plain": plain, "confidential": conf,
                "round_ratio": conf["round_s"] / plain["round_s"],
                "round_cpu_ratio": conf["round_cpu_s"] / plain["round_cpu_s"],
@@ -223,12 +242,13 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"model: {DIM * DIM:,} float32 parameters; local steps per round: {args.local_steps}; medians over "
-          f"rounds 2..{args.rounds} of {args.repeats} alternating runs each; cores: {os.cpu_count()}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+          f"rounds 2..{args.rounds} of {args.repeats} alternating runs each; grid workers: {args.workers}; "
+          f"fold-ahead: {args.fold_ahead}; cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
     for r in rows:
         p, c = r["plain"], r["confidential"]
         print(f"N={r['parties']:3d}  round: plain {p['round_s']:.3f}s  confidential {c['round_s']:.3f}s  "
-              f"ratio {r['round_ratio']:.2f}x (goal <= 1.15x); process CPU per round: plain "
+              f"ratio {r['round_ratio']:.2f}x (goal <= 1.15x; round-by-round quartiles "
+              f"{c['round_ratio_quartiles'][0]:.2f}-{c['round_ratio_quartiles'][1]:.2f}); process CPU per round: plain "
               f"{p['round_cpu_s']:.3f}s confidential {c['round_cpu_s']:.3f}s ratio {r['round_cpu_ratio']:.2f}x")
         print(f"        server aggregation, Flower FedAvg.aggregate_train (starts after the last reply): "
               f"{p['aggregate_s'] * 1e3:.1f} ms")

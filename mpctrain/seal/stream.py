@@ -65,6 +65,8 @@ MAX_WRAPPED_BYTES = 4096
 CLOCK_SKEW_S = 300
 
 FRAME_FILE_MAGIC = b"MPCSEAL1"
+_MAGIC_FIELD = canonical(HEADER_MAGIC)
+_SIGNED_PREFIX = canonical(HEADER_SIGNATURE_DOMAIN)
 _LEN = struct.Struct(">I")
 
 Recipient = tuple[str, str, bytes]
@@ -121,6 +123,9 @@ class StreamHeader:
     nonce_prefix: bytes
     created: int
     signature: bytes = field(default=b"", repr=False)
+    # the exact bytes a parsed header came from (``replace()`` drops them): with a strict canonical parse they
+    # equal the re-encoding, so digest and signature check hash them instead of encoding N recipients again
+    _raw: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def _fields(self) -> list[bytes | str | int]:
         out: list[bytes | str | int] = [
@@ -134,9 +139,13 @@ class StreamHeader:
 
     def signed_bytes(self) -> bytes:
         """The bytes the sender's Ed25519 signature covers: every field except the signature."""
+        if self._raw is not None:  # the same fields, framed by the signature domain instead of magic/signature
+            return _SIGNED_PREFIX + self._raw[len(_MAGIC_FIELD):len(self._raw) - 8 - len(self.signature)]
         return canonical(HEADER_SIGNATURE_DOMAIN, *self._fields())
 
     def to_bytes(self) -> bytes:
+        if self._raw is not None:
+            return self._raw
         return canonical(HEADER_MAGIC, *self._fields(), self.signature)
 
     @cached_property
@@ -219,6 +228,7 @@ class StreamHeader:
         header = cls(version, purpose, job_id, object_id, sender, sender_public, chunk_size, total_size,
                      recipients, nonce_prefix, created, signature)
         header.check()
+        object.__setattr__(header, "_raw", data)
         return header
 
     def verify_signature(self, expected_sender_public: bytes | None = None) -> None:
@@ -314,6 +324,7 @@ class StreamSealer:
             raise ValueError(str(e)) from None
         self.header = replace(unsigned, signature=sender.sign(unsigned.signed_bytes()))
         self.header_bytes = self.header.to_bytes()
+        object.__setattr__(self.header, "_raw", self.header_bytes)  # its exact encoding: hashed, not rebuilt
         self._aead = AESGCM(data_key)
         self._ad = self.header.digest()
         self._prefix = self.header.nonce_prefix

@@ -73,13 +73,14 @@ class Job:
 
     def grid(self, app_for: Callable[[Party, int], ClientApp], *, extra: list[Node] | None = None,
              node_config: Callable[[Party, int], dict] | None = None,
-             run_config: dict | None = None) -> InProcessGrid:
+             run_config: dict | None = None, workers: int = 1) -> InProcessGrid:
         nodes = []
         for i, p in enumerate(self.parties):
             cfg = node_config(p, i) if node_config is not None else {}
             nodes.append(Node(node_id=100 + i, app=app_for(p, i), node_config=cfg))
         nodes.extend(extra or [])
-        return InProcessGrid(nodes, tap=lambda kind, wire: self.relayed.append((kind, wire)), run_config=run_config)
+        return InProcessGrid(nodes, tap=lambda kind, wire: self.relayed.append((kind, wire)), run_config=run_config,
+                             workers=workers)
 
     def open_output(self, result) -> ArrayRecord:
         from mpctrain.party.flower import open_output
@@ -111,9 +112,9 @@ def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, priva
 
 
 def toy_app(delta: float, n_examples: int, *, mod: ConfidentialMod | None,
-            seen: list[Message] | None = None) -> ClientApp:
+            seen: list[Message] | None = None, extra: list | None = None) -> ClientApp:
     """A ClientApp that 'trains' by adding ``delta`` to every weight; metrics include a loss."""
-    app = ClientApp(mods=[mod] if mod is not None else [])
+    app = ClientApp(mods=([mod] if mod is not None else []) + list(extra or []))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

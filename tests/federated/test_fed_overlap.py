@@ -7,6 +7,7 @@ the timeout ends the round with the replies that came.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -23,8 +24,8 @@ def _fedavg(n: int) -> FedAvg:
     return FedAvg(min_available_nodes=n, min_train_nodes=n, fraction_evaluate=0.0)
 
 
-def test_start_folds_each_reply_before_the_next_client_runs(job):
-    order: list[str] = []
+def _logged_run(job, order: list[str], fold_ahead: int):
+    """One round of ``start``; ``order`` gets "ran X" as each app starts and "folded X" as each update is added."""
 
     class Sink:
         def emit(self, kind, /, **fields):
@@ -47,15 +48,87 @@ def test_start_folds_each_reply_before_the_next_client_runs(job):
         return app
 
     grid = job.grid(app_for)
-    strategy = job.confidential(_fedavg(3))
+    strategy = job.confidential(_fedavg(3), fold_ahead=fold_ahead)
     strategy.events = Sink()
     result = strategy.start(grid, initial_arrays(), num_rounds=1)
     assert result.rounds_completed == 1
+    return strategy, result
+
+
+def test_start_inline_folds_each_reply_before_the_next_client_runs(job):
+    order: list[str] = []
+    strategy, _ = _logged_run(job, order, fold_ahead=0)
     ran = [x.split()[1] for x in order[0::2] if x.startswith("ran ")]
     assert sorted(ran) == sorted(p.id for p in job.parties)  # sampling order is random
     assert order == [x for pid in ran for x in (f"ran {pid}", f"folded {pid}")]
     (timing,) = strategy.timings
     assert timing.updates == 3 and 0 < timing.after_last_reply_s < timing.busy_s
+
+
+@pytest.mark.parametrize("fold_ahead, overlapped", [(1, True), (0, False)])
+def test_start_folds_on_a_second_thread_while_the_next_client_runs(job, fold_ahead, overlapped):
+    """The first update's fold waits until the second party's app is running: only a fold thread can see
+    that happen (folding inline, the second app starts only after the first fold returned)."""
+    second_running = threading.Event()
+    saw_second: list[bool] = []
+
+    class Order(list):
+        def append(self, x):
+            super().append(x)
+            if x.startswith("ran ") and len([y for y in self if y.startswith("ran ")]) == 2:
+                second_running.set()
+            if x.startswith("folded ") and not saw_second:  # still inside the first fold
+                saw_second.append(second_running.wait(timeout=10 if overlapped else 0.3))
+
+    order = Order()
+    strategy, _ = _logged_run(job, order, fold_ahead=fold_ahead)
+    assert saw_second == [overlapped], order
+    ran = [x.split()[1] for x in order if x.startswith("ran ")]
+    folded = [x.split()[1] for x in order if x.startswith("folded ")]
+    assert folded == ran  # one fold thread: updates are added in the order they arrived
+    # at most fold_ahead=1 reply waits: the first is folded before the third party runs
+    assert order.index(f"folded {ran[0]}") < order.index(f"ran {ran[2]}")
+    assert strategy.timings[0].updates == 3
+
+
+def test_fold_behind_keeps_order_bounds_the_queue_and_reraises():
+    from mpctrain.enclave.federated.folding import FoldBehind
+
+    release = threading.Event()
+    done: list[int] = []
+
+    def fold(i):
+        release.wait(timeout=10)
+        if i == 3:
+            raise RuntimeError("fold 3 broke")
+        done.append(i)
+
+    folder = FoldBehind(fold, ahead=2)
+    folder.submit(0)
+    folder.submit(1)
+    blocked = threading.Thread(target=folder.submit, args=(2,))
+    blocked.start()
+    blocked.join(timeout=0.3)
+    assert blocked.is_alive()  # two queued already: the third submit waits for a fold to finish
+    release.set()
+    blocked.join(timeout=10)
+    assert not blocked.is_alive()
+    folder.submit(3)
+    folder.submit(4)
+    with pytest.raises(RuntimeError, match="fold 3 broke"):
+        folder.__exit__(None, None, None)
+    assert done == [0, 1, 2, 4]  # the failure did not stop the later fold, and order held
+    with pytest.raises(ValueError, match="ahead"):
+        FoldBehind(fold, ahead=-1)
+    inline: list[int] = []
+    with FoldBehind(inline.append, ahead=0) as f:
+        f.submit(7)
+        assert inline == [7]  # ahead=0 folds in the caller's thread, at once
+
+
+def test_fold_ahead_must_not_be_negative(job):
+    with pytest.raises(ValueError, match="fold_ahead"):
+        job.confidential(_fedavg(3), fold_ahead=-1)
 
 
 class _SlowGrid:

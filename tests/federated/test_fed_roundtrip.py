@@ -39,3 +39,73 @@ def test_fedavg_round_trip_matches_plain_and_output_is_sealed(job):
     assert result.evaluate_metrics_clientapp[2]["accuracy"] > 0.5
     # each party attested exactly once for the run
     assert all(rt.attestations == 1 for rt in job.runtimes.values())
+
+
+@pytest.mark.parametrize("fold_ahead", [0, 2])
+def test_concurrent_grid_gives_the_same_model(job, fold_ahead):
+    """Parties run on a thread pool as soon as pushed (as on their own machines), the fold optionally on its
+    own thread: the result is plain FedAvg's and each party still attests once."""
+    import threading
+    import time
+
+    running = [0]
+    most = [0]
+    lock = threading.Lock()
+
+    def gauge(msg, ctx, call_next):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for the pool to start the other parties meanwhile
+        try:
+            return call_next(msg, ctx)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    grid = job.grid(lambda p, i: toy_app(DELTAS[i], EXAMPLES[i], mod=ConfidentialMod(job.runtime(p)), extra=[gauge]),
+                    workers=3)
+    with grid:
+        strategy = job.confidential(FedAvg(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3),
+                                    fold_ahead=fold_ahead)
+        result = strategy.start(grid, initial_arrays(), num_rounds=2)
+    assert result.rounds_completed == 2 and not strategy.rejections
+    arrays, _ = open_output(result.sealed_output, manifest=job.manifest, recipient_id="researcher",
+                            kem=job.researcher.kem, enclave_sig_public=job.enclave.sig.public_bytes())
+    want = _plain_fedavg(2)
+    for key, value in arrays.items():
+        np.testing.assert_allclose(value.numpy(), want[key], rtol=1e-6)
+    assert most[0] > 1  # the parties did run at the same time
+    assert all(rt.attestations == 1 for rt in job.runtimes.values())
+
+
+def test_concurrent_grid_runs_one_message_per_node_at_a_time_and_reports_crashes():
+    import threading
+    import time
+
+    from flwr.app import ArrayRecord, Message, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from mpctrain.enclave.federated.runtime import InProcessGrid, Node
+
+    running, most, lock = [0], [0], threading.Lock()
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, context):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        raise RuntimeError("local failure")
+
+    with pytest.raises(ValueError, match="workers"):
+        InProcessGrid([Node(node_id=7, app=app)], workers=0)
+    with InProcessGrid([Node(node_id=7, app=app)], workers=3) as grid:
+        msgs = [grid.create_message(RecordDict({"a": ArrayRecord()}), "train", 7, "g") for _ in range(3)]
+        replies = list(grid.send_and_receive(msgs))
+    assert most[0] == 1  # three messages for one node, three workers: still one at a time
+    assert len(replies) == 3 and all(isinstance(r, Message) and r.has_error() for r in replies)
+    assert all("local failure" in r.error.reason for r in replies)

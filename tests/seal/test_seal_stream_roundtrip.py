@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from seal_helpers import CHUNK, NOW
 
 from mpctrain.seal import (
+    BadHeaderSignature,
     ChunkAlreadySealed,
     StreamHeader,
     StreamOpener,
@@ -151,6 +152,29 @@ def test_header_fields_and_digest(parties):
     h.verify_signature(parties.sender.public_bytes())
     other = StreamSealer(**parties.seal_kw(total_size=10))
     assert other.header.nonce_prefix != h.nonce_prefix and other.header.digest() != h.digest()
+
+
+@pytest.mark.parametrize("recipients", [1, 5])
+def test_parsed_header_hashes_and_verifies_the_bytes_it_came_from(parties, recipients):
+    """Digest and signature check reuse the received bytes; they must equal the canonical re-encoding,
+    and a header changed with ``replace()`` must not keep the bytes of the one it was copied from."""
+    from dataclasses import replace
+
+    from mpctrain.seal.binding import canonical
+    from mpctrain.seal.stream import HEADER_MAGIC, HEADER_SIGNATURE_DOMAIN
+
+    keys = [(f"r{i}", "x25519", parties.enclave.public_bytes()) for i in range(recipients)]
+    sealer = StreamSealer(**parties.seal_kw(total_size=10, recipients=keys))
+    h = StreamHeader.from_bytes(sealer.header_bytes)
+    fields = h._fields()
+    assert h.signed_bytes() == canonical(HEADER_SIGNATURE_DOMAIN, *fields)
+    assert h.to_bytes() == canonical(HEADER_MAGIC, *fields, h.signature) == sealer.header_bytes
+    h.verify_signature(parties.sender.public_bytes())
+    changed = replace(h, object_id="shard-1")
+    assert changed.to_bytes() == canonical(HEADER_MAGIC, *changed._fields(), h.signature) != h.to_bytes()
+    assert changed.digest() != h.digest()
+    with pytest.raises(BadHeaderSignature):
+        changed.verify_signature(parties.sender.public_bytes())
 
 
 def test_sealer_refuses_nonce_reuse_and_misuse(parties):

@@ -17,6 +17,7 @@ so a reply cannot be replayed into another round, message or job.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -108,6 +109,18 @@ def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any
                        purpose=purpose, job_id=job_id, object_id=object_id, chunk_size=chunk_size)
 
 
+_STAGING = threading.local()
+
+
+def _staging(size: int) -> memoryview:
+    """This thread's gather buffer, grown on demand and kept: a fresh multi-megabyte ``bytearray`` per sealed
+    reply costs more (zero-filling and page faults) than encrypting it."""
+    buf: bytearray | None = getattr(_STAGING, "buf", None)
+    if buf is None or len(buf) < size:
+        buf = _STAGING.buf = bytearray(size)
+    return memoryview(buf)[:size]
+
+
 def seal_pieces(pieces: Sequence[bytes | memoryview], total: int, **sealer_kwargs: Any) -> list[bytes]:
     """Seal the concatenation of ``pieces`` (``total`` bytes, declared) without building it.
 
@@ -123,7 +136,7 @@ def seal_pieces(pieces: Sequence[bytes | memoryview], total: int, **sealer_kwarg
     if sum(v.nbytes for v in views) != total:
         raise ValueError(f"pieces hold {sum(v.nbytes for v in views)} bytes, not the declared {total}")
     frames = [sealer.header_bytes]
-    staging: bytearray | None = None
+    staging: memoryview | None = None
     piece, offset = 0, 0
     for index in range(count):
         want = min(cs, total - index * cs)
@@ -131,7 +144,8 @@ def seal_pieces(pieces: Sequence[bytes | memoryview], total: int, **sealer_kwarg
             chunk: bytes | memoryview = views[piece][offset:offset + want]
             offset += want
         else:
-            staging = staging or bytearray(cs)
+            if staging is None:
+                staging = _staging(min(cs, total))
             got = 0
             while got < want:
                 take = min(want - got, views[piece].nbytes - offset)
@@ -139,7 +153,7 @@ def seal_pieces(pieces: Sequence[bytes | memoryview], total: int, **sealer_kwarg
                 got, offset = got + take, offset + take
                 if offset == views[piece].nbytes:
                     piece, offset = piece + 1, 0
-            chunk = memoryview(staging)[:want]
+            chunk = staging[:want]
         if piece < len(views) and offset == views[piece].nbytes:
             piece, offset = piece + 1, 0
         frames.append(sealer.seal_chunk(index, chunk, index == count - 1))

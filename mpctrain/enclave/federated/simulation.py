@@ -65,14 +65,15 @@ class SimFederation:
 
     def grid(self, make_app: Callable[[list], ClientApp], *, confidential: bool = True,
              node_config: Callable[[SimParty], dict[str, Any]] | None = None,
-             run_config: Mapping[str, Any] | None = None, tap: Tap | None = None) -> InProcessGrid:
+             run_config: Mapping[str, Any] | None = None, tap: Tap | None = None,
+             workers: int = 1) -> InProcessGrid:
         """One node per data party; ``make_app(mods)`` builds each party's ClientApp."""
         nodes = []
         for i, party in enumerate(self.parties):
             mods = [ConfidentialMod(self.runtime(party))] if confidential else []
             cfg = node_config(party) if node_config else {"bank": party.id}
             nodes.append(Node(node_id=1000 + i, app=make_app(mods), node_config=cfg))
-        return InProcessGrid(nodes, tap=tap, run_config=run_config)
+        return InProcessGrid(nodes, tap=tap, run_config=run_config, workers=workers)
 
 
 def build_federation(party_ids: Sequence[str], *, job_id: str = "federated-sim", training: Mapping[str, Any],

@@ -5,7 +5,8 @@ kind, the wrapper seals each distinct instruction body once under a fresh data k
 selected party, and opens each reply inside the enclave: wrong job, unknown or outside party, node
 bound to another party, stale enclave key, replay from another round, tampering or truncation all
 reject the reply before the inner strategy runs. FedAvg-style aggregation streams (``fedavg.py``):
-``start`` folds each reply into the running mean as it is pulled, so little is left after the last one.
+``start`` folds each reply into the running mean as it is pulled (optionally on a second thread,
+``folding.py``), so little is left after the last one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mpctrain.enclave.events import EventSink, LogEventSink
 from mpctrain.enclave.federated.codec import CodecError, decode_numpy
 from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
 from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean
+from mpctrain.enclave.federated.folding import FoldBehind
 from mpctrain.enclave.federated.protocol import (
     DEFAULT_CHUNK_SIZE,
     ENCLAVE_SENDER,
@@ -141,6 +143,7 @@ class Confidential(Strategy):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         now: Callable[[], datetime] | None = None,
         pull_batch: int = 1,
+        fold_ahead: int = 0,
     ) -> None:
         self._now = now or (lambda: datetime.now(UTC))
         self.consents = list(consents)
@@ -156,6 +159,9 @@ class Confidential(Strategy):
         if pull_batch < 1:
             raise ValueError("pull_batch must be at least 1")
         self.pull_batch = pull_batch
+        if fold_ahead < 0:
+            raise ValueError("fold_ahead must be 0 (fold in the pulling thread) or more")
+        self.fold_ahead = fold_ahead
         self.chunk_size = chunk_size
         self.job_id = manifest.job_id
         self.job_digest = manifest.digest().hex()
@@ -408,9 +414,10 @@ class Confidential(Strategy):
             if self.streaming:  # fold each reply in as it arrives: one update's work left after the last
                 agg = self.begin_streaming_round(rnd)
                 last_reply_at = time.perf_counter()
-                for reply in self._pull_as_they_arrive(grid, grid.push_messages(messages), timeout):
-                    last_reply_at = time.perf_counter()
-                    agg.fold(reply)
+                with FoldBehind(agg.fold, self.fold_ahead) as folder:
+                    for reply in self._pull_as_they_arrive(grid, grid.push_messages(messages), timeout):
+                        last_reply_at = time.perf_counter()
+                        folder.submit(reply)
                 del messages
                 agg_arrays, agg_metrics = agg.finish(last_reply_at)
             else:
