@@ -14,7 +14,9 @@ For N in {10, 50} parties and a 1M-parameter model it reports, per round (median
     (sealing the global model + total aggregation) (goal: >= 20x at N = 50).
 
 Each party's "training" is a few least-squares SGD steps on the 1000x1000 weight matrix with numpy BLAS
-(--local-steps; 0 = framework overhead only). Run: ``python scripts/bench_federated.py [--secagg]``.
+(--local-steps; 0 = framework overhead only). One unrecorded federation of each mode runs first (a fresh
+process faults in its heap on the first one). ``--workers`` and ``--fold-ahead`` try the concurrent
+in-process grid and Confidential's fold thread. Run: ``python scripts/bench_federated.py [--secagg]``.
 """
 
 from __future__ import annotations
