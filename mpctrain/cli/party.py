@@ -52,3 +52,41 @@ def run(
         raise typer.Exit(1) from exc
     finally:
         agent.client.close()
+
+
+@app.command("fl-audit")
+def fl_audit(
+    profile: Path = typer.Option(..., "--profile", "-p", help="party profile directory (party.toml, flower.toml)"),
+    job: str | None = typer.Option(None, help="job id (default: the one flower.toml names)"),
+) -> None:
+    """Check a federated job in the enclave's audit log against the updates this bank's SuperNode sent."""
+    import grpc
+
+    from mpctrain.enclave.federated.errors import FederatedError
+    from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+    from mpctrain.party.flower.attestation import attest_enclave
+    from mpctrain.party.flower.audit import check_federated_audit
+    from mpctrain.party.flower.profile import load_profile
+    from mpctrain.party.flower.sent import read_sent
+
+    console = Console(highlight=False)
+    try:
+        rt = load_profile(profile, job_id=job)
+        cfg = PartyConfig.load(profile / "party.toml")
+        sent = read_sent(rt.sent_log, rt.manifest.job_id) if rt.sent_log is not None else []
+        enclave = attest_enclave(rt.evidence, rt.policy)
+        with grpc.insecure_channel(cfg.aggregator) as channel:
+            lines = fetch_audit_log(channel, rt.manifest.job_id, party_id=rt.party_id, identity=rt.identity)
+        report = check_federated_audit(lines, runtime=rt, enclave=enclave, sent=sent)
+    except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except AuditCheckFailed as exc:
+        console.print(f"[red]audit check failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+    s = report.summary
+    console.print(f"job {s.job_id}: {s.rounds} round(s); {len(report.accepted)} update(s) of {rt.party_id} on record, "
+                  f"all sent by it; outputs to {sorted(s.outputs)}")
+    for u in report.not_accepted:
+        console.print(f"[yellow]not on record:[/yellow] {u.object_id} (run {u.run_id}): sent, but the round went "
+                      "on without it")

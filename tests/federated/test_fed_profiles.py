@@ -63,6 +63,7 @@ def test_approve_then_load_profile_gives_the_supernode_its_party(tmp_path, keys)
     assert consent.party_id == "bank-b" and consent.manifest_digest == manifest.digest()
     runtime = load_profile(prof)
     assert runtime.party_id == "bank-b" and runtime.manifest.digest() == manifest.digest()
+    assert runtime.sent_log == prof / "jobs" / manifest.job_id / "sent.jsonl"  # the audit check's note
     assert resolve_party({"mpctrain-party": str(prof)}) is resolve_party({"mpctrain-party": str(prof)})
 
 
@@ -102,3 +103,13 @@ def test_partition_resolver_maps_simulated_nodes_to_parties(sim_root, sim_attest
     finally:
         for name in names:
             unregister_party(name)
+
+
+def test_fl_audit_cli_refuses_a_profile_without_an_approved_job(tmp_path, keys):
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
+    prof = _profile(tmp_path, "bank-d", keys)
+    out = CliRunner().invoke(app, ["party", "fl-audit", "--profile", str(prof)])
+    assert out.exit_code == 2 and "not approved" in out.output

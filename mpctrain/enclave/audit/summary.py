@@ -48,6 +48,7 @@ class JobSummary:
     states: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     rounds: int = 0
+    trained_manifests: list[str] = field(default_factory=list)  # manifest digest of each federated run started
     rejections: int = 0
     output_digest: str = ""
     records: int = 0
@@ -65,7 +66,8 @@ class JobSummary:
             "outputs": {r: [{"name": e.name, "digest": e.digest, "size": e.size, "seq": e.seq} for e in es]
                         for r, es in sorted(self.outputs.items())},
             "fetched": [list(f) for f in self.fetched], "state": self.state, "metrics": self.metrics,
-            "rounds": self.rounds, "rejections": self.rejections, "output_digest": self.output_digest,
+            "rounds": self.rounds, "trained_manifests": self.trained_manifests, "rejections": self.rejections,
+            "output_digest": self.output_digest,
             "records": self.records,
         }
 
@@ -103,6 +105,14 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
             js.inputs.setdefault(party, []).append(InputEntry(
                 party, str(f.get("object_id", "")), str(f.get("header_digest", "")), _int(f.get("size")),
                 line, rec.seq))
+        elif kind == "fl.training_started":  # a federated run names the manifest and consents it runs under
+            digest = str(f.get("manifest_digest", ""))
+            js.trained_manifests.append(digest)
+            js.manifest_digest = js.manifest_digest or digest
+            js.mode = js.mode or "federated"
+            consents = f.get("consents")
+            for party, sig in (consents.items() if isinstance(consents, dict) else ()):
+                js.consents.setdefault(str(party), str(sig))
         elif kind == "fl.update_accepted":  # a federated party's sealed update, one per round
             party = str(f.get("party", ""))
             js.inputs.setdefault(party, []).append(InputEntry(

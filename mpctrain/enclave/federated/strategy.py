@@ -403,7 +403,8 @@ class Confidential(Strategy):
         result = FederatedResult()
         arrays = initial_arrays
         self.events.emit("fl.training_started", job_id=self.job_id, rounds=num_rounds,
-                         strategy=type(self.inner).__name__)
+                         strategy=type(self.inner).__name__, manifest_digest=self.job_digest,
+                         consents={c.party_id: c.signature.hex() for c in self.consents})
         for rnd in range(1, num_rounds + 1):
             try:
                 messages = list(self.configure_train(rnd, arrays, train_config, grid))

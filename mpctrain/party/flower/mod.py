@@ -8,6 +8,7 @@ or the instruction does not open, it answers with a bare error and the app never
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from mpctrain.enclave.federated.protocol import (
     seal_content,
 )
 from mpctrain.party.flower.runtime import PartyRuntime, resolve_party
+from mpctrain.party.flower.sent import SentUpdate
 from mpctrain.seal.errors import SealError
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,9 @@ class ConfidentialMod:
             sender=rt.identity, sender_id=rt.party_id, recipients=[(ENCLAVE_SENDER, att.kem_alg, att.kem_public)],
             purpose=PURPOSE_REPLY, job_id=rt.manifest.job_id, object_id=object_id,
         )
+        rt.record_sent(SentUpdate(job_id=rt.manifest.job_id, run_id=int(msg.metadata.run_id), object_id=object_id,
+                                  size=sum(len(f) for f in frames_out),
+                                  ciphertext_digest=hashlib.sha256(frames_out[0]).hexdigest()))
         return Message(make_sealed_content(frames_out, Envelope(rt.manifest.job_id, object_id, env.enclave_key,
                                                                  party=rt.party_id)), reply_to=msg)
 

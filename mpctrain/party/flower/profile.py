@@ -27,6 +27,7 @@ from mpctrain.party.flower.runtime import PartyRuntime, check_app_code
 
 FLOWER_FILE = "flower.toml"
 MAX_CONSENT_BYTES = 4096
+SENT_FILE = "sent.jsonl"  # jobs/<job_id>/sent.jsonl: every sealed reply of this party, for its audit check
 
 
 def _flower_settings(profile: Path) -> dict[str, Any]:
@@ -81,4 +82,4 @@ def load_profile(profile: str | Path, *, job_id: str | None = None) -> PartyRunt
     identity, kem = cfg.load_keys(create=False)
     return PartyRuntime(party_id=cfg.id, identity=identity, kem=kem, manifest=manifest, consent=consent,
                         policy=Policy.load(cfg.policy), evidence=GrpcEvidenceSource(cfg.aggregator),
-                        app_dir=profile / str(settings["app_dir"]))
+                        app_dir=profile / str(settings["app_dir"]), sent_log=job_dir / SENT_FILE)

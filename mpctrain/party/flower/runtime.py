@@ -21,6 +21,7 @@ from mpctrain.enclave.federated.errors import AttestationRefused, CodeDigestMism
 from mpctrain.enclave.federated.protocol import enclave_key_id
 from mpctrain.jobs import Consent, ConsentError, JobManifest, verify_consent
 from mpctrain.party.flower.attestation import EvidenceSource, attest_enclave
+from mpctrain.party.flower.sent import SentUpdate, append_sent
 from mpctrain.seal.keys import IdentityKey, KemKey
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class PartyRuntime:
     app_dir: Path | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     max_bytes: int = DEFAULT_MAX_BYTES
+    sent_log: Path | None = None  # where each sealed reply is noted (JSON lines), for the audit check later
+    sent: list[SentUpdate] = field(default_factory=list, repr=False)  # this process's sealed replies
     _attested: dict[int, tuple[str, AttestationResult]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     attestations: int = 0
@@ -107,6 +110,14 @@ class PartyRuntime:
             self._attested[run_id] = (key_id, result)
             log.info("party %s attested enclave key %s… for run %s", self.party_id, key_id[:12], run_id)
             return result
+
+    def record_sent(self, update: SentUpdate) -> None:
+        """Note a sealed reply: kept here and appended to ``sent_log`` (a SuperNode runs each message in a
+        fresh process, so only the file lasts the run). What the party's audit check compares the log with."""
+        with self._lock:
+            self.sent.append(update)
+            if self.sent_log is not None:
+                append_sent(self.sent_log, update)
 
     def forget(self) -> None:
         with self._lock:
