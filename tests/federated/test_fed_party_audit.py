@@ -112,6 +112,19 @@ def test_the_sent_note_is_private_and_strict(tmp_path):
         f.write(json.dumps({"job_id": "j", "object_id": "x"}) + "\n")
     with pytest.raises(SentLogError, match="line 3"):
         read_sent(path, "j")
+    path.write_bytes(b"\xff\xfe not json\n")
+    with pytest.raises(SentLogError, match="line 1"):
+        read_sent(path, "j")
+
+
+def test_an_oversized_sent_note_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    import mpctrain.party.flower.sent as sent_mod
+
+    path = tmp_path / "sent.jsonl"
+    append_sent(path, SentUpdate("j", 1, "res:aa:bank-a", 100, "ab" * 32))
+    monkeypatch.setattr(sent_mod, "MAX_SENT_FILE_BYTES", 16)
+    with pytest.raises(SentLogError, match="over 16 bytes"):
+        read_sent(path, "j")
 
 
 def test_a_profile_runtime_notes_each_reply_in_its_job_dir(served, tmp_path):

@@ -43,18 +43,18 @@ def check_federated_audit(lines: Sequence[RawLine], *, runtime: PartyRuntime, en
         raise AuditCheckFailed("manifest", "a federated run of this job started under another manifest than the "
                                            "one this party approved")
     mine = {s.object_id: s for s in sent if s.job_id == manifest.job_id}
-    accepted: list[SentUpdate] = []
+    accepted: dict[str, SentUpdate] = {}
     for entry in summary.inputs.get(party, []):
         own = mine.get(entry.object_id)
         if own is None:
             raise AuditCheckFailed("inputs", f"the log shows update {entry.object_id} accepted under {party}, "
                                              "which this party never sent")
-        if own in accepted:
+        if entry.object_id in accepted:
             raise AuditCheckFailed("inputs", f"update {entry.object_id} is recorded as accepted more than once")
         if entry.size != own.size or not hmac.compare_digest(entry.digest, own.ciphertext_digest):
             raise AuditCheckFailed("inputs", f"update {entry.object_id}: the log records another sealed update "
                                              f"({entry.size} bytes, header {entry.digest[:16]}…) than the one sent "
                                              f"({own.size} bytes, header {own.ciphertext_digest[:16]}…)")
-        accepted.append(own)
-    not_accepted = [s for s in mine.values() if s not in accepted]
-    return FederatedAuditReport(summary, accepted, not_accepted)
+        accepted[entry.object_id] = own
+    not_accepted = [s for oid, s in mine.items() if oid not in accepted]
+    return FederatedAuditReport(summary, list(accepted.values()), not_accepted)
