@@ -140,6 +140,9 @@ class DataService(data_pb2_grpc.DataServicer):
                                f"{party_id} already uploaded its shard for {job.job_id}")
             if h.total_size < 0:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "a shard header must declare its total size")
+            if h.parts:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               "a shard is sealed in equal chunks: re-seal it without declared parts")
             self._drop_unfinished(job.job_id, party_id)
             try:
                 opener = StreamOpener(

@@ -50,6 +50,8 @@ from mpctrain.seal.keys import (
 from mpctrain.seal.wrap import WrapContext, unwrap_key, wrap_key
 
 STREAM_VERSION = 1
+PARTS_VERSION = 2  # a header that also declares each chunk's size (``parts``); otherwise identical
+MAX_PARTS = 1 << 14
 HEADER_MAGIC = b"mpctrain/v1/sealed-stream"
 HEADER_SIGNATURE_DOMAIN = b"mpctrain/v1/sealed-stream-header"
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -123,6 +125,9 @@ class StreamHeader:
     nonce_prefix: bytes
     created: int
     signature: bytes = field(default=b"", repr=False)
+    # declared chunk sizes (version 2 only): chunk ``i`` holds exactly ``parts[i]`` bytes, so a payload made
+    # of separate buffers (one per model array) is sealed and opened buffer by buffer, with no re-cutting
+    parts: tuple[int, ...] = ()
     # the exact bytes a parsed header came from (``replace()`` drops them): with a strict canonical parse they
     # equal the re-encoding, so digest and signature check hash them instead of encoding N recipients again
     _raw: bytes | None = field(default=None, init=False, repr=False, compare=False)
@@ -135,6 +140,8 @@ class StreamHeader:
         for rid, alg, wrapped in self.recipients:
             out += [rid, alg, wrapped]
         out += [self.nonce_prefix, self.created]
+        if self.version == PARTS_VERSION:
+            out.append(struct.pack(f">{len(self.parts)}Q", *self.parts))
         return out
 
     def signed_bytes(self) -> bytes:
@@ -159,9 +166,27 @@ class StreamHeader:
     @property
     def chunk_count(self) -> int | None:
         """Number of chunk frames when the total size is declared (an empty payload is one chunk)."""
+        if self.parts:
+            return len(self.parts)
         if self.total_size < 0:
             return None
         return max(1, -(-self.total_size // self.chunk_size))
+
+    @cached_property
+    def _part_offsets(self) -> tuple[int, ...]:
+        offsets, pos = [], 0
+        for n in self.parts:
+            offsets.append(pos)
+            pos += n
+        return tuple(offsets)
+
+    def chunk_offset(self, index: int) -> int:
+        """Where chunk ``index`` starts in the plaintext."""
+        return self._part_offsets[index] if self.parts else index * self.chunk_size
+
+    def chunk_length(self, index: int) -> int | None:
+        """The exact size of chunk ``index`` when the header fixes it (declared parts), else ``None``."""
+        return self.parts[index] if self.parts else None
 
     def wrap_context(self) -> WrapContext:
         return WrapContext(self.purpose, self.job_id, self.object_id, self.sender)
@@ -171,9 +196,19 @@ class StreamHeader:
 
     def check(self) -> None:
         """Structural limits; raises :class:`MalformedStream`. Run on parse and before signing."""
-        if self.version != STREAM_VERSION:
+        if self.version not in (STREAM_VERSION, PARTS_VERSION):
             raise MalformedStream(f"unsupported sealed-stream version {self.version}; this build reads "
-                                  f"{STREAM_VERSION}")
+                                  f"{STREAM_VERSION} and {PARTS_VERSION}")
+        if (self.version == PARTS_VERSION) != bool(self.parts):
+            raise MalformedStream(f"a version {PARTS_VERSION} header, and only one, declares its chunk sizes")
+        if self.parts:
+            if len(self.parts) > MAX_PARTS:
+                raise MalformedStream(f"stream header declares {len(self.parts)} parts, over the cap of {MAX_PARTS}")
+            if any(not 0 <= n <= self.chunk_size for n in self.parts):
+                raise MalformedStream(f"every declared part must be 0..chunk_size={self.chunk_size} bytes")
+            if sum(self.parts) != self.total_size:
+                raise MalformedStream(f"declared parts sum to {sum(self.parts)} bytes, not total_size "
+                                      f"{self.total_size}")
         if not self.purpose or not self.sender:
             raise MalformedStream("stream header needs a non-empty purpose and sender id")
         for name in ("purpose", "job_id", "object_id", "sender"):
@@ -211,8 +246,9 @@ class StreamHeader:
         if r.raw("magic", len(HEADER_MAGIC)) != HEADER_MAGIC:
             raise MalformedStream("not a sealed-stream header (bad magic)")
         version = r.int("version")
-        if version != STREAM_VERSION:
-            raise MalformedStream(f"unsupported sealed-stream version {version}; this build reads {STREAM_VERSION}")
+        if version not in (STREAM_VERSION, PARTS_VERSION):
+            raise MalformedStream(f"unsupported sealed-stream version {version}; this build reads {STREAM_VERSION} "
+                                  f"and {PARTS_VERSION}")
         purpose, job_id, object_id, sender = r.text("purpose"), r.text("job_id"), r.text("object_id"), r.text("sender")
         sender_public = r.raw("sender_public", ED25519_PUBLIC_BYTES, exact=ED25519_PUBLIC_BYTES)
         chunk_size, total_size, count = r.int("chunk_size"), r.int("total_size"), r.int("recipients")
@@ -222,11 +258,17 @@ class StreamHeader:
                            for _ in range(count))
         nonce_prefix = r.raw("nonce_prefix", NONCE_PREFIX_BYTES, exact=NONCE_PREFIX_BYTES)
         created = r.int("created")
+        parts: tuple[int, ...] = ()
+        if version == PARTS_VERSION:
+            table = r.raw("parts", MAX_PARTS * 8)
+            if not table or len(table) % 8:
+                raise MalformedStream("stream header parts table must be a non-empty list of u64 sizes")
+            parts = struct.unpack(f">{len(table) // 8}Q", table)
         signature = r.raw("signature", ED25519_SIGNATURE_BYTES, exact=ED25519_SIGNATURE_BYTES)
         if r.pos != len(data):
             raise MalformedStream(f"{len(data) - r.pos} unexpected bytes after the stream header")
         header = cls(version, purpose, job_id, object_id, sender, sender_public, chunk_size, total_size,
-                     recipients, nonce_prefix, created, signature)
+                     recipients, nonce_prefix, created, signature, parts)
         header.check()
         object.__setattr__(header, "_raw", data)
         return header
@@ -292,7 +334,8 @@ class StreamSealer:
     """Seals one stream: builds and signs the header, then encrypts chunks by explicit index.
 
     Each index can be sealed once (AES-GCM nonces must never repeat); non-final chunks are exactly
-    ``chunk_size`` bytes, so a chunk's position is implied by its index alone.
+    ``chunk_size`` bytes, so a chunk's position is implied by its index alone. With ``parts`` (a version 2
+    header) the signed header lists every chunk's size instead, and chunk ``i`` must hold exactly ``parts[i]``.
     """
 
     def __init__(
@@ -307,16 +350,22 @@ class StreamSealer:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         total_size: int = -1,
         created: int | None = None,
+        parts: Sequence[int] | None = None,
     ) -> None:
         if not recipients:
             raise ValueError("a sealed stream needs at least one recipient (id, kem_alg, public key)")
+        declared = tuple(int(n) for n in parts) if parts is not None else ()
+        if parts is not None:
+            if not declared:
+                raise ValueError("parts must list at least one chunk size")
+            chunk_size, total_size = max(1, *declared), sum(declared)
         data_key = AESGCM.generate_key(bit_length=256)
         ctx = WrapContext(purpose, job_id, object_id, sender_id)
         wrapped = tuple((rid, alg, wrap_key(alg, public, data_key, ctx)) for rid, alg, public in recipients)
         unsigned = StreamHeader(
-            STREAM_VERSION, purpose, job_id, object_id, sender_id, sender.public_bytes(), int(chunk_size),
-            int(total_size), wrapped, os.urandom(NONCE_PREFIX_BYTES),
-            int(time.time()) if created is None else int(created),
+            PARTS_VERSION if declared else STREAM_VERSION, purpose, job_id, object_id, sender_id,
+            sender.public_bytes(), int(chunk_size), int(total_size), wrapped, os.urandom(NONCE_PREFIX_BYTES),
+            int(time.time()) if created is None else int(created), parts=declared,
         )
         try:
             unsigned.check()
@@ -342,6 +391,14 @@ class StreamSealer:
             raise ValueError(f"chunk {self._last} was already sealed as the final chunk")
         if last and len(self._sealed) and self._sealed.max() > index:
             raise ValueError(f"cannot make chunk {index} final: chunk {self._sealed.max()} is already sealed")
+        if h.parts:
+            if index >= len(h.parts) or last != (index == len(h.parts) - 1) or n != h.parts[index]:
+                raise ValueError(f"chunk {index} (final: {last}) of {n} bytes is not declared part {index} of "
+                                 f"{len(h.parts)}" + (f" ({h.parts[index]} bytes)" if index < len(h.parts) else ""))
+            self._sealed.add(index)
+            if last:
+                self._last = index
+            return _nonce(self._prefix, index, last)
         if n > h.chunk_size:
             raise StreamTooLarge(f"chunk {index} holds {n} bytes, over chunk_size {h.chunk_size}")
         if not last and n != h.chunk_size:
@@ -390,6 +447,8 @@ class StreamSealer:
         (no per-frame allocation: for consumers that write each frame out at once).
         """
         cs = self.header.chunk_size
+        if self.header.parts:
+            raise ValueError("a stream with declared parts is sealed part by part with seal_chunk")
         if out is not None and len(out) < cs + TAG_BYTES:
             out.extend(bytes(cs + TAG_BYTES - len(out)))
         yield self.header_bytes
@@ -516,6 +575,21 @@ class StreamOpener:
         if last and len(self._opened) and self._opened.max() > index:
             raise TamperedChunk(f"chunk {index} claims to be final but chunk {self._opened.max()} was opened")
         n = frame_len - TAG_BYTES
+        if h.parts:
+            if index >= len(h.parts):
+                raise TamperedChunk(f"chunk {index} is past the {len(h.parts)} declared parts: extra frame")
+            if last != (index == len(h.parts) - 1):
+                raise TamperedChunk(f"chunk {index} of {len(h.parts)} declared parts has the wrong final flag")
+            if n != h.parts[index]:
+                if last and 0 <= n < h.parts[index]:
+                    raise TruncatedStream(f"final frame holds {n} of its {h.parts[index]} declared bytes: the "
+                                          "stream was cut; fetch the rest")
+                raise TamperedChunk(f"chunk {index} holds {n} bytes, not its declared {h.parts[index]}: cut or "
+                                    "re-framed")
+            end = h.chunk_offset(index) + n
+            if self._max_total is not None and end > self._max_total:
+                raise StreamTooLarge(f"stream passes {self._max_total} bytes at chunk {index}: over the limit")
+            return n
         if n > h.chunk_size:
             raise StreamTooLarge(f"chunk {index} frame holds {n} bytes, over chunk_size {h.chunk_size}")
         end = index * h.chunk_size + max(n, 0)

@@ -287,3 +287,16 @@ def test_duplicate_object_id_is_rejected(cluster):
     with pytest.raises(AlreadyExists, match="already holds another upload"):
         other.send()
     assert first.send().complete  # the original stream is unaffected and completes
+
+
+def test_shard_with_declared_parts_is_refused(cluster):
+    m, agents = _open_job(cluster, "parts-shard")
+    b = agents["hospital-b"]
+    from mpctrain.enclave.identity import ENCLAVE_ID
+    from mpctrain.seal.stream import StreamSealer
+
+    sealer = StreamSealer(sender=b.identity, sender_id="hospital-b",
+                          recipients=[(ENCLAVE_ID, b.enclave.kem_alg, b.enclave.kem_public)], purpose="shard",
+                          job_id=m.job_id, object_id="shard/parts", parts=[4, 6])
+    with pytest.raises(InvalidArgument, match="equal chunks"):
+        list(b.client.upload(m.job_id, sealer.header_bytes, lambda s: iter(())))

@@ -361,7 +361,7 @@ def _raw_header(parties, *, version=1, count=1, recipients=None, chunk_size=CHUN
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"version": 2}, "version"),
+    ({"version": 3}, "version"),
     ({"count": MAX_RECIPIENTS + 1}, "recipients"),
     ({"count": 0, "recipients": []}, "recipients"),
     ({"count": 2}, "."),
