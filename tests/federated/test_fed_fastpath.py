@@ -233,13 +233,17 @@ def test_flower_arrays_built_with_one_copy_read_back_like_flowers_own(arr):
     assert built.numpy().shape == arr.shape and built.dtype == Array(arr).dtype and built.shape == Array(arr).shape
 
 
-def test_a_federated_message_of_a_few_megabytes_is_one_chunk_frame():
+def test_a_federated_message_is_one_chunk_frame_per_array():
     from mpctrain.enclave.federated.protocol import seal_content
+    from mpctrain.seal.stream import PARTS_VERSION, StreamHeader
 
-    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(1 << 20, np.float32))})})
+    w = Array(np.zeros(1 << 20, np.float32))
+    content = RecordDict({"arrays": ArrayRecord({"w": w})})
     frames = seal_content(content, {}, sender=SENDER, sender_id="bank-a", purpose="p", job_id="j", object_id="o",
                           recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes())])
-    assert len(frames) == 2  # the header, then one chunk: one Flower Array less to serialise per MB
+    header = StreamHeader.from_bytes(frames[0])
+    # the header, the metadata, then the array: sealed from, and sized as, the very bytes Flower holds
+    assert len(frames) == 3 and header.version == PARTS_VERSION and header.parts[1] == len(w.data)
 
 
 def _npy(descr: str, shape: str, payload: bytes) -> bytes:

@@ -176,17 +176,27 @@ def _split(data: Buffer, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str
     raw_meta = meta.get(META_KEY)
     if not isinstance(raw_meta, str) or len(raw_meta) > MAX_META_BYTES:
         raise CodecError("not an encoded RecordDict: no (or oversized) record metadata")
+    records, ctx = parse_meta(raw_meta, version=1)
+    expected = {f"{idx}.{i}" for idx, rec in enumerate(records) if rec["kind"] == "arrays"
+                for i in range(len(rec["keys"]))}
+    if set(arrays) != expected:
+        raise CodecError("array payload does not hold exactly the arrays the metadata names")
+    return records, ctx, arrays
+
+
+def parse_meta(raw: str | bytes, *, version: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The record list and sealed context of an encoded RecordDict's JSON metadata, structure checked."""
     try:
-        meta = json.loads(raw_meta)
-    except ValueError as exc:
-        raise CodecError(f"record metadata is not JSON: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("v") != 1:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise CodecError(f"record metadata is not JSON: {type(exc).__name__}") from None
+    if not isinstance(meta, dict) or meta.get("v") != version:
         raise CodecError("record metadata has an unknown version")
     records = meta.get("records")
     ctx = meta.get("ctx", {})
     if not isinstance(records, list) or len(records) > MAX_RECORDS or not isinstance(ctx, dict):
         raise CodecError("record metadata has a bad record list or context")
-    expected: set[str] = set()
+    arrays = 0
     for idx, rec in enumerate(records):
         if not isinstance(rec, dict) or rec.get("kind") not in _KINDS or not isinstance(rec.get("name"), str):
             raise CodecError(f"record {idx} has a bad kind or name")
@@ -196,15 +206,15 @@ def _split(data: Buffer, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str
                 raise CodecError(f"array record {idx} has bad keys")
             if len(set(keys)) != len(keys):
                 raise CodecError(f"array record {idx} repeats a key")
-            expected.update(f"{idx}.{i}" for i in range(len(keys)))
+            arrays += len(keys)
         elif not isinstance(rec.get("values"), dict):
             raise CodecError(f"record {idx} has no values table")
+    if arrays > MAX_ARRAYS:
+        raise CodecError(f"record metadata names {arrays} arrays; the limit is {MAX_ARRAYS}")
     names = [r["name"] for r in records]
     if len(set(names)) != len(names):
         raise CodecError("two records share a name")
-    if set(arrays) != expected:
-        raise CodecError("array payload does not hold exactly the arrays the metadata names")
-    return records, ctx, arrays
+    return records, ctx
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ A sealed Flower message holds exactly two records:
 
 - ``mpctrain.sealed``: an ArrayRecord whose raw arrays are the frames of one sealed stream
   (``mpctrain.seal.stream``): header with the data key wrapped to every recipient, then AES-GCM chunks.
-  The plaintext is the original RecordDict (``codec.encode_record``) plus a sealed context.
+  The plaintext is the original RecordDict plus a sealed context: in the part layout (``parts``), one
+  declared chunk per array, whenever the header can declare them all; else in the safetensors layout
+  (``codec.encode_record``) in equal chunks. The header's version says which.
 - ``mpctrain.envelope``: a small ConfigRecord in clear (version, job id, object id, enclave key id,
   sender party) that only routes the message; everything it says is re-checked after opening.
 
@@ -24,8 +26,9 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from mpctrain.enclave.federated.codec import CodecError, decode_record, encode_record_pieces
+from mpctrain.enclave.federated.codec import CodecError, decode_numpy, decode_record, encode_record_pieces
 from mpctrain.enclave.federated.errors import EnvelopeError
+from mpctrain.enclave.federated.parts import decode_parts, decode_parts_numpy, encode_parts
 from mpctrain.seal.binding import canonical
 
 VERSION = 1
@@ -103,10 +106,29 @@ def read_sealed_content(content: RecordDict) -> tuple[list[bytes], Envelope]:
 def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any, sender_id: str,
                  recipients: Sequence[tuple[str, str, bytes]], purpose: str, job_id: str, object_id: str,
                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
-    """Encode ``content`` with its sealed ``context`` and seal it once to every recipient."""
+    """Encode ``content`` with its sealed ``context`` and seal it once to every recipient.
+
+    The part layout when the stream header can declare every part (``chunk_size`` then plays no role),
+    else the safetensors layout in ``chunk_size`` chunks.
+    """
+    from mpctrain.seal.stream import MAX_CHUNK_SIZE, MAX_PARTS
+
+    kwargs = dict(sender=sender, sender_id=sender_id, recipients=list(recipients), purpose=purpose, job_id=job_id,
+                  object_id=object_id)
+    parts = encode_parts(content, context)
+    if len(parts) <= MAX_PARTS and all(len(p) <= MAX_CHUNK_SIZE for p in parts):
+        return seal_parts(parts, **kwargs)
     pieces, total = encode_record_pieces(content, context)
-    return seal_pieces(pieces, total, sender=sender, sender_id=sender_id, recipients=list(recipients),
-                       purpose=purpose, job_id=job_id, object_id=object_id, chunk_size=chunk_size)
+    return seal_pieces(pieces, total, chunk_size=chunk_size, **kwargs)
+
+
+def seal_parts(parts: Sequence[bytes | memoryview], **sealer_kwargs: Any) -> list[bytes]:
+    """Seal each part as its own declared chunk, encrypted straight from the caller's buffer. Header first."""
+    from mpctrain.seal.stream import StreamSealer
+
+    sealer = StreamSealer(parts=[memoryview(p).nbytes for p in parts], **sealer_kwargs)
+    last = len(parts) - 1
+    return [sealer.header_bytes, *(sealer.seal_chunk(i, p, i == last) for i, p in enumerate(parts))]
 
 
 _STAGING = threading.local()
@@ -186,21 +208,20 @@ class PlaintextBuffer:
         return memoryview(self._buf)[:size]
 
 
-def open_payload_into(frames: Sequence[bytes], buffer: PlaintextBuffer, *, recipient_id: str, recipient_key: Any,
-                      sender_public: bytes, purpose: str, job_id: str, object_id: str, max_bytes: int) -> memoryview:
-    """``open_payload`` decrypting each chunk straight into ``buffer`` at its offset (no join, no copy).
-
-    The returned view is the whole authentic plaintext, valid until ``buffer`` is used again. A stream
-    whose header does not declare its size is opened the ordinary way and copied in.
-    """
+def _opener(frames: Sequence[bytes], *, recipient_id: str, recipient_key: Any, sender_public: bytes, purpose: str,
+            job_id: str, object_id: str, max_bytes: int) -> Any:
     from mpctrain.seal.errors import TruncatedStream
     from mpctrain.seal.stream import StreamOpener
 
     if not frames:
         raise TruncatedStream("no frames: the stream header is missing")
-    opener = StreamOpener(frames[0], recipient_id=recipient_id, recipient_key=recipient_key,
-                          expected_sender_public=sender_public, expected_purpose=purpose, expected_job_id=job_id,
-                          expected_object_id=object_id, max_total=max_bytes)
+    return StreamOpener(frames[0], recipient_id=recipient_id, recipient_key=recipient_key,
+                        expected_sender_public=sender_public, expected_purpose=purpose, expected_job_id=job_id,
+                        expected_object_id=object_id, max_total=max_bytes)
+
+
+def _open_into(opener: Any, frames: Sequence[bytes], buffer: PlaintextBuffer, max_bytes: int) -> memoryview:
+    """Decrypt every chunk straight into ``buffer`` at its offset; the view is valid until ``buffer`` is reused."""
     header = opener.header
     count = header.chunk_count
     if count is None:
@@ -211,24 +232,60 @@ def open_payload_into(frames: Sequence[bytes], buffer: PlaintextBuffer, *, recip
         view[:] = payload
         return view
     view = buffer.view(header.total_size)
-    cs = header.chunk_size
     for index in range(1, len(frames)):
         i = index - 1  # chunk index; the opener refuses any frame past the final one, or of a wrong size
-        out = view[min(i * cs, header.total_size):]
+        out = view[min(header.chunk_offset(i) if i < count else header.total_size, header.total_size):]
         opener.open_chunk_into(i, frames[index], i == count - 1, out)  # type: ignore[arg-type]
     opener.finish()
     return view
 
 
+def open_payload_into(frames: Sequence[bytes], buffer: PlaintextBuffer, *, max_bytes: int,
+                      **kwargs: Any) -> memoryview:
+    """``open_payload`` decrypting each chunk straight into ``buffer`` at its offset (no join, no copy).
+
+    The returned view is the whole authentic plaintext, valid until ``buffer`` is used again. A stream
+    whose header does not declare its size is opened the ordinary way and copied in.
+    """
+    return _open_into(_opener(frames, max_bytes=max_bytes, **kwargs), frames, buffer, max_bytes)
+
+
+def _parts_of(header: Any, view: memoryview) -> list[memoryview]:
+    return [view[header.chunk_offset(i):header.chunk_offset(i) + n] for i, n in enumerate(header.parts)]
+
+
 def open_content(frames: Sequence[bytes], *, max_bytes: int, buffer: PlaintextBuffer | None = None,
                  **kwargs: Any) -> tuple[RecordDict, dict[str, Any]]:
-    """``open_payload`` (into ``buffer`` when given) then decode; codec errors become ``EnvelopeError``.
+    """Open and decode into a RecordDict that owns its arrays; codec errors become ``EnvelopeError``.
 
-    The RecordDict owns its arrays: ``buffer`` may be reused as soon as this returns.
+    Part layout: each array part is decrypted into its own ``bytes``, which its Flower ``Array`` keeps.
+    Safetensors layout: ``open_payload`` (into ``buffer`` when given, reusable once this returns), then decode.
     """
-    payload = (open_payload(frames, max_bytes=max_bytes, **kwargs) if buffer is None
-               else open_payload_into(frames, buffer, max_bytes=max_bytes, **kwargs))
+    opener = _opener(frames, max_bytes=max_bytes, **kwargs)
     try:
+        if opener.header.parts:
+            count = len(opener.header.parts)
+            parts = [opener.open_chunk(i - 1, frames[i], i == count) for i in range(1, len(frames))]
+            opener.finish()
+            return decode_parts(parts)
+        payload = (b"".join(opener.open_iter(frames[1:])) if buffer is None
+                   else _open_into(opener, frames, buffer, max_bytes))
+        if len(payload) > max_bytes:
+            raise EnvelopeError(f"sealed payload is {len(payload)} bytes; the limit is {max_bytes}")
         return decode_record(payload, max_bytes=max_bytes)
     except CodecError as exc:
         raise EnvelopeError(f"sealed payload is not a RecordDict: {exc}") from exc
+
+
+def open_numpy(frames: Sequence[bytes], buffer: PlaintextBuffer, *, max_bytes: int, **kwargs: Any) -> tuple[
+    list[tuple[str, list[str], list[Any]]], dict[str, dict[str, Any]], dict[str, Any]
+]:
+    """Open into ``buffer`` and decode to read-only ndarray views into it (the streaming aggregation path).
+
+    Either layout; the views are valid until ``buffer`` is used again. Codec errors stay ``CodecError``.
+    """
+    opener = _opener(frames, max_bytes=max_bytes, **kwargs)
+    view = _open_into(opener, frames, buffer, max_bytes)
+    if opener.header.parts:
+        return decode_parts_numpy(_parts_of(opener.header, view))
+    return decode_numpy(view, max_bytes=max_bytes)

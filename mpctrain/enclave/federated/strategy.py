@@ -28,7 +28,7 @@ from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from mpctrain.enclave.events import EventSink, LogEventSink
-from mpctrain.enclave.federated.codec import CodecError, decode_numpy
+from mpctrain.enclave.federated.codec import CodecError
 from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
 from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean
 from mpctrain.enclave.federated.folding import FoldBehind
@@ -43,8 +43,7 @@ from mpctrain.enclave.federated.protocol import (
     enclave_key_id,
     make_sealed_content,
     open_content,
-    open_payload,
-    open_payload_into,
+    open_numpy,
     read_sealed_content,
     seal_content,
 )
@@ -248,9 +247,11 @@ class Confidential(Strategy):
         log.warning("%s", exc)
 
     def _open_reply(self, reply: Message, category: str, server_round: int, expect: dict[int, str],
-                    seen: set[str], *, decode: Callable[..., Any] | None = None,
-                    buffer: PlaintextBuffer | None = None) -> Any:
-        """Open one reply; returns the decoded payload, or ``None`` after recording why it was rejected."""
+                    seen: set[str], *, buffer: PlaintextBuffer | None = None) -> Any:
+        """Open one reply; returns the decoded payload, or ``None`` after recording why it was rejected.
+
+        Without ``buffer``: a RecordDict. With it: ``open_numpy``'s ndarray views into that buffer.
+        """
         node = reply.metadata.src_node_id
         party: str | None = None
         try:
@@ -275,13 +276,11 @@ class Confidential(Strategy):
             kwargs = dict(recipient_id=ENCLAVE_SENDER, recipient_key=self.enclave.kem,
                           sender_public=spec.identity_public, purpose=PURPOSE_REPLY, job_id=self.job_id,
                           object_id=object_id, max_bytes=self.max_update_bytes)
-            if decode is None:
+            if buffer is None:
                 content, ctx = open_content(frames, **kwargs)
                 decoded: Any = content
             else:
-                payload = (open_payload(frames, **kwargs) if buffer is None
-                           else open_payload_into(frames, buffer, **kwargs))
-                decoded = decode(payload, max_bytes=self.max_update_bytes)
+                decoded = open_numpy(frames, buffer, **kwargs)
                 ctx = decoded[-1]
             want = {"job_digest": self.job_digest, "party": party, "nonce": nonce, "category": category}
             for key, value in want.items():
@@ -547,8 +546,8 @@ class StreamingRound:
         if reply.has_error():
             log.info("node %s replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
             return
-        decoded = owner._open_reply(reply, "train", server_round, self._expect, self._seen, decode=decode_numpy,
-                                    buffer=self._buffer)
+        decoded = owner._open_reply(reply, "train", server_round, self._expect, self._seen,
+                                    buffer=self._buffer or PlaintextBuffer())
         if decoded is None:
             return
         array_records, others, _ctx = decoded

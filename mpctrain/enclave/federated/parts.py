@@ -1,0 +1,176 @@
+"""The part layout of a sealed RecordDict: one sealed chunk per model array, in Flower's own array bytes.
+
+Part 0 is the record metadata (JSON: record names and kinds, array keys, metric and config values, the
+sealed context); part ``i >= 1`` is the ``i``-th array's ``Array.data``, the .npy bytes Flower itself
+carries. The stream header declares every part's size (a version-2 sealed stream), so a sender encrypts
+each array straight from the bytes it already holds and a receiver decrypts each one straight into the
+``bytes`` a Flower ``Array`` keeps, or into one reused buffer it views with numpy: no gathering, no
+joining. That is two passes over every update fewer than the safetensors layout (``codec``), which stays
+for payloads this one cannot carry (more arrays than a header may declare, or one over the chunk cap).
+
+Foreign .npy bytes are read strictly: formats 1.0 and 2.0 only, a capped header parsed by numpy's own
+reader (never ``np.load``, never pickle), numeric dtypes only, and the length must match the shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from numpy.lib import format as npy_format
+
+from mpctrain.enclave.federated.codec import (
+    _ST_NAMES,
+    MAX_META_BYTES,
+    Buffer,
+    CodecError,
+    _build,
+    _tag,
+    _untag,
+    parse_meta,
+    to_flower_array,
+)
+
+LAYOUT_VERSION = 2
+NPY_STYPE = "numpy.ndarray"
+MAX_NPY_HEADER = 10_000  # numpy's own cap on the header it will parse
+_NPY_PREFIX = 12  # magic, version and the longest (format 2.0) length field
+
+
+def _nbytes(b: Buffer) -> int:
+    return b.nbytes if isinstance(b, memoryview) else len(b)
+
+
+def npy_layout(buf: Buffer) -> tuple[np.dtype, tuple[int, ...], bool, int]:
+    """``(dtype, shape, fortran_order, data_offset)`` of .npy bytes; ``CodecError`` unless well formed."""
+    view = memoryview(buf)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    head = BytesIO(bytes(view[:MAX_NPY_HEADER + _NPY_PREFIX]))
+    try:
+        version = npy_format.read_magic(head)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(head, max_header_size=MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(head, max_header_size=MAX_NPY_HEADER)
+        else:
+            raise CodecError(f".npy format {version[0]}.{version[1]} is not 1.0 or 2.0")
+    except CodecError:
+        raise
+    except (ValueError, TypeError, OSError, EOFError, SyntaxError, RecursionError, MemoryError) as exc:
+        raise CodecError(f"array bytes are not a .npy buffer: {type(exc).__name__}") from None
+    if dtype.hasobject or dtype.newbyteorder("<").str not in _ST_NAMES:
+        raise CodecError(f"array dtype {dtype} is not a plain numeric type")
+    offset = head.tell()
+    if view.nbytes - offset != math.prod(shape) * dtype.itemsize:
+        raise CodecError(f"array bytes hold {view.nbytes - offset} data bytes, not the {math.prod(shape)} x "
+                         f"{dtype.itemsize} its header declares: truncated or padded")
+    return dtype, tuple(shape), bool(fortran), offset
+
+
+def _array_bytes(array: Array) -> bytes:
+    """The .npy bytes to seal for ``array``: its own when they are well formed, else a fresh encoding."""
+    if not isinstance(array, Array):
+        raise CodecError(f"expected a Flower Array, got {type(array).__name__}")
+    if array.stype == NPY_STYPE and isinstance(array.data, bytes):
+        try:
+            npy_layout(array.data)
+            return array.data
+        except CodecError:
+            pass
+    try:
+        ndarray = array.numpy()
+    except (ValueError, TypeError, OSError) as exc:
+        raise CodecError(f"array cannot be read: {exc}") from None
+    data = to_flower_array(ndarray).data
+    npy_layout(data)  # refuses dtypes the receiver would refuse, here rather than there
+    return data
+
+
+def encode_parts(content: RecordDict, context: Mapping[str, Any] | None = None) -> list[bytes]:
+    """``content`` and its sealed ``context`` as parts: the metadata, then every array's .npy bytes."""
+    records: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            keys = list(record.keys())
+            parts += [_array_bytes(record[key]) for key in keys]
+            records.append({"name": name, "kind": "arrays", "keys": keys})
+        elif isinstance(record, MetricRecord):
+            records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
+        elif isinstance(record, ConfigRecord):
+            records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
+        else:
+            raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
+    meta = json.dumps({"v": LAYOUT_VERSION, "records": records, "ctx": dict(context or {})},
+                      separators=(",", ":")).encode()
+    if len(meta) > MAX_META_BYTES:
+        raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
+    return [meta, *parts]
+
+
+def _meta(part: Buffer, arrays: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    if _nbytes(part) > MAX_META_BYTES:
+        raise CodecError(f"record metadata is {_nbytes(part)} bytes; the limit is {MAX_META_BYTES}")
+    records, ctx = parse_meta(bytes(part), version=LAYOUT_VERSION)
+    named = sum(len(r["keys"]) for r in records if r["kind"] == "arrays")
+    if named != arrays:
+        raise CodecError(f"the metadata names {named} arrays but {arrays} array parts came")
+    return records, ctx
+
+
+def decode_parts(parts: Sequence[bytes]) -> tuple[RecordDict, dict[str, Any]]:
+    """Parts as opened (each its own ``bytes``) back into a RecordDict whose Arrays keep those very bytes."""
+    if not parts:
+        raise CodecError("no parts: the record metadata is missing")
+    records, ctx = _meta(parts[0], len(parts) - 1)
+    out = RecordDict()
+    at = 1
+    for rec in records:
+        if rec["kind"] == "arrays":
+            arrays = {}
+            for key in rec["keys"]:
+                data = parts[at]
+                at += 1
+                if not isinstance(data, bytes):
+                    raise CodecError("array parts must be bytes")
+                dtype, shape, _, _ = npy_layout(data)
+                arrays[key] = Array(dtype=str(dtype), shape=shape, stype=NPY_STYPE, data=data)
+            out[rec["name"]] = ArrayRecord(arrays)
+        elif rec["kind"] == "metrics":
+            out[rec["name"]] = _build(MetricRecord, rec["values"])
+        else:
+            out[rec["name"]] = _build(ConfigRecord, rec["values"])
+    return out, ctx
+
+
+def decode_parts_numpy(parts: Sequence[memoryview]) -> tuple[
+    list[tuple[str, list[str], list[np.ndarray]]], dict[str, dict[str, Any]], dict[str, Any]
+]:
+    """Like ``codec.decode_numpy`` for the part layout: read-only ndarray views into the parts' buffer."""
+    if not parts:
+        raise CodecError("no parts: the record metadata is missing")
+    records, ctx = _meta(parts[0], len(parts) - 1)
+    array_records = []
+    others: dict[str, dict[str, Any]] = {}
+    at = 1
+    for rec in records:
+        if rec["kind"] == "arrays":
+            ndarrays = []
+            for _ in rec["keys"]:
+                view = parts[at]
+                at += 1
+                dtype, shape, fortran, offset = npy_layout(view)
+                arr = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=offset)
+                arr = arr.reshape(shape, order="F" if fortran else "C")
+                arr.flags.writeable = False
+                ndarrays.append(arr)
+            array_records.append((rec["name"], rec["keys"], ndarrays))
+        else:
+            others[rec["name"]] = {"kind": rec["kind"], "values": _untag(rec["values"])}
+    return array_records, others, ctx
