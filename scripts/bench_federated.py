@@ -42,6 +42,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from mpctrain.enclave.federated.simulation import build_federation
 from mpctrain.enclave.federated.strategy import Confidential
+from mpctrain.memory import keep_freed_memory
 
 DIM = 1000  # one 1000 x 1000 float32 weight matrix = 1M parameters
 
@@ -223,9 +224,12 @@ def main() -> None:
                     help="replies queued for Confidential's fold thread (0: fold in the pulling thread)")
     ap.add_argument("--no-warmup", action="store_true", help="skip the unrecorded first run of each mode")
     ap.add_argument("--secagg", action="store_true", help="also time Flower's SecAgg+ workflow")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's allocator as it is (the CLI roles apply mpctrain.memory.keep_freed_memory)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.disable(logging.INFO)
+    tuned = False if args.default_allocator else keep_freed_memory()  # one process: both modes share it
     rows = []
     for n in args.parties:
         plain, conf = measure(n, args.rounds, args.local_steps, args.repeats, workers=args.workers,
@@ -245,7 +249,8 @@ def main() -> None:
         return
     print(f"model: {DIM * DIM:,} float32 parameters; local steps per round: {args.local_steps}; medians over "
           f"rounds 2..{args.rounds} of {args.repeats} alternating runs each; grid workers: {args.workers}; "
-          f"fold-ahead: {args.fold_ahead}; cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}")
+          f"fold-ahead: {args.fold_ahead}; cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; "
+          f"allocator: {'freed pages kept (mpctrain.memory)' if tuned else 'glibc default'}, the same for both modes")
     for r in rows:
         p, c = r["plain"], r["confidential"]
         print(f"N={r['parties']:3d}  round: plain {p['round_s']:.3f}s  confidential {c['round_s']:.3f}s  "

@@ -9,6 +9,7 @@ import typer
 
 import mpctrain.cli.attest_fetch  # noqa: F401  (registers attest fetch-collateral)
 from mpctrain.cli import aggregator, attest, audit, job, keys, party
+from mpctrain.memory import keep_freed_memory
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
@@ -26,6 +27,7 @@ app.add_typer(audit.app, name="audit")
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # every role passes multi-megabyte messages: reuse freed pages (mpctrain.memory)
 
 
 @app.command()
