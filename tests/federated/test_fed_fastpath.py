@@ -163,16 +163,18 @@ def test_open_into_handles_streams_of_undeclared_size():
 # -- the blocked FedAvg sums ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("last", [False, True])  # with the last add fused with the division, or not
 @pytest.mark.parametrize("fold_every", [3, 10, 64])  # several folds and a partial one; one at the end; none
-def test_blocked_float32_sums_match_a_float64_reference(monkeypatch, fold_every):
+def test_blocked_float32_sums_match_a_float64_reference(monkeypatch, fold_every, last):
     monkeypatch.setattr(fedavg, "BLOCK", 7)  # blocks that do not divide the arrays
     monkeypatch.setattr(fedavg, "FOLD_EVERY", fold_every)
     rng = np.random.default_rng(0)
     updates = [(rng.standard_normal((5, 11)).astype(np.float32), rng.standard_normal(4), int(rng.integers(1, 50)))
                for _ in range(10)]
     mean = StreamingMean("n")
-    for w, b, n in updates:
-        mean.add("arrays", ["w", "b"], [w, b], {"n": n, "loss": 1.0})
+    for i, (w, b, n) in enumerate(updates):
+        mean.add("arrays", ["w", "b"], [w, b], {"n": n, "loss": 1.0}, last=last and i == len(updates) - 1)
+    assert any(mean._scaled) == (last and fold_every == 64)  # fused only where no float64 sum exists yet
     arrays, metrics = mean.result()
     total = sum(n for *_, n in updates)
     want_w = sum(w.astype(np.float64) * n for w, _, n in updates) / total
@@ -181,6 +183,17 @@ def test_blocked_float32_sums_match_a_float64_reference(monkeypatch, fold_every)
     np.testing.assert_allclose(arrays["w"].numpy(), want_w, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(arrays["b"].numpy(), want_b, rtol=1e-12)
     assert metrics["loss"] == pytest.approx(1.0)
+
+
+def test_nothing_is_added_after_the_last_update():
+    mean = StreamingMean("n")
+    one = np.ones(3, np.float32)
+    mean.add("arrays", ["w"], [one], {"n": 1})
+    mean.add("arrays", ["w"], [one * 3], {"n": 3}, last=True)
+    with pytest.raises(RuntimeError, match="last"):
+        mean.add("arrays", ["w"], [one], {"n": 1})
+    arrays, _ = mean.result()
+    np.testing.assert_allclose(arrays["w"].numpy(), np.full(3, 2.5, np.float32))
 
 
 def test_narrow_and_integer_dtypes_are_weighted_in_float64():

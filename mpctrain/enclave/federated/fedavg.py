@@ -35,6 +35,18 @@ def _axpy(acc: np.ndarray, x: np.ndarray, weight: float, tmp: np.ndarray) -> Non
         np.add(flat_acc[start:end], t, out=flat_acc[start:end])
 
 
+def _axpby(acc: np.ndarray, x: np.ndarray, a: float, b: float, tmp: np.ndarray) -> None:
+    """``acc = a * acc + b * x`` in cache-sized blocks: the last add and the division in one pass."""
+    flat_acc, flat_x = acc.reshape(-1), x.reshape(-1)
+    size = flat_x.size
+    for start in range(0, size, BLOCK):
+        end = min(start + BLOCK, size)
+        t, block = tmp[: end - start], flat_acc[start:end]
+        np.multiply(flat_x[start:end], b, out=t)
+        np.multiply(block, a, out=block)
+        np.add(block, t, out=block)
+
+
 class InconsistentUpdate(ValueError):
     """An update's record name, keys, shapes or weight do not match the first update of the round."""
 
@@ -60,6 +72,8 @@ class StreamingMean:
         self._partials: list[np.ndarray | None] = []
         self._tmp: dict[np.dtype, np.ndarray] = {}
         self._unfolded = 0
+        self._folded = False  # whether any float32 partial sum has been moved into float64 yet
+        self._scaled: list[bool] = []  # partial sums that already hold the mean (the last update fused in)
         self._metric_sums: dict[str, Any] = {}
         self._metric_weights: dict[str, float] = {}
 
@@ -82,9 +96,16 @@ class StreamingMean:
                 raise InconsistentUpdate(f"metric list {key!r} has another length than the other updates'")
         return float(weight)
 
-    def add(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any]) -> None:
-        """Add one update (after ``check``); the caller drops its arrays afterwards."""
+    def add(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any], *,
+            last: bool = False) -> None:
+        """Add one update (after ``check``); the caller drops its arrays afterwards.
+
+        ``last``: no update follows, so float32 sums take the division in the same pass as this add
+        (``result`` then has one pass less to do: the part of a round left after its last reply).
+        """
         weight = self.check(name, keys, arrays, metrics)
+        if any(self._scaled):
+            raise RuntimeError("an update came after the one added as the last: the sums already hold the mean")
         if self._name is None:
             self._name, self._keys = name, list(keys)
             self._dtypes = [a.dtype for a in arrays]
@@ -92,8 +113,14 @@ class StreamingMean:
             f32 = [a.dtype == np.float32 for a in arrays]
             self._partials = [np.zeros(a.shape, np.float32) if f else None for a, f in zip(arrays, f32, strict=True)]
             self._sums = [None if f else np.zeros(a.shape, np.float64) for a, f in zip(arrays, f32, strict=True)]
-        for buf, partial, arr in zip(self._sums, self._partials, arrays, strict=True):
-            if partial is not None:
+            self._scaled = [False] * len(arrays)
+        total = self.total_weight + weight
+        fuse = last and not self._folded and self._unfolded + 1 < FOLD_EVERY and total > 0
+        for i, (buf, partial, arr) in enumerate(zip(self._sums, self._partials, arrays, strict=True)):
+            if partial is not None and fuse:
+                _axpby(partial, arr, 1.0 / total, weight / total, self._scratch(np.dtype(np.float32)))
+                self._scaled[i] = True
+            elif partial is not None:
                 _axpy(partial, arr, weight, self._scratch(np.dtype(np.float32)))
             elif arr.dtype == np.float64:
                 _axpy(buf, arr, weight, self._scratch(np.dtype(np.float64)))
@@ -122,6 +149,8 @@ class StreamingMean:
 
     def _fold(self) -> None:
         """Move the float32 partial sums into float64 sums (allocated at the first fold)."""
+        assert not any(self._scaled), "a sum that already holds the mean cannot be folded"
+        self._folded = True
         for i, partial in enumerate(self._partials):
             if partial is None:
                 continue
@@ -144,7 +173,11 @@ class StreamingMean:
             self._fold()  # a float64 sum exists already: the rest joins it
         inv = 1.0 / self.total_weight
         means = []
-        for buf, partial, dtype, shape in zip(self._sums, self._partials, self._dtypes, self._shapes, strict=True):
+        for i, (buf, partial, dtype, shape) in enumerate(zip(self._sums, self._partials, self._dtypes, self._shapes,
+                                                             strict=True)):
+            if self._scaled[i] and partial is not None:
+                means.append(partial)  # the last add divided it already
+                continue
             if buf is None and partial is not None and partial.dtype == dtype:
                 out = partial  # scaled in place: its pages are warm, a fresh array would fault them in
             else:

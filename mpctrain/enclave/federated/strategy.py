@@ -369,8 +369,9 @@ class Confidential(Strategy):
                              replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         started = time.perf_counter()  # every reply is already here: the whole call is on the critical path
         agg = self.begin_streaming_round(server_round)
-        for reply in replies:
-            agg.fold(reply)
+        replies = list(replies)
+        for i, reply in enumerate(replies):
+            agg.fold(reply, last=i == len(replies) - 1)
         return agg.finish(started)
 
     def begin_streaming_round(self, server_round: int) -> StreamingRound:
@@ -414,10 +415,13 @@ class Confidential(Strategy):
             if self.streaming:  # fold each reply in as it arrives: one update's work left after the last
                 agg = self.begin_streaming_round(rnd)
                 last_reply_at = time.perf_counter()
-                with FoldBehind(agg.fold, self.fold_ahead) as folder:
-                    for reply in self._pull_as_they_arrive(grid, grid.push_messages(messages), timeout):
+                ids = list(grid.push_messages(messages))
+                left = len(ids)
+                with FoldBehind(agg.fold_item, self.fold_ahead) as folder:
+                    for reply in self._pull_as_they_arrive(grid, ids, timeout):
                         last_reply_at = time.perf_counter()
-                        folder.submit(reply)
+                        left -= 1  # each id is answered at most once
+                        folder.submit((reply, left == 0))
                 del messages
                 agg_arrays, agg_metrics = agg.finish(last_reply_at)
             else:
@@ -534,14 +538,18 @@ class StreamingRound:
         self._buffer: PlaintextBuffer | None = owner._plaintext
         self.busy_s = 0.0
 
-    def fold(self, reply: Message) -> None:
+    def fold_item(self, item: tuple[Message, bool]) -> None:
+        self.fold(*item)
+
+    def fold(self, reply: Message, last: bool = False) -> None:
+        """Open, check and add one reply; ``last``: no other reply of this round will come."""
         started = time.perf_counter()
         try:
-            self._fold(reply)
+            self._fold(reply, last)
         finally:
             self.busy_s += time.perf_counter() - started
 
-    def _fold(self, reply: Message) -> None:
+    def _fold(self, reply: Message, last: bool) -> None:
         owner, server_round = self.owner, self.round
         if reply.has_error():
             log.info("node %s replied with an error: %s", reply.metadata.src_node_id, reply.error.reason)
@@ -561,7 +569,7 @@ class StreamingRound:
             except (TypeError, ValueError) as exc:
                 raise InconsistentUpdate(f"metric values of the wrong type: {exc}") from exc
             name, keys, arrays = array_records[0]
-            self.mean.add(name, keys, arrays, metrics[0]["values"])
+            self.mean.add(name, keys, arrays, metrics[0]["values"], last=last)
         except InconsistentUpdate as exc:
             owner._reject(ReplyRejected(str(exc), node_id=node, party_id=owner._node_party.get(node)), "train",
                           server_round)
