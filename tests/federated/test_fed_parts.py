@@ -187,3 +187,52 @@ def test_malformed_part_through_the_sealed_path_is_an_envelope_error(monkeypatch
         _open(frames)
     with pytest.raises(CodecError):
         _open_numpy(frames)
+
+
+def _numpy_reader(data: bytes):
+    """numpy's own header reader: the reference the fast path must agree with."""
+    from io import BytesIO
+
+    from numpy.lib import format as npy_format
+
+    head = BytesIO(data)
+    npy_format.read_magic(head)
+    shape, fortran, dtype = npy_format.read_array_header_1_0(head)
+    return dtype, tuple(shape), fortran, head.tell()
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", "<f2", "<i8", ">i4", "<i2", "|i1", "<u8", "|u1", "|b1"])
+@pytest.mark.parametrize("shape", [(), (0,), (7,), (3, 5), (2, 0, 4), (1, 1, 1, 1, 1, 1)])
+@pytest.mark.parametrize("fortran", [False, True])
+def test_fast_header_path_agrees_with_numpys_reader(dtype, shape, fortran):
+    from mpctrain.enclave.federated.parts import _numpy_written
+
+    arr = np.zeros(shape, dtype=dtype, order="F" if fortran else "C")
+    data = Array(arr).data
+    fast = _numpy_written(memoryview(data))
+    assert fast is not None and fast == _numpy_reader(data) == npy_layout(data)
+
+
+@pytest.mark.parametrize("header", [
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (5), }",  # an int, not a tuple: numpy refuses it
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (05,), }",  # not a Python literal
+    "{'fortran_order': False, 'descr': '<f4', 'shape': (5,), }",  # another key order: numpy's reader decides
+    "{'descr': '<f4', 'fortran_order': False, 'shape': (5,), 'x': 1, }",
+    "{'descr': '<f4', 'fortran_order': 0, 'shape': (5,), }",
+    "{'descr': '<z9', 'fortran_order': False, 'shape': (5,), }",
+])
+def test_headers_off_numpys_own_form_get_numpys_verdict(header):
+    from mpctrain.enclave.federated.parts import _numpy_written
+
+    raw = header.encode() + b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    data = b"\x93NUMPY\x01\x00" + len(raw).to_bytes(2, "little") + raw + bytes(20)
+    assert _numpy_written(memoryview(data)) is None
+    try:
+        reference = _numpy_reader(data)
+    except ValueError:
+        reference = None
+    if reference is None or reference[0].str != "<f4":
+        with pytest.raises(CodecError):
+            npy_layout(data)
+    else:  # numpy reads it: so do we, to the same layout
+        assert npy_layout(data) == reference

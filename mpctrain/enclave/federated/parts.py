@@ -8,14 +8,17 @@ each array straight from the bytes it already holds and a receiver decrypts each
 joining. That is two passes over every update fewer than the safetensors layout (``codec``), which stays
 for payloads this one cannot carry (more arrays than a header may declare, or one over the chunk cap).
 
-Foreign .npy bytes are read strictly: formats 1.0 and 2.0 only, a capped header parsed by numpy's own
-reader (never ``np.load``, never pickle), numeric dtypes only, and the length must match the shape.
+Foreign .npy bytes are read strictly: formats 1.0 and 2.0 only, numeric dtypes only, and the length must
+match the shape. The header numpy itself writes is recognised by one anchored pattern (numpy's reader
+tokenises it, which costs more than the rest of opening a small update); any other header goes to
+numpy's own capped reader (never ``np.load``, never pickle).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from io import BytesIO
 from typing import Any
@@ -40,10 +43,33 @@ LAYOUT_VERSION = 2
 NPY_STYPE = "numpy.ndarray"
 MAX_NPY_HEADER = 10_000  # numpy's own cap on the header it will parse
 _NPY_PREFIX = 12  # magic, version and the longest (format 2.0) length field
+_NPY_V1 = b"\x93NUMPY\x01\x00"
+# exactly what numpy's format 1.0 writer emits: dict literal, fixed key order, padding, newline
+_DIM = rb"(?:0|[1-9][0-9]{0,18})"
+_NUMPY_HEADER = re.compile(rb"\{'descr': '([<>|][a-z][0-9]{1,2})', 'fortran_order': (True|False), 'shape': \((|"
+                           + _DIM + rb",|" + _DIM + rb"(?:, " + _DIM + rb")+)\), \} *\n")
 
 
 def _nbytes(b: Buffer) -> int:
     return b.nbytes if isinstance(b, memoryview) else len(b)
+
+
+def _numpy_written(view: memoryview) -> tuple[np.dtype, tuple[int, ...], bool, int] | None:
+    """The layout of a header exactly as numpy writes it, or ``None`` (then numpy's reader decides)."""
+    if view.nbytes < 10 or view[:8] != _NPY_V1:
+        return None
+    size = int.from_bytes(view[8:10], "little")
+    if size > MAX_NPY_HEADER:
+        return None
+    match = _NUMPY_HEADER.fullmatch(bytes(view[10:10 + size]))
+    if match is None:
+        return None
+    try:
+        dtype = np.dtype(match[1].decode())
+    except TypeError:
+        return None
+    shape = tuple(int(d) for d in match[3].split(b",") if d.strip())
+    return dtype, shape, match[2] == b"True", 10 + size
 
 
 def npy_layout(buf: Buffer) -> tuple[np.dtype, tuple[int, ...], bool, int]:
@@ -51,6 +77,9 @@ def npy_layout(buf: Buffer) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     view = memoryview(buf)
     if view.ndim != 1 or view.itemsize != 1:
         view = view.cast("B")
+    known = _numpy_written(view)
+    if known is not None:
+        return _checked(view, *known)
     head = BytesIO(bytes(view[:MAX_NPY_HEADER + _NPY_PREFIX]))
     try:
         version = npy_format.read_magic(head)
@@ -64,13 +93,17 @@ def npy_layout(buf: Buffer) -> tuple[np.dtype, tuple[int, ...], bool, int]:
         raise
     except (ValueError, TypeError, OSError, EOFError, SyntaxError, RecursionError, MemoryError) as exc:
         raise CodecError(f"array bytes are not a .npy buffer: {type(exc).__name__}") from None
+    return _checked(view, dtype, tuple(shape), bool(fortran), head.tell())
+
+
+def _checked(view: memoryview, dtype: np.dtype, shape: tuple[int, ...], fortran: bool,
+             offset: int) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     if dtype.hasobject or dtype.newbyteorder("<").str not in _ST_NAMES:
         raise CodecError(f"array dtype {dtype} is not a plain numeric type")
-    offset = head.tell()
     if view.nbytes - offset != math.prod(shape) * dtype.itemsize:
         raise CodecError(f"array bytes hold {view.nbytes - offset} data bytes, not the {math.prod(shape)} x "
                          f"{dtype.itemsize} its header declares: truncated or padded")
-    return dtype, tuple(shape), bool(fortran), offset
+    return dtype, shape, fortran, offset
 
 
 def _array_bytes(array: Array) -> bytes:
