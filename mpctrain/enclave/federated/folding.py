@@ -1,7 +1,9 @@
 """Folding replies on a second thread while the next ones are pulled.
 
-Opening a sealed update (AES-GCM) and adding it (numpy) release the GIL, so one fold thread works on
-update k while the pulling thread waits for, or in the in-process runtime computes, update k+1. At most
+One fold thread works on update k while the pulling thread waits for update k+1 (a network wait in a
+deployment; in the in-process runtime, party k+1's own work). Off by default: on two cores it was not
+faster, since AES-GCM in ``cryptography`` holds the GIL (two threads decrypting measured no faster than
+one) and Flower's serde does too, so only numpy's parts overlap. At most
 ``ahead`` pulled replies wait for it, so memory stays a constant number of updates (O(model), whatever
 the number of parties), and a single worker folds them in arrival order: the sum, and so the result, is
 the same as folding inline.

@@ -7,8 +7,9 @@ objects, and ``tap`` sees exactly the bytes a host relaying the traffic would se
 
 With ``workers=1`` (the default, deterministic) a message runs when it is pulled, so parties take turns.
 With more workers it runs as soon as it is pushed, on a thread pool, as parties on their own machines
-would: the server can open and add early replies while later parties still compute (AES-GCM and numpy
-release the GIL). A node handles one message at a time either way.
+would: the server can open and add early replies while later parties still compute (only where the work
+releases the GIL: numpy and BLAS do; Flower's serde and AES-GCM in ``cryptography`` do not). A node
+handles one message at a time either way.
 """
 
 from __future__ import annotations
