@@ -11,6 +11,7 @@ payload size. Wire format and error meanings: docs/sealing.md.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import struct
 import tempfile
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mpctrain.seal.binding import canonical
@@ -52,6 +54,8 @@ from mpctrain.seal.wrap import WrapContext, unwrap_key, wrap_key
 STREAM_VERSION = 1
 PARTS_VERSION = 2  # a header that also declares each chunk's size (``parts``); otherwise identical
 MAX_PARTS = 1 << 14
+COMMIT_KEY_BYTES = 32
+COMMIT_NONCE = bytes(12)  # every commitment key is fresh and used for exactly one tag
 HEADER_MAGIC = b"mpctrain/v1/sealed-stream"
 HEADER_SIGNATURE_DOMAIN = b"mpctrain/v1/sealed-stream-header"
 DEFAULT_CHUNK_SIZE = 1 << 20
@@ -180,6 +184,18 @@ class StreamHeader:
             pos += n
         return tuple(offsets)
 
+    @property
+    def commits(self) -> bool:
+        """Whether the chunks are committed to per recipient (a trailer frame of tags after the last chunk).
+
+        All recipients of a stream share its data key, so any of them could re-encrypt chunks that the
+        others would accept under the sender's header signature. A version-2 stream to several recipients
+        therefore wraps each one a second, private key as well, and ends with one GMAC per recipient over
+        the header digest and every chunk frame: a recipient accepts only the chunks the sender committed
+        to for it. With one recipient there is nobody to forge for, so there is no trailer.
+        """
+        return self.version == PARTS_VERSION and len(self.recipients) > 1
+
     def chunk_offset(self, index: int) -> int:
         """Where chunk ``index`` starts in the plaintext."""
         return self._part_offsets[index] if self.parts else index * self.chunk_size
@@ -291,6 +307,16 @@ class StreamHeader:
             )
 
 
+def _commit_tag(key: bytes, digest: bytes, frames: Sequence[bytes | memoryview]) -> bytes:
+    """GMAC (AES-256-GCM with no plaintext) over the header digest and the chunk frames, in order."""
+    mac = Cipher(algorithms.AES(key), modes.GCM(COMMIT_NONCE)).encryptor()
+    mac.authenticate_additional_data(digest)
+    for frame in frames:
+        mac.authenticate_additional_data(frame)
+    mac.finalize()
+    return mac.tag
+
+
 def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
@@ -361,7 +387,12 @@ class StreamSealer:
             chunk_size, total_size = max(1, *declared), sum(declared)
         data_key = AESGCM.generate_key(bit_length=256)
         ctx = WrapContext(purpose, job_id, object_id, sender_id)
-        wrapped = tuple((rid, alg, wrap_key(alg, public, data_key, ctx)) for rid, alg, public in recipients)
+        # a committing stream (declared parts, several recipients) wraps each recipient a private commitment key
+        self._commit_keys = [os.urandom(COMMIT_KEY_BYTES) for _ in recipients] if declared and len(recipients) > 1 \
+            else []
+        secrets = [data_key + k for k in self._commit_keys] or [data_key] * len(recipients)
+        wrapped = tuple((rid, alg, wrap_key(alg, public, secret, ctx))
+                        for (rid, alg, public), secret in zip(recipients, secrets, strict=True))
         unsigned = StreamHeader(
             PARTS_VERSION if declared else STREAM_VERSION, purpose, job_id, object_id, sender_id,
             sender.public_bytes(), int(chunk_size), int(total_size), wrapped, os.urandom(NONCE_PREFIX_BYTES),
@@ -418,6 +449,16 @@ class StreamSealer:
         """Encrypt chunk ``index``; returns the frame (ciphertext ‖ 16-byte tag)."""
         nonce = self._admit(index, _nbytes(plaintext), last)
         return self._aead.encrypt(nonce, plaintext, self._ad)
+
+    def commitment(self, chunk_frames: Sequence[bytes | memoryview]) -> bytes:
+        """The trailer frame of a committing stream (:attr:`StreamHeader.commits`): one 16-byte tag per
+        recipient, in header order, over the header digest and ``chunk_frames`` (every chunk, in order)."""
+        count = self.header.chunk_count
+        if not self.header.commits:
+            raise ValueError("only a stream with declared parts and several recipients carries a commitment")
+        if len(chunk_frames) != count or len(self._sealed) != count:
+            raise ValueError(f"seal all {count} chunks first, and pass every chunk frame in order")
+        return b"".join(_commit_tag(key, self._ad, chunk_frames) for key in self._commit_keys)
 
     def seal_chunk_into(self, index: int, plaintext: bytes | bytearray | memoryview, last: bool,
                         out: bytearray) -> memoryview:
@@ -544,11 +585,15 @@ class StreamOpener:
         if entry[1] != recipient_key.alg:
             raise WrongRecipient(f"stream wraps the key for {recipient_id!r} with {entry[1]}, but the given key "
                                  f"is {recipient_key.alg}: load that recipient's {entry[1]} key")
-        key = unwrap_key(recipient_key, entry[2], h.wrap_context())
-        if len(key) != KEY_BYTES:
-            raise MalformedStream(f"unwrapped data key is {len(key)} bytes, expected {KEY_BYTES}")
+        secret = unwrap_key(recipient_key, entry[2], h.wrap_context())
+        want = KEY_BYTES + (COMMIT_KEY_BYTES if h.commits else 0)
+        if len(secret) != want:
+            raise MalformedStream(f"unwrapped key is {len(secret)} bytes, expected {want}")
         self.header = h
-        self._aead = AESGCM(key)
+        self._commit_key = secret[KEY_BYTES:]
+        self._commit_at = h.recipient_ids().index(recipient_id)
+        self._committed = not h.commits
+        self._aead = AESGCM(secret[:KEY_BYTES])
         self._ad = h.digest()
         self._prefix = h.nonce_prefix
         self._max_total = max_total
@@ -561,9 +606,32 @@ class StreamOpener:
     def bytes_opened(self) -> int:
         return self._bytes
 
+    def check_commitment(self, chunk_frames: Sequence[bytes | memoryview], trailer: bytes | memoryview) -> None:
+        """Check the trailer of a committing stream against every chunk frame, before any is decrypted.
+
+        Raises :class:`TamperedChunk` when the chunks are not the ones the sender committed to for this
+        recipient: changed by another recipient of the stream (who shares its data key) or in transit.
+        """
+        h = self.header
+        if not h.commits:
+            raise ValueError("this stream carries no commitment (one recipient, or equal chunks)")
+        if len(chunk_frames) != h.chunk_count:
+            raise TruncatedStream(f"stream {h.object_id!r} has {len(chunk_frames)} of its {h.chunk_count} chunk "
+                                  "frames: it was cut or extended")
+        if _nbytes(trailer) != 16 * len(h.recipients):
+            raise TamperedChunk(f"commitment trailer is {_nbytes(trailer)} bytes, not 16 per recipient: cut or "
+                                "re-framed")
+        mine = bytes(memoryview(trailer)[16 * self._commit_at:16 * (self._commit_at + 1)])
+        if not hmac.compare_digest(_commit_tag(self._commit_key, self._ad, chunk_frames), mine):
+            raise TamperedChunk(f"the chunks of {h.object_id!r} are not the ones its sender committed to for this "
+                                "recipient: re-encrypted by another recipient of the stream, or altered; discard")
+        self._committed = True
+
     def _precheck(self, index: int, frame_len: int, last: bool) -> int:
         """Position and length checks before any decryption; returns the plaintext length."""
         h = self.header
+        if not self._committed:
+            raise ValueError("a committing stream's chunks are opened only after check_commitment()")
         if self._finished:
             raise TamperedChunk(f"chunk {index} offered after finish(): the stream was already complete")
         if not 0 <= index < MAX_CHUNKS:

@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from mpctrain.enclave.federated import protocol
@@ -236,3 +237,27 @@ def test_headers_off_numpys_own_form_get_numpys_verdict(header):
             npy_layout(data)
     else:  # numpy reads it: so do we, to the same layout
         assert npy_layout(data) == reference
+
+
+def test_an_instruction_to_several_parties_cannot_be_forged_by_one_of_them():
+    """Every party of a round shares the round key; the commitment trailer keeps each one's copy its own."""
+    from mpctrain.seal.stream import KEY_BYTES, _nonce
+    from mpctrain.seal.wrap import unwrap_key
+
+    other = KemKey.generate()
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.zeros(64, np.float32))})})
+    frames = seal_content(content, {"nonce": "n1"}, sender=SENDER, sender_id="enclave",
+                          recipients=[("enclave", ENCLAVE.alg, ENCLAVE.public_bytes()),
+                                      ("bank-b", other.alg, other.public_bytes())], **KW)
+    header = StreamHeader.from_bytes(frames[0])
+    assert header.commits and len(frames) == 1 + 2 + 1  # header, metadata, the array, the commitments
+    assert _open(frames)[0]["arrays"]["w"].numpy().tolist() == [0.0] * 64
+    secret = unwrap_key(other, header.recipients[1][2], header.wrap_context())  # bank-b's own entry
+    evil = Array(np.full(64, 1e6, np.float32)).data
+    forged = AESGCM(secret[:KEY_BYTES]).encrypt(_nonce(header.nonce_prefix, 1, True), evil, header.digest())
+    assert len(forged) == len(frames[2])  # same size: only the commitment tells it apart
+    for opener in (_open, _open_numpy):
+        with pytest.raises(TamperedChunk, match="committed"):
+            opener([frames[0], frames[1], forged, frames[3]])
+        with pytest.raises(TruncatedStream, match="commitment"):
+            opener(frames[:2])

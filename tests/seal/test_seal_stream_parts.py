@@ -6,6 +6,7 @@ import struct
 from dataclasses import replace
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from mpctrain.seal import (
     BadHeaderSignature,
@@ -126,3 +127,77 @@ def test_max_total_applies_to_parts(parties):
     _, frames = seal_parts(parties)
     with pytest.raises(StreamTooLarge):
         StreamOpener(frames[0], max_total=10, **parties.open_kw())
+
+
+# -- several recipients: per-recipient commitments -----------------------------------------------------
+
+def _two(parties, parts=PARTS):
+    recipients = [("enclave", "x25519", parties.enclave.public_bytes()),
+                  ("other", "x25519", parties.enclave2.public_bytes())]
+    return seal_parts(parties, parts=parts, recipients=recipients)
+
+
+def _commit_frames(sealer, frames):
+    return [*frames, sealer.commitment(frames[1:])]
+
+
+def test_a_recipient_cannot_re_encrypt_chunks_for_another(parties):
+    from mpctrain.seal.stream import KEY_BYTES, _nonce
+    from mpctrain.seal.wrap import unwrap_key
+
+    sealer, frames = _two(parties)
+    frames = _commit_frames(sealer, frames)
+    header = StreamHeader.from_bytes(frames[0])
+    assert header.commits and len(frames[-1]) == 2 * 16
+    # "other" unwraps its own entry, learns the shared data key and re-encrypts chunk 2 with it
+    secret = unwrap_key(parties.enclave2, header.recipients[1][2], header.wrap_context())
+    forged = AESGCM(secret[:KEY_BYTES]).encrypt(_nonce(header.nonce_prefix, 2, False), b"y" * 300, header.digest())
+    tampered = [*frames[:3], forged, *frames[4:]]
+    opener = StreamOpener(tampered[0], **parties.open_kw())
+    with pytest.raises(TamperedChunk, match="committed"):
+        opener.check_commitment(tampered[1:-1], tampered[-1])
+    opener._committed = True  # without the commitment the forgery would open as authentic: the check is the defence
+    assert opener.open_chunk(2, forged, False) == b"y" * 300
+    # the honest stream opens for both recipients
+    for rid, key in (("enclave", parties.enclave), ("other", parties.enclave2)):
+        honest = StreamOpener(frames[0], **parties.open_kw(recipient_id=rid, recipient_key=key))
+        honest.check_commitment(frames[1:-1], frames[-1])
+        got = [honest.open_chunk(i, f, i == len(PARTS) - 1) for i, f in enumerate(frames[1:-1])]
+        assert honest.finish() == header.total_size and got == PARTS
+
+
+def test_commitment_trailer_faults(parties):
+    sealer, frames = _two(parties)
+    frames = _commit_frames(sealer, frames)
+    opener = StreamOpener(frames[0], **parties.open_kw())
+    with pytest.raises(ValueError, match="check_commitment"):
+        opener.open_chunk(0, frames[1], False)
+    with pytest.raises(TamperedChunk, match="16 per recipient"):
+        opener.check_commitment(frames[1:-1], frames[-1][:-1])
+    other_tag = frames[-1][16:] + frames[-1][:16]  # the tags swapped: each is bound to its recipient's key
+    with pytest.raises(TamperedChunk, match="committed"):
+        opener.check_commitment(frames[1:-1], other_tag)
+    with pytest.raises(TruncatedStream):
+        opener.check_commitment(frames[1:-2], frames[-1])
+    with pytest.raises(ValueError, match="seal all"):
+        sealer.commitment(frames[1:-2])
+
+
+def test_one_recipient_or_equal_chunks_carry_no_commitment(parties):
+    sealer, frames = seal_parts(parties)
+    assert not sealer.header.commits
+    with pytest.raises(ValueError, match="carries a commitment"):
+        sealer.commitment(frames[1:])
+    uniform = StreamSealer(total_size=10, **parties.seal_kw(recipients=[
+        ("enclave", "x25519", parties.enclave.public_bytes()), ("other", "x25519", parties.enclave2.public_bytes())]))
+    assert not uniform.header.commits
+
+
+def test_a_commitment_key_missing_from_the_wrap_is_malformed(parties, monkeypatch):
+    import mpctrain.seal.stream as stream
+
+    real = stream.wrap_key
+    monkeypatch.setattr(stream, "wrap_key", lambda alg, public, secret, ctx: real(alg, public, secret[:32], ctx))
+    _, frames = _two(parties)
+    with pytest.raises(MalformedStream, match="expected 64"):
+        StreamOpener(frames[0], **parties.open_kw())

@@ -123,12 +123,16 @@ def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any
 
 
 def seal_parts(parts: Sequence[bytes | memoryview], **sealer_kwargs: Any) -> list[bytes]:
-    """Seal each part as its own declared chunk, encrypted straight from the caller's buffer. Header first."""
+    """Seal each part as its own declared chunk, encrypted straight from the caller's buffer.
+
+    Frames: the header, one per part, then (several recipients) the commitment trailer.
+    """
     from mpctrain.seal.stream import StreamSealer
 
     sealer = StreamSealer(parts=[memoryview(p).nbytes for p in parts], **sealer_kwargs)
     last = len(parts) - 1
-    return [sealer.header_bytes, *(sealer.seal_chunk(i, p, i == last) for i, p in enumerate(parts))]
+    chunks = [sealer.seal_chunk(i, p, i == last) for i, p in enumerate(parts)]
+    return [sealer.header_bytes, *chunks, *([sealer.commitment(chunks)] if sealer.header.commits else [])]
 
 
 _STAGING = threading.local()
@@ -220,6 +224,19 @@ def _opener(frames: Sequence[bytes], *, recipient_id: str, recipient_key: Any, s
                         expected_object_id=object_id, max_total=max_bytes)
 
 
+def _chunks(opener: Any, frames: Sequence[bytes]) -> Sequence[bytes]:
+    """The chunk frames after the header; a committing stream's trailer is checked against them first."""
+    if not opener.header.commits:
+        return frames[1:]
+    if len(frames) < 3:
+        from mpctrain.seal.errors import TruncatedStream
+
+        raise TruncatedStream("a stream to several recipients ends with a commitment frame: it is missing")
+    chunks = frames[1:-1]
+    opener.check_commitment(chunks, frames[-1])
+    return chunks
+
+
 def _open_into(opener: Any, frames: Sequence[bytes], buffer: PlaintextBuffer, max_bytes: int) -> memoryview:
     """Decrypt every chunk straight into ``buffer`` at its offset; the view is valid until ``buffer`` is reused."""
     header = opener.header
@@ -232,10 +249,9 @@ def _open_into(opener: Any, frames: Sequence[bytes], buffer: PlaintextBuffer, ma
         view[:] = payload
         return view
     view = buffer.view(header.total_size)
-    for index in range(1, len(frames)):
-        i = index - 1  # chunk index; the opener refuses any frame past the final one, or of a wrong size
+    for i, frame in enumerate(_chunks(opener, frames)):  # the opener refuses a frame past the final one, or mis-sized
         out = view[min(header.chunk_offset(i) if i < count else header.total_size, header.total_size):]
-        opener.open_chunk_into(i, frames[index], i == count - 1, out)  # type: ignore[arg-type]
+        opener.open_chunk_into(i, frame, i == count - 1, out)  # type: ignore[arg-type]
     opener.finish()
     return view
 
@@ -265,7 +281,7 @@ def open_content(frames: Sequence[bytes], *, max_bytes: int, buffer: PlaintextBu
     try:
         if opener.header.parts:
             count = len(opener.header.parts)
-            parts = [opener.open_chunk(i - 1, frames[i], i == count) for i in range(1, len(frames))]
+            parts = [opener.open_chunk(i, frame, i == count - 1) for i, frame in enumerate(_chunks(opener, frames))]
             opener.finish()
             return decode_parts(parts)
         payload = (b"".join(opener.open_iter(frames[1:])) if buffer is None
