@@ -100,6 +100,45 @@ def test_content_the_header_cannot_declare_falls_back_to_the_safetensors_layout(
     np.testing.assert_array_equal(arrays[0], content["arrays"]["w"].numpy())
 
 
+def test_a_message_over_the_part_limit_to_several_recipients_is_refused(monkeypatch):
+    import mpctrain.seal.stream as stream
+
+    monkeypatch.setattr(stream, "MAX_PARTS", 3)
+    with pytest.raises(EnvelopeError, match="several recipients"):
+        seal_content(_content(), {}, sender=SENDER, sender_id="enclave", **KW, recipients=[
+            ("enclave", ENCLAVE.alg, ENCLAVE.public_bytes()), ("b", ENCLAVE.alg, KemKey.generate().public_bytes())])
+
+
+def test_an_array_over_the_part_size_spans_several_parts(monkeypatch):
+    import mpctrain.enclave.federated.parts as parts_mod
+
+    monkeypatch.setattr(parts_mod, "MAX_PART", 100)
+    content = _content()
+    frames = _seal(content)
+    header = StreamHeader.from_bytes(frames[0])
+    w = content["arrays"]["w"].data  # 128 + 48 bytes: two parts
+    assert max(header.parts[1:]) == 100 and len(header.parts) > 1 + 4
+    out, _ = _open(frames)
+    _same(content, out)
+    assert out["arrays"]["w"].data == w
+    ((_, keys, arrays),), _, _ = _open_numpy(frames)
+    for key, arr in zip(keys, arrays, strict=True):
+        np.testing.assert_array_equal(arr, content["arrays"][key].numpy())
+
+
+@pytest.mark.parametrize("spans", [None, [], [2], [0, 1], [1.0], "1", [1, 1]])
+def test_spans_that_do_not_match_the_parts_are_codec_errors(spans):
+    arr = Array(np.zeros(2, np.float32)).data
+    meta = {"v": 2, "records": [{"name": "a", "kind": "arrays", "keys": ["w"]}], "ctx": {}}
+    if spans is not None:
+        meta["spans"] = spans
+    raw = json.dumps(meta).encode()
+    with pytest.raises(CodecError, match="span"):
+        decode_parts([raw, arr])
+    with pytest.raises(CodecError, match="span"):
+        decode_parts_numpy(*_packed([raw, arr]))
+
+
 def test_a_tampered_part_fails_before_anything_is_decoded():
     frames = _seal(_content())
     bad = bytearray(frames[2])
@@ -132,6 +171,15 @@ def test_encoding_reuses_valid_array_bytes_and_re_encodes_others():
     np.testing.assert_array_equal(out["arrays"]["s"].numpy(), sliced)
 
 
+def _packed(parts: list[bytes]) -> tuple[memoryview, list[tuple[int, int]]]:
+    """Parts back to back in one buffer, as the enclave opens them, with their bounds."""
+    bounds, at = [], 0
+    for p in parts:
+        bounds.append((at, len(p)))
+        at += len(p)
+    return memoryview(bytearray(b"".join(parts))), bounds
+
+
 def _npy(descr: str, shape: str, payload: bytes, version: bytes = b"\x01\x00") -> bytes:
     header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}".encode()
     header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
@@ -154,11 +202,12 @@ BAD_NPY = [
 def test_malformed_npy_parts_are_codec_errors(data):
     with pytest.raises(CodecError):
         npy_layout(data)
-    meta = json.dumps({"v": 2, "records": [{"name": "arrays", "kind": "arrays", "keys": ["w"]}], "ctx": {}}).encode()
+    meta = json.dumps({"v": 2, "records": [{"name": "arrays", "kind": "arrays", "keys": ["w"]}], "spans": [1],
+                       "ctx": {}}).encode()
     with pytest.raises(CodecError):
         decode_parts([meta, data])
     with pytest.raises(CodecError):
-        decode_parts_numpy([memoryview(meta), memoryview(data)])
+        decode_parts_numpy(*_packed([meta, data]))
 
 
 @pytest.mark.parametrize("data", [BAD_NPY[i] for i in (0, 1, 2, 4)])  # trailing bytes are re-encoded away

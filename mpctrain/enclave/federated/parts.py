@@ -1,12 +1,13 @@
 """The part layout of a sealed RecordDict: one sealed chunk per model array, in Flower's own array bytes.
 
 Part 0 is the record metadata (JSON: record names and kinds, array keys, metric and config values, the
-sealed context); part ``i >= 1`` is the ``i``-th array's ``Array.data``, the .npy bytes Flower itself
-carries. The stream header declares every part's size (a version-2 sealed stream), so a sender encrypts
-each array straight from the bytes it already holds and a receiver decrypts each one straight into the
-``bytes`` a Flower ``Array`` keeps, or into one reused buffer it views with numpy: no gathering, no
-joining. That is two passes over every update fewer than the safetensors layout (``codec``), which stays
-for payloads this one cannot carry (more arrays than a header may declare, or one over the chunk cap).
+sealed context); then each array's ``Array.data``, the .npy bytes Flower itself carries, as one part
+(or, over the 64 MiB a chunk may hold, as consecutive parts the metadata's ``spans`` count). The stream
+header declares every part's size (a version-2 sealed stream), so a sender encrypts each array straight
+from the bytes it already holds and a receiver decrypts each one straight into the ``bytes`` a Flower
+``Array`` keeps, or into one reused buffer it views with numpy: no gathering, no joining. That is two
+passes over every update fewer than the safetensors layout (``codec``), which stays for what a header
+cannot declare (over 16384 parts) when there is a single recipient.
 
 Foreign .npy bytes are read strictly: formats 1.0 and 2.0 only, numeric dtypes only, and the length must
 match the shape. The header numpy itself writes is recognised by one anchored pattern (numpy's reader
@@ -38,9 +39,11 @@ from mpctrain.enclave.federated.codec import (
     parse_meta,
     to_flower_array,
 )
+from mpctrain.seal.stream import MAX_CHUNK_SIZE
 
 LAYOUT_VERSION = 2
 NPY_STYPE = "numpy.ndarray"
+MAX_PART = MAX_CHUNK_SIZE  # larger arrays span several parts
 MAX_NPY_HEADER = 10_000  # numpy's own cap on the header it will parse
 _NPY_PREFIX = 12  # magic, version and the longest (format 2.0) length field
 _NPY_V1 = b"\x93NUMPY\x01\x00"
@@ -125,14 +128,26 @@ def _array_bytes(array: Array) -> bytes:
     return data
 
 
-def encode_parts(content: RecordDict, context: Mapping[str, Any] | None = None) -> list[bytes]:
-    """``content`` and its sealed ``context`` as parts: the metadata, then every array's .npy bytes."""
+def encode_parts(content: RecordDict, context: Mapping[str, Any] | None = None) -> list[bytes | memoryview]:
+    """``content`` and its sealed ``context`` as parts: the metadata, then every array's .npy bytes (an array
+    over ``MAX_PART`` bytes as consecutive views of its bytes)."""
+    max_part = MAX_PART
     records: list[dict[str, Any]] = []
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
+    spans: list[int] = []
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             keys = list(record.keys())
-            parts += [_array_bytes(record[key]) for key in keys]
+            for key in keys:
+                data = _array_bytes(record[key])
+                if len(data) <= max_part:
+                    parts.append(data)
+                    spans.append(1)
+                    continue
+                view = memoryview(data)
+                pieces = [view[i:i + max_part] for i in range(0, len(data), max_part)]
+                parts += pieces
+                spans.append(len(pieces))
             records.append({"name": name, "kind": "arrays", "keys": keys})
         elif isinstance(record, MetricRecord):
             records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
@@ -140,38 +155,46 @@ def encode_parts(content: RecordDict, context: Mapping[str, Any] | None = None) 
             records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
         else:
             raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
-    meta = json.dumps({"v": LAYOUT_VERSION, "records": records, "ctx": dict(context or {})},
+    meta = json.dumps({"v": LAYOUT_VERSION, "records": records, "spans": spans, "ctx": dict(context or {})},
                       separators=(",", ":")).encode()
     if len(meta) > MAX_META_BYTES:
         raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
     return [meta, *parts]
 
 
-def _meta(part: Buffer, arrays: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _meta(part: Buffer, array_parts: int) -> tuple[list[dict[str, Any]], list[int], dict[str, Any]]:
+    """Records, the parts each array spans, and the context; checked against the number of array parts."""
     if _nbytes(part) > MAX_META_BYTES:
         raise CodecError(f"record metadata is {_nbytes(part)} bytes; the limit is {MAX_META_BYTES}")
-    records, ctx = parse_meta(bytes(part), version=LAYOUT_VERSION)
+    raw = bytes(part)
+    records, ctx = parse_meta(raw, version=LAYOUT_VERSION)
+    spans = json.loads(raw).get("spans")
     named = sum(len(r["keys"]) for r in records if r["kind"] == "arrays")
-    if named != arrays:
-        raise CodecError(f"the metadata names {named} arrays but {arrays} array parts came")
-    return records, ctx
+    if (not isinstance(spans, list) or len(spans) != named
+            or not all(type(n) is int and n >= 1 for n in spans)):
+        raise CodecError("the metadata's spans must give each named array its number of parts (1 or more)")
+    if sum(spans) != array_parts:
+        raise CodecError(f"the metadata's arrays span {sum(spans)} parts but {array_parts} array parts came")
+    return records, spans, ctx
 
 
 def decode_parts(parts: Sequence[bytes]) -> tuple[RecordDict, dict[str, Any]]:
-    """Parts as opened (each its own ``bytes``) back into a RecordDict whose Arrays keep those very bytes."""
+    """Parts as opened (each its own ``bytes``) back into a RecordDict whose Arrays keep those very bytes
+    (an array spanning several parts is joined: only arrays over 64 MiB)."""
     if not parts:
         raise CodecError("no parts: the record metadata is missing")
-    records, ctx = _meta(parts[0], len(parts) - 1)
+    records, spans, ctx = _meta(parts[0], len(parts) - 1)
     out = RecordDict()
-    at = 1
+    at, span = 1, iter(spans)
     for rec in records:
         if rec["kind"] == "arrays":
             arrays = {}
             for key in rec["keys"]:
-                data = parts[at]
-                at += 1
-                if not isinstance(data, bytes):
+                n = next(span)
+                if not all(isinstance(p, bytes) for p in parts[at:at + n]):
                     raise CodecError("array parts must be bytes")
+                data = parts[at] if n == 1 else b"".join(parts[at:at + n])
+                at += n
                 dtype, shape, _, _ = npy_layout(data)
                 arrays[key] = Array(dtype=str(dtype), shape=shape, stype=NPY_STYPE, data=data)
             out[rec["name"]] = ArrayRecord(arrays)
@@ -182,22 +205,26 @@ def decode_parts(parts: Sequence[bytes]) -> tuple[RecordDict, dict[str, Any]]:
     return out, ctx
 
 
-def decode_parts_numpy(parts: Sequence[memoryview]) -> tuple[
+def decode_parts_numpy(payload: memoryview, bounds: Sequence[tuple[int, int]]) -> tuple[
     list[tuple[str, list[str], list[np.ndarray]]], dict[str, dict[str, Any]], dict[str, Any]
 ]:
-    """Like ``codec.decode_numpy`` for the part layout: read-only ndarray views into the parts' buffer."""
-    if not parts:
+    """Like ``codec.decode_numpy`` for the part layout: read-only ndarray views into ``payload``, the parts
+    opened back to back, ``bounds`` their ``(offset, size)`` (an array spanning parts is one view too)."""
+    if not bounds:
         raise CodecError("no parts: the record metadata is missing")
-    records, ctx = _meta(parts[0], len(parts) - 1)
+    offset, size = bounds[0]
+    records, spans, ctx = _meta(payload[offset:offset + size], len(bounds) - 1)
     array_records = []
     others: dict[str, dict[str, Any]] = {}
-    at = 1
+    at, span = 1, iter(spans)
     for rec in records:
         if rec["kind"] == "arrays":
             ndarrays = []
             for _ in rec["keys"]:
-                view = parts[at]
-                at += 1
+                n = next(span)
+                (first, _), (last, last_size) = bounds[at], bounds[at + n - 1]
+                view = payload[first:last + last_size]
+                at += n
                 dtype, shape, fortran, offset = npy_layout(view)
                 arr = np.frombuffer(view, dtype=dtype, count=math.prod(shape), offset=offset)
                 arr = arr.reshape(shape, order="F" if fortran else "C")

@@ -108,16 +108,20 @@ def seal_content(content: RecordDict, context: Mapping[str, Any], *, sender: Any
                  chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
     """Encode ``content`` with its sealed ``context`` and seal it once to every recipient.
 
-    The part layout when the stream header can declare every part (``chunk_size`` then plays no role),
-    else the safetensors layout in ``chunk_size`` chunks.
+    The part layout whenever the header can declare every part (``chunk_size`` then plays no role). Past
+    16384 parts, one recipient gets the safetensors layout in ``chunk_size`` chunks; several cannot (that
+    stream could not commit its chunks to each of them), and get an ``EnvelopeError``.
     """
-    from mpctrain.seal.stream import MAX_CHUNK_SIZE, MAX_PARTS
+    from mpctrain.seal.stream import MAX_PARTS
 
     kwargs = dict(sender=sender, sender_id=sender_id, recipients=list(recipients), purpose=purpose, job_id=job_id,
                   object_id=object_id)
     parts = encode_parts(content, context)
-    if len(parts) <= MAX_PARTS and all(len(p) <= MAX_CHUNK_SIZE for p in parts):
+    if len(parts) <= MAX_PARTS:
         return seal_parts(parts, **kwargs)
+    if len(kwargs["recipients"]) > 1:
+        raise EnvelopeError(f"a message of {len(parts)} parts (arrays, and 64 MiB pieces of larger ones) exceeds "
+                            f"the {MAX_PARTS} a stream to several recipients can declare: use fewer, larger arrays")
     pieces, total = encode_record_pieces(content, context)
     return seal_pieces(pieces, total, chunk_size=chunk_size, **kwargs)
 
@@ -266,8 +270,8 @@ def open_payload_into(frames: Sequence[bytes], buffer: PlaintextBuffer, *, max_b
     return _open_into(_opener(frames, max_bytes=max_bytes, **kwargs), frames, buffer, max_bytes)
 
 
-def _parts_of(header: Any, view: memoryview) -> list[memoryview]:
-    return [view[header.chunk_offset(i):header.chunk_offset(i) + n] for i, n in enumerate(header.parts)]
+def _bounds(header: Any) -> list[tuple[int, int]]:
+    return [(header.chunk_offset(i), n) for i, n in enumerate(header.parts)]
 
 
 def open_content(frames: Sequence[bytes], *, max_bytes: int, buffer: PlaintextBuffer | None = None,
@@ -303,5 +307,5 @@ def open_numpy(frames: Sequence[bytes], buffer: PlaintextBuffer, *, max_bytes: i
     opener = _opener(frames, max_bytes=max_bytes, **kwargs)
     view = _open_into(opener, frames, buffer, max_bytes)
     if opener.header.parts:
-        return decode_parts_numpy(_parts_of(opener.header, view))
+        return decode_parts_numpy(view, _bounds(opener.header))
     return decode_numpy(view, max_bytes=max_bytes)
