@@ -16,7 +16,7 @@ import base64
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from io import BytesIO
 from typing import Any
 
@@ -49,23 +49,12 @@ def encode_record_pieces(content: RecordDict, context: Mapping[str, Any] | None 
 
     Sealing reads the pieces straight from the arrays' own buffers: no whole-payload copy is made.
     """
-    records: list[dict[str, Any]] = []
     tensors: list[tuple[str, np.ndarray]] = []
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            keys = list(record.keys())
-            for i, key in enumerate(keys):
-                tensors.append((f"{len(records)}.{i}", _writable_layout(_array_view(record[key]))))
-            records.append({"name": name, "kind": "arrays", "keys": keys})
-        elif isinstance(record, MetricRecord):
-            records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
-        elif isinstance(record, ConfigRecord):
-            records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
-        else:
-            raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
-    meta = json.dumps({"v": 1, "records": records, "ctx": dict(context or {})}, separators=(",", ":"))
-    if len(meta) > MAX_META_BYTES:
-        raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
+
+    def add(index: int, record: ArrayRecord) -> None:
+        tensors.extend((f"{index}.{i}", _writable_layout(_array_view(record[key]))) for i, key in enumerate(record))
+
+    meta = encode_meta(1, record_entries(content, add), context).decode()
     # widest dtypes first, as the safetensors library lays them out: every tensor stays aligned
     tensors.sort(key=lambda t: -t[1].dtype.itemsize)
     header: dict[str, Any] = {"__metadata__": {META_KEY: meta}}
@@ -80,6 +69,32 @@ def encode_record_pieces(content: RecordDict, context: Mapping[str, Any] | None 
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
     head = struct.pack("<Q", len(blob)) + blob
     return [head, *views], len(head) + pos
+
+
+def record_entries(content: RecordDict, arrays: Callable[[int, ArrayRecord], None]) -> list[dict[str, Any]]:
+    """The metadata entry of every record, in order; ``arrays(index, record)`` sees each ArrayRecord."""
+    records: list[dict[str, Any]] = []
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            arrays(len(records), record)
+            records.append({"name": name, "kind": "arrays", "keys": list(record.keys())})
+        elif isinstance(record, MetricRecord):
+            records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
+        elif isinstance(record, ConfigRecord):
+            records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
+        else:
+            raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
+    return records
+
+
+def encode_meta(version: int, records: list[dict[str, Any]], context: Mapping[str, Any] | None,
+                **extra: Any) -> bytes:
+    """The JSON metadata of an encoded RecordDict, size-capped."""
+    meta = json.dumps({"v": version, "records": records, **extra, "ctx": dict(context or {})},
+                      separators=(",", ":")).encode()
+    if len(meta) > MAX_META_BYTES:
+        raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
+    return meta
 
 
 def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None) -> bytes:

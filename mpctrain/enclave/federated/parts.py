@@ -34,9 +34,10 @@ from mpctrain.enclave.federated.codec import (
     Buffer,
     CodecError,
     _build,
-    _tag,
     _untag,
+    encode_meta,
     parse_meta,
+    record_entries,
     to_flower_array,
 )
 from mpctrain.seal.stream import MAX_CHUNK_SIZE
@@ -132,34 +133,23 @@ def encode_parts(content: RecordDict, context: Mapping[str, Any] | None = None) 
     """``content`` and its sealed ``context`` as parts: the metadata, then every array's .npy bytes (an array
     over ``MAX_PART`` bytes as consecutive views of its bytes)."""
     max_part = MAX_PART
-    records: list[dict[str, Any]] = []
     parts: list[bytes | memoryview] = []
     spans: list[int] = []
-    for name, record in content.items():
-        if isinstance(record, ArrayRecord):
-            keys = list(record.keys())
-            for key in keys:
-                data = _array_bytes(record[key])
-                if len(data) <= max_part:
-                    parts.append(data)
-                    spans.append(1)
-                    continue
-                view = memoryview(data)
-                pieces = [view[i:i + max_part] for i in range(0, len(data), max_part)]
-                parts += pieces
-                spans.append(len(pieces))
-            records.append({"name": name, "kind": "arrays", "keys": keys})
-        elif isinstance(record, MetricRecord):
-            records.append({"name": name, "kind": "metrics", "values": _tag(dict(record))})
-        elif isinstance(record, ConfigRecord):
-            records.append({"name": name, "kind": "configs", "values": _tag(dict(record))})
-        else:
-            raise CodecError(f"record {name!r} has unsupported type {type(record).__name__}")
-    meta = json.dumps({"v": LAYOUT_VERSION, "records": records, "spans": spans, "ctx": dict(context or {})},
-                      separators=(",", ":")).encode()
-    if len(meta) > MAX_META_BYTES:
-        raise CodecError(f"record metadata is {len(meta)} bytes; the limit is {MAX_META_BYTES}")
-    return [meta, *parts]
+
+    def add(_: int, record: ArrayRecord) -> None:
+        for key in record:
+            data = _array_bytes(record[key])
+            if len(data) <= max_part:
+                parts.append(data)
+                spans.append(1)
+                continue
+            view = memoryview(data)
+            pieces = [view[i:i + max_part] for i in range(0, len(data), max_part)]
+            parts.extend(pieces)
+            spans.append(len(pieces))
+
+    records = record_entries(content, add)
+    return [encode_meta(LAYOUT_VERSION, records, context, spans=spans), *parts]
 
 
 def _meta(part: Buffer, array_parts: int) -> tuple[list[dict[str, Any]], list[int], dict[str, Any]]:
