@@ -26,8 +26,10 @@ from mpctrain.attest import (
     BadSignature,
     BindingMismatch,
     CertificateExpired,
+    CertificateRevoked,
     Collateral,
     CollateralMissing,
+    CollateralStale,
     DebugEnabled,
     Evidence,
     Malformed,
@@ -939,3 +941,60 @@ def test_memoised_chain_never_skips_per_call_checks(vectors: Path, vector_time: 
     with pytest.raises(BadSignature):
         _verify(Evidence("snp", bytes(tampered), ev.certs), vector_time)
     assert _verify(ev, vector_time).measurement == ev.data[0x90:0xC0]
+
+
+# --------------------------------------------------------------------------- AMD's CRL
+
+
+def _crl(issuer_cn: str, key, *, revoked: tuple[int, ...] = (), last: datetime = T0,
+         next_: datetime | None = T1) -> bytes:
+    b = x509.CertificateRevocationListBuilder().issuer_name(_name(issuer_cn)).last_update(last)
+    b = b.next_update(next_ if next_ is not None else T1)
+    for serial in revoked:
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(serial)
+                                      .revocation_date(T0).build())
+    kw = {"rsa_padding": PSS} if isinstance(key, rsa.RSAPrivateKey) else {}
+    return b.sign(key, hashes.SHA384(), **kw).public_bytes(serialization.Encoding.DER)
+
+
+def _with_crl(ev: Evidence, blob: bytes | None, *, kind: str = "vcek", **snp: object):
+    from mpctrain.attest.snp.verifier import crl_name
+
+    blobs = {} if blob is None else {crl_name("Genoa", kind): blob}
+    return _verify(ev, datetime(2026, 11, 22, tzinfo=UTC), roots=[_root_of(ev)], collateral=Collateral(blobs),
+                   **snp)
+
+
+@pytest.mark.parametrize("kind", ["vcek", "vlek"])
+def test_an_ark_signed_crl_that_lists_the_ask_fails_and_one_that_does_not_passes(synth: Synth, kind: str) -> None:
+    ev = synth.evidence("Genoa", kind=kind)
+    assert _with_crl(ev, _crl("ARK-Genoa", synth.ark_key), kind=kind, require_crl=True).backend == "snp"
+    with pytest.raises(CertificateRevoked) as err:
+        _with_crl(ev, _crl("ARK-Genoa", synth.ark_key, revoked=(7, 1)), kind=kind)  # every synthetic serial is 1
+    assert err.value.check == "certificate-revoked" and "AS" in str(err.value)
+
+
+def test_require_crl_fails_without_one(synth: Synth, vectors: Path, vector_time: datetime) -> None:
+    ev = synth.evidence("Genoa")
+    assert _with_crl(ev, None).backend == "snp"  # by default a missing CRL is not an error (offline vectors)
+    with pytest.raises(CollateralMissing, match="fetch-collateral"):
+        _with_crl(ev, None, require_crl=True)
+    with pytest.raises(CollateralMissing):  # real evidence too: AMD's CRL is not among the vectors
+        _verify(_evidence(vectors), vector_time, require_crl=True)
+    with pytest.raises(PolicyError, match="require_crl"):
+        _with_crl(ev, None, require_crl="yes")
+
+
+def test_crl_faults(synth: Synth) -> None:
+    ev = synth.evidence("Genoa")
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with pytest.raises(BadSignature, match="not signed by this chain's ARK"):
+        _with_crl(ev, _crl("ARK-Genoa", other))
+    with pytest.raises(UntrustedRoot, match="not issued by"):
+        _with_crl(ev, _crl("ARK-Milan", synth.ark_key))
+    with pytest.raises(CollateralStale, match="nextUpdate"):
+        _with_crl(ev, _crl("ARK-Genoa", synth.ark_key, next_=datetime(2026, 1, 1, tzinfo=UTC)))
+    with pytest.raises(CollateralStale, match="after the verification time"):
+        _with_crl(ev, _crl("ARK-Genoa", synth.ark_key, last=datetime(2026, 12, 30, tzinfo=UTC)))
+    with pytest.raises(Malformed):
+        _with_crl(ev, b"not a crl")

@@ -1,4 +1,5 @@
-"""The AMD SEV-SNP verifier: report signature, AMD chain, VCEK/VLEK binding and SNP policy knobs.
+"""The AMD SEV-SNP verifier: report signature, AMD chain, ARK-signed revocation list, VCEK/VLEK binding and
+SNP policy knobs.
 
 The common checks (REPORT_DATA against the binding, debug, measurement allowlist, minimum TCB) are left
 to ``mpctrain.attest.verify.check_claims``, which runs after this for every backend.
@@ -23,6 +24,9 @@ from mpctrain.attest.errors import (
     AttestationError,
     BackendNotAllowed,
     BadSignature,
+    CertificateRevoked,
+    CollateralMissing,
+    CollateralStale,
     Malformed,
     PolicyViolation,
     UntrustedRoot,
@@ -40,7 +44,7 @@ from mpctrain.attest.snp.certs import (
 from mpctrain.attest.snp.report import SIGNING_KEY_NAMES, SnpReport, decode_tcb, parse_report
 
 OPTIONS = ("vmpl", "allow_migration_agent", "allow_smt", "chip_ids", "host_data", "signing_keys", "min_abi",
-           "id_key_digests", "author_key_digests")
+           "id_key_digests", "author_key_digests", "require_crl")
 _ABI = re.compile(r"^(\d{1,3})\.(\d{1,3})$")
 
 
@@ -78,12 +82,53 @@ class SnpVerifier:
         product = _product(report, leaf_product(leaf))
         ask, ark = find_issuers(product, key_name, certs, collateral)
         chain = SnpChain(leaf=leaf, intermediate=ask, root=ark)
-        verify_chain(chain, product=product, key_name=key_name, roots=policy.roots, at=at,
-                     skew=timedelta(seconds=policy.clock_skew_seconds))
+        skew = timedelta(seconds=policy.clock_skew_seconds)
+        verify_chain(chain, product=product, key_name=key_name, roots=policy.roots, at=at, skew=skew)
+        _check_revocation(chain, product, key_name, collateral, required=options["require_crl"], at=at, skew=skew)
         _check_report_signature(report, leaf)
         check_leaf_binding(leaf, report, product, key_name)
         _check_policy(report, product, options)
         return _claims(report, product, chain)
+
+
+def crl_name(product: str, key_name: str) -> str:
+    """Where ``mpctrain attest fetch-collateral`` stores AMD KDS's CRL for ``product``'s VCEK or VLEK chain."""
+    return f"snp/{product}/{'vlek_crl' if key_name == 'vlek' else 'crl'}.der"
+
+
+def _check_revocation(chain: SnpChain, product: str, key_name: str, collateral: Collateral, *, required: bool,
+                      at: datetime, skew: timedelta) -> None:
+    """AMD's KDS publishes, per product, a CRL signed by the ARK that lists revoked ASKs (ASVKs): with it in
+    the collateral cache, a revoked intermediate fails; ``require_crl`` makes its absence fail too."""
+    from mpctrain.attest.tdx.collateral import load_crl
+
+    name = crl_name(product, key_name)
+    raw = collateral.get(name)
+    if raw is None:
+        if required:
+            raise CollateralMissing(f"the policy requires AMD's CRL, and the collateral cache has no {name}: run "
+                                    "'mpctrain attest fetch-collateral' for this evidence", field=name)
+        return
+    crl = load_crl(raw, name)
+    if crl.issuer != chain.root.subject:
+        raise UntrustedRoot(f"{name} is not issued by this chain's ARK", field=f"{name}.issuer",
+                            expected=chain.root.subject.rfc4514_string(), actual=crl.issuer.rfc4514_string())
+    try:
+        valid = crl.is_signature_valid(chain.root.public_key())  # type: ignore[arg-type]
+    except (TypeError, ValueError, UnsupportedAlgorithm) as exc:
+        raise BadSignature(f"{name} signature cannot be checked: {exc}", field=f"{name}.signature") from exc
+    if not valid:
+        raise BadSignature(f"{name} is not signed by this chain's ARK", field=f"{name}.signature")
+    if crl.next_update_utc is None or at > crl.next_update_utc + skew:
+        raise CollateralStale(f"{name} is past its nextUpdate: fetch a fresh one", field=f"{name}.nextUpdate",
+                              expected=f">= {at.isoformat()}", actual=str(crl.next_update_utc))
+    if crl.last_update_utc > at + skew:
+        raise CollateralStale(f"{name} was issued after the verification time", field=f"{name}.thisUpdate",
+                              expected=f"<= {at.isoformat()}", actual=str(crl.last_update_utc))
+    for cert, what in ((chain.intermediate, "ASVK" if key_name == "vlek" else "ASK"), (chain.leaf, key_name.upper())):
+        if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            raise CertificateRevoked(f"the {what} is revoked by AMD's CRL", field=f"{name}.revoked",
+                                     expected="not listed", actual=format(cert.serial_number, "x"))
 
 
 def _product(report: SnpReport, from_cert: str | None) -> str:
@@ -147,6 +192,7 @@ def _read_options(raw: Mapping[str, Any]) -> dict[str, Any]:
         "id_key_digests": None,
         "author_key_digests": None,
         "min_abi": None,
+        "require_crl": _bool(raw.get("require_crl", False), "require_crl"),
     }
     if "vmpl" in raw:
         vmpl = raw["vmpl"]
