@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from mpctrain.attest import Collateral, Evidence, Policy, verify_evidence
+from mpctrain.attest import Collateral, Evidence, Policy, UntrustedRoot, verify_evidence
 from mpctrain.attest.fetch import (
     MANIFEST,
     BadResponse,
@@ -276,8 +276,13 @@ def test_fetched_cache_verifies_snp_and_tdx_offline(all_routes, vec, sleeps, tmp
         f"tdx/tcbinfo/{FMSPC}.json", f"tdx/tcbinfo/{FMSPC}.issuer_chain.pem", "tdx/qe_identity.json",
         "tdx/qe_identity.issuer_chain.pem", "tdx/pckcrl.der", "tdx/pckcrl.issuer_chain.pem", "tdx/rootcrl.der"])
 
-    # Offline now: evidence without certificates, only the fetched directory.
+    # Offline now: evidence without certificates, only the fetched directory. The stand-in CRL is not
+    # AMD's (the fake KDS cannot sign as the real ARK), and the verifier reads it: it is refused.
     coll = Collateral(directory=out)
+    with pytest.raises(UntrustedRoot, match=r"crl\.der"):
+        verify_evidence(Evidence("snp", vec.snp_report), parsed.report_data, Policy.default(), vector_time, coll)
+    fake_crl = (out / "snp/Milan/crl.der").read_bytes()
+    (out / "snp/Milan/crl.der").unlink()
     snp_claims = verify_evidence(Evidence("snp", vec.snp_report), parsed.report_data, Policy.default(),
                                  vector_time, coll)
     assert snp_claims.product == "Milan" and snp_claims.measurement.hex().startswith("7a1e5c26")
@@ -289,6 +294,7 @@ def test_fetched_cache_verifies_snp_and_tdx_offline(all_routes, vec, sleeps, tmp
     assert tdx_claims.details["tcb_status"] == "NoMatchingTcbLevel"
     assert (out / "tdx/rootcrl.der").read_bytes() == (vectors / "tdx" / "rootcrl.der").read_bytes()
 
+    (out / "snp/Milan/crl.der").write_bytes(fake_crl)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["version"] == 1 and set(manifest["files"]) == set(result.written)
     for name, entry in manifest["files"].items():
@@ -650,8 +656,12 @@ def test_cli_fetch_then_verify_offline(all_routes, vec, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     assert "snp/Milan/ask_ark.pem" in res.output and "OK 10 files" in res.output
     assert (out / MANIFEST).is_file()
-    res = runner.invoke(app, ["attest", "verify", "--kind", "snp", "--evidence", str(report), "--collateral", str(out),
-                              "--at", "2026-11-22T00:00:00Z"])
+    verify = ["attest", "verify", "--kind", "snp", "--evidence", str(report), "--collateral", str(out),
+              "--at", "2026-11-22T00:00:00Z"]
+    res = runner.invoke(app, verify)
+    assert res.exit_code == 1 and "untrusted-root" in res.output  # the fake KDS's CRL is not signed by AMD's ARK
+    (out / "snp/Milan/crl.der").unlink()
+    res = runner.invoke(app, verify)
     assert res.exit_code == 0, res.output
 
 
