@@ -326,8 +326,14 @@ def test_gpu_rims_and_ocsp_land_where_the_verifier_reads(all_routes, vec, sleeps
         assert ocsp.load_der_ocsp_response((out / name).read_bytes()).certificate_status == ocsp.OCSPCertStatus.GOOD
     pol = Policy.from_dict({"backends": ["snp"], "nvidia-gpu": {"measurements": "report-only",
                                                                 "rim_verification_time": "2024-06-01T00:00:00Z"}})
-    claims = verify_evidence(Evidence("nvidia-gpu", vec.gpu.data, vec.gpu.certs), H100_NONCE, pol, vector_time,
-                             Collateral(directory=out), gpu=True)
+    gpu = Evidence("nvidia-gpu", vec.gpu.data, vec.gpu.certs)
+    # the fake responder's answers are not signed by the certificates' issuers (only NVIDIA's CA can): refused
+    with pytest.raises(UntrustedRoot, match="authorised for OCSP"):
+        verify_evidence(gpu, H100_NONCE, pol, vector_time, Collateral(directory=out), gpu=True)
+    for name in ocsp_names:
+        (out / name).unlink()
+    claims = verify_evidence(gpu, H100_NONCE, pol, vector_time, Collateral(directory=out), gpu=True)
+    assert [c["status"] for c in claims.details["ocsp"]] == ["not checked"] * 3
     rim = claims.details["rim"]
     assert rim["driver"]["source"] == "collateral:nvidia/rim/driver/550.90.07.swidtag"
     assert rim["vbios"]["source"] == "collateral:nvidia/rim/vbios/1010_0200_96.00.9F.00.01.swidtag"

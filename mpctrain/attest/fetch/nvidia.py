@@ -6,14 +6,13 @@
   Stored under the names ``NvidiaGpuVerifier`` reads (``rim_collateral_names``).
 - OCSP (default https://ocsp.ndis.nvidia.com): one request per certificate of the device chain between the
   firmware-made leaf and the root (when the evidence carries the chain); responses are stored as
-  ``nvidia/ocsp/<sha256 of cert DER>.der`` for a later revocation check (the verifier does not read them yet).
+  ``nvidia/ocsp/<sha256 of cert DER>.der``, which the GPU verifier checks (``mpctrain.attest.nvidia.ocsp``).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import itertools
 import re
 
@@ -27,6 +26,7 @@ from mpctrain.attest.fetch.content import json_object
 from mpctrain.attest.fetch.errors import BadResponse, FetchError
 from mpctrain.attest.fetch.store import CacheStore
 from mpctrain.attest.nvidia import parse_report, rim_collateral_names
+from mpctrain.attest.nvidia.ocsp import ocsp_collateral_name
 from mpctrain.attest.nvidia.rim import MAX_RIM_BYTES
 from mpctrain.attest.nvidia.spdm import GpuReport
 
@@ -90,7 +90,7 @@ def fetch_ocsp(client: HttpClient, store: CacheStore, chain_pem: bytes, *, base:
         if resp.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
             raise BadResponse(f"OCSP responder refused the request ({resp.response_status.name})",
                               field="response_status", expected="SUCCESSFUL", actual=resp.response_status.name)
-        name = f"nvidia/ocsp/{hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()}.der"
+        name = ocsp_collateral_name(cert)
         store.put(name, r.body, url=base)
         written.append(name)
     return written

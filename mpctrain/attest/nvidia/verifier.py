@@ -14,7 +14,7 @@ import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from mpctrain.attest.errors import (
 )
 from mpctrain.attest.evidence import Evidence
 from mpctrain.attest.nvidia.chain import leaf_fwid, load_pem_chain, verify_chain
+from mpctrain.attest.nvidia.ocsp import check_chain
 from mpctrain.attest.nvidia.rim import MAX_RIM_BYTES, NVIDIA_RIM_ROOT_SHA256, Rim, verify_rim
 from mpctrain.attest.nvidia.spdm import GpuReport, parse_report
 from mpctrain.attest.policy import BackendPolicy, PolicyError
@@ -44,7 +45,8 @@ KIND = "nvidia-gpu"
 CHAIN_CERT = "chain"
 CHAIN_COLLATERAL = "nvidia/chain.pem"
 RIM_ROLES = ("driver", "vbios")
-KNOWN_OPTIONS = frozenset({"drivers", "vbios", "require_rim", "rim_files", "rim_roots", "rim_verification_time"})
+KNOWN_OPTIONS = frozenset({"drivers", "vbios", "require_rim", "rim_files", "rim_roots", "rim_verification_time",
+                           "require_ocsp"})
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _DRIVER = re.compile(r"(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?")
 
@@ -59,6 +61,7 @@ class NvidiaOptions:
     rim_files: Mapping[str, Path] | None = None
     rim_roots: tuple[str, ...] = (NVIDIA_RIM_ROOT_SHA256,)
     rim_verification_time: datetime | None = None
+    require_ocsp: bool = False
 
     @classmethod
     def from_policy(cls, options: Mapping[str, Any]) -> NvidiaOptions:
@@ -68,6 +71,9 @@ class NvidiaOptions:
         require = options.get("require_rim", False)
         if not isinstance(require, bool):
             raise PolicyError(f"[nvidia-gpu].require_rim must be true or false, got {require!r}")
+        require_ocsp = options.get("require_ocsp", False)
+        if not isinstance(require_ocsp, bool):
+            raise PolicyError(f"[nvidia-gpu].require_ocsp must be true or false, got {require_ocsp!r}")
         files = options.get("rim_files")
         rim_files = None
         if files is not None:
@@ -86,6 +92,7 @@ class NvidiaOptions:
             rim_files=rim_files,
             rim_roots=tuple(r.lower() for r in roots) if roots is not None else (NVIDIA_RIM_ROOT_SHA256,),
             rim_verification_time=_time(options.get("rim_verification_time")),
+            require_ocsp=require_ocsp,
         )
 
 
@@ -136,6 +143,8 @@ class NvidiaGpuVerifier:
         certs = load_pem_chain(pem, CHAIN_CERT)
         chain = verify_chain(certs, roots=policy.roots, at=at, skew_seconds=policy.clock_skew_seconds,
                              what=CHAIN_CERT)
+        revocation = check_chain(certs, collateral, required=options.require_ocsp, at=at,
+                                 skew=timedelta(seconds=policy.clock_skew_seconds))
         _check_signature(report, certs[0].public_key())
         fwid = leaf_fwid(certs[0])
         if not hmac.compare_digest(fwid, report.fwid):
@@ -156,6 +165,7 @@ class NvidiaGpuVerifier:
             "slot": report.slot,
             "rim": rim_details,
             "mismatches": mismatches,
+            "ocsp": revocation,
         }
         return Claims(
             backend=KIND,
