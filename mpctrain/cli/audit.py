@@ -142,11 +142,13 @@ def verify_cmd(
 IDENTITY_FILES = ("identity.key", "identity.pem")  # what party profiles and `mpctrain keys generate` write
 
 
-def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, IdentityKey]:
-    """(party id, identity key) signing the request: from ``--keys DIR`` when given, else the party's profile."""
+def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, IdentityKey, Path | None]:
+    """(party id, identity key, the profile's ``tls_ca``) for a signed request: the key from ``--keys DIR`` when
+    given, else from the party's profile."""
     from mpctrain.party.config import PartyConfig, PartyConfigError
     from mpctrain.party.profile import profile_path
 
+    tls_ca = None
     if keys is not None and not party.endswith(".toml"):
         party_id, keys_dir = party, keys
     else:
@@ -154,12 +156,12 @@ def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, Ide
             cfg = PartyConfig.load(profile_path(party, profiles))
         except PartyConfigError as exc:
             raise _usage(f"{exc} (or pass --keys DIR with the identity key)") from None
-        party_id, keys_dir = cfg.id, keys or cfg.keys_dir
+        party_id, keys_dir, tls_ca = cfg.id, keys or cfg.keys_dir, cfg.tls_ca
     found = [keys_dir / n for n in IDENTITY_FILES if (keys_dir / n).exists()]
     if not found:
         raise _usage(f"no identity key ({' or '.join(IDENTITY_FILES)}) in {keys_dir}")
     try:
-        return party_id, IdentityKey.load(found[0])
+        return party_id, IdentityKey.load(found[0]), tls_ca
     except (SealError, OSError) as exc:
         raise _usage(f"cannot load the identity key {found[0]}: {exc}") from None
 
@@ -175,6 +177,8 @@ def fetch_cmd(
                                                           "identity.pem), instead of the profile's keys_dir"),
     job: str = typer.Option("", "--job", help="only this job's view (then verify with --partial)"),
     timeout: float = typer.Option(60.0, "--timeout", help="seconds"),
+    tls_ca: Path | None = typer.Option(None, "--tls-ca", help="PEM roots for the aggregator's transport TLS "
+                                                              "(default: the party profile's tls_ca; none: plaintext)"),
 ) -> None:
     """Copy the aggregator's audit log (or one job's view) to a file, byte for byte.
 
@@ -183,8 +187,14 @@ def fetch_cmd(
     """
     from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
 
-    party_id, identity = load_signer(party, profiles, keys)
-    with grpc.insecure_channel(target) as channel:
+    party_id, identity, profile_ca = load_signer(party, profiles, keys)
+    ca = tls_ca or profile_ca
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()) if ca is not None else None
+    except OSError as exc:
+        raise _usage(f"cannot read the TLS roots {ca}: {exc}") from None
+    with (grpc.secure_channel(target, credentials) if credentials is not None
+          else grpc.insecure_channel(target)) as channel:
         try:
             lines = fetch_audit_log(channel, job, party_id=party_id, identity=identity, timeout=timeout)
         except AuditCheckFailed as exc:

@@ -60,14 +60,13 @@ def fl_audit(
     job: str | None = typer.Option(None, help="job id (default: the one flower.toml names)"),
 ) -> None:
     """Check a federated job in the enclave's audit log against the updates this bank's SuperNode sent."""
-    import grpc
-
     from mpctrain.enclave.federated.errors import FederatedError
     from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
     from mpctrain.party.flower.attestation import attest_enclave
     from mpctrain.party.flower.audit import check_federated_audit
     from mpctrain.party.flower.profile import load_profile
     from mpctrain.party.flower.sent import read_sent
+    from mpctrain.party.profile import aggregator_channel
 
     console = Console(highlight=False)
     try:
@@ -75,7 +74,7 @@ def fl_audit(
         cfg = PartyConfig.load(profile / "party.toml")
         sent = read_sent(rt.sent_log, rt.manifest.job_id) if rt.sent_log is not None else []
         enclave = attest_enclave(rt.evidence, rt.policy)
-        with grpc.insecure_channel(cfg.aggregator) as channel:
+        with aggregator_channel(cfg) as channel:
             lines = fetch_audit_log(channel, rt.manifest.job_id, party_id=rt.party_id, identity=rt.identity)
         report = check_federated_audit(lines, runtime=rt, enclave=enclave, sent=sent)
     except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:

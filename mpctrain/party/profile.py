@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from mpctrain.attest import Policy, PolicyError
 from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest
@@ -26,21 +28,30 @@ def profile_path(party: str, profiles: Path = DEFAULT_PROFILES) -> Path:
     return profiles / party / "party.toml"
 
 
+def channel_credentials(config: PartyConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the profile's ``tls_ca`` (None: the aggregator speaks plaintext)."""
+    if config.tls_ca is None:
+        return None
+    try:
+        return grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+    except OSError as exc:
+        raise PartyConfigError(f"{config.id}: cannot read tls_ca {config.tls_ca}: {exc}") from exc
+
+
+def aggregator_channel(config: PartyConfig, target: str | None = None) -> grpc.Channel:
+    """A channel to the aggregator as the profile says: TLS with its ``tls_ca``, else plaintext."""
+    credentials = channel_credentials(config)
+    address = target or config.aggregator
+    return grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
+
+
 def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None) -> PartyAgent:
     identity, kem = config.load_keys()
     try:
         policy = Policy.load(policy_file or config.policy)
     except PolicyError as exc:
         raise PartyConfigError(f"{config.id}: {exc}") from exc
-    credentials = None
-    if config.tls_ca is not None:
-        import grpc
-
-        try:
-            credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
-        except OSError as exc:
-            raise PartyConfigError(f"{config.id}: cannot read tls_ca {config.tls_ca}: {exc}") from exc
-    client = AggregatorClient(target or config.aggregator, config.id, identity, credentials=credentials)
+    client = AggregatorClient(target or config.aggregator, config.id, identity, credentials=channel_credentials(config))
     return PartyAgent(party_id=config.id, identity=identity, kem=kem, policy=policy, client=client,
                       data_path=config.data, rules=config.rules, outputs_dir=config.outputs_dir)
 

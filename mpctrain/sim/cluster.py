@@ -71,6 +71,7 @@ class SimCluster:
     attester: SimAttester | None = None
     interceptors: Sequence[Any] = ()
     kem_alg: str = "x25519"  # enclave and party KEM: "x25519" or the post-quantum hybrid "mlkem768-x25519"
+    tls: tuple[Path, Path] | None = None  # (PEM certificate chain, PEM key): the port speaks TLS
 
     def start(self) -> SimCluster:
         root_dir = self.workdir / "sim-root"
@@ -81,7 +82,12 @@ class SimCluster:
         identity = EnclaveIdentity.generate(self.attester, build_info(self.config_digest), kem_alg=self.kem_alg)
         self.aggregator = Aggregator(identity, limits=self.limits, events=self.events, device=self.device,
                                      interceptors=self.interceptors, audit_log=self.workdir / "audit.jsonl")
-        self.aggregator.start("127.0.0.1:0")
+        credentials = None
+        if self.tls is not None:
+            import grpc
+
+            credentials = grpc.ssl_server_credentials([(self.tls[1].read_bytes(), self.tls[0].read_bytes())])
+        self.aggregator.start("127.0.0.1:0", credentials)
         for pid in self.party_ids:
             self.parties[pid] = PartyIdentity.create(pid, "data", self.workdir, self.kem_alg)
         for pid in self.researchers:

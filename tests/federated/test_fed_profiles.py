@@ -65,6 +65,13 @@ def test_approve_then_load_profile_gives_the_supernode_its_party(tmp_path, keys)
     assert runtime.party_id == "bank-b" and runtime.manifest.digest() == manifest.digest()
     assert runtime.sent_log == prof / "jobs" / manifest.job_id / "sent.jsonl"  # the audit check's note
     assert resolve_party({"mpctrain-party": str(prof)}) is resolve_party({"mpctrain-party": str(prof)})
+    assert runtime.evidence.credentials is None  # the committed profile names no tls_ca: plaintext transport
+    from mpctrain.enclave.federated.deploy import tls_material
+
+    ca = tls_material(tmp_path / "tls").ca
+    text = (prof / "party.toml").read_text()
+    (prof / "party.toml").write_text(f'tls_ca = "{ca}"\n' + text)  # a top-level key: before [rules]
+    assert load_profile(prof).evidence.credentials is not None  # the SuperNode's GetEvidence speaks TLS
 
 
 def test_profile_refuses_changed_app_code_and_unapproved_jobs(tmp_path, keys):

@@ -24,6 +24,7 @@ from mpctrain.jobs import Consent, JobManifest, sign_consent
 from mpctrain.party.config import PartyConfig
 from mpctrain.party.flower.attestation import GrpcEvidenceSource
 from mpctrain.party.flower.runtime import PartyRuntime, check_app_code
+from mpctrain.party.profile import channel_credentials
 
 FLOWER_FILE = "flower.toml"
 MAX_CONSENT_BYTES = 4096
@@ -80,6 +81,7 @@ def load_profile(profile: str | Path, *, job_id: str | None = None) -> PartyRunt
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise JobNotReady(f"job {job} is not approved in {job_dir}: {exc}") from exc
     identity, kem = cfg.load_keys(create=False)
+    evidence = GrpcEvidenceSource(cfg.aggregator, credentials=channel_credentials(cfg))
     return PartyRuntime(party_id=cfg.id, identity=identity, kem=kem, manifest=manifest, consent=consent,
-                        policy=Policy.load(cfg.policy), evidence=GrpcEvidenceSource(cfg.aggregator),
+                        policy=Policy.load(cfg.policy), evidence=evidence,
                         app_dir=profile / str(settings["app_dir"]), sent_log=job_dir / SENT_FILE)
