@@ -37,5 +37,32 @@ def test_freed_buffers_are_reused_instead_of_faulted_back_in():
     assert tuned < 1000
 
 
-def test_idempotent():
-    assert keep_freed_memory() == keep_freed_memory()
+def test_applied_once_with_both_thresholds_and_reported_off_glibc(monkeypatch):
+    import mpctrain.memory as memory
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+            def mallopt(option: int, value: int) -> int:
+                calls.append((option, value))
+                return int(self.ok)
+
+            self.mallopt = mallopt
+
+    monkeypatch.setattr(memory.sys, "platform", "linux")
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: FakeLibc(True))
+    assert keep_freed_memory() and keep_freed_memory()
+    assert calls == [(memory.M_MMAP_THRESHOLD, memory.MMAP_THRESHOLD), (memory.M_TRIM_THRESHOLD, memory.TRIM_THRESHOLD)]
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: FakeLibc(False))  # mallopt refuses
+    assert keep_freed_memory() is False
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory.ctypes, "CDLL", lambda name: object())  # a C library without mallopt
+    assert keep_freed_memory() is False
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.setattr(memory.sys, "platform", "darwin")
+    assert keep_freed_memory() is False

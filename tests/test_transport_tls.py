@@ -70,3 +70,22 @@ def test_an_unreadable_tls_ca_is_a_config_error(tmp_path, tls_cluster):
     cluster, _, _ = tls_cluster
     with pytest.raises(PartyConfigError, match="tls_ca"):
         channel_credentials(_config(tmp_path, cluster, tmp_path / "missing.pem"))
+
+
+def test_audit_fetch_speaks_tls_with_the_given_roots(tls_cluster, tmp_path):
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
+    cluster, files, _ = tls_cluster
+    keys = cluster.parties["hospital-a"].dir / "keys"
+    base = ["audit", "fetch", cluster.target, "--out", str(tmp_path / "log.jsonl"), "--as", "hospital-a",
+            "--keys", str(keys), "--timeout", "5"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*base, "--tls-ca", str(files.ca)])
+    # the request reached the aggregator over TLS, which refuses a party it does not know: its own answer
+    assert res.exit_code == 1 and "unknown party 'hospital-a'" in res.output
+    res = runner.invoke(app, base)  # plaintext: never reaches it
+    assert res.exit_code == 1 and "UNAVAILABLE" in res.output
+    res = runner.invoke(app, [*base, "--tls-ca", str(tmp_path / "missing.pem")])
+    assert res.exit_code == 2 and "cannot read tls_ca" in res.output

@@ -10,7 +10,6 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import typer
 
 from mpctrain.attest import AttestationError, EvidenceBundle, Policy, PolicyError
@@ -186,15 +185,15 @@ def fetch_cmd(
     knows from one of its jobs, or one of its auditors.
     """
     from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+    from mpctrain.party.config import PartyConfigError
+    from mpctrain.party.profile import open_channel, tls_credentials
 
     party_id, identity, profile_ca = load_signer(party, profiles, keys)
-    ca = tls_ca or profile_ca
     try:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()) if ca is not None else None
-    except OSError as exc:
-        raise _usage(f"cannot read the TLS roots {ca}: {exc}") from None
-    with (grpc.secure_channel(target, credentials) if credentials is not None
-          else grpc.insecure_channel(target)) as channel:
+        credentials = tls_credentials(tls_ca or profile_ca, party_id)
+    except PartyConfigError as exc:
+        raise _usage(str(exc)) from None
+    with open_channel(target, credentials) as channel:
         try:
             lines = fetch_audit_log(channel, job, party_id=party_id, identity=identity, timeout=timeout)
         except AuditCheckFailed as exc:

@@ -28,21 +28,28 @@ def profile_path(party: str, profiles: Path = DEFAULT_PROFILES) -> Path:
     return profiles / party / "party.toml"
 
 
-def channel_credentials(config: PartyConfig) -> grpc.ChannelCredentials | None:
-    """TLS credentials from the profile's ``tls_ca`` (None: the aggregator speaks plaintext)."""
-    if config.tls_ca is None:
+def tls_credentials(tls_ca: Path | None, who: str = "party") -> grpc.ChannelCredentials | None:
+    """Client TLS credentials from a PEM roots file (None: the aggregator speaks plaintext)."""
+    if tls_ca is None:
         return None
     try:
-        return grpc.ssl_channel_credentials(root_certificates=config.tls_ca.read_bytes())
+        return grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
     except OSError as exc:
-        raise PartyConfigError(f"{config.id}: cannot read tls_ca {config.tls_ca}: {exc}") from exc
+        raise PartyConfigError(f"{who}: cannot read tls_ca {tls_ca}: {exc}") from exc
+
+
+def channel_credentials(config: PartyConfig) -> grpc.ChannelCredentials | None:
+    """TLS credentials from the profile's ``tls_ca``."""
+    return tls_credentials(config.tls_ca, config.id)
+
+
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    return grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
 
 
 def aggregator_channel(config: PartyConfig, target: str | None = None) -> grpc.Channel:
     """A channel to the aggregator as the profile says: TLS with its ``tls_ca``, else plaintext."""
-    credentials = channel_credentials(config)
-    address = target or config.aggregator
-    return grpc.secure_channel(address, credentials) if credentials is not None else grpc.insecure_channel(address)
+    return open_channel(target or config.aggregator, channel_credentials(config))
 
 
 def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None) -> PartyAgent:

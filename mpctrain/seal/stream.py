@@ -200,10 +200,6 @@ class StreamHeader:
         """Where chunk ``index`` starts in the plaintext."""
         return self._part_offsets[index] if self.parts else index * self.chunk_size
 
-    def chunk_length(self, index: int) -> int | None:
-        """The exact size of chunk ``index`` when the header fixes it (declared parts), else ``None``."""
-        return self.parts[index] if self.parts else None
-
     def wrap_context(self) -> WrapContext:
         return WrapContext(self.purpose, self.job_id, self.object_id, self.sender)
 

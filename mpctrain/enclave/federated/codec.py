@@ -191,7 +191,7 @@ def _split(data: Buffer, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str
     raw_meta = meta.get(META_KEY)
     if not isinstance(raw_meta, str) or len(raw_meta) > MAX_META_BYTES:
         raise CodecError("not an encoded RecordDict: no (or oversized) record metadata")
-    records, ctx = parse_meta(raw_meta, version=1)
+    records, ctx, _ = parse_meta(raw_meta, version=1)
     expected = {f"{idx}.{i}" for idx, rec in enumerate(records) if rec["kind"] == "arrays"
                 for i in range(len(rec["keys"]))}
     if set(arrays) != expected:
@@ -199,8 +199,9 @@ def _split(data: Buffer, max_bytes: int) -> tuple[list[dict[str, Any]], dict[str
     return records, ctx, arrays
 
 
-def parse_meta(raw: str | bytes, *, version: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The record list and sealed context of an encoded RecordDict's JSON metadata, structure checked."""
+def parse_meta(raw: str | bytes, *, version: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The record list, sealed context and whole object of an encoded RecordDict's JSON metadata, the record
+    structure checked (a layout checks its own further fields)."""
     try:
         meta = json.loads(raw)
     except (UnicodeDecodeError, RecursionError, ValueError) as exc:
@@ -229,7 +230,7 @@ def parse_meta(raw: str | bytes, *, version: int) -> tuple[list[dict[str, Any]],
     names = [r["name"] for r in records]
     if len(set(names)) != len(names):
         raise CodecError("two records share a name")
-    return records, ctx
+    return records, ctx, meta
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

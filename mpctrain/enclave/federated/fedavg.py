@@ -149,7 +149,8 @@ class StreamingMean:
 
     def _fold(self) -> None:
         """Move the float32 partial sums into float64 sums (allocated at the first fold)."""
-        assert not any(self._scaled), "a sum that already holds the mean cannot be folded"
+        if any(self._scaled):
+            raise RuntimeError("a sum that already holds the mean cannot be folded")
         self._folded = True
         for i, partial in enumerate(self._partials):
             if partial is None:

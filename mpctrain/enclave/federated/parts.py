@@ -17,7 +17,6 @@ numpy's own capped reader (never ``np.load``, never pickle).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -156,9 +155,8 @@ def _meta(part: Buffer, array_parts: int) -> tuple[list[dict[str, Any]], list[in
     """Records, the parts each array spans, and the context; checked against the number of array parts."""
     if _nbytes(part) > MAX_META_BYTES:
         raise CodecError(f"record metadata is {_nbytes(part)} bytes; the limit is {MAX_META_BYTES}")
-    raw = bytes(part)
-    records, ctx = parse_meta(raw, version=LAYOUT_VERSION)
-    spans = json.loads(raw).get("spans")
+    records, ctx, meta = parse_meta(bytes(part), version=LAYOUT_VERSION)
+    spans = meta.get("spans")
     named = sum(len(r["keys"]) for r in records if r["kind"] == "arrays")
     if (not isinstance(spans, list) or len(spans) != named
             or not all(type(n) is int and n >= 1 for n in spans)):
