@@ -24,24 +24,35 @@ def default_package_dir() -> Path:
     return Path(mpctrain.__file__).resolve().parent
 
 
-def code_digest(package_dir: Path | None = None) -> bytes:
-    """SHA-384 over every ``.py`` file of the package: sorted relative paths and their contents.
+def read_sources(package_dir: Path) -> list[tuple[str, bytes]]:
+    """Every ``.py`` file under ``package_dir`` as (sorted relative path, content), read once.
 
-    ``__pycache__`` is skipped (it is derived, and differs between interpreters). Each path and
-    content is length-prefixed, so renaming a file or moving bytes between files changes the digest.
+    ``__pycache__`` is skipped (it is derived, and differs between interpreters). Callers that go on to
+    run the code (the enclave loading a consented ServerApp) use these bytes, never a second read.
     """
-    root = (package_dir or default_package_dir()).resolve()
+    root = package_dir.resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"package directory {root} does not exist")
-    files = sorted(
+    paths = sorted(
         (p.relative_to(root).as_posix(), p)
         for p in root.rglob("*.py")
         if p.is_file() and "__pycache__" not in p.relative_to(root).parts
     )
+    return [(rel, path.read_bytes()) for rel, path in paths]
+
+
+def sources_digest(files: list[tuple[str, bytes]]) -> bytes:
+    """SHA-384 over (path, content) pairs; each is length-prefixed, so renaming a file or moving bytes
+    between files changes the digest."""
     h = hashlib.sha384(canonical(CODE_DOMAIN, len(files)))
-    for rel, path in files:
-        h.update(canonical(rel, path.read_bytes()))
+    for rel, content in files:
+        h.update(canonical(rel, content))
     return h.digest()
+
+
+def code_digest(package_dir: Path | None = None) -> bytes:
+    """SHA-384 over every ``.py`` file of the package (``read_sources``, ``sources_digest``)."""
+    return sources_digest(read_sources(package_dir or default_package_dir()))
 
 
 def sim_measurement(config_digest: bytes, *, package_dir: Path | None = None, code: bytes | None = None) -> bytes:

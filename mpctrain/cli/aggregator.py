@@ -33,6 +33,10 @@ def serve(
     host = (listen or cfg.listen).rsplit(":", 1)[0]
     console.print(f"aggregator serving on {host}:{port} (attester {cfg.attester}; "
                   f"{'TLS' if cfg.tls_cert else 'plaintext transport'}; health and reflection on)")
+    if cfg.federated is not None:
+        console.print(f"federated jobs: served through the SuperLink at {cfg.federated.superlink} "
+                      f"({'TLS' if cfg.federated.root_certificates else 'plaintext transport'}); each waits for "
+                      "its `flwr run` once every party has consented")
     attester = agg.identity.attester
     measurement = getattr(attester, "measurement", None)
     if measurement is not None:

@@ -15,6 +15,10 @@ max_concurrent_uploads = 16
 [tls]                            # optional transport TLS (the data is sealed end to end either way)
 cert_file = "server.pem"
 key_file = "server.key"
+[federated]                      # optional: serve federated jobs through a Flower SuperLink
+superlink = "127.0.0.1:9091"     # its ServerApp API (`flower-superlink --isolation process`)
+root_certificates = "superlink-ca.pem"  # the SuperLink's TLS CA, or `insecure = true` (loopback only)
+timeout_s = 3600                 # wait for `flwr run`, and for each round's replies
 ```
 """
 
@@ -37,6 +41,35 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class FederatedConfig:
+    """``[federated]``: where the SuperLink is; the ServerApp of each consented job runs in this process."""
+
+    superlink: str
+    root_certificates: Path | None = None  # None: plaintext to the SuperLink (messages stay sealed end to end)
+    timeout_s: int = 3600
+
+    @classmethod
+    def from_dict(cls, doc: Any, base_dir: Path) -> FederatedConfig:
+        if not isinstance(doc, dict):
+            raise ConfigError("[federated] must be a table")
+        known = {"superlink", "root_certificates", "insecure", "timeout_s"}
+        if set(doc) - known:
+            raise ConfigError(f"unknown [federated] keys {sorted(set(doc) - known)}; known: {sorted(known)}")
+        superlink = doc.get("superlink")
+        if not isinstance(superlink, str) or ":" not in superlink:
+            raise ConfigError("[federated] superlink must be the SuperLink's ServerApp API as \"host:port\"")
+        ca, insecure = doc.get("root_certificates"), doc.get("insecure", False)
+        if not isinstance(insecure, bool) or (ca is None) != insecure:
+            raise ConfigError("[federated] takes root_certificates (the SuperLink's TLS CA) or insecure = true, "
+                              "exactly one")
+        timeout = doc.get("timeout_s", 3600)
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or timeout <= 0:
+            raise ConfigError(f"[federated] timeout_s must be a positive integer, got {timeout!r}")
+        return cls(superlink=superlink, root_certificates=(base_dir / str(ca)) if ca is not None else None,
+                   timeout_s=timeout)
+
+
+@dataclass(frozen=True)
 class AggregatorConfig:
     listen: str = "127.0.0.1:50051"
     attester: str = "sim"
@@ -51,6 +84,7 @@ class AggregatorConfig:
     auditors: dict[str, bytes] = field(default_factory=dict)  # party id -> identity key allowed the whole audit log
     tls_cert: Path | None = None  # PEM chain; transport TLS, independent of the end-to-end sealing
     tls_key: Path | None = None
+    federated: FederatedConfig | None = None  # None: this aggregator refuses federated jobs
     raw: bytes = b""  # the file's bytes: its digest is the config digest the TEE measures
 
     @property
@@ -70,7 +104,7 @@ class AggregatorConfig:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:
         known = {"listen", "attester", "version", "device", "sim", "limits", "kem_alg", "audit_log", "tls", "gpu",
-                 "proposers", "auditors"}
+                 "proposers", "auditors", "federated"}
         unknown = set(doc) - known
         if unknown:
             raise ConfigError(f"unknown aggregator config keys {sorted(unknown)}; known: {sorted(known)}")
@@ -98,7 +132,8 @@ class AggregatorConfig:
                    limits=limits, raw=raw or repr(sorted(doc.items())).encode(),
                    audit_log=(base_dir / str(doc["audit_log"])) if doc.get("audit_log") else None,
                    tls_cert=tls[0], tls_key=tls[1], gpu=gpu, proposers=_proposers(doc.get("proposers", [])),
-                   auditors=_auditors(doc.get("auditors", {})))
+                   auditors=_auditors(doc.get("auditors", {})),
+                   federated=(FederatedConfig.from_dict(doc["federated"], base_dir) if "federated" in doc else None))
 
 
 def _auditors(value: Any) -> dict[str, bytes]:

@@ -131,8 +131,13 @@ class Aggregator:
         attester = make_attester(config)
         identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
                                             kem_alg=config.kem_alg, gpus=make_gpu_attesters(config))
-        return cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log,
-                   proposers=config.proposers, auditors=config.auditors)
+        agg = cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log,
+                  proposers=config.proposers, auditors=config.auditors)
+        if config.federated is not None:  # Flower is imported only by aggregators that serve federated jobs
+            from mpctrain.enclave.federated.deploy import superlink_runner
+
+            agg.store.runners["federated"] = superlink_runner(identity, agg.events, config.federated)
+        return agg
 
     def server_options(self) -> list[tuple[str, Any]]:
         return [

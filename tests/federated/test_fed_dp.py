@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from itertools import pairwise
 
@@ -88,8 +89,8 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester):
     job = build_job(sim_root, sim_attester, n=4)
     grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))]),
                     node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
-    runner = FederatedRunner(job.enclave, job.events, grid_for=lambda j: grid,
-                             initial_arrays=lambda j: initial_arrays())
+    runner = FederatedRunner(job.enclave, job.events, grid_for=lambda j: nullcontext(grid),
+                             initial_arrays=lambda j, g: initial_arrays())
     store = JobStore(job.events, runners={"federated": runner})
     stored = store.add(job.manifest, job.manifest.to_bytes())
     for c in job.consents[:-1]:
@@ -98,5 +99,6 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester):
     store.add_consent(stored, job.consents[-1])  # the last consent opens the job and starts the rounds
     store.join(timeout=120)
     assert stored.state == JobState.DONE
-    assert set(stored.outputs) == {(r, "model") for r in job.manifest.recipients}
+    assert set(stored.outputs) == {(r, n) for r in job.manifest.recipients for n in ("model", "metrics")}
+    assert stored.receipt is not None and stored.receipt.job_digest == job.manifest.digest()
     assert stored.public_metrics["rounds"] == 2.0 and 0 < stored.public_metrics["accuracy"] <= 1

@@ -14,38 +14,12 @@ import os
 
 import grpc
 import pytest
-from fedkit import build_job, initial_arrays, toy_app
 
-from mpctrain.enclave.federated.runner import FederatedRunner
-from mpctrain.enclave.server import Aggregator
 from mpctrain.enclave.state import JobState
 from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
-from mpctrain.party.flower import ConfidentialMod
-from mpctrain.party.flower.attestation import GrpcEvidenceSource, attest_enclave
+from mpctrain.party.flower.attestation import attest_enclave
 from mpctrain.party.flower.audit import check_federated_audit
 from mpctrain.party.flower.sent import SentLogError, SentUpdate, append_sent, read_sent
-
-
-@pytest.fixture
-def served(sim_root, sim_attester, tmp_path):
-    """(job, aggregator, port, start): ``start(consents)`` adds the job and those consents."""
-    job = build_job(sim_root, sim_attester, n=3, rounds=2)
-    agg = Aggregator(job.enclave, audit_log=tmp_path / "audit.jsonl")
-    port = agg.start()
-    grid = job.grid(lambda p, i: toy_app(0.1 * (i + 1), 10 + i, mod=ConfidentialMod(job.runtime(p))))
-    agg.store.runners["federated"] = FederatedRunner(job.enclave, agg.events, grid_for=lambda j: grid,
-                                                     initial_arrays=lambda j: initial_arrays())
-    for p in job.parties:  # the banks attest the served enclave over gRPC, like a SuperNode's mod does
-        job.runtime(p).evidence = GrpcEvidenceSource(f"127.0.0.1:{port}")
-
-    def start(consents):
-        stored = agg.store.add(job.manifest, job.manifest.to_bytes())
-        for c in consents:
-            agg.store.add_consent(stored, c)
-        return stored
-
-    yield job, agg, port, start
-    agg.stop()
 
 
 def _check(job, port, party, sent=None):

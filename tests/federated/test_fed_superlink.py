@@ -1,41 +1,52 @@
-"""Deployment on Flower's SuperLink/SuperNode: TLS, SuperNode authentication, the ServerApp in this process.
+"""Deployment on Flower's SuperLink/SuperNode: TLS, SuperNode authentication, the ServerApp in the aggregator.
 
 A real SuperLink and two SuperNodes on loopback (no dependency installation, telemetry off) run one round
-of the banks job. The parties attest the aggregator over real gRPC; afterwards the SuperLink's database
-(and its write-ahead log, which keeps deleted rows) holds the sealed envelopes but neither the global
-model nor any bank's plaintext update.
+of the banks job, served by an aggregator whose job store runs federated jobs through the SuperLink
+(``[federated]``, ``superlink_runner``): the job starts when both banks have consented, takes the run that
+``flwr run`` submits for it, checks that the FAB holds the consented code and builds the initial model
+with it. The parties attest the aggregator over real gRPC; the researcher fetches the sealed model with a
+signed receipt. Afterwards the SuperLink's database (and its write-ahead log, which keeps deleted rows)
+holds the sealed envelopes but neither any bank's plaintext update nor the final model.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from concurrent import futures
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.serverapp.strategy import FedAvg
+import safetensors.numpy
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
-from mpctrain.enclave.attestation_service import AttestationService
-from mpctrain.enclave.federated.deploy import serve_run, supernode_keypair, tls_material
-from mpctrain.enclave.federated.server_app import FederatedJob
+from mpctrain.enclave.config import FederatedConfig
+from mpctrain.enclave.federated.deploy import (
+    JOB_CONFIG_KEY,
+    WrongRun,
+    superlink_runner,
+    superlink_task,
+    supernode_keypair,
+    tls_material,
+)
 from mpctrain.enclave.federated.simulation import build_federation
-from mpctrain.party.flower import app_code_digest, open_output
+from mpctrain.enclave.server import Aggregator
+from mpctrain.enclave.state import JobState
+from mpctrain.party.client import AggregatorClient
+from mpctrain.party.flower import app_code_digest
+from mpctrain.party.flower.attestation import GrpcEvidenceSource, attest_enclave
 from mpctrain.party.flower.profile import approve_federated_job
+from mpctrain.party.outputs import fetch_outputs
 from mpctrain.seal.keys import write_public_files
-from mpctrain.wire import attestation_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "banks_federated"
 BIN = Path(sys.executable).parent
 FAB_CONFIG = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "train-seed": 7}  # pyproject.toml
-CANARY = np.full(7, 1234.5678, np.float32)
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +71,12 @@ def _plain_updates(banks: list[str]) -> list[bytes]:
     """Each bank's round-1 update in plaintext, recomputed here from the same seeds: what must not leak."""
     sys.path.insert(0, str(ROOT))
     from examples.banks_federated.app.client_app import make_client_app
+    from examples.banks_federated.app.task import initial_arrays
 
     app = make_client_app([])
     out = []
     for bank in banks:
-        ins = Message(RecordDict({"arrays": ArrayRecord({"w": Array(CANARY), "b": Array(np.zeros(1, np.float32))}),
+        ins = Message(RecordDict({"arrays": initial_arrays(),
                                   "config": ConfigRecord({"server-round": 1})}), 5, "train")
         ins.metadata.__dict__["_message_id"] = "x"
         ctx = Context(run_id=1, node_id=5, node_config={"bank": bank}, state=RecordDict(), run_config=FAB_CONFIG)
@@ -77,12 +89,14 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
     env = dict(os.environ, FLWR_HOME=str(tmp_path / "home"), FLWR_TELEMETRY_ENABLED="0",
                FLWR_DISABLE_UPDATE_CHECK="1", PYTHONPATH=str(ROOT), PATH=f"{BIN}:{os.environ.get('PATH', '')}")
     tls = tls_material(tmp_path / "tls")
-    fed = build_federation(["bank-a", "bank-b"], job_id="banks-superlink",
-                           code_digest=app_code_digest(EXAMPLE / "app"), training={"rounds": 1, "strategy": "FedAvg"})
-    attestation = grpc.server(futures.ThreadPoolExecutor(4))
-    attestation_pb2_grpc.add_AttestationServicer_to_server(AttestationService(fed.enclave, fed.events), attestation)
-    aport = attestation.add_insecure_port("127.0.0.1:0")
-    attestation.start()
+    fed = build_federation(["bank-a", "bank-b"], job_id="banks-superlink", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 1, "strategy": "FedAvg",
+                                     "flower": {"initial_arrays": "task:initial_arrays"}})
+    port = _free_port()
+    agg = Aggregator(fed.enclave, events=fed.events)
+    config = FederatedConfig(superlink=f"127.0.0.1:{port}", root_certificates=tls.ca, timeout_s=240)
+    agg.store.runners["federated"] = superlink_runner(fed.enclave, agg.events, config)
+    aport = agg.start()
     profiles = {}
     for p in fed.parties:  # each bank's profile, as `mpctrain party` leaves it after approving the job
         prof = tmp_path / "parties" / p.id
@@ -98,7 +112,6 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
         approve_federated_job(prof, fed.manifest)
         profiles[p.id] = prof
 
-    port = _free_port()
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "config.toml").write_text(
         f'[superlink]\ndefault = "local"\n[superlink.local]\naddress = "127.0.0.1:{port}"\n'
@@ -126,14 +139,27 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
                          f"127.0.0.1:{port}", "--auth-supernode-private-key", str(priv),
                          "--auth-supernode-public-key", str(pub), "--port", str(_free_port()),
                          "--node-config", f"mpctrain-party='{profiles[p.id]}'"])
+        stored_job = agg.store.add(fed.manifest, fed.manifest.to_bytes())
+        for c in fed.consents:  # the last consent starts the job: it waits for its run on the SuperLink
+            agg.store.add_consent(stored_job, c)
+        run = subprocess.run([str(BIN / "flwr"), "run", str(EXAMPLE), "local", "--run-config",
+                              f"{JOB_CONFIG_KEY}='{fed.manifest.job_id}'"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        agg.store.join(timeout=240)
+        assert stored_job.state == JobState.DONE, stored_job.error
+        enclave = attest_enclave(GrpcEvidenceSource(f"127.0.0.1:{aport}"), fed.policy)
+        with AggregatorClient(f"127.0.0.1:{aport}", "researcher", fed.researcher.identity) as client:
+            opened, _receipt = fetch_outputs(client, enclave, fed.manifest, "researcher", fed.researcher.kem,
+                                             policy=fed.policy)
+        # a run for another job (here the app's default, banks-federated) is refused before anything is sent
         run = subprocess.run([str(BIN / "flwr"), "run", str(EXAMPLE), "local"], env=env, capture_output=True,
                              text=True, timeout=120)
         assert run.returncode == 0, run.stdout + run.stderr
-        job = FederatedJob(manifest=fed.manifest, consents=fed.consents, enclave=fed.enclave, events=fed.events,
-                           initial_arrays=ArrayRecord({"w": Array(CANARY), "b": Array(np.zeros(1, np.float32))}))
-        strategy = FedAvg(min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
-        result = serve_run(job, f"127.0.0.1:{port}", root_certificates=tls.ca.read_bytes(), strategy=strategy,
-                           timeout=240)
+        with pytest.raises(WrongRun, match="is for job 'banks-federated', not 'banks-superlink'"):
+            with superlink_task(config.superlink, root_certificates=tls.ca.read_bytes(), timeout=60,
+                                job_id="banks-superlink"):
+                pytest.fail("a run for another job was served")
     finally:
         for proc in procs:
             proc.terminate()
@@ -142,15 +168,14 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        attestation.stop(0)
+        agg.stop()
 
-    assert result.rounds_completed == 1 and not result.rejected
-    arrays, _ = open_output(result.sealed_output, manifest=fed.manifest, recipient_id="researcher",
-                            kem=fed.researcher.kem, enclave_sig_public=fed.enclave.sig.public_bytes())
-    assert not np.allclose(arrays["w"].numpy(), CANARY)  # the banks trained
+    model = safetensors.numpy.load(opened["model"])
+    assert json.loads(opened["metrics"])["rounds"] == 1
+    assert np.abs(model["w"]).max() > 0  # the banks trained, starting from the consented app's zeros
     stored = b"".join(f.read_bytes() for f in tmp_path.glob("state.db*"))
     stored += b"".join(f.read_bytes() for f in logs.glob("*.log"))
     assert b"mpctrain.envelope" in stored and b"banks-superlink" in stored  # positive control: messages were stored
-    assert CANARY.tobytes() not in stored  # the global model
+    assert model["w"].tobytes() not in stored  # the final model
     for update in _plain_updates(["bank-a", "bank-b"]):
         assert update not in stored  # each bank's update

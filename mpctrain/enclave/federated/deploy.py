@@ -2,8 +2,9 @@
 
 The SuperLink is started with ``--isolation process``: it does not launch a ServerApp itself, it waits
 for one to acquire the run's task over its Runtime API. The aggregator does that here, in its own
-process, next to the enclave keys (``serve_run``): Flower's ``HttpGrid`` carries the messages, and
-``Confidential`` seals and opens them, so the SuperLink only ever stores and relays sealed bytes.
+process, next to the enclave keys (``superlink_task``; ``superlink_runner`` is the job store's runner
+that ``aggregator serve`` installs with ``[federated]``): Flower's ``HttpGrid`` carries the messages,
+and ``Confidential`` seals and opens them, so the SuperLink only ever stores and relays sealed bytes.
 The SuperNodes run the banks' ClientApp (with ``confidential_mod``) from the FAB that ``flwr run``
 submitted. TLS (``tls_material``) and SuperNode authentication (``supernode_keypair``) are Flower's.
 """
@@ -12,21 +13,32 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from flwr.serverapp.strategy import Strategy
+from flwr.app import ArrayRecord
+from flwr.serverapp.grid import Grid
 
-from mpctrain.enclave.federated.server_app import FederatedJob, run_federated_job
-from mpctrain.enclave.federated.strategy import FederatedResult
+from mpctrain.enclave.config import ConfigError, FederatedConfig
+from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.federated.errors import FederatedError
+from mpctrain.enclave.federated.runner import FederatedRunner
+from mpctrain.enclave.identity import EnclaveIdentity
+from mpctrain.enclave.state import Job
 
 log = logging.getLogger(__name__)
+
+JOB_CONFIG_KEY = "mpctrain-job"  # run config key naming the mpctrain job a Flower run serves
 
 
 @dataclass(frozen=True)
@@ -85,9 +97,36 @@ def supernode_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     return priv, pub
 
 
-def serve_run(job: FederatedJob, runtime_api_address: str, *, root_certificates: bytes | None,
-              strategy: Strategy | None = None, timeout: float = 300.0, poll_s: float = 0.2) -> FederatedResult:
-    """Acquire the next ServerApp task from the SuperLink and run ``job`` for it in this process."""
+@dataclass
+class ServerTask:
+    """A ServerApp task acquired from the SuperLink: the grid to its SuperNodes and what ``flwr run`` sent."""
+
+    grid: Grid
+    run_id: int
+    fab: bytes  # the FAB every SuperNode runs (the enclave checks its digest before running any of it)
+    run_config: dict[str, Any]  # the FAB's [tool.flwr.app.config] with the run's overrides
+
+    @property
+    def job_id(self) -> str | None:
+        value = self.run_config.get(JOB_CONFIG_KEY)
+        return value if isinstance(value, str) else None
+
+
+class WrongRun(FederatedError):
+    """The run submitted to the SuperLink is not for the job the aggregator is about to serve."""
+
+
+@contextmanager
+def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None, timeout: float = 300.0,
+                   poll_s: float = 0.2, job_id: str | None = None) -> Iterator[ServerTask]:
+    """Acquire the next ServerApp task from the SuperLink (submitted by ``flwr run``) and yield it.
+
+    With ``job_id``, the run must name that job in its run config (``mpctrain-job``, a default in the
+    app's pyproject.toml or ``flwr run --run-config "mpctrain-job='…'"``); another run fails with
+    ``WrongRun``. The task's heartbeat runs while the block does; on leaving it, the task is reported
+    completed, or failed with the reason when the block raised, so ``flwr ls`` shows how the run ended.
+    """
+    from flwr.common.config import get_fused_config_from_fab
     from flwr.common.constant import SubStatus
     from flwr.common.serde import context_from_proto, context_to_proto, run_from_proto
     from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest, PushTaskOutputRequest
@@ -113,7 +152,8 @@ def serve_run(job: FederatedJob, runtime_api_address: str, *, root_certificates:
                 token = res.token
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError("no ServerApp task was submitted to the SuperLink (`flwr run`) in time")
+                raise TimeoutError(f"no ServerApp task was submitted to the SuperLink at {runtime_api_address} "
+                                   f"within {timeout:.0f} s: submit the app with `flwr run`")
             time.sleep(poll_s)
     finally:
         client.close()
@@ -129,11 +169,24 @@ def serve_run(job: FederatedJob, runtime_api_address: str, *, root_certificates:
         TaskIdentity.run_id = task.run.run_id
         TaskIdentity.node_id = task.context.node_id
         context = context_from_proto(task.context)
-        grid.set_run(run_from_proto(task.run))
-        log.info("serving Flower run %s in the aggregator process", task.run.run_id)
-        result = run_federated_job(job, grid, strategy=strategy, timeout=timeout)
+        run = run_from_proto(task.run)
+        grid.set_run(run)
+        fab = bytes(task.fab.content)
+        try:
+            run_config = dict(get_fused_config_from_fab(fab, run))
+        except Exception as exc:  # a FAB Flower itself cannot read
+            raise WrongRun(f"run {run.run_id}: the submitted FAB has no readable app config ({exc})") from exc
+        context.run_config = run_config
+        served = ServerTask(grid=grid, run_id=run.run_id, fab=fab, run_config=run_config)
+        if job_id is not None and served.job_id != job_id:
+            raise WrongRun(f"run {run.run_id} is for job {served.job_id!r}, not {job_id!r}: submit it with "
+                           f"`flwr run <app> <federation> --run-config \"{JOB_CONFIG_KEY}='{job_id}'\"`")
+        log.info("serving Flower run %s (job %s) in the aggregator process", run.run_id, served.job_id)
+        yield served
         status, details = SubStatus.COMPLETED, ""
-        return result
+    except Exception as exc:
+        details = f"{type(exc).__name__}: {exc}"[:500]
+        raise
     finally:
         try:
             grid._runtime_client.PushTaskOutput(PushTaskOutputRequest(
@@ -142,3 +195,39 @@ def serve_run(job: FederatedJob, runtime_api_address: str, *, root_certificates:
         finally:
             heartbeat.stop()
             grid.close()
+
+
+def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: FederatedConfig) -> FederatedRunner:
+    """The job store's federated runner for ``aggregator serve`` with ``[federated]``.
+
+    Once every consent is in, the job waits for its run on the SuperLink (``flwr run``, naming the job
+    in ``mpctrain-job``), checks that the submitted FAB holds the consented code, builds the initial
+    model with that code, and runs the rounds. Jobs are served one at a time: a run is matched to the
+    job that is waiting for it.
+    """
+    from mpctrain.enclave.federated.apps import app_from_fab, consented_initial_arrays, manifest_digest
+
+    ca = config.root_certificates
+    try:
+        root_certificates = ca.read_bytes() if ca is not None else None
+    except OSError as exc:
+        raise ConfigError(f"cannot read [federated] root_certificates {ca}: {exc}") from exc
+    one_at_a_time = threading.Lock()
+    fabs: dict[int, bytes] = {}  # id(grid) -> the FAB of the task that grid serves
+
+    @contextmanager
+    def grid_for(job: Job) -> Iterator[Grid]:
+        with one_at_a_time, superlink_task(config.superlink, root_certificates=root_certificates,
+                                           timeout=config.timeout_s, job_id=job.job_id) as task:
+            fabs[id(task.grid)] = task.fab
+            try:
+                yield task.grid
+            finally:
+                del fabs[id(task.grid)]
+
+    def initial_arrays(job: Job, grid: Grid) -> ArrayRecord:
+        app = app_from_fab(fabs[id(grid)], manifest_digest(job.manifest))
+        return consented_initial_arrays(job.manifest, app)
+
+    return FederatedRunner(identity, events, grid_for=grid_for, initial_arrays=initial_arrays,
+                           timeout=float(config.timeout_s))

@@ -1,45 +1,98 @@
 """The federated ``Runner`` for the aggregator's job store (its mode-dispatch point, ``JobStore.runners``).
 
 The job store hands a consented job to ``runners[manifest.mode]``; this runner drives Flower rounds on a
-grid (the SuperLink's, or the in-process one) and stores the sealed model per recipient.
+grid (the SuperLink's, or the in-process one) and seals the final model and the run's metrics to every
+recipient with an enclave-signed receipt, exactly like a pooled job's outputs: ``mpctrain job fetch``
+opens and verifies both modes the same way.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
-from flwr.app import ArrayRecord
+import safetensors.numpy
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.grid import Grid
 
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.federated.server_app import FederatedJob, run_federated_job
+from mpctrain.enclave.federated.strategy import FederatedResult
 from mpctrain.enclave.identity import EnclaveIdentity
+from mpctrain.enclave.outputs import seal_outputs
+from mpctrain.enclave.state import Job, JobStore
+
+MODEL_FORMAT = "flwr.ArrayRecord"  # safetensors metadata: one tensor per ArrayRecord key, in its order
+
+
+def model_bytes(arrays: ArrayRecord) -> bytes:
+    """The final model as safetensors (never pickle): what the researcher loads with ``safetensors``."""
+    return safetensors.numpy.save({k: a.numpy() for k, a in arrays.items()}, metadata={"format": MODEL_FORMAT})
+
+
+def _numbers(metrics: dict[int, MetricRecord]) -> dict[str, dict[str, float]]:
+    return {str(rnd): {k: float(v) for k, v in rec.items() if isinstance(v, int | float)}
+            for rnd, rec in sorted(metrics.items())}
+
+
+def metrics_bytes(job: Job, result: FederatedResult, strategy: str) -> bytes:
+    doc = {
+        "job_id": job.job_id,
+        "manifest_digest": job.digest.hex(),
+        "mode": "federated",
+        "strategy": strategy,
+        "rounds": result.rounds_completed,
+        "stop_reason": result.stop_reason,
+        "epsilon": {str(r): e for r, e in sorted(result.epsilon.items())},
+        "train": _numbers(result.train_metrics_clientapp),
+        "evaluate": _numbers(result.evaluate_metrics_clientapp),
+        "rejected_replies": len(result.rejected),
+    }
+    return json.dumps(doc, sort_keys=True, indent=2).encode()
 
 
 class FederatedRunner:
-    """``Runner`` for ``mode = "federated"`` jobs: ``grid_for(job)`` connects it to the parties' nodes."""
+    """``Runner`` for ``mode = "federated"`` jobs.
+
+    ``grid_for(job)`` is a context manager yielding the grid that reaches the parties' nodes (the
+    SuperLink's task, see ``deploy.superlink_runner``, or an in-process grid); ``initial_arrays(job, grid)``
+    builds the initial model (the consented app's own code, see ``apps.consented_initial_arrays``).
+    """
 
     starts_on_open = True  # no shards are uploaded: rounds begin once every consent is in
 
-    def __init__(self, identity: EnclaveIdentity, events: EventSink, *, grid_for: Callable[[Any], Grid],
-                 initial_arrays: Callable[[Any], ArrayRecord]) -> None:
+    def __init__(self, identity: EnclaveIdentity, events: EventSink, *,
+                 grid_for: Callable[[Job], AbstractContextManager[Grid]],
+                 initial_arrays: Callable[[Job, Grid], ArrayRecord], timeout: float = 3600.0) -> None:
         self.identity = identity
         self.events = events
         self.grid_for = grid_for
         self.initial_arrays = initial_arrays
+        self.timeout = timeout
 
-    def __call__(self, job: Any, store: Any) -> None:
-        fjob = FederatedJob(manifest=job.manifest, consents=list(job.consents.values()), enclave=self.identity,
-                            initial_arrays=self.initial_arrays(job), events=self.events)
-        result = run_federated_job(fjob, self.grid_for(job))
-        for recipient in job.manifest.recipients:
-            job.outputs[(recipient, "model")] = result.sealed_output
+    def __call__(self, job: Job, store: JobStore) -> None:
+        strategy = str(job.manifest.training.get("strategy", "FedAvg"))
+
+        def deliver(arrays: ArrayRecord, result: FederatedResult) -> None:
+            outputs = {"model": model_bytes(arrays), "metrics": metrics_bytes(job, result, strategy)}
+            seal_outputs(job, self.identity, outputs, self.events)
+
+        with self.grid_for(job) as grid:
+            initial = self.initial_arrays(job, grid)  # a wrong app fails before any party is sent anything
+            fjob = FederatedJob(manifest=job.manifest, consents=list(job.consents.values()), enclave=self.identity,
+                                initial_arrays=initial, events=self.events)
+            result = run_federated_job(fjob, grid, timeout=self.timeout, deliver=deliver)
+        public: dict[str, Any] = {}
         last = max(result.evaluate_metrics_clientapp, default=None)
         if last is not None:
-            job.public_metrics = {k: float(v) for k, v in result.evaluate_metrics_clientapp[last].items()
-                                  if isinstance(v, int | float)}
-        job.public_metrics["rounds"] = float(result.rounds_completed)
+            public = {k: float(v) for k, v in result.evaluate_metrics_clientapp[last].items()
+                      if isinstance(v, int | float)}
+        public["rounds"] = float(result.rounds_completed)
         for rnd, eps in result.epsilon.items():
-            job.public_metrics[f"epsilon.round{rnd}"] = eps
+            public[f"epsilon.round{rnd}"] = eps
+        with job.cond:
+            job.public_metrics = public
+        store.record(job, "metrics", values=public)
         store.record(job, "state", message=f"federated: {result.stop_reason}")

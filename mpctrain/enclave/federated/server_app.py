@@ -78,11 +78,12 @@ class FederatedJob:
 
 
 def run_federated_job(job: FederatedJob, grid: Grid, *, strategy: Strategy | None = None,
-                      num_rounds: int | None = None, timeout: float = 3600) -> FederatedResult:
+                      num_rounds: int | None = None, timeout: float = 3600,
+                      deliver: Callable[[ArrayRecord, FederatedResult], None] | None = None) -> FederatedResult:
     """Run the job's rounds on ``grid`` (in-process, Ray or SuperLink) and return the sealed result."""
     inner = strategy or build_strategy(job.manifest)
     confidential = Confidential(inner, manifest=job.manifest, consents=job.consents, enclave=job.enclave,
-                                events=job.events)
+                                events=job.events, deliver=deliver)
     rounds = int(num_rounds if num_rounds is not None else job.manifest.training.get("rounds", 3))
     return confidential.start(grid, job.initial_arrays, num_rounds=rounds, timeout=timeout,
                               train_config=ConfigRecord(dict(job.train_config or {})))

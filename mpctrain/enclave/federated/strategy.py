@@ -64,7 +64,9 @@ class FederatedResult(Result):
     """What leaves the enclave: the final model sealed to the manifest's recipients, public metrics only.
 
     ``arrays`` stays empty: the plaintext model never leaves the strategy. ``sealed_output`` is one
-    sealed stream (frames) every recipient opens with ``mpctrain.party.flower.open_output``.
+    sealed stream (frames) every recipient opens with ``mpctrain.party.flower.open_output``; it stays
+    empty when ``Confidential(deliver=...)`` hands the model to the aggregator's job store instead,
+    which seals it per recipient with a signed receipt, as for pooled jobs.
     """
 
     sealed_output: list[bytes] = field(default_factory=list)
@@ -143,6 +145,7 @@ class Confidential(Strategy):
         now: Callable[[], datetime] | None = None,
         pull_batch: int = 1,
         fold_ahead: int = 0,
+        deliver: Callable[[ArrayRecord, FederatedResult], None] | None = None,
     ) -> None:
         self._now = now or (lambda: datetime.now(UTC))
         self.consents = list(consents)
@@ -161,6 +164,7 @@ class Confidential(Strategy):
         if fold_ahead < 0:
             raise ValueError("fold_ahead must be 0 (fold in the pulling thread) or more")
         self.fold_ahead = fold_ahead
+        self.deliver = deliver  # inside the enclave: hands the final model to the aggregator's own sealing
         self.chunk_size = chunk_size
         self.job_id = manifest.job_id
         self.job_digest = manifest.digest().hex()
@@ -446,8 +450,11 @@ class Confidential(Strategy):
                 if res is not None:
                     result.evaluate_metrics_serverapp[rnd] = self._public(res)
             result.rounds_completed = rnd
-        result.sealed_output = self.seal_output(arrays, result, grid)
         result.rejected = [str(r) for r in self.rejections]
+        if self.deliver is not None:  # the job store seals outputs and signs a receipt (FederatedRunner)
+            self.deliver(arrays, result)
+        else:
+            result.sealed_output = self.seal_output(arrays, result, grid)
         self.events.emit("fl.training_ended", job_id=self.job_id, rounds=result.rounds_completed,
                          reason=result.stop_reason)
         return result

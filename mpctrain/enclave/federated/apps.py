@@ -1,0 +1,203 @@
+"""The consented Flower app inside the enclave: found by its digest, run from the very bytes that were hashed.
+
+In deployment the app comes with the SuperLink's ServerApp task: the FAB that ``flwr run`` submitted and
+every SuperNode runs. The enclave reads its ``.py`` files in memory and takes the directory whose digest
+(hashed like ``mpctrain.party.flower.app_code_digest`` hashes an app directory) equals the manifest's
+``[training.flower] code_digest``, the digest every data party signed. Modules are compiled from those
+same bytes under a private package name, so nothing read later (a file changed on disk, a second
+download) ever runs. The app provides the initial model: ``[training.flower] initial_arrays =
+"task:initial_arrays"`` names a module of the app and a function returning an ``ArrayRecord``. This
+code runs inside the enclave, next to its keys; the parties' consent covers it like the ClientApp.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import io
+import logging
+import re
+import sys
+import threading
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from flwr.app import ArrayRecord
+
+from mpctrain.attest.measure import read_sources, sources_digest
+from mpctrain.enclave.federated.errors import CodeDigestMismatch, FederatedError
+from mpctrain.jobs import JobManifest
+
+log = logging.getLogger(__name__)
+
+FLOWER_SECTION = "flower"
+ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
+MAX_FAB_BYTES = 16 << 20  # Flower's own limit is 10 MB
+MAX_FAB_FILES = 4096
+MAX_FAB_UNPACKED = 64 << 20
+_LOCK = threading.Lock()
+_IMPORTERS: dict[str, _AppImporter] = {}  # package -> importer on sys.meta_path
+
+
+class AppEntryError(FederatedError):
+    """The manifest's app entry point is missing or malformed, or it does not return an ``ArrayRecord``."""
+
+
+@dataclass(frozen=True)
+class ConsentedApp:
+    """A Flower app's sources, read once, and their digest (hex, as manifests pin it)."""
+
+    path: Path
+    digest: str
+    sources: tuple[tuple[str, bytes], ...]
+
+    @property
+    def package(self) -> str:
+        return f"_mpctrain_app_{self.digest[:24]}"
+
+
+def read_app(app_dir: str | Path) -> ConsentedApp:
+    """An app directory on this machine (in-process runtimes, tests)."""
+    path = Path(app_dir)
+    try:
+        sources = read_sources(path)
+    except OSError as exc:
+        raise CodeDigestMismatch(f"cannot read the Flower app in {path}: {exc}") from exc
+    return ConsentedApp(path=path, digest=sources_digest(sources).hex(), sources=tuple(sources))
+
+
+def fab_sources(fab: bytes) -> dict[str, bytes]:
+    """The ``.py`` files of a FAB (a zip the host relayed), read in memory with size and count limits."""
+    if len(fab) > MAX_FAB_BYTES:
+        raise CodeDigestMismatch(f"the FAB is {len(fab)} bytes, over {MAX_FAB_BYTES}")
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab)) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
+            if len(infos) > MAX_FAB_FILES:
+                raise CodeDigestMismatch(f"the FAB holds {len(infos)} files, over {MAX_FAB_FILES}")
+            out: dict[str, bytes] = {}
+            total = 0
+            for info in infos:
+                name = info.filename
+                parts = name.split("/")
+                if not name.endswith(".py") or "__pycache__" in parts or name.startswith("/") or ".." in parts:
+                    continue
+                with zf.open(info) as f:
+                    data = f.read(MAX_FAB_UNPACKED + 1 - total)
+                total += len(data)
+                if total > MAX_FAB_UNPACKED:
+                    raise CodeDigestMismatch(f"the FAB's Python files unpack to over {MAX_FAB_UNPACKED} bytes")
+                out[name] = data
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise CodeDigestMismatch(f"the FAB is not a readable zip archive: {exc}") from exc
+    return out
+
+
+def app_from_fab(fab: bytes, digest: str) -> ConsentedApp:
+    """The directory of the FAB whose ``.py`` files have the consented digest (hashed like an app directory)."""
+    files = fab_sources(fab)
+    dirs = sorted({"/".join(n.split("/")[:i]) for n in files for i in range(len(n.split("/")))})
+    seen = []
+    for d in dirs:
+        prefix = f"{d}/" if d else ""
+        sources = sorted((n[len(prefix):], data) for n, data in files.items() if n.startswith(prefix))
+        have = sources_digest(sources).hex()
+        if have == digest:
+            return ConsentedApp(path=Path("<fab>") / d, digest=have, sources=tuple(sources))
+        seen.append(f"{d or '.'} ({have[:16]}…)")
+    raise CodeDigestMismatch(f"no directory of the submitted FAB has the consented code digest {digest[:16]}…; "
+                             f"found {', '.join(seen) or 'no Python files'}: `flwr run` exactly the app every "
+                             "party approved")
+
+
+class _AppImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves one app's modules from memory, under ``app.package``: never from the file system."""
+
+    def __init__(self, app: ConsentedApp) -> None:
+        self.app = app
+        self.sources = dict(app.sources)
+        self.modules: dict[str, tuple[str | None, bool]] = {app.package: (None, True)}
+        for rel in self.sources:
+            parts = rel[:-3].split("/")
+            is_pkg = parts[-1] == "__init__"
+            if is_pkg:
+                parts = parts[:-1]
+            name = ".".join([app.package, *parts])
+            self.modules[name] = (rel, is_pkg)
+            for i in range(1, len(parts)):  # parent directories without __init__.py
+                self.modules.setdefault(".".join([app.package, *parts[:i]]), (None, True))
+
+    def find_spec(self, fullname: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+        entry = self.modules.get(fullname)
+        if entry is None:
+            return None
+        rel, is_pkg = entry
+        origin = f"<consented app {self.app.digest[:16]}>/{rel or ''}"
+        return importlib.util.spec_from_loader(fullname, self, origin=origin, is_package=is_pkg)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        rel, _ = self.modules[module.__name__]
+        if rel is None:
+            return
+        code = compile(self.sources[rel], f"{self.app.path / rel}", "exec", dont_inherit=True)
+        exec(code, module.__dict__)  # noqa: S102 - the consented app's code, from the hashed bytes
+
+
+def import_app_module(app: ConsentedApp, module: str) -> ModuleType:
+    """Import ``module`` (dotted, relative to the app directory) from the app's hashed sources."""
+    with _LOCK:
+        importer = _IMPORTERS.get(app.package)
+        if importer is None:
+            importer = _IMPORTERS[app.package] = _AppImporter(app)
+            sys.meta_path.insert(0, importer)
+    name = f"{app.package}.{module}"
+    if name not in importer.modules:
+        known = sorted(m.removeprefix(app.package + ".") for m in importer.modules if m != app.package)
+        raise AppEntryError(f"the consented Flower app has no module {module!r} (modules: {known})")
+    return importlib.import_module(name)
+
+
+def entry_point(manifest: JobManifest) -> tuple[str, str]:
+    """``[training.flower] initial_arrays`` as (module, function)."""
+    flower = manifest.training.get(FLOWER_SECTION)
+    value = flower.get("initial_arrays") if isinstance(flower, dict) else None
+    if not isinstance(value, str):
+        raise AppEntryError(f"job {manifest.job_id} names no [training.flower] initial_arrays: set it to the app "
+                            "function that builds the initial model, e.g. \"task:initial_arrays\"")
+    m = ENTRY.match(value)
+    if m is None:
+        raise AppEntryError(f"[training.flower] initial_arrays = {value!r} is not \"module:function\"")
+    return m.group(1), m.group(2)
+
+
+def manifest_digest(manifest: JobManifest) -> str:
+    flower = manifest.training.get(FLOWER_SECTION)
+    digest = flower.get("code_digest") if isinstance(flower, dict) else None
+    if not isinstance(digest, str):
+        raise CodeDigestMismatch(f"job {manifest.job_id} names no [training.flower] code_digest; the enclave "
+                                 "runs only app code whose digest every consent covers")
+    return digest
+
+
+def consented_initial_arrays(manifest: JobManifest, app: ConsentedApp) -> ArrayRecord:
+    """The job's initial model, built by the consented app's own code (see the module docstring)."""
+    digest = manifest_digest(manifest)
+    if app.digest != digest:
+        raise CodeDigestMismatch(f"the Flower app {app.path} has digest {app.digest[:16]}…, but job "
+                                 f"{manifest.job_id} covers {digest[:16]}…")
+    module, function = entry_point(manifest)
+    fn = getattr(import_app_module(app, module), function, None)
+    if not callable(fn):
+        raise AppEntryError(f"the consented app's module {module!r} has no function {function!r}")
+    arrays = fn()
+    if not isinstance(arrays, ArrayRecord):
+        raise AppEntryError(f"{module}:{function} returned {type(arrays).__name__}, not a flwr ArrayRecord")
+    log.info("initial model of job %s from the consented app %s…", manifest.job_id, app.digest[:16])
+    return arrays

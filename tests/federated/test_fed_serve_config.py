@@ -1,0 +1,75 @@
+"""``aggregator serve`` with ``[federated]``: the config section, and the runner it installs on the job store."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpctrain.enclave.config import AggregatorConfig, ConfigError
+from mpctrain.enclave.federated.runner import FederatedRunner
+from mpctrain.enclave.federated.simulation import build_federation
+from mpctrain.enclave.server import Aggregator
+from mpctrain.enclave.state import JobError, JobState
+
+BASE = 'attester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "root"\n'
+
+
+def _load(tmp_path, federated: str) -> AggregatorConfig:
+    path = tmp_path / "aggregator.toml"
+    path.write_text(BASE + federated)
+    return AggregatorConfig.load(path)
+
+
+def test_the_federated_section_is_read_relative_to_the_config(tmp_path):
+    cfg = _load(tmp_path, '[federated]\nsuperlink = "10.0.0.5:9091"\nroot_certificates = "tls/ca.pem"\n'
+                          "timeout_s = 600\n")
+    assert cfg.federated is not None
+    assert cfg.federated.superlink == "10.0.0.5:9091"
+    assert cfg.federated.root_certificates == tmp_path / "tls" / "ca.pem"
+    assert cfg.federated.timeout_s == 600
+    plain = _load(tmp_path, '[federated]\nsuperlink = "127.0.0.1:9091"\ninsecure = true\n')
+    assert plain.federated is not None and plain.federated.root_certificates is None
+    assert _load(tmp_path, "").federated is None
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("[federated]\ninsecure = true\n", "superlink must be"),
+    ('[federated]\nsuperlink = "no-port"\ninsecure = true\n', "superlink must be"),
+    ('[federated]\nsuperlink = "h:1"\n', "root_certificates .* or insecure = true"),
+    ('[federated]\nsuperlink = "h:1"\nroot_certificates = "ca.pem"\ninsecure = true\n', "exactly one"),
+    ('[federated]\nsuperlink = "h:1"\ninsecure = "yes"\n', "exactly one"),
+    ('[federated]\nsuperlink = "h:1"\ninsecure = true\ntimeout_s = 0\n', "timeout_s must be a positive"),
+    ('[federated]\nsuperlink = "h:1"\ninsecure = true\napps = []\n', "unknown \\[federated\\] keys"),
+    ('federated = "h:1"\n', "must be a table"),
+])
+def test_a_wrong_federated_section_names_the_key(tmp_path, section, message):
+    path = tmp_path / "aggregator.toml"
+    path.write_text(section + BASE if not section.startswith("[") else BASE + section)
+    with pytest.raises(ConfigError, match=message):
+        AggregatorConfig.load(path)
+
+
+def _job():
+    return build_federation(["bank-a", "bank-b"], job_id="served", training={"rounds": 1}).manifest
+
+
+def test_an_aggregator_without_the_section_refuses_federated_jobs(tmp_path):
+    agg = Aggregator.from_config(_load(tmp_path, ""))
+    manifest = _job()
+    with pytest.raises(JobError, match="does not run 'federated' jobs"):
+        agg.store.add(manifest, manifest.to_bytes())
+
+
+def test_with_the_section_federated_jobs_wait_for_their_consents(tmp_path):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    agg = Aggregator.from_config(_load(tmp_path, '[federated]\nsuperlink = "127.0.0.1:1"\n'
+                                                 'root_certificates = "ca.pem"\n'))
+    assert isinstance(agg.store.runners["federated"], FederatedRunner)
+    manifest = _job()
+    job = agg.store.add(manifest, manifest.to_bytes())
+    assert job.state == JobState.PROPOSED  # nothing is sent to the SuperLink before every consent is in
+
+
+def test_an_unreadable_superlink_ca_stops_the_aggregator_at_startup(tmp_path):
+    cfg = _load(tmp_path, '[federated]\nsuperlink = "127.0.0.1:1"\nroot_certificates = "missing.pem"\n')
+    with pytest.raises(ConfigError, match="cannot read \\[federated\\] root_certificates"):
+        Aggregator.from_config(cfg)
