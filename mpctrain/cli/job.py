@@ -70,7 +70,13 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
 @app.command()
 def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
             policy: Path | None = POLICY, keys: Path | None = KEYS) -> None:
-    """Attest the aggregator, show the job's problems under local rules, then sign consent by hand."""
+    """Attest the aggregator, show the job's problems under local rules, then sign consent by hand.
+
+    A federated job is approved only when the profile's flower.toml names the ClientApp code and that code
+    has the digest the manifest pins; the manifest and consent are then stored for its SuperNode too.
+    """
+    from mpctrain.enclave.federated.errors import FederatedError  # imports Flower: only when approving
+
     agent = _agent(party, profiles, aggregator, policy, keys)
     console = _console()
     try:
@@ -81,10 +87,20 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
             console.print(f"[yellow]note:[/yellow] {p}")
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
+        federated = manifest.mode == "federated"
+        if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
+            # the last consent starts the rounds at once
+            from mpctrain.party.flower.profile import approve_federated_job
+
+            profile = profile_path(party, profiles).parent
+            approve_federated_job(profile, manifest, agent.identity)
         agent.approve(manifest, force=True)
-    except PartyError as exc:
+    except (PartyError, FederatedError) as exc:
         raise _fail(exc) from exc
     console.print(f"{agent.party_id} approved {job_id} (digest {manifest.digest().hex()})")
+    if federated:
+        console.print(f"the SuperNode of profile {profile} serves this job once flower.toml names it "
+                      f'(job = "{job_id}")')
 
 
 @app.command()

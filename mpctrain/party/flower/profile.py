@@ -25,6 +25,7 @@ from mpctrain.party.config import PartyConfig
 from mpctrain.party.flower.attestation import GrpcEvidenceSource
 from mpctrain.party.flower.runtime import PartyRuntime, check_app_code
 from mpctrain.party.profile import channel_credentials
+from mpctrain.seal.keys import IdentityKey
 
 FLOWER_FILE = "flower.toml"
 MAX_CONSENT_BYTES = 4096
@@ -42,15 +43,29 @@ def _job_dir(profile: Path, settings: dict[str, Any], job_id: str) -> Path:
     return profile / str(settings.get("jobs_dir", "jobs")) / job_id
 
 
-def approve_federated_job(profile: str | Path, manifest: JobManifest) -> Consent:
-    """Consent to ``manifest`` as this profile's party, after checking the app code it will run."""
+def check_federated_profile(profile: str | Path, manifest: JobManifest) -> None:
+    """Before consenting: the profile can serve this job, and its app code is the code the manifest pins."""
     profile = Path(profile)
-    cfg = PartyConfig.load(profile / "party.toml")
     settings = _flower_settings(profile)
     if manifest.mode != "federated":
         raise JobNotReady(f"job {manifest.job_id} is not federated")
-    check_app_code(manifest, profile / str(settings["app_dir"]))
-    identity, _ = cfg.load_keys(create=False)
+    if not isinstance(settings.get("app_dir"), str):
+        raise JobNotReady(f"{profile / FLOWER_FILE} names no app_dir: the ClientApp code this party runs")
+    check_app_code(manifest, profile / settings["app_dir"])
+
+
+def approve_federated_job(profile: str | Path, manifest: JobManifest, identity: IdentityKey | None = None) -> Consent:
+    """Consent to ``manifest`` as this profile's party, after checking the app code it will run.
+
+    The manifest and the consent are stored in the profile, so a SuperNode started later serves only
+    what was approved (``load_profile``). ``identity`` defaults to the profile's own key.
+    """
+    profile = Path(profile)
+    cfg = PartyConfig.load(profile / "party.toml")
+    check_federated_profile(profile, manifest)
+    settings = _flower_settings(profile)
+    if identity is None:
+        identity, _ = cfg.load_keys(create=False)
     consent = sign_consent(manifest, cfg.id, identity)
     job_dir = _job_dir(profile, settings, manifest.job_id)
     job_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,110 @@
+"""The federated job through the CLI, as the banks and the researcher run it, against a live aggregator.
+
+Each bank approves with ``mpctrain job approve``: its profile's ClientApp code is checked against the
+manifest before anything is signed, and the consent is stored for its SuperNode. The last consent starts
+the job on the aggregator (here on an in-process grid whose nodes run the banks' stored profiles); the
+researcher then fetches the sealed model with ``mpctrain job fetch``, which verifies the receipt.
+"""
+
+from __future__ import annotations
+
+import shutil
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+from flwr.serverapp.strategy import FedAvg
+from typer.testing import CliRunner
+
+from examples.banks_federated.app.client_app import make_client_app
+from examples.banks_federated.app.task import initial_arrays
+from mpctrain.cli.main import app
+from mpctrain.enclave.federated.apps import consented_initial_arrays, read_app
+from mpctrain.enclave.federated.runner import FederatedRunner
+from mpctrain.enclave.federated.runtime import InProcessGrid, Node
+from mpctrain.enclave.federated.simulation import build_federation
+from mpctrain.enclave.server import Aggregator
+from mpctrain.enclave.state import JobState
+from mpctrain.party.flower import ConfidentialMod, app_code_digest
+from mpctrain.party.flower.profile import load_profile
+from mpctrain.party.profile import policy_toml
+from mpctrain.seal.keys import write_public_files
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "banks_federated"
+RUN_CONFIG = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "train-seed": 7}
+BANKS = ["bank-a", "bank-b"]
+
+
+def _profile(root: Path, who, target: str, policy: str, app_dir: Path | None) -> Path:
+    prof = root / who.id
+    (prof / "keys").mkdir(parents=True)
+    who.identity.save(prof / "keys" / "identity.key")
+    who.kem.save(prof / "keys" / "kem.key")
+    write_public_files(prof / "keys", who.identity, who.kem)
+    (prof / "party.toml").write_text(f'id = "{who.id}"\naggregator = "{target}"\npolicy = "../policy.toml"\n'
+                                     '[rules]\nallowed_modes = ["federated"]\n')
+    (root / "policy.toml").write_text(policy)
+    if app_dir is not None:
+        (prof / "flower.toml").write_text(f'app_dir = "{app_dir}"\njob = "cli-fed"\n')
+    return prof
+
+
+def test_banks_approve_and_the_researcher_fetches_through_the_cli(tmp_path):
+    fed = build_federation(BANKS, job_id="cli-fed", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 2, "strategy": "FedAvg",
+                                     "flower": {"initial_arrays": "task:initial_arrays"}})
+    profiles = tmp_path / "profiles"
+
+    def grid():  # the banks' SuperNodes: each runs its stored profile (approved manifest and consent)
+        nodes = [Node(node_id=10 + i, app=make_client_app([ConfidentialMod(load_profile(profiles / b))]),
+                      node_config={"bank": b}) for i, b in enumerate(BANKS)]
+        return InProcessGrid(nodes, run_config=RUN_CONFIG)
+
+    agg = Aggregator(fed.enclave, events=fed.events)
+    agg.store.runners["federated"] = FederatedRunner(
+        fed.enclave, agg.events, grid_for=lambda job: nullcontext(grid()),
+        initial_arrays=lambda job, g: consented_initial_arrays(job.manifest, read_app(EXAMPLE / "app")))
+    port = agg.start()
+    try:
+        target = f"127.0.0.1:{port}"
+        policy = policy_toml({"backends": ["sim"], "sim": {"roots": [fed.root.sha256],
+                                                           "measurements": [fed.attester.measurement.hex()]}})
+        tampered = tmp_path / "tampered-app"
+        shutil.copytree(EXAMPLE / "app", tampered, ignore=shutil.ignore_patterns("__pycache__"))
+        (tampered / "task.py").write_text((tampered / "task.py").read_text() + "\n# changed\n")
+        _profile(profiles, fed.parties[0], target, policy, EXAMPLE / "app")
+        prof_b = _profile(profiles, fed.parties[1], target, policy, tampered)
+        _profile(profiles, fed.researcher, target, policy, None)
+        job = agg.store.add(fed.manifest, fed.manifest.to_bytes())
+        cli = CliRunner()
+
+        def approve(bank: str):
+            return cli.invoke(app, ["job", "approve", "cli-fed", "--as", bank, "--profiles", str(profiles)])
+
+        res = approve("bank-a")
+        assert res.exit_code == 0, res.output
+        assert (profiles / "bank-a" / "jobs" / "cli-fed" / "consent.json").is_file()  # for its SuperNode
+        res = approve("bank-b")  # its ClientApp is not the consented code: nothing is signed or sent
+        assert res.exit_code == 1 and "digest" in res.output, res.output
+        assert set(job.consents) == {"bank-a"} and job.state == JobState.PROPOSED
+        assert not (prof_b / "jobs").exists()
+        (prof_b / "flower.toml").write_text(f'app_dir = "{EXAMPLE / "app"}"\njob = "cli-fed"\n')
+        res = approve("bank-b")  # the last consent starts the rounds
+        assert res.exit_code == 0, res.output
+        agg.store.join(timeout=120)
+        assert job.state == JobState.DONE, job.error
+        out = tmp_path / "results"
+        res = cli.invoke(app, ["job", "fetch", "cli-fed", "--as", "researcher", "--profiles", str(profiles),
+                               "--out", str(out)])
+        assert res.exit_code == 0, res.output
+    finally:
+        agg.stop()
+    model = safetensors.numpy.load((out / "cli-fed" / "model.safetensors").read_bytes())
+    plain_grid = InProcessGrid([Node(node_id=10 + i, app=make_client_app([]), node_config={"bank": b})
+                                for i, b in enumerate(BANKS)], run_config=RUN_CONFIG)
+    plain = FedAvg(min_available_nodes=2, min_train_nodes=2, min_evaluate_nodes=2).start(
+        plain_grid, initial_arrays(), num_rounds=2).arrays
+    for k in ("w", "b"):  # the confidential run is plain Flower FedAvg, up to float rounding
+        np.testing.assert_allclose(model[k], plain[k].numpy(), atol=1e-6)
+    assert b'"rounds": 2' in (out / "cli-fed" / "metrics.json").read_bytes()
