@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,10 +136,14 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
             reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(pub), "local"], env=env,
                                  capture_output=True, text=True, timeout=120)
             assert reg.returncode == 0, reg.stdout + reg.stderr
+            appio = _free_port()  # the SuperNode runs no app itself: the bank's executor checks every FAB first
             spawn(p.id, [str(BIN / "flower-supernode"), "--root-certificates", str(tls.ca), "--superlink",
                          f"127.0.0.1:{port}", "--auth-supernode-private-key", str(priv),
-                         "--auth-supernode-public-key", str(pub), "--port", str(_free_port()),
+                         "--auth-supernode-public-key", str(pub), "--port", str(appio), "--isolation", "process",
                          "--node-config", f"mpctrain-party='{profiles[p.id]}'"])
+            _wait_port(appio)
+            spawn(f"{p.id}-exec", [str(BIN / "mpctrain"), "party", "flower-exec", "--profile", str(profiles[p.id]),
+                                   "--supernode", f"127.0.0.1:{appio}"])
         stored_job = agg.store.add(fed.manifest, fed.manifest.to_bytes())
         for c in fed.consents:  # the last consent starts the job: it waits for its run on the SuperLink
             agg.store.add_consent(stored_job, c)
@@ -170,6 +175,9 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
                 proc.kill()
         agg.stop()
 
+    for p in fed.parties:  # each bank's executor ran its tasks (train, evaluate) with the consented code
+        done = re.search(rb"stopped after (\d+) task\(s\), (\d+) refused", (logs / f"{p.id}-exec.log").read_bytes())
+        assert done is not None and int(done.group(1)) >= 2 and done.group(2) == b"0"
     model = safetensors.numpy.load(opened["model"])
     assert json.loads(opened["metrics"])["rounds"] == 1
     assert np.abs(model["w"]).max() > 0  # the banks trained, starting from the consented app's zeros

@@ -53,6 +53,24 @@ class ConsentedApp:
     path: Path
     digest: str
     sources: tuple[tuple[str, bytes], ...]
+    root: str = ""  # its directory inside a FAB ("app"), where the FAB's component references start
+
+    def module_of(self, reference: str) -> tuple[str, str]:
+        """A FAB component reference (``app.client_app:app``) as (module inside this app, attribute).
+
+        Refused unless the module lies inside the consented directory: code outside it was never hashed.
+        """
+        m = ENTRY.match(reference)
+        if m is None:
+            raise AppEntryError(f"component reference {reference!r} is not \"module:attribute\"")
+        module, attr = m.group(1), m.group(2)
+        prefix = self.root.replace("/", ".")
+        if prefix:
+            if not module.startswith(prefix + "."):
+                raise CodeDigestMismatch(f"{reference!r} is outside the consented code ({self.root}/): refusing "
+                                         "to run code no consent covers")
+            module = module[len(prefix) + 1:]
+        return module, attr
 
     @property
     def package(self) -> str:
@@ -106,7 +124,7 @@ def app_from_fab(fab: bytes, digest: str) -> ConsentedApp:
         sources = sorted((n[len(prefix):], data) for n, data in files.items() if n.startswith(prefix))
         have = sources_digest(sources).hex()
         if have == digest:
-            return ConsentedApp(path=Path("<fab>") / d, digest=have, sources=tuple(sources))
+            return ConsentedApp(path=Path("<fab>") / d, digest=have, sources=tuple(sources), root=d)
         seen.append(f"{d or '.'} ({have[:16]}…)")
     raise CodeDigestMismatch(f"no directory of the submitted FAB has the consented code digest {digest[:16]}…; "
                              f"found {', '.join(seen) or 'no Python files'}: `flwr run` exactly the app every "

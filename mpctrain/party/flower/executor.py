@@ -1,0 +1,142 @@
+"""``mpctrain party flower-exec``: the party runs its SuperNode's ClientApp tasks itself, and only consented code.
+
+A stock SuperNode installs whatever FAB the SuperLink relays and runs its ClientApp. That code is the
+party's only line of defence (its mod seals the reply), so a FAB with other code, one without the mod
+for instance, could send the party's update in clear. Started with ``--isolation process``, a SuperNode
+runs no app itself: it waits for an executor to acquire each ClientApp task over its Runtime API. This
+is that executor. For every task it:
+
+1. takes the FAB from the task;
+2. finds the directory whose ``.py`` files have the digest of the job this profile approved (the
+   digest the party consented to), and refuses the task otherwise;
+3. loads the FAB's ClientApp from those very bytes (never from disk, never a second copy);
+4. runs it, and pushes the reply and the task status back to the SuperNode.
+
+It runs tasks one after another in one process, so the party attests the enclave once per run, not
+once per message as with the SuperNode's own per-message processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import Message
+from flwr.app.error import Error
+from flwr.clientapp import ClientApp
+
+from mpctrain.enclave.federated.apps import AppEntryError, app_from_fab, import_app_module
+from mpctrain.enclave.federated.errors import FederatedError
+from mpctrain.jobs import JobManifest
+from mpctrain.party.flower.runtime import manifest_code_digest
+
+log = logging.getLogger(__name__)
+
+REFUSED_CODE = 3  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the SuperLink sees a failed reply, nothing else
+
+
+@dataclass(frozen=True)
+class ExecStats:
+    tasks: int = 0
+    failed: int = 0  # refused (not the consented code) or the app raised
+
+
+def consented_client_app(fab: bytes, manifest: JobManifest) -> ClientApp:
+    """The FAB's ClientApp, loaded from the consented directory's hashed bytes; refused if it is other code."""
+    from flwr.common.config import get_fab_config
+
+    app = app_from_fab(fab, manifest_code_digest(manifest))
+    try:
+        reference = get_fab_config(fab)["tool"]["flwr"]["app"]["components"]["clientapp"]
+    except Exception as exc:  # a FAB Flower itself cannot read
+        raise AppEntryError(f"the FAB names no readable ClientApp component: {exc}") from exc
+    if not isinstance(reference, str):
+        raise AppEntryError("the FAB's [tool.flwr.app.components] clientapp is not a string")
+    module, attr = app.module_of(reference)
+    client_app = getattr(import_app_module(app, module), attr, None)
+    if not isinstance(client_app, ClientApp):
+        raise AppEntryError(f"{reference} is {type(client_app).__name__}, not a flwr ClientApp")
+    return client_app
+
+
+def run_task(appio_address: str, token: str, manifest: JobManifest, *, root_certificates: bytes | None) -> bool:
+    """Pull one ClientApp task, run it if its code is the consented code, push the reply. True if it ran."""
+    from flwr.common.constant import ErrorCode, SubStatus
+    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=appio_address, insecure=root_certificates is None, root_certificates=root_certificates,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                      RuntimeTokenHttpInterceptor(token)],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    heartbeat.start()
+    context = None
+    reply: Message | None = None
+    status, details, ran = SubStatus.FAILED, "ClientApp task failed", False
+    try:
+        message, context, run, fab = pull_task_input(client)
+        try:
+            client_app = consented_client_app(fab.content, manifest)
+        except FederatedError as exc:  # other code than the consented: it never runs
+            log.error("run %s: refusing the FAB %s…: %s", run.run_id, fab.hash_str[:12], exc)
+            details = f"refused by the party: {type(exc).__name__}"
+            reply = Message(Error(code=REFUSED_CODE, reason=details), reply_to=message)
+        else:
+            try:
+                reply = client_app(message=message, context=context)
+                status, details, ran = SubStatus.COMPLETED, "", True
+            except Exception as exc:  # the app's own failure: reported by type only (it may quote data)
+                log.error("the ClientApp raised %s", type(exc).__name__)
+                details = f"ClientApp raised {type(exc).__name__}"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details),
+                                reply_to=message)
+        if context is not None:
+            push_message(client, reply, context)
+    finally:
+        try:
+            push_task_output(client=client, context=context, sub_status=status, details=details)
+        finally:
+            heartbeat.stop()
+            client.close()
+    return ran
+
+
+def serve_tasks(appio_address: str, manifest: JobManifest, *, root_certificates: bytes | None,
+                stop: threading.Event, poll_s: float = 0.2) -> ExecStats:
+    """Acquire and run the SuperNode's ClientApp tasks until ``stop`` is set."""
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    client = RuntimeHttpClient.from_server_address(
+        server_address=appio_address, insecure=root_certificates is None, root_certificates=root_certificates,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
+    tasks = failed = 0
+    try:
+        while not stop.is_set():
+            res: Any = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            if res.HasField("task") and res.token:
+                tasks += 1
+                try:
+                    if not run_task(appio_address, res.token, manifest, root_certificates=root_certificates):
+                        failed += 1
+                except Exception as exc:  # one broken task never stops the party's executor
+                    failed += 1
+                    log.error("ClientApp task failed: %s", type(exc).__name__)
+                continue
+            stop.wait(poll_s)
+    finally:
+        client.close()
+    return ExecStats(tasks=tasks, failed=failed)

@@ -1,0 +1,79 @@
+"""The bank's ClientApp executor runs only the consented code from the FAB the SuperLink relays.
+
+Each FAB here is built by Flower itself (``build_fab_from_disk``) from a copy of the banks example: the
+consented one loads; one whose ClientApp lost the confidential mod, and one that keeps the consented
+``app/`` but points its ClientApp at a module outside it, are refused before any of their code runs.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+from flwr.cli.build import build_fab_from_disk
+from flwr.clientapp import ClientApp
+
+from mpctrain.enclave.federated.apps import AppEntryError
+from mpctrain.enclave.federated.errors import CodeDigestMismatch
+from mpctrain.enclave.federated.simulation import build_federation
+from mpctrain.party.flower import app_code_digest
+from mpctrain.party.flower.executor import consented_client_app
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "banks_federated"
+
+
+def _manifest():
+    return build_federation(["bank-a"], job_id="exec", code_digest=app_code_digest(EXAMPLE / "app"),
+                            training={"rounds": 1}).manifest
+
+
+def _copy(tmp_path: Path) -> Path:
+    d = tmp_path / "fab-src"
+    shutil.copytree(EXAMPLE, d, ignore=shutil.ignore_patterns("__pycache__", "README.md"))
+    return d
+
+
+def test_the_consented_fab_yields_its_client_app():
+    app = consented_client_app(build_fab_from_disk(EXAMPLE), _manifest())
+    assert isinstance(app, ClientApp)
+    assert app._mods and type(app._mods[0]).__name__ == "ConfidentialMod"  # the mod the banks reviewed
+
+
+def test_a_client_app_without_the_mod_is_refused_before_it_runs(tmp_path):
+    d = _copy(tmp_path)
+    marker = tmp_path / "ran"
+    client = d / "app" / "client_app.py"
+    client.write_text(client.read_text().replace("return make_client_app([confidential_mod])",
+                                                 "return make_client_app([])")
+                      + f"\nopen({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(CodeDigestMismatch, match="no directory of the submitted FAB"):
+        consented_client_app(build_fab_from_disk(d), _manifest())
+    assert not marker.exists()  # not one line of it was executed
+
+
+def test_a_client_app_outside_the_consented_directory_is_refused(tmp_path):
+    d = _copy(tmp_path)
+    marker = tmp_path / "ran"
+    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom flwr.clientapp import ClientApp\n"
+                               "app = ClientApp()\n")
+    pyproject = d / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('clientapp = "app.client_app:app"', 'clientapp = "evil:app"')
+                         .replace('fab-include = ["app/*.py", "pyproject.toml"]',
+                                  'fab-include = ["app/*.py", "evil.py", "pyproject.toml"]'))
+    fab = build_fab_from_disk(d)  # app/ is exactly the consented code; the ClientApp is not in it
+    assert "evil.py" in zipfile.ZipFile(io.BytesIO(fab)).namelist()
+    with pytest.raises(CodeDigestMismatch, match="outside the consented code"):
+        consented_client_app(fab, _manifest())
+    assert not marker.exists()
+
+
+def test_a_component_that_is_not_a_client_app_is_refused(tmp_path):
+    d = _copy(tmp_path)
+    pyproject = d / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('clientapp = "app.client_app:app"',
+                                                       'clientapp = "app.client_app:make_client_app"'))
+    with pytest.raises(AppEntryError, match="not a flwr ClientApp"):
+        consented_client_app(build_fab_from_disk(d), _manifest())
