@@ -81,20 +81,10 @@ class TimedSink:
 def _write_profiles(base: Path, fed, app_dir: Path, aggregator: str) -> list[str]:
     """Each bank's profile as ``mpctrain party`` leaves it after approving the job: keys, policy, consent."""
     from mpctrain.party.flower.profile import approve_federated_job
-    from mpctrain.seal.keys import write_public_files
 
     dirs = []
     for p in fed.parties:
-        prof = base / "parties" / p.id
-        (prof / "keys").mkdir(parents=True)
-        p.identity.save(prof / "keys" / "identity.key")
-        p.kem.save(prof / "keys" / "kem.key")
-        write_public_files(prof / "keys", p.identity, p.kem)
-        (prof / "party.toml").write_text(f'id = "{p.id}"\naggregator = "{aggregator}"\npolicy = "policy.toml"\n'
-                                         '[rules]\nallowed_modes = ["federated"]\n')
-        (prof / "policy.toml").write_text(f'backends = ["sim"]\n[sim]\nroots = ["{fed.root.sha256}"]\n'
-                                          f'measurements = ["{fed.attester.measurement.hex()}"]\n')
-        (prof / "flower.toml").write_text(f'app_dir = "{app_dir}"\njob = "{fed.manifest.job_id}"\n')
+        prof = fed.write_profile(p, base / "parties" / p.id, aggregator, app_dir)
         approve_federated_job(prof, fed.manifest)
         dirs.append(str(prof))
     return dirs

@@ -28,26 +28,10 @@ from mpctrain.enclave.server import Aggregator
 from mpctrain.enclave.state import JobState
 from mpctrain.party.flower import ConfidentialMod, app_code_digest
 from mpctrain.party.flower.profile import load_profile
-from mpctrain.party.profile import policy_toml
-from mpctrain.seal.keys import write_public_files
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "banks_federated"
 RUN_CONFIG = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "train-seed": 7}
 BANKS = ["bank-a", "bank-b"]
-
-
-def _profile(root: Path, who, target: str, policy: str, app_dir: Path | None) -> Path:
-    prof = root / who.id
-    (prof / "keys").mkdir(parents=True)
-    who.identity.save(prof / "keys" / "identity.key")
-    who.kem.save(prof / "keys" / "kem.key")
-    write_public_files(prof / "keys", who.identity, who.kem)
-    (prof / "party.toml").write_text(f'id = "{who.id}"\naggregator = "{target}"\npolicy = "../policy.toml"\n'
-                                     '[rules]\nallowed_modes = ["federated"]\n')
-    (root / "policy.toml").write_text(policy)
-    if app_dir is not None:
-        (prof / "flower.toml").write_text(f'app_dir = "{app_dir}"\njob = "cli-fed"\n')
-    return prof
 
 
 def test_banks_approve_and_the_researcher_fetches_through_the_cli(tmp_path):
@@ -68,14 +52,12 @@ def test_banks_approve_and_the_researcher_fetches_through_the_cli(tmp_path):
     port = agg.start()
     try:
         target = f"127.0.0.1:{port}"
-        policy = policy_toml({"backends": ["sim"], "sim": {"roots": [fed.root.sha256],
-                                                           "measurements": [fed.attester.measurement.hex()]}})
         tampered = tmp_path / "tampered-app"
         shutil.copytree(EXAMPLE / "app", tampered, ignore=shutil.ignore_patterns("__pycache__"))
         (tampered / "task.py").write_text((tampered / "task.py").read_text() + "\n# changed\n")
-        _profile(profiles, fed.parties[0], target, policy, EXAMPLE / "app")
-        prof_b = _profile(profiles, fed.parties[1], target, policy, tampered)
-        _profile(profiles, fed.researcher, target, policy, None)
+        fed.write_profile(fed.parties[0], profiles / "bank-a", target, EXAMPLE / "app")
+        prof_b = fed.write_profile(fed.parties[1], profiles / "bank-b", target, tampered)
+        fed.write_profile(fed.researcher, profiles / "researcher", target)
         job = agg.store.add(fed.manifest, fed.manifest.to_bytes())
         cli = CliRunner()
 

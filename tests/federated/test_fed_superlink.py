@@ -42,7 +42,6 @@ from mpctrain.party.flower import app_code_digest
 from mpctrain.party.flower.attestation import GrpcEvidenceSource, attest_enclave
 from mpctrain.party.flower.profile import approve_federated_job
 from mpctrain.party.outputs import fetch_outputs
-from mpctrain.seal.keys import write_public_files
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "banks_federated"
@@ -99,17 +98,8 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
     agg.store.runners["federated"] = superlink_runner(fed.enclave, agg.events, config)
     aport = agg.start()
     profiles = {}
-    for p in fed.parties:  # each bank's profile, as `mpctrain party` leaves it after approving the job
-        prof = tmp_path / "parties" / p.id
-        (prof / "keys").mkdir(parents=True)
-        p.identity.save(prof / "keys" / "identity.key")
-        p.kem.save(prof / "keys" / "kem.key")
-        write_public_files(prof / "keys", p.identity, p.kem)
-        (prof / "party.toml").write_text(f'id = "{p.id}"\naggregator = "127.0.0.1:{aport}"\npolicy = "policy.toml"\n'
-                                         '[rules]\nallowed_modes = ["federated"]\n')
-        (prof / "policy.toml").write_text(f'backends = ["sim"]\n[sim]\nroots = ["{fed.root.sha256}"]\n'
-                                          f'measurements = ["{fed.attester.measurement.hex()}"]\n')
-        (prof / "flower.toml").write_text(f'app_dir = "{EXAMPLE / "app"}"\njob = "{fed.manifest.job_id}"\n')
+    for p in fed.parties:  # each bank's profile, as `mpctrain job approve` leaves it
+        prof = fed.write_profile(p, tmp_path / "parties" / p.id, f"127.0.0.1:{aport}", EXAMPLE / "app")
         approve_federated_job(prof, fed.manifest)
         profiles[p.id] = prof
 

@@ -10,6 +10,7 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flwr.clientapp import ClientApp
@@ -62,6 +63,25 @@ class SimFederation:
                 party_id=party.id, identity=party.identity, kem=party.kem, manifest=self.manifest, consent=consent,
                 policy=self.policy, evidence=CallableEvidenceSource(self.enclave.evidence))
         return self.runtimes[party.id]
+
+    def write_profile(self, party: SimParty, directory: str | Path, aggregator: str,
+                      app_dir: str | Path | None = None) -> Path:
+        """``party``'s profile as a bank keeps it: keys, ``party.toml``, this enclave's policy, and (with
+        ``app_dir``) ``flower.toml`` naming this job; approve the job with ``mpctrain job approve``."""
+        from mpctrain.party.profile import policy_toml
+        from mpctrain.seal.keys import write_public_files
+
+        prof = Path(directory)
+        (prof / "keys").mkdir(parents=True)
+        party.identity.save(prof / "keys" / "identity.key")
+        party.kem.save(prof / "keys" / "kem.key")
+        write_public_files(prof / "keys", party.identity, party.kem)
+        (prof / "party.toml").write_text(f'id = "{party.id}"\naggregator = "{aggregator}"\npolicy = "policy.toml"\n'
+                                         '[rules]\nallowed_modes = ["federated"]\n')
+        (prof / "policy.toml").write_text(policy_toml(dict(self.manifest.enclave_policy)))  # pins this enclave
+        if app_dir is not None:
+            (prof / "flower.toml").write_text(f'app_dir = "{app_dir}"\njob = "{self.manifest.job_id}"\n')
+        return prof
 
     def grid(self, make_app: Callable[[list], ClientApp], *, confidential: bool = True,
              node_config: Callable[[SimParty], dict[str, Any]] | None = None,
