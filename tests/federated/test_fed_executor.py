@@ -77,3 +77,21 @@ def test_a_component_that_is_not_a_client_app_is_refused(tmp_path):
                                                        'clientapp = "app.client_app:make_client_app"'))
     with pytest.raises(AppEntryError, match="not a flwr ClientApp"):
         consented_client_app(build_fab_from_disk(d), _manifest())
+
+
+def test_the_executor_waits_out_an_unreachable_supernode_and_stops_on_request(caplog):
+    import socket
+    import threading
+
+    from mpctrain.party.flower.executor import serve_tasks
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = threading.Event()
+    timer = threading.Timer(1.0, stop.set)
+    timer.start()
+    stats = serve_tasks(f"127.0.0.1:{port}", _manifest(), root_certificates=None, stop=stop, poll_s=0.05)
+    timer.join()
+    assert (stats.tasks, stats.failed) == (0, 0)
+    assert "unreachable (ConnectError)" in caplog.text

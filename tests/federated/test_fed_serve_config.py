@@ -73,3 +73,31 @@ def test_an_unreadable_superlink_ca_stops_the_aggregator_at_startup(tmp_path):
     cfg = _load(tmp_path, '[federated]\nsuperlink = "127.0.0.1:1"\nroot_certificates = "missing.pem"\n')
     with pytest.raises(ConfigError, match="cannot read \\[federated\\] root_certificates"):
         Aggregator.from_config(cfg)
+
+
+def test_a_job_whose_app_is_not_the_consented_code_fails_before_any_party_hears_of_it(tmp_path):
+    from contextlib import nullcontext
+    from pathlib import Path
+
+    from mpctrain.enclave.federated.apps import consented_initial_arrays, read_app
+    from mpctrain.enclave.federated.runtime import InProcessGrid
+    from mpctrain.enclave.state import JobStore
+    from mpctrain.party.flower import app_code_digest
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "banks_federated" / "app"
+    other = tmp_path / "app"
+    other.mkdir()
+    (other / "task.py").write_text("def initial_arrays():\n    raise SystemExit('never runs')\n")
+    fed = build_federation(["bank-a"], job_id="wrong-code", code_digest=app_code_digest(example),
+                           training={"rounds": 1, "flower": {"initial_arrays": "task:initial_arrays"}})
+    relayed: list = []
+    grid = InProcessGrid([], tap=lambda kind, wire: relayed.append(kind))
+    runner = FederatedRunner(fed.enclave, fed.events, grid_for=lambda job: nullcontext(grid),
+                             initial_arrays=lambda job, g: consented_initial_arrays(job.manifest, read_app(other)))
+    store = JobStore(fed.events, runners={"federated": runner})
+    job = store.add(fed.manifest, fed.manifest.to_bytes())
+    store.add_consent(job, fed.consents[0])
+    store.join(timeout=30)
+    assert job.state == JobState.FAILED
+    assert job.error.startswith("CodeDigestMismatch: ") and "covers" in job.error  # the reason is shown
+    assert relayed == [] and job.outputs == {}

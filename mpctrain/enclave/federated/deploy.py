@@ -116,6 +116,10 @@ class WrongRun(FederatedError):
     """The run submitted to the SuperLink is not for the job the aggregator is about to serve."""
 
 
+class NoRunSubmitted(FederatedError):
+    """Nobody submitted the job's run to the SuperLink (``flwr run``) within the configured time."""
+
+
 @contextmanager
 def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None, timeout: float = 300.0,
                    poll_s: float = 0.2, job_id: str | None = None) -> Iterator[ServerTask]:
@@ -152,7 +156,7 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
                 token = res.token
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no ServerApp task was submitted to the SuperLink at {runtime_api_address} "
+                raise NoRunSubmitted(f"no ServerApp task was submitted to the SuperLink at {runtime_api_address} "
                                    f"within {timeout:.0f} s: submit the app with `flwr run`")
             time.sleep(poll_s)
     finally:

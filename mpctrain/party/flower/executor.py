@@ -34,6 +34,7 @@ from mpctrain.party.flower.runtime import manifest_code_digest
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF_S = 10.0
 REFUSED_CODE = 3  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the SuperLink sees a failed reply, nothing else
 
 
@@ -118,15 +119,25 @@ def serve_tasks(appio_address: str, manifest: JobManifest, *, root_certificates:
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
 
+    retry = make_simple_http_retry_invoker()
+    retry.max_tries = 1  # this loop retries, and stays responsive to ``stop`` while the SuperNode is down
     client = RuntimeHttpClient.from_server_address(
         server_address=appio_address, insecure=root_certificates is None, root_certificates=root_certificates,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")], retry_invoker=retry,
     )
     tasks = failed = 0
+    backoff = poll_s
     try:
         while not stop.is_set():
-            res: Any = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            try:
+                res: Any = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP]))
+            except Exception as exc:  # the SuperNode restarts or is not up yet: keep waiting for it
+                log.warning("SuperNode at %s unreachable (%s); retrying in %.1f s", appio_address,
+                            type(exc).__name__, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            backoff = poll_s
             if res.HasField("task") and res.token:
                 tasks += 1
                 try:
