@@ -101,3 +101,10 @@ def test_a_job_whose_app_is_not_the_consented_code_fails_before_any_party_hears_
     assert job.state == JobState.FAILED
     assert job.error.startswith("CodeDigestMismatch: ") and "covers" in job.error  # the reason is shown
     assert relayed == [] and job.outputs == {}
+
+
+def test_a_remote_superlink_without_tls_is_flagged(tmp_path, caplog):
+    Aggregator.from_config(_load(tmp_path, '[federated]\nsuperlink = "127.0.0.1:9091"\ninsecure = true\n'))
+    assert "without TLS" not in caplog.text  # loopback: nothing travels off the machine
+    Aggregator.from_config(_load(tmp_path, '[federated]\nsuperlink = "10.0.0.5:9091"\ninsecure = true\n'))
+    assert "10.0.0.5:9091 is reached without TLS" in caplog.text

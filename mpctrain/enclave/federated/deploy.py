@@ -216,6 +216,10 @@ def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: Feder
         root_certificates = ca.read_bytes() if ca is not None else None
     except OSError as exc:
         raise ConfigError(f"cannot read [federated] root_certificates {ca}: {exc}") from exc
+    host = config.superlink.rsplit(":", 1)[0].strip("[]")
+    if root_certificates is None and host not in ("127.0.0.1", "::1", "localhost"):
+        log.warning("the SuperLink at %s is reached without TLS: messages stay sealed end to end, but its task "
+                    "token travels in clear; set [federated] root_certificates", config.superlink)
     one_at_a_time = threading.Lock()
     fabs: dict[int, bytes] = {}  # id(grid) -> the FAB of the task that grid serves
 
