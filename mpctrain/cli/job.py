@@ -12,7 +12,7 @@ from rich.table import Table
 from mpctrain.attest import PolicyError
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
-from mpctrain.party.config import PartyConfig, PartyConfigError
+from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
 from mpctrain.party.errors import PartyError
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
 
@@ -22,8 +22,9 @@ AS = typer.Option(..., "--as", help="party id (profile parties/ID/party.toml) or
 PROFILES = typer.Option(DEFAULT_PROFILES, help="directory of party profiles")
 AGGREGATOR = typer.Option(None, help="override the aggregator address of the profile")
 POLICY = typer.Option(None, help="override the profile's attestation policy file")
-KEYS = typer.Option(None, "--keys", help="directory with this party's identity.key and kem.key, instead of the "
-                                         "profile's keys_dir (every call, reads included, is signed with them)")
+KEYS = typer.Option(None, "--keys", help="directory with this party's identity and KEM keys (.key or .pem), "
+                                         "instead of the profile's keys_dir (every call, reads included, is "
+                                         "signed with them)")
 
 
 def _console() -> Console:
@@ -35,9 +36,9 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
     try:
         config = PartyConfig.load(profile_path(party, profiles))
         if keys is not None:  # given keys must exist: never generate a new identity in a directory named by hand
-            missing = [n for n in ("identity.key", "kem.key") if not (keys / n).is_file()]
-            if missing:
-                raise PartyConfigError(f"--keys {keys}: no {' or '.join(missing)} there")
+            if key_files(keys) is None:
+                raise PartyConfigError(f"--keys {keys}: no identity and KEM key pair there (identity.key and kem.key, "
+                                       "or identity.pem and kem.pem from `mpctrain keys generate`)")
             config = dataclasses.replace(config, keys_dir=keys)
         return agent_from_config(config, aggregator, policy)
     except (PartyConfigError, PolicyError, OSError) as exc:
@@ -99,8 +100,14 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         raise _fail(exc) from exc
     console.print(f"{agent.party_id} approved {job_id} (digest {manifest.digest().hex()})")
     if federated:
-        console.print(f"the SuperNode of profile {profile} serves this job once flower.toml names it "
-                      f'(job = "{job_id}")')
+        import tomllib
+
+        try:
+            named = tomllib.loads((profile / "flower.toml").read_text()).get("job")
+        except (OSError, tomllib.TOMLDecodeError):
+            named = None
+        console.print(f"{profile / 'flower.toml'} names this job: its SuperNode serves it" if named == job_id else
+                      f'set job = "{job_id}" in {profile / "flower.toml"} for its SuperNode to serve this job')
 
 
 @app.command()

@@ -97,15 +97,18 @@ def flower_exec(
     supernode: str = typer.Option("127.0.0.1:9094", help="the SuperNode's Runtime API (flower-supernode --port)"),
     root_certificates: Path | None = typer.Option(None, help="its TLS CA, when it serves that API over TLS"),
     job: str | None = typer.Option(None, help="job id (default: the one flower.toml names)"),
+    policy: Path | None = typer.Option(None, help="override the profile's attestation policy file"),
 ) -> None:
     """Run this bank's SuperNode's ClientApp tasks, and only the consented code.
 
     Start the SuperNode with `--isolation process`: it then runs no app itself, and every FAB the
     SuperLink relays is checked here against the code digest this party approved before any of it runs.
     """
+    import dataclasses
     import signal
     import threading
 
+    from mpctrain.attest import Policy
     from mpctrain.enclave.federated.errors import FederatedError
     from mpctrain.party.flower.executor import serve_tasks
     from mpctrain.party.flower.profile import load_profile
@@ -114,6 +117,8 @@ def flower_exec(
     console = Console(highlight=False)
     try:
         rt = load_profile(profile, job_id=job)
+        if policy is not None:
+            rt = dataclasses.replace(rt, policy=Policy.load(policy))
         roots = root_certificates.read_bytes() if root_certificates is not None else None
     except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -123,5 +128,5 @@ def flower_exec(
         signal.signal(sig, lambda *_: stop.set())
     console.print(f"{rt.party_id}: running ClientApp tasks of {supernode} for job {rt.manifest.job_id}, only code "
                   f"with digest {manifest_code_digest(rt.manifest)[:16]}…")
-    stats = serve_tasks(supernode, rt.manifest, root_certificates=roots, stop=stop)
+    stats = serve_tasks(supernode, rt, profile, root_certificates=roots, stop=stop)
     console.print(f"{rt.party_id}: stopped after {stats.tasks} task(s), {stats.failed} refused or failed")

@@ -76,13 +76,37 @@ class PartyConfig:
                    tls_ca=(base / str(doc["tls_ca"])) if "tls_ca" in doc else None)
 
     def load_keys(self, create: bool = True) -> tuple[IdentityKey, KemKey]:
-        """Load the party's keys; generate them on first run (private files 0600, public files beside)."""
+        """Load the party's keys; generate them on first run (private files 0600, public files beside).
+
+        ``identity.key``/``kem.key`` (written here) or ``identity.pem``/``kem.pem`` (``mpctrain keys
+        generate``). Half a pair is an error, never a reason to generate a new identity over it.
+        """
+        found = key_files(self.keys_dir)
+        if found is not None:
+            ident, kem = found
+            return IdentityKey.load(ident), KemKey.load(kem)
+        partial = sorted(n for n in PRIVATE_KEY_FILES if (self.keys_dir / n).exists())
+        if partial:
+            raise PartyConfigError(f"{self.keys_dir} holds {', '.join(partial)} but not the matching identity and KEM "
+                                   "key: restore the missing file (or `mpctrain keys generate --force`)")
+        if not create:
+            raise PartyConfigError(f"no keys in {self.keys_dir}; run `mpctrain keys generate --out {self.keys_dir}`")
         ident, kem = self.keys_dir / "identity.key", self.keys_dir / "kem.key"
-        if not ident.exists() or not kem.exists():
-            if not create:
-                raise PartyConfigError(f"no keys in {self.keys_dir}; run `mpctrain keys generate` first")
-            i, k = IdentityKey.generate(), KemKey.generate()
-            i.save(ident)
-            k.save(kem)
-            write_public_files(self.keys_dir, i, k)
+        i, k = IdentityKey.generate(), KemKey.generate()
+        i.save(ident)
+        k.save(kem)
+        write_public_files(self.keys_dir, i, k)
         return IdentityKey.load(ident), KemKey.load(kem)
+
+
+PRIVATE_KEY_FILES = ("identity.key", "kem.key", "identity.pem", "kem.pem")
+
+
+def key_files(keys_dir: Path) -> tuple[Path, Path] | None:
+    """The (identity, KEM) private key files in ``keys_dir``: a party's ``.key`` pair or ``keys generate``'s
+    ``.pem`` pair; None when neither pair is complete."""
+    for ext in (".key", ".pem"):
+        ident, kem = keys_dir / f"identity{ext}", keys_dir / f"kem{ext}"
+        if ident.is_file() and kem.is_file():
+            return ident, kem
+    return None

@@ -91,7 +91,34 @@ def test_the_executor_waits_out_an_unreachable_supernode_and_stops_on_request(ca
     stop = threading.Event()
     timer = threading.Timer(1.0, stop.set)
     timer.start()
-    stats = serve_tasks(f"127.0.0.1:{port}", _manifest(), root_certificates=None, stop=stop, poll_s=0.05)
+    fed = build_federation(["bank-a"], job_id="exec", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 1})
+    stats = serve_tasks(f"127.0.0.1:{port}", fed.runtime(fed.parties[0]), "parties/bank-a", root_certificates=None,
+                        stop=stop, poll_s=0.05)
     timer.join()
     assert (stats.tasks, stats.failed) == (0, 0)
     assert "unreachable (ConnectError)" in caplog.text
+
+
+def test_the_executor_serves_only_its_own_party(tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from mpctrain.party.flower.executor import PartyMismatch, _bind_party
+    from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, resolve_party
+
+    fed = build_federation(["bank-a", "bank-b"], job_id="exec", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 1})
+    rt = fed.runtime(fed.parties[0])
+    mine = tmp_path / "parties" / "bank-a"
+
+    def context(node_config):
+        return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+    named = context({NODE_CONFIG_KEY: str(mine)})
+    _bind_party(named, rt, mine)  # the SuperNode names this profile: the mod gets the executor's runtime
+    assert resolve_party(named.node_config) is rt
+    unnamed = context({})
+    _bind_party(unnamed, rt, mine)  # it names none: the executor's profile is filled in
+    assert unnamed.node_config[NODE_CONFIG_KEY] == str(mine) and resolve_party(unnamed.node_config) is rt
+    with pytest.raises(PartyMismatch, match="names party profile"):
+        _bind_party(context({NODE_CONFIG_KEY: str(tmp_path / "parties" / "bank-b")}), rt, mine)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
@@ -30,12 +31,16 @@ from flwr.clientapp import ClientApp
 from mpctrain.enclave.federated.apps import AppEntryError, app_from_fab, import_app_module
 from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.jobs import JobManifest
-from mpctrain.party.flower.runtime import manifest_code_digest
+from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, PartyRuntime, manifest_code_digest, register_party
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
-REFUSED_CODE = 3  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the SuperLink sees a failed reply, nothing else
+REFUSED_CODE = 3
+
+class PartyMismatch(FederatedError):
+    """The SuperNode serves another party's profile than the executor beside it."""
+  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the SuperLink sees a failed reply, nothing else
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,23 @@ def consented_client_app(fab: bytes, manifest: JobManifest) -> ClientApp:
     return client_app
 
 
-def run_task(appio_address: str, token: str, manifest: JobManifest, *, root_certificates: bytes | None) -> bool:
+def _bind_party(context: Any, runtime: PartyRuntime, profile: Path) -> None:
+    """Make the app's mod use this executor's party (keys, policy, approved job), whatever the SuperNode says.
+
+    A SuperNode started with ``--node-config "mpctrain-party='…'"`` must name this executor's profile; one
+    that names no profile gets it. The mod then finds this runtime, with its attestation cache, in memory.
+    """
+    name = context.node_config.get(NODE_CONFIG_KEY)
+    if name is None:
+        name = context.node_config[NODE_CONFIG_KEY] = str(profile)
+    elif not isinstance(name, str) or Path(name).resolve() != profile.resolve():
+        raise PartyMismatch(f"the SuperNode's node_config names party profile {name!r}, but this executor serves "
+                            f"{profile}: start each bank's SuperNode and executor with the same profile")
+    register_party(name, runtime)
+
+
+def run_task(appio_address: str, token: str, runtime: PartyRuntime, profile: Path, *,
+             root_certificates: bytes | None) -> bool:
     """Pull one ClientApp task, run it if its code is the consented code, push the reply. True if it ran."""
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
@@ -85,8 +106,9 @@ def run_task(appio_address: str, token: str, manifest: JobManifest, *, root_cert
     try:
         message, context, run, fab = pull_task_input(client)
         try:
-            client_app = consented_client_app(fab.content, manifest)
-        except FederatedError as exc:  # other code than the consented: it never runs
+            client_app = consented_client_app(fab.content, runtime.manifest)
+            _bind_party(context, runtime, profile)
+        except FederatedError as exc:  # other code than the consented, or another party: it never runs
             log.error("run %s: refusing the FAB %s…: %s", run.run_id, fab.hash_str[:12], exc)
             details = f"refused by the party: {type(exc).__name__}"
             reply = Message(Error(code=REFUSED_CODE, reason=details), reply_to=message)
@@ -110,7 +132,7 @@ def run_task(appio_address: str, token: str, manifest: JobManifest, *, root_cert
     return ran
 
 
-def serve_tasks(appio_address: str, manifest: JobManifest, *, root_certificates: bytes | None,
+def serve_tasks(appio_address: str, runtime: PartyRuntime, profile: str | Path, *, root_certificates: bytes | None,
                 stop: threading.Event, poll_s: float = 0.2) -> ExecStats:
     """Acquire and run the SuperNode's ClientApp tasks until ``stop`` is set."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -141,7 +163,8 @@ def serve_tasks(appio_address: str, manifest: JobManifest, *, root_certificates:
             if res.HasField("task") and res.token:
                 tasks += 1
                 try:
-                    if not run_task(appio_address, res.token, manifest, root_certificates=root_certificates):
+                    if not run_task(appio_address, res.token, runtime, Path(profile),
+                                    root_certificates=root_certificates):
                         failed += 1
                 except Exception as exc:  # one broken task never stops the party's executor
                     failed += 1
