@@ -58,8 +58,12 @@ def run(
 def fl_audit(
     profile: Path = typer.Option(..., "--profile", "-p", help="party profile directory (party.toml, flower.toml)"),
     job: str | None = typer.Option(None, help="job id (default: the one flower.toml names)"),
+    policy: Path | None = typer.Option(None, help="override the profile's attestation policy file"),
 ) -> None:
     """Check a federated job in the enclave's audit log against the updates this bank's SuperNode sent."""
+    import dataclasses
+
+    from mpctrain.attest import Policy
     from mpctrain.enclave.federated.errors import FederatedError
     from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
     from mpctrain.party.flower.attestation import attest_enclave
@@ -71,6 +75,8 @@ def fl_audit(
     console = Console(highlight=False)
     try:
         rt = load_profile(profile, job_id=job)
+        if policy is not None:
+            rt = dataclasses.replace(rt, policy=Policy.load(policy))
         cfg = PartyConfig.load(profile / "party.toml")
         sent = read_sent(rt.sent_log, rt.manifest.job_id) if rt.sent_log is not None else []
         enclave = attest_enclave(rt.evidence, rt.policy)
