@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -83,6 +84,19 @@ def _plain_updates(banks: list[str]) -> list[bytes]:
         reply = app(ins, ctx)
         out.append(reply.content["arrays"]["w"].numpy().tobytes())
     return out
+
+
+def _evil_app(tmp_path: Path) -> Path:
+    """The example with its consented app/ intact, but a ClientApp outside it that would answer in clear."""
+    evil = tmp_path / "evil-app"
+    shutil.copytree(EXAMPLE, evil, ignore=shutil.ignore_patterns("__pycache__", "README.md", "*.toml.bak"))
+    (evil / "evil.py").write_text(f"open({str(tmp_path / 'evil-ran')!r}, 'w').close()\n"
+                                  "from flwr.clientapp import ClientApp\napp = ClientApp()\n")
+    pyproject = evil / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('clientapp = "app.client_app:app"', 'clientapp = "evil:app"')
+                         .replace('fab-include = ["app/*.py", "pyproject.toml"]',
+                                  'fab-include = ["app/*.py", "evil.py", "pyproject.toml"]'))
+    return evil
 
 
 def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
@@ -155,6 +169,21 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
             with superlink_task(config.superlink, root_certificates=tls.ca.read_bytes(), timeout=60,
                                 job_id="banks-superlink"):
                 pytest.fail("a run for another job was served")
+        # a FAB that keeps the consented app/ but names a ClientApp outside it: the banks' executors refuse it
+        evil = _evil_app(tmp_path)
+        run = subprocess.run([str(BIN / "flwr"), "run", str(evil), "local", "--run-config",
+                              f"{JOB_CONFIG_KEY}='{fed.manifest.job_id}'"], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert run.returncode == 0, run.stdout + run.stderr
+        with superlink_task(config.superlink, root_certificates=tls.ca.read_bytes(), timeout=60,
+                            job_id=fed.manifest.job_id) as task:
+            nodes = list(task.grid.get_node_ids())
+            asks = [Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=n,
+                            message_type="train", group_id="1") for n in nodes]
+            replies = list(task.grid.send_and_receive(asks, timeout=60))
+        assert len(nodes) == 2 and len(replies) == 2
+        assert all(r.has_error() and r.error.reason == "refused by the party: CodeDigestMismatch" for r in replies)
+        assert not (tmp_path / "evil-ran").exists()  # not one line of the other ClientApp ran
     finally:
         for proc in procs:
             proc.terminate()
@@ -165,9 +194,9 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
                 proc.kill()
         agg.stop()
 
-    for p in fed.parties:  # each bank's executor ran its tasks (train, evaluate) with the consented code
+    for p in fed.parties:  # each bank's executor ran the job's train and evaluate tasks, and refused the other FAB
         done = re.search(rb"stopped after (\d+) task\(s\), (\d+) refused", (logs / f"{p.id}-exec.log").read_bytes())
-        assert done is not None and int(done.group(1)) >= 2 and done.group(2) == b"0"
+        assert done is not None and (done.group(1), done.group(2)) == (b"3", b"1")
     model = safetensors.numpy.load(opened["model"])
     assert json.loads(opened["metrics"])["rounds"] == 1
     assert np.abs(model["w"]).max() > 0  # the banks trained, starting from the consented app's zeros

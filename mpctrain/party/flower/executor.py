@@ -35,12 +35,11 @@ from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, PartyRuntime, manifes
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 10.0
-REFUSED_CODE = 3
+MAX_BACKOFF_S = 10.0  # longest wait between attempts to reach the SuperNode
+
 
 class PartyMismatch(FederatedError):
     """The SuperNode serves another party's profile than the executor beside it."""
-  # flwr ErrorCode.CLIENT_APP_RAISED_EXCEPTION: the SuperLink sees a failed reply, nothing else
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ def run_task(appio_address: str, token: str, runtime: PartyRuntime, profile: Pat
         except FederatedError as exc:  # other code than the consented, or another party: it never runs
             log.error("run %s: refusing the FAB %s…: %s", run.run_id, fab.hash_str[:12], exc)
             details = f"refused by the party: {type(exc).__name__}"
-            reply = Message(Error(code=REFUSED_CODE, reason=details), reply_to=message)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
         else:
             try:
                 reply = client_app(message=message, context=context)
