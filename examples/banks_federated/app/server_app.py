@@ -1,28 +1,20 @@
-"""The banks' ServerApp: Flower FedAvg (or any strategy the manifest names) wrapped in ``Confidential``.
+"""The banks' ServerApp entry, as the FAB declares it: it only ever runs inside the mpctrain aggregator.
 
-It runs in the aggregator process, inside the TEE, where the enclave keys and the approved job live;
-``mpctrain.enclave.federated.server_app.make_server_app`` builds it from a job provider.
+The aggregator (``mpctrain aggregator serve`` with ``[federated]``) takes each consented job's run from the
+SuperLink and runs ``Confidential(strategy)`` itself, next to the enclave keys, with the strategy the
+manifest names and the initial model from ``task.initial_arrays``. A SuperLink started without
+``--isolation process`` would run this entry instead, outside any enclave: it refuses.
 """
 
 from __future__ import annotations
 
 from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
 
-from mpctrain.enclave.federated.server_app import FederatedJob, make_server_app
-
-_JOB: FederatedJob | None = None
-
-
-def serve(job: FederatedJob) -> None:
-    """Called by the aggregator once every bank has consented: the next run serves this job."""
-    global _JOB
-    _JOB = job
+app = ServerApp()
 
 
-def _current_job(context: Context) -> FederatedJob:
-    if _JOB is None:
-        raise RuntimeError("no consented federated job is loaded in this aggregator")
-    return _JOB
-
-
-app = make_server_app(_current_job)
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    raise RuntimeError("the banks' ServerApp runs only inside the attested mpctrain aggregator: start the SuperLink "
+                       "with --isolation process and `mpctrain aggregator serve` with a [federated] section")
