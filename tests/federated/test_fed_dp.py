@@ -82,11 +82,12 @@ def test_unknown_strategy_or_bad_args_in_manifest_are_refused(sim_root, sim_atte
         build_strategy(replace(job.manifest, training={**job.manifest.training, "strategy_args": {"nope": 1}}))
 
 
-def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester):
+@pytest.mark.parametrize("privacy", [None, PRIVACY], ids=["plain", "dp"])
+def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, privacy):
     from mpctrain.enclave.federated.runner import FederatedRunner
     from mpctrain.enclave.state import JobState, JobStore
 
-    job = build_job(sim_root, sim_attester, n=4)
+    job = build_job(sim_root, sim_attester, n=4, privacy=privacy)
     grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))]),
                     node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
     runner = FederatedRunner(job.enclave, job.events, grid_for=lambda j: nullcontext(grid),
@@ -102,3 +103,10 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester):
     assert set(stored.outputs) == {(r, n) for r in job.manifest.recipients for n in ("model", "metrics")}
     assert stored.receipt is not None and stored.receipt.job_digest == job.manifest.digest()
     assert stored.public_metrics["rounds"] == 2.0 and 0 < stored.public_metrics["accuracy"] <= 1
+    rounds = [e for e in stored.events if e.kind == "round"]  # progress for `job status` and WatchJob watchers
+    assert [e.epoch for e in rounds] == [1, 2]
+    if privacy is None:
+        assert all(0 < e.values["accuracy"] <= 1 and np.isfinite(e.loss) for e in rounds)
+    else:  # per-round evaluation on the banks' data is outside the privacy budget: only the count is shown
+        assert all(e.values == {} and np.isnan(e.loss) for e in rounds)
+        assert "epsilon.round2" in stored.public_metrics

@@ -53,6 +53,30 @@ def metrics_bytes(job: Job, result: FederatedResult, strategy: str) -> bytes:
     return json.dumps(doc, sort_keys=True, indent=2).encode()
 
 
+class _Progress:
+    """Forwards every event; each finished round also becomes a job event and the job's public metrics.
+
+    Watchers are not authenticated beyond the job's parties, so a round shows only the manifest's public
+    metrics, and under DP only the round count: per-round evaluation on the banks' data is not covered by
+    the privacy budget (the final round's metrics are published at the end, as for pooled jobs).
+    """
+
+    def __init__(self, inner: EventSink, job: Job, store: JobStore) -> None:
+        self.inner, self.job, self.store = inner, job, store
+        self.show = not job.manifest.privacy
+
+    def emit(self, kind: str, /, **fields: object) -> None:
+        self.inner.emit(kind, **fields)
+        if kind != "fl.round_finished":
+            return
+        rnd = int(fields.get("round", 0))  # type: ignore[call-overload]
+        metrics = fields.get("metrics")
+        shown = {k: float(v) for k, v in metrics.items()} if self.show and isinstance(metrics, dict) else {}
+        with self.job.cond:
+            self.job.public_metrics = {**shown, "rounds": float(rnd)}
+        self.store.record(self.job, "round", epoch=rnd, loss=shown.get("loss", float("nan")), values=shown)
+
+
 class FederatedRunner:
     """``Runner`` for ``mode = "federated"`` jobs.
 
@@ -82,7 +106,7 @@ class FederatedRunner:
         with self.grid_for(job) as grid:
             initial = self.initial_arrays(job, grid)  # a wrong app fails before any party is sent anything
             fjob = FederatedJob(manifest=job.manifest, consents=list(job.consents.values()), enclave=self.identity,
-                                initial_arrays=initial, events=self.events)
+                                initial_arrays=initial, events=_Progress(self.events, job, store))
             result = run_federated_job(fjob, grid, timeout=self.timeout, deliver=deliver)
         public: dict[str, Any] = {}
         last = max(result.evaluate_metrics_clientapp, default=None)

@@ -450,6 +450,9 @@ class Confidential(Strategy):
                 if res is not None:
                     result.evaluate_metrics_serverapp[rnd] = self._public(res)
             result.rounds_completed = rnd
+            shown = result.evaluate_metrics_clientapp.get(rnd, {})
+            self.events.emit("fl.round_finished", job_id=self.job_id, round=rnd,
+                             metrics={k: float(v) for k, v in shown.items() if isinstance(v, int | float)})
         result.rejected = [str(r) for r in self.rejections]
         if self.deliver is not None:  # the job store seals outputs and signs a receipt (FederatedRunner)
             self.deliver(arrays, result)
