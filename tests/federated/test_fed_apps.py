@@ -131,3 +131,22 @@ def test_an_entry_point_that_returns_something_else_is_refused(tmp_path):
     app = read_app(d)
     with pytest.raises(AppEntryError, match="returned dict, not a flwr ArrayRecord"):
         consented_initial_arrays(_manifest(app.digest), app)
+
+
+def test_an_absolute_self_import_is_refused_rather_than_loaded_from_disk(tmp_path, monkeypatch):
+    d = _app_dir(tmp_path, name="myapp")
+    (d / "task.py").write_text("from myapp.helpers import VALUE\n" + TASK.replace("{value}", "VALUE"))
+    decoy = tmp_path / "on-path" / "myapp"  # the same package on sys.path, as a Flower install would leave it
+    decoy.mkdir(parents=True)
+    marker = tmp_path / "decoy-ran"
+    (decoy / "__init__.py").write_text("")
+    (decoy / "helpers.py").write_text(f"open({str(marker)!r}, 'w').close()\nVALUE = 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "on-path"))
+    app = read_app(d)
+    with pytest.raises(AppEntryError, match="by its absolute name"):
+        consented_initial_arrays(_manifest(app.digest), app)
+    assert not marker.exists()
+    (d / "task.py").write_text("from .helpers import VALUE\n" + TASK.replace("{value}", "VALUE"))
+    relative = read_app(d)  # the same app importing itself relatively runs from its hashed bytes
+    np.testing.assert_array_equal(consented_initial_arrays(_manifest(relative.digest), relative)["w"].numpy(),
+                                  np.full(3, 3, np.float32))

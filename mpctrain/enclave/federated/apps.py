@@ -137,6 +137,10 @@ class _AppImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def __init__(self, app: ConsentedApp) -> None:
         self.app = app
         self.sources = dict(app.sources)
+        # the app's own name (its directory): while its code runs, ``import <name>.x`` would load files from
+        # disk, not the hashed bytes, so it is refused (Flower templates import absolutely: use ``from .x``)
+        self.own_name = Path(app.root).name if app.root else app.path.name
+        self._running = threading.local()
         self.modules: dict[str, tuple[str | None, bool]] = {app.package: (None, True)}
         for rel in self.sources:
             parts = rel[:-3].split("/")
@@ -152,6 +156,10 @@ class _AppImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
                   target: object = None) -> importlib.machinery.ModuleSpec | None:
         entry = self.modules.get(fullname)
         if entry is None:
+            if getattr(self._running, "depth", 0) and fullname.split(".")[0] == self.own_name:
+                raise ImportError(f"the consented app imports {fullname!r} by its absolute name, which would load "
+                                  "files from disk instead of the hashed bytes: import its own modules relatively "
+                                  "(from .task import ...)")
             return None
         rel, is_pkg = entry
         origin = f"<consented app {self.app.digest[:16]}>/{rel or ''}"
@@ -165,7 +173,11 @@ class _AppImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if rel is None:
             return
         code = compile(self.sources[rel], f"{self.app.path / rel}", "exec", dont_inherit=True)
-        exec(code, module.__dict__)  # noqa: S102 - the consented app's code, from the hashed bytes
+        self._running.depth = getattr(self._running, "depth", 0) + 1
+        try:
+            exec(code, module.__dict__)  # noqa: S102 - the consented app's code, from the hashed bytes
+        finally:
+            self._running.depth -= 1
 
 
 def import_app_module(app: ConsentedApp, module: str) -> ModuleType:
@@ -179,7 +191,10 @@ def import_app_module(app: ConsentedApp, module: str) -> ModuleType:
     if name not in importer.modules:
         known = sorted(m.removeprefix(app.package + ".") for m in importer.modules if m != app.package)
         raise AppEntryError(f"the consented Flower app has no module {module!r} (modules: {known})")
-    return importlib.import_module(name)
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise AppEntryError(f"the consented Flower app's module {module!r} does not import: {exc}") from exc
 
 
 def entry_point(manifest: JobManifest) -> tuple[str, str]:
