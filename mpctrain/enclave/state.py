@@ -79,7 +79,8 @@ class Job:
 # Errors whose messages come from the manifest or the platform, never from party data: shown verbatim.
 _MANIFEST_ERRORS = ("ModelSpecError", "UnknownModel", "ConfigError", "PrivacyBudgetError", "DeviceUnavailable",
                     # federated: about the submitted Flower run and its code, never about a party's data
-                    "WrongRun", "NoRunSubmitted", "CodeDigestMismatch", "AppEntryError", "JobNotReady", "ManifestError")
+                    "WrongRun", "NoRunSubmitted", "CodeDigestMismatch", "RunConfigMismatch", "AppEntryError",
+                    "JobNotReady", "ManifestError")
 _DATA_ERRORS = ("TensorFormatError", "DataError", "SchemaError")
 
 

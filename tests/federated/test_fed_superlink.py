@@ -105,7 +105,7 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
     tls = tls_material(tmp_path / "tls")
     fed = build_federation(["bank-a", "bank-b"], job_id="banks-superlink", code_digest=app_code_digest(EXAMPLE / "app"),
                            training={"rounds": 1, "strategy": "FedAvg",
-                                     "flower": {"initial_arrays": "task:initial_arrays"}})
+                                     "flower": {"initial_arrays": "task:initial_arrays", "run_config": FAB_CONFIG}})
     port = _free_port()
     agg = Aggregator(fed.enclave, events=fed.events)
     config = FederatedConfig(superlink=f"127.0.0.1:{port}", root_certificates=tls.ca, timeout_s=240)

@@ -21,14 +21,16 @@ import re
 import sys
 import threading
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from flwr.app import ArrayRecord
 
 from mpctrain.attest.measure import read_sources, sources_digest
-from mpctrain.enclave.federated.errors import CodeDigestMismatch, FederatedError
+from mpctrain.enclave.federated.errors import CodeDigestMismatch, FederatedError, RunConfigMismatch
 from mpctrain.jobs import JobManifest
 
 log = logging.getLogger(__name__)
@@ -234,3 +236,34 @@ def consented_initial_arrays(manifest: JobManifest, app: ConsentedApp) -> ArrayR
         raise AppEntryError(f"{module}:{function} returned {type(arrays).__name__}, not a flwr ArrayRecord")
     log.info("initial model of job %s from the consented app %s…", manifest.job_id, app.digest[:16])
     return arrays
+
+
+RUN_CONFIG_KEY = "run_config"
+JOB_KEY = "mpctrain-job"  # names the job a run serves (deploy.JOB_CONFIG_KEY); never a training input
+
+
+def check_run_config(manifest: JobManifest, run_config: Mapping[str, Any]) -> None:
+    """The run's Flower config must be exactly the one the manifest pins, when it pins one.
+
+    ``flwr run --run-config`` (or the FAB's pyproject defaults) feed the consented ClientApp values no
+    consent covered: learning rate, epochs, seeds. ``[training.flower.run_config]`` pins them; every key
+    of the run must be pinned, with the same value.
+    """
+    flower = manifest.training.get(FLOWER_SECTION)
+    pinned = flower.get(RUN_CONFIG_KEY) if isinstance(flower, dict) else None
+    if pinned is None:
+        return
+    if not isinstance(pinned, dict):
+        raise RunConfigMismatch(f"job {manifest.job_id}: [training.flower.run_config] must be a table")
+    have = {k: v for k, v in run_config.items() if k != JOB_KEY}
+    want = {k: v for k, v in pinned.items() if k != JOB_KEY}
+    differ = sorted(k for k in set(have) | set(want)
+                    if k not in have or k not in want or _typed(have[k]) != _typed(want[k]))
+    if differ:
+        raise RunConfigMismatch(f"the run's config differs from the one job {manifest.job_id} pins in "
+                                f"[training.flower.run_config] at {differ}: refusing to train on values no consent "
+                                "covers")
+
+
+def _typed(value: Any) -> tuple[bool, Any]:
+    return isinstance(value, bool), value  # True is not 1 here; 2 and 2.0 are the same number

@@ -209,7 +209,12 @@ def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: Feder
     model with that code, and runs the rounds. Jobs are served one at a time: a run is matched to the
     job that is waiting for it.
     """
-    from mpctrain.enclave.federated.apps import app_from_fab, consented_initial_arrays, manifest_digest
+    from mpctrain.enclave.federated.apps import (
+        app_from_fab,
+        check_run_config,
+        consented_initial_arrays,
+        manifest_digest,
+    )
 
     ca = config.root_certificates
     try:
@@ -221,21 +226,22 @@ def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: Feder
         log.warning("the SuperLink at %s is reached without TLS: messages stay sealed end to end, but its task "
                     "token travels in clear; set [federated] root_certificates", config.superlink)
     one_at_a_time = threading.Lock()
-    fabs: dict[int, bytes] = {}  # id(grid) -> the FAB of the task that grid serves
+    tasks: dict[int, ServerTask] = {}  # id(grid) -> the task that grid serves
 
     @contextmanager
     def grid_for(job: Job) -> Iterator[Grid]:
         with one_at_a_time, superlink_task(config.superlink, root_certificates=root_certificates,
                                            timeout=config.timeout_s, job_id=job.job_id) as task:
-            fabs[id(task.grid)] = task.fab
+            tasks[id(task.grid)] = task
             try:
                 yield task.grid
             finally:
-                del fabs[id(task.grid)]
+                del tasks[id(task.grid)]
 
     def initial_arrays(job: Job, grid: Grid) -> ArrayRecord:
-        app = app_from_fab(fabs[id(grid)], manifest_digest(job.manifest))
-        return consented_initial_arrays(job.manifest, app)
+        task = tasks[id(grid)]
+        check_run_config(job.manifest, task.run_config)  # the banks would refuse it: fail before sending anything
+        return consented_initial_arrays(job.manifest, app_from_fab(task.fab, manifest_digest(job.manifest)))
 
     return FederatedRunner(identity, events, grid_for=grid_for, initial_arrays=initial_arrays,
                            timeout=float(config.timeout_s))

@@ -29,6 +29,10 @@ class CodeDigestMismatch(FederatedError):
     """The Flower app code differs from the digest the manifest (and so every consent) covers."""
 
 
+class RunConfigMismatch(FederatedError):
+    """The Flower run's config differs from the ``[training.flower.run_config]`` every party consented to."""
+
+
 class AttestationRefused(FederatedError):
     """The party could not attest the aggregator against its policy, so it sends nothing."""
 

@@ -17,7 +17,8 @@ from flwr.app import Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from mpctrain.enclave.federated.errors import AttestationRefused, EnvelopeError, FederatedError
+from mpctrain.enclave.federated.apps import check_run_config
+from mpctrain.enclave.federated.errors import AttestationRefused, EnvelopeError, FederatedError, RunConfigMismatch
 from mpctrain.enclave.federated.protocol import (
     ENCLAVE_SENDER,
     PURPOSE_INSTRUCTION,
@@ -79,6 +80,10 @@ class ConfidentialMod:
             return _refuse(msg, f"instruction is for job {env.job_id!r}, not {rt.manifest.job_id!r}")
         if not env.object_id.startswith("ins:"):
             return _refuse(msg, "instruction object id is malformed")
+        try:
+            check_run_config(rt.manifest, context.run_config)
+        except RunConfigMismatch as exc:
+            return _refuse(msg, str(exc))
         nonce = env.object_id[4:]
         try:
             att = rt.attestation(msg.metadata.run_id, env.enclave_key)
