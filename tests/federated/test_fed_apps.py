@@ -15,6 +15,7 @@ from mpctrain.enclave.federated import apps
 from mpctrain.enclave.federated.apps import (
     AppEntryError,
     app_from_fab,
+    check_fab,
     consented_initial_arrays,
     read_app,
 )
@@ -90,8 +91,13 @@ def test_unreadable_or_oversized_fabs_are_refused(monkeypatch):
     bomb = io.BytesIO()
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("app/big.py", b"#" * (1 << 17))  # compresses to a few hundred bytes
-    with pytest.raises(CodeDigestMismatch, match="unpack to over"):
+    with pytest.raises(CodeDigestMismatch, match="unpack to 131072 bytes"):
         app_from_fab(bomb.getvalue(), "00" * 48)
+    toml_bomb = io.BytesIO()  # not Python, but Flower's own reader would unpack it: refused before that
+    with zipfile.ZipFile(toml_bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("pyproject.toml", b"#" * (1 << 17))
+    with pytest.raises(CodeDigestMismatch, match="unpack to 131072 bytes"):
+        check_fab(toml_bomb.getvalue())
 
 
 def test_the_code_that_runs_is_the_code_that_was_hashed(tmp_path):

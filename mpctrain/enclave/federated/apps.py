@@ -89,15 +89,32 @@ def read_app(app_dir: str | Path) -> ConsentedApp:
     return ConsentedApp(path=path, digest=sources_digest(sources).hex(), sources=tuple(sources))
 
 
-def fab_sources(fab: bytes) -> dict[str, bytes]:
-    """The ``.py`` files of a FAB (a zip the host relayed), read in memory with size and count limits."""
+def check_fab(fab: bytes) -> None:
+    """Bound a FAB before anything unpacks it, Flower's own config reader included.
+
+    It checks the archive size, the file count, and the sum of the sizes its entries declare. A zip
+    member never reads past its declared size, so a zip bomb is refused here.
+    """
     if len(fab) > MAX_FAB_BYTES:
         raise CodeDigestMismatch(f"the FAB is {len(fab)} bytes, over {MAX_FAB_BYTES}")
     try:
         with zipfile.ZipFile(io.BytesIO(fab)) as zf:
             infos = [i for i in zf.infolist() if not i.is_dir()]
-            if len(infos) > MAX_FAB_FILES:
-                raise CodeDigestMismatch(f"the FAB holds {len(infos)} files, over {MAX_FAB_FILES}")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
+        raise CodeDigestMismatch(f"the FAB is not a readable zip archive: {exc}") from exc
+    if len(infos) > MAX_FAB_FILES:
+        raise CodeDigestMismatch(f"the FAB holds {len(infos)} files, over {MAX_FAB_FILES}")
+    declared = sum(i.file_size for i in infos)
+    if declared > MAX_FAB_UNPACKED:
+        raise CodeDigestMismatch(f"the FAB's files unpack to {declared} bytes, over {MAX_FAB_UNPACKED}")
+
+
+def fab_sources(fab: bytes) -> dict[str, bytes]:
+    """The ``.py`` files of a FAB (a zip the host relayed), read in memory with size and count limits."""
+    check_fab(fab)
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab)) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir()]
             out: dict[str, bytes] = {}
             total = 0
             for info in infos:

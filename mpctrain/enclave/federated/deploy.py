@@ -142,6 +142,8 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.superlink.grid import HttpGrid
 
+    from mpctrain.enclave.federated.apps import check_fab
+
     insecure = root_certificates is None
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=insecure, root_certificates=root_certificates,
@@ -176,6 +178,7 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
         run = run_from_proto(task.run)
         grid.set_run(run)
         fab = bytes(task.fab.content)
+        check_fab(fab)  # bounded before Flower's reader unpacks its pyproject.toml
         try:
             run_config = dict(get_fused_config_from_fab(fab, run))
         except Exception as exc:  # a FAB Flower itself cannot read
