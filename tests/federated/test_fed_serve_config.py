@@ -108,3 +108,32 @@ def test_a_remote_superlink_without_tls_is_flagged(tmp_path, caplog):
     assert "without TLS" not in caplog.text  # loopback: nothing travels off the machine
     Aggregator.from_config(_load(tmp_path, '[federated]\nsuperlink = "10.0.0.5:9091"\ninsecure = true\n'))
     assert "10.0.0.5:9091 is reached without TLS" in caplog.text
+
+
+def test_a_submitted_run_is_held_to_the_job_before_anything_is_sent():
+    from pathlib import Path
+
+    from flwr.cli.build import build_fab_from_disk
+
+    from mpctrain.enclave.federated.deploy import ServerTask, task_initial_arrays
+    from mpctrain.enclave.federated.errors import CodeDigestMismatch, RunConfigMismatch
+    from mpctrain.party.flower import app_code_digest
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "banks_federated"
+    pinned = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "train-seed": 7}
+    manifest = build_federation(["bank-a"], job_id="held", code_digest=app_code_digest(example / "app"),
+                                training={"rounds": 1, "flower": {"initial_arrays": "task:initial_arrays",
+                                                                  "run_config": pinned}}).manifest
+    fab = build_fab_from_disk(example)  # what `flwr run` submits
+
+    def task(run_config, fab=fab):
+        return ServerTask(grid=None, run_id=1, fab=fab, run_config=run_config)  # type: ignore[arg-type]
+
+    arrays = task_initial_arrays(manifest, task({**pinned, "mpctrain-job": "held"}))
+    assert set(arrays) == {"w", "b"}
+    with pytest.raises(RunConfigMismatch, match="'lr'"):
+        task_initial_arrays(manifest, task({**pinned, "lr": 1.0, "mpctrain-job": "held"}))
+    other = build_federation(["bank-a"], job_id="held", code_digest="ab" * 48,
+                             training={"rounds": 1, "flower": {"initial_arrays": "task:initial_arrays"}}).manifest
+    with pytest.raises(CodeDigestMismatch, match="no directory of the submitted FAB"):
+        task_initial_arrays(other, task(dict(pinned)))

@@ -35,6 +35,7 @@ from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.enclave.federated.runner import FederatedRunner
 from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.enclave.state import Job
+from mpctrain.jobs import JobManifest
 
 log = logging.getLogger(__name__)
 
@@ -204,13 +205,11 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
             grid.close()
 
 
-def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: FederatedConfig) -> FederatedRunner:
-    """The job store's federated runner for ``aggregator serve`` with ``[federated]``.
+def task_initial_arrays(manifest: JobManifest, task: ServerTask) -> ArrayRecord:
+    """Check a run against the job, then build its initial model with the consented code from its FAB.
 
-    Once every consent is in, the job waits for its run on the SuperLink (``flwr run``, naming the job
-    in ``mpctrain-job``), checks that the submitted FAB holds the consented code, builds the initial
-    model with that code, and runs the rounds. Jobs are served one at a time: a run is matched to the
-    job that is waiting for it.
+    The run's config must be the one the manifest pins; the banks would refuse it otherwise, so it fails
+    here, before anything is sent. The FAB must hold the consented code.
     """
     from mpctrain.enclave.federated.apps import (
         app_from_fab,
@@ -219,6 +218,18 @@ def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: Feder
         manifest_digest,
     )
 
+    check_run_config(manifest, task.run_config)
+    return consented_initial_arrays(manifest, app_from_fab(task.fab, manifest_digest(manifest)))
+
+
+def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: FederatedConfig) -> FederatedRunner:
+    """The job store's federated runner for ``aggregator serve`` with ``[federated]``.
+
+    Once every consent is in, the job waits for its run on the SuperLink (``flwr run``, naming the job
+    in ``mpctrain-job``), checks that the submitted FAB holds the consented code, builds the initial
+    model with that code, and runs the rounds. Jobs are served one at a time: a run is matched to the
+    job that is waiting for it.
+    """
     ca = config.root_certificates
     try:
         root_certificates = ca.read_bytes() if ca is not None else None
@@ -242,9 +253,7 @@ def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: Feder
                 del tasks[id(task.grid)]
 
     def initial_arrays(job: Job, grid: Grid) -> ArrayRecord:
-        task = tasks[id(grid)]
-        check_run_config(job.manifest, task.run_config)  # the banks would refuse it: fail before sending anything
-        return consented_initial_arrays(job.manifest, app_from_fab(task.fab, manifest_digest(job.manifest)))
+        return task_initial_arrays(job.manifest, tasks[id(grid)])
 
     return FederatedRunner(identity, events, grid_for=grid_for, initial_arrays=initial_arrays,
                            timeout=float(config.timeout_s))
