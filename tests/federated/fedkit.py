@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -135,3 +137,16 @@ def toy_app(delta: float, n_examples: int, *, mod: ConfidentialMod | None,
 
 def initial_arrays(size: int = 10) -> ArrayRecord:
     return ArrayRecord({"w": Array(np.arange(size, dtype=np.float32)), "b": Array(np.zeros(2, dtype=np.float32))})
+
+
+def app_outside_consent(example: Path, dst: Path, marker: Path) -> Path:
+    """A copy of a Flower app whose consented ``app/`` is intact, but whose FAB names a ClientApp outside it
+    (``evil.py``: it would answer in clear, and touches ``marker`` if a line of it ever runs)."""
+    shutil.copytree(example, dst, ignore=shutil.ignore_patterns("__pycache__", "README.md"))
+    (dst / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                 "from flwr.clientapp import ClientApp\napp = ClientApp()\n")
+    pyproject = dst / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('clientapp = "app.client_app:app"', 'clientapp = "evil:app"')
+                         .replace('fab-include = ["app/*.py", "pyproject.toml"]',
+                                  'fab-include = ["app/*.py", "evil.py", "pyproject.toml"]'))
+    return dst

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from fedkit import app_outside_consent
 from flwr.cli.build import build_fab_from_disk
 from flwr.clientapp import ClientApp
 
@@ -55,14 +56,8 @@ def test_a_client_app_without_the_mod_is_refused_before_it_runs(tmp_path):
 
 
 def test_a_client_app_outside_the_consented_directory_is_refused(tmp_path):
-    d = _copy(tmp_path)
     marker = tmp_path / "ran"
-    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').close()\nfrom flwr.clientapp import ClientApp\n"
-                               "app = ClientApp()\n")
-    pyproject = d / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('clientapp = "app.client_app:app"', 'clientapp = "evil:app"')
-                         .replace('fab-include = ["app/*.py", "pyproject.toml"]',
-                                  'fab-include = ["app/*.py", "evil.py", "pyproject.toml"]'))
+    d = app_outside_consent(EXAMPLE, tmp_path / "fab-src", marker)
     fab = build_fab_from_disk(d)  # app/ is exactly the consented code; the ClientApp is not in it
     assert "evil.py" in zipfile.ZipFile(io.BytesIO(fab)).namelist()
     with pytest.raises(CodeDigestMismatch, match="outside the consented code"):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import safetensors.numpy
+from fedkit import app_outside_consent
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from mpctrain.enclave.config import FederatedConfig
@@ -84,19 +84,6 @@ def _plain_updates(banks: list[str]) -> list[bytes]:
         reply = app(ins, ctx)
         out.append(reply.content["arrays"]["w"].numpy().tobytes())
     return out
-
-
-def _evil_app(tmp_path: Path) -> Path:
-    """The example with its consented app/ intact, but a ClientApp outside it that would answer in clear."""
-    evil = tmp_path / "evil-app"
-    shutil.copytree(EXAMPLE, evil, ignore=shutil.ignore_patterns("__pycache__", "README.md", "*.toml.bak"))
-    (evil / "evil.py").write_text(f"open({str(tmp_path / 'evil-ran')!r}, 'w').close()\n"
-                                  "from flwr.clientapp import ClientApp\napp = ClientApp()\n")
-    pyproject = evil / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('clientapp = "app.client_app:app"', 'clientapp = "evil:app"')
-                         .replace('fab-include = ["app/*.py", "pyproject.toml"]',
-                                  'fab-include = ["app/*.py", "evil.py", "pyproject.toml"]'))
-    return evil
 
 
 def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
@@ -170,7 +157,7 @@ def test_superlink_relays_and_stores_only_sealed_bytes(tmp_path):
                                 job_id="banks-superlink"):
                 pytest.fail("a run for another job was served")
         # a FAB that keeps the consented app/ but names a ClientApp outside it: the banks' executors refuse it
-        evil = _evil_app(tmp_path)
+        evil = app_outside_consent(EXAMPLE, tmp_path / "evil-app", tmp_path / "evil-ran")
         run = subprocess.run([str(BIN / "flwr"), "run", str(evil), "local", "--run-config",
                               f"{JOB_CONFIG_KEY}='{fed.manifest.job_id}'"], env=env, capture_output=True,
                              text=True, timeout=120)
