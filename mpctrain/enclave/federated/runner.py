@@ -103,6 +103,7 @@ class FederatedRunner:
             outputs = {"model": model_bytes(arrays), "metrics": metrics_bytes(job, result, strategy)}
             seal_outputs(job, self.identity, outputs, self.events)
 
+        store.record(job, "state", message="federated: waiting for the job's Flower run (flwr run, mpctrain-job)")
         with self.grid_for(job) as grid:
             initial = self.initial_arrays(job, grid)  # a wrong app fails before any party is sent anything
             fjob = FederatedJob(manifest=job.manifest, consents=list(job.consents.values()), enclave=self.identity,
