@@ -98,6 +98,17 @@ def test_unreadable_or_oversized_fabs_are_refused(monkeypatch):
         zf.writestr("pyproject.toml", b"#" * (1 << 17))
     with pytest.raises(CodeDigestMismatch, match="unpack to 131072 bytes"):
         check_fab(toml_bomb.getvalue())
+    twice = io.BytesIO()
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(twice, "w") as zf:
+        zf.writestr("app/task.py", b"x = 1\n")
+        zf.writestr("app/task.py", b"x = 2\n")
+    with pytest.raises(CodeDigestMismatch, match="two entries under one name"):
+        check_fab(twice.getvalue())
+    deep = io.BytesIO()
+    with zipfile.ZipFile(deep, "w") as zf:
+        zf.writestr("/".join(["d"] * 17) + "/m.py", b"x = 1\n")
+    with pytest.raises(CodeDigestMismatch, match="more than 16 directories deep"):
+        check_fab(deep.getvalue())
 
 
 def test_the_code_that_runs_is_the_code_that_was_hashed(tmp_path):

@@ -40,6 +40,7 @@ ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-
 MAX_FAB_BYTES = 16 << 20  # Flower's own limit is 10 MB
 MAX_FAB_FILES = 4096
 MAX_FAB_UNPACKED = 64 << 20
+MAX_FAB_DEPTH = 16  # directories: each level is one more candidate directory to hash
 _LOCK = threading.Lock()
 _IMPORTERS: dict[str, _AppImporter] = {}  # package -> importer on sys.meta_path
 
@@ -107,6 +108,11 @@ def check_fab(fab: bytes) -> None:
     declared = sum(i.file_size for i in infos)
     if declared > MAX_FAB_UNPACKED:
         raise CodeDigestMismatch(f"the FAB's files unpack to {declared} bytes, over {MAX_FAB_UNPACKED}")
+    names = [i.filename for i in infos]
+    if len(set(names)) != len(names):
+        raise CodeDigestMismatch("the FAB holds two entries under one name: which one runs would be ambiguous")
+    if any(n.count("/") >= MAX_FAB_DEPTH for n in names):
+        raise CodeDigestMismatch(f"the FAB nests files more than {MAX_FAB_DEPTH} directories deep")
 
 
 def fab_sources(fab: bytes) -> dict[str, bytes]:
