@@ -59,7 +59,8 @@ def test_banks_refuse_a_run_with_another_config_before_their_app_runs():
     result = _round(fed, {**PINNED, "lr": 5.0})
     assert all(fed.runtime(p).sent == [] for p in fed.parties)  # no bank sealed a reply
     accepted = [k for k, _ in fed.events.events if k == "fl.update_accepted"]
-    assert accepted == [] and result.rounds_completed == 1
+    assert accepted == [] and result.rounds_completed == 0
+    assert result.stop_reason.startswith("round 1: no update was accepted")  # stopped, not run on regardless
     ok = _fed()
     _round(ok, dict(PINNED))
     assert all(len(ok.runtime(p).sent) == 1 for p in ok.parties)  # the pinned config trains

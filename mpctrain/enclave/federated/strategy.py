@@ -431,8 +431,12 @@ class Confidential(Strategy):
             else:
                 replies = grid.send_and_receive(messages=messages, timeout=timeout)
                 agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
-            if agg_arrays is not None:
-                arrays = agg_arrays
+            if agg_arrays is None:  # every party refused, failed or was rejected: more rounds would not differ
+                result.stop_reason = (f"round {rnd}: no update was accepted (every reply was an error or was "
+                                      f"rejected; {len(self.rejections)} rejected so far)")
+                self.events.emit("fl.training_stopped", job_id=self.job_id, round=rnd, reason=result.stop_reason)
+                break
+            arrays = agg_arrays
             if agg_metrics is not None:
                 result.train_metrics_clientapp[rnd] = self._public(agg_metrics)
             eps = _epsilon(self.inner)
