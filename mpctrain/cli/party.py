@@ -102,37 +102,32 @@ def flower_exec(
     profile: Path = typer.Option(..., "--profile", "-p", help="party profile directory (party.toml, flower.toml)"),
     supernode: str = typer.Option("127.0.0.1:9094", help="the SuperNode's Runtime API (flower-supernode --port)"),
     root_certificates: Path | None = typer.Option(None, help="its TLS CA, when it serves that API over TLS"),
-    job: str | None = typer.Option(None, help="job id (default: the one flower.toml names)"),
     policy: Path | None = typer.Option(None, help="override the profile's attestation policy file"),
 ) -> None:
-    """Run this bank's SuperNode's ClientApp tasks, and only the consented code.
+    """Run this bank's SuperNode's ClientApp tasks, and only the consented code of approved jobs.
 
     Start the SuperNode with `--isolation process`: it then runs no app itself, and every FAB the
-    SuperLink relays is checked here against the code digest this party approved before any of it runs.
+    SuperLink relays is checked here before any of it runs: the run must name a job this bank approved
+    (`mpctrain-job`, else the job flower.toml names), and the FAB must hold that job's code.
     """
-    import dataclasses
     import signal
     import threading
 
     from mpctrain.attest import Policy
-    from mpctrain.enclave.federated.errors import FederatedError
-    from mpctrain.party.flower.executor import serve_tasks
-    from mpctrain.party.flower.profile import load_profile
-    from mpctrain.party.flower.runtime import manifest_code_digest
+    from mpctrain.party.flower.executor import ApprovedJobs, serve_tasks
 
     console = Console(highlight=False)
     try:
-        rt = load_profile(profile, job_id=job)
-        if policy is not None:
-            rt = dataclasses.replace(rt, policy=Policy.load(policy))
+        cfg = PartyConfig.load(profile / "party.toml")
+        cfg.load_keys(create=False)  # a bank's keys exist before it approves anything
+        jobs = ApprovedJobs(profile, Policy.load(policy) if policy is not None else None)
         roots = root_certificates.read_bytes() if root_certificates is not None else None
-    except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
+    except (PartyConfigError, PolicyError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    console.print(f"{rt.party_id}: running ClientApp tasks of {supernode} for job {rt.manifest.job_id}, only code "
-                  f"with digest {manifest_code_digest(rt.manifest)[:16]}…")
-    stats = serve_tasks(supernode, rt, profile, root_certificates=roots, stop=stop)
-    console.print(f"{rt.party_id}: stopped after {stats.tasks} task(s), {stats.failed} refused or failed")
+    console.print(f"{cfg.id}: running the ClientApp tasks of {supernode}, for the jobs approved in {profile} only")
+    stats = serve_tasks(supernode, jobs, root_certificates=roots, stop=stop)
+    console.print(f"{cfg.id}: stopped after {stats.tasks} task(s), {stats.failed} refused or failed")

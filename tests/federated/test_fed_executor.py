@@ -74,11 +74,11 @@ def test_a_component_that_is_not_a_client_app_is_refused(tmp_path):
         consented_client_app(build_fab_from_disk(d), _manifest())
 
 
-def test_the_executor_waits_out_an_unreachable_supernode_and_stops_on_request(caplog):
+def test_the_executor_waits_out_an_unreachable_supernode_and_stops_on_request(tmp_path, caplog):
     import socket
     import threading
 
-    from mpctrain.party.flower.executor import serve_tasks
+    from mpctrain.party.flower.executor import ApprovedJobs, serve_tasks
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -86,9 +86,7 @@ def test_the_executor_waits_out_an_unreachable_supernode_and_stops_on_request(ca
     stop = threading.Event()
     timer = threading.Timer(1.0, stop.set)
     timer.start()
-    fed = build_federation(["bank-a"], job_id="exec", code_digest=app_code_digest(EXAMPLE / "app"),
-                           training={"rounds": 1})
-    stats = serve_tasks(f"127.0.0.1:{port}", fed.runtime(fed.parties[0]), "parties/bank-a", root_certificates=None,
+    stats = serve_tasks(f"127.0.0.1:{port}", ApprovedJobs(tmp_path / "parties" / "bank-a"), root_certificates=None,
                         stop=stop, poll_s=0.05)
     timer.join()
     assert (stats.tasks, stats.failed) == (0, 0)
@@ -117,3 +115,21 @@ def test_the_executor_serves_only_its_own_party(tmp_path):
     assert unnamed.node_config[NODE_CONFIG_KEY] == str(mine) and resolve_party(unnamed.node_config) is rt
     with pytest.raises(PartyMismatch, match="names party profile"):
         _bind_party(context({NODE_CONFIG_KEY: str(tmp_path / "parties" / "bank-b")}), rt, mine)
+
+
+def test_one_executor_serves_every_job_its_bank_approved_and_no_other(tmp_path):
+    from mpctrain.enclave.federated.errors import JobNotReady
+    from mpctrain.party.flower.executor import ApprovedJobs
+    from mpctrain.party.flower.profile import approve_federated_job
+
+    digest = app_code_digest(EXAMPLE / "app")
+    first = build_federation(["bank-a"], job_id="job-1", code_digest=digest, training={"rounds": 1})
+    prof = first.write_profile(first.parties[0], tmp_path / "bank-a", "127.0.0.1:1", EXAMPLE / "app")
+    approve_federated_job(prof, first.manifest)
+    second = first.manifest.__class__.from_bytes(first.manifest.to_bytes().replace(b'"job-1"', b'"job-2"'))
+    approve_federated_job(prof, second)  # a later job, approved with the same keys
+    jobs = ApprovedJobs(prof)
+    assert jobs.runtime("job-2").manifest.job_id == "job-2"
+    assert jobs.runtime(None) is jobs.runtime("job-1")  # flower.toml names job-1: one runtime, one attestation
+    with pytest.raises(JobNotReady, match="not approved"):
+        jobs.runtime("job-3")

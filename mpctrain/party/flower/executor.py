@@ -18,6 +18,7 @@ once per message as with the SuperNode's own per-message processes.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from flwr.app import Message
 from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 
-from mpctrain.enclave.federated.apps import AppEntryError, app_from_fab, import_app_module
+from mpctrain.attest import Policy
+from mpctrain.enclave.federated.apps import JOB_KEY, AppEntryError, app_from_fab, import_app_module
 from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.jobs import JobManifest
 from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, PartyRuntime, manifest_code_digest, register_party
@@ -66,6 +68,32 @@ def consented_client_app(fab: bytes, manifest: JobManifest) -> ClientApp:
     return client_app
 
 
+class ApprovedJobs:
+    """The federated jobs this bank approved in its profile, each loaded on first use.
+
+    A run names its job in its config (``mpctrain-job``); without one, the job ``flower.toml`` names is
+    used. A run for a job the bank did not approve is refused like foreign code. One executor therefore
+    serves every job the bank approves, with one attestation cache per job.
+    """
+
+    def __init__(self, profile: str | Path, policy: Policy | None = None) -> None:
+        self.profile = Path(profile)
+        self.policy = policy
+        self._runtimes: dict[str | None, PartyRuntime] = {}
+
+    def runtime(self, job_id: str | None = None) -> PartyRuntime:
+        rt = self._runtimes.get(job_id)
+        if rt is None:
+            from mpctrain.party.flower.profile import load_profile
+
+            rt = load_profile(self.profile, job_id=job_id)  # JobNotReady unless approved in this profile
+            if self.policy is not None:
+                rt = dataclasses.replace(rt, policy=self.policy)
+            rt = self._runtimes.setdefault(rt.manifest.job_id, rt)  # one runtime (and attestation) per job
+            self._runtimes[job_id] = rt
+        return rt
+
+
 def _bind_party(context: Any, runtime: PartyRuntime, profile: Path) -> None:
     """Make the app's mod use this executor's party (keys, policy, approved job), whatever the SuperNode says.
 
@@ -81,8 +109,7 @@ def _bind_party(context: Any, runtime: PartyRuntime, profile: Path) -> None:
     register_party(name, runtime)
 
 
-def run_task(appio_address: str, token: str, runtime: PartyRuntime, profile: Path, *,
-             root_certificates: bytes | None) -> bool:
+def run_task(appio_address: str, token: str, jobs: ApprovedJobs, *, root_certificates: bytes | None) -> bool:
     """Pull one ClientApp task, run it if its code is the consented code, push the reply. True if it ran."""
     from flwr.common.constant import ErrorCode, SubStatus
     from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
@@ -105,9 +132,11 @@ def run_task(appio_address: str, token: str, runtime: PartyRuntime, profile: Pat
     try:
         message, context, run, fab = pull_task_input(client)
         try:
+            named = context.run_config.get(JOB_KEY)
+            runtime = jobs.runtime(named if isinstance(named, str) else None)
             client_app = consented_client_app(fab.content, runtime.manifest)
-            _bind_party(context, runtime, profile)
-        except FederatedError as exc:  # other code than the consented, or another party: it never runs
+            _bind_party(context, runtime, jobs.profile)
+        except FederatedError as exc:  # an unapproved job, other code, or another party: nothing of it runs
             log.error("run %s: refusing the FAB %s…: %s", run.run_id, fab.hash_str[:12], exc)
             details = f"refused by the party: {type(exc).__name__}"
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
@@ -131,8 +160,8 @@ def run_task(appio_address: str, token: str, runtime: PartyRuntime, profile: Pat
     return ran
 
 
-def serve_tasks(appio_address: str, runtime: PartyRuntime, profile: str | Path, *, root_certificates: bytes | None,
-                stop: threading.Event, poll_s: float = 0.2) -> ExecStats:
+def serve_tasks(appio_address: str, jobs: ApprovedJobs, *, root_certificates: bytes | None, stop: threading.Event,
+                poll_s: float = 0.2) -> ExecStats:
     """Acquire and run the SuperNode's ClientApp tasks until ``stop`` is set."""
     from flwr.proto.runtime_pb2 import AcquireTaskRequest
     from flwr.supercore.constant import TaskType
@@ -162,8 +191,7 @@ def serve_tasks(appio_address: str, runtime: PartyRuntime, profile: str | Path, 
             if res.HasField("task") and res.token:
                 tasks += 1
                 try:
-                    if not run_task(appio_address, res.token, runtime, Path(profile),
-                                    root_certificates=root_certificates):
+                    if not run_task(appio_address, res.token, jobs, root_certificates=root_certificates):
                         failed += 1
                 except Exception as exc:  # one broken task never stops the party's executor
                     failed += 1
