@@ -40,7 +40,7 @@ def run_federated_demo(rounds: int = ROUNDS, out=print) -> float:
     logging.getLogger("flwr").setLevel(logging.WARNING)
     app_dir = Path(client_app.__file__).parent
     fed = build_federation(data.BANKS, job_id="banks-federated-demo", code_digest=app_code_digest(app_dir),
-                           training={"rounds": rounds, "strategy": "FedAvg"})
+                           training={"rounds": rounds, "strategy": "FedAvg", "flower": {"run_config": RUN_CONFIG}})
     out(f"enclave: simulated TEE, measurement {fed.attester.measurement.hex()[:16]}…, "
         f"job {fed.manifest.job_id} digest {fed.manifest.digest().hex()[:16]}…, "
         f"consents from {len(fed.consents)} banks")
