@@ -93,6 +93,15 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, priva
     runner = FederatedRunner(job.enclave, job.events, grid_for=lambda j: nullcontext(grid),
                              initial_arrays=lambda j, g: initial_arrays())
     store = JobStore(job.events, runners={"federated": runner})
+    seen: list[dict] = []  # the public metrics as a watcher finds them after each round
+    record = store.record
+
+    def recording(j, kind, **fields):
+        if kind == "round":
+            seen.append(dict(j.public_metrics))
+        return record(j, kind, **fields)
+
+    store.record = recording
     stored = store.add(job.manifest, job.manifest.to_bytes())
     for c in job.consents[:-1]:
         store.add_consent(stored, c)
@@ -113,3 +122,5 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, priva
     else:  # per-round evaluation on the banks' data is outside the privacy budget: only the count is shown
         assert all(e.values == {} and np.isnan(e.loss) for e in rounds)
         assert "epsilon.round2" in stored.public_metrics
+        assert [sorted(m) for m in seen] == [["epsilon.round1", "rounds"], ["epsilon.round1", "epsilon.round2",
+                                                                            "rounds"]]

@@ -64,16 +64,20 @@ class _Progress:
     def __init__(self, inner: EventSink, job: Job, store: JobStore) -> None:
         self.inner, self.job, self.store = inner, job, store
         self.show = not job.manifest.privacy
+        self._epsilon: dict[str, float] = {}
 
     def emit(self, kind: str, /, **fields: object) -> None:
         self.inner.emit(kind, **fields)
+        if kind == "fl.privacy_spent":  # ε is public: it is what the budget bounds
+            eps = fields.get("epsilon")
+            self._epsilon[f"epsilon.round{fields.get('round')}"] = float(eps) if isinstance(eps, int | float) else 0.0
         if kind != "fl.round_finished":
             return
         rnd = int(fields.get("round", 0))  # type: ignore[call-overload]
         metrics = fields.get("metrics")
         shown = {k: float(v) for k, v in metrics.items()} if self.show and isinstance(metrics, dict) else {}
         with self.job.cond:
-            self.job.public_metrics = {**shown, "rounds": float(rnd)}
+            self.job.public_metrics = {**shown, **self._epsilon, "rounds": float(rnd)}
         self.store.record(self.job, "round", epoch=rnd, loss=shown.get("loss", float("nan")), values=shown)
 
 
