@@ -44,6 +44,10 @@ def test_the_pinned_config_passes_and_the_job_name_is_not_a_training_input():
     check_run_config(manifest, dict(PINNED))
     check_run_config(manifest, {**PINNED, "mpctrain-job": "pinned", "batch-size": 32.0})  # 32 and 32.0 are one value
     check_run_config(_fed(pinned=None).manifest, {"lr": 99.0})  # nothing pinned: nothing to hold the run to
+    nested = _fed(pinned={"optim": {"lr": 0.1, "momentum": 0.9}}).manifest  # [optim] tables, as Flower flattens them
+    check_run_config(nested, {"optim.lr": 0.1, "optim.momentum": 0.9})
+    with pytest.raises(RunConfigMismatch, match=r"'optim\.momentum'"):
+        check_run_config(nested, {"optim.lr": 0.1, "optim.momentum": 0.0})
 
 
 def _round(fed, run_config):

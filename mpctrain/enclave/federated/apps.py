@@ -279,7 +279,7 @@ def check_run_config(manifest: JobManifest, run_config: Mapping[str, Any]) -> No
     if not isinstance(pinned, dict):
         raise RunConfigMismatch(f"job {manifest.job_id}: [training.flower.run_config] must be a table")
     have = {k: v for k, v in run_config.items() if k != JOB_KEY}
-    want = {k: v for k, v in pinned.items() if k != JOB_KEY}
+    want = {k: v for k, v in _flatten(pinned).items() if k != JOB_KEY}
     differ = sorted(k for k in set(have) | set(want)
                     if k not in have or k not in want or _typed(have[k]) != _typed(want[k]))
     if differ:
@@ -290,3 +290,15 @@ def check_run_config(manifest: JobManifest, run_config: Mapping[str, Any]) -> No
 
 def _typed(value: Any) -> tuple[bool, Any]:
     return isinstance(value, bool), value  # True is not 1 here; 2 and 2.0 are the same number
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested tables as dotted keys, the form Flower gives a run's config (``[a] b = 1`` is ``a.b``)."""
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
