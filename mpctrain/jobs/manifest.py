@@ -347,3 +347,25 @@ def _validate(m: JobManifest) -> None:
         raise ManifestError("expires must be a positive unix time")
     if not isinstance(m.enclave_policy, Mapping) or not m.enclave_policy.get("backends"):
         raise ManifestError("enclave_policy must name the accepted backends (the policy parties approve)")
+    if m.mode == "federated":
+        _validate_flower(m.training.get("flower"))
+
+
+_HEX_DIGEST = re.compile(r"^[0-9a-f]{96}$")
+_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _validate_flower(flower: Any) -> None:
+    """``[training.flower]`` of a federated job: what each party and the enclave will hold the run to."""
+    if not isinstance(flower, Mapping):
+        raise ManifestError("a federated job needs [training.flower] with the code_digest of its Flower app")
+    digest = flower.get("code_digest")
+    if not isinstance(digest, str) or not _HEX_DIGEST.match(digest):
+        raise ManifestError("[training.flower] code_digest must be the app's SHA-384 in lowercase hex "
+                            "(mpctrain.party.flower.app_code_digest)")
+    entry = flower.get("initial_arrays")
+    if entry is not None and (not isinstance(entry, str) or not _ENTRY.match(entry)):
+        raise ManifestError(f"[training.flower] initial_arrays must be \"module:function\", got {entry!r}")
+    run_config = flower.get("run_config")
+    if run_config is not None and not isinstance(run_config, Mapping):
+        raise ManifestError("[training.flower.run_config] must be a table of the values the ClientApp reads")

@@ -21,6 +21,7 @@ from mpctrain.enclave.federated.apps import (
 )
 from mpctrain.enclave.federated.errors import CodeDigestMismatch
 from mpctrain.enclave.federated.simulation import build_federation
+from mpctrain.jobs import ManifestError
 from mpctrain.party.flower import app_code_digest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,14 +125,12 @@ def test_an_app_other_than_the_consented_one_is_refused(tmp_path):
     with pytest.raises(CodeDigestMismatch, match="covers"):
         consented_initial_arrays(_manifest("ab" * 48), app)
     manifest = _manifest(app.digest)
-    unpinned = replace(manifest, training={**manifest.training, "flower": {"initial_arrays": "task:initial_arrays"}})
-    with pytest.raises(CodeDigestMismatch, match=r"names no \[training.flower\] code_digest"):
-        consented_initial_arrays(unpinned, app)
+    with pytest.raises(ManifestError, match="code_digest must be the app's SHA-384"):  # refused when proposed
+        replace(manifest, training={**manifest.training, "flower": {"initial_arrays": "task:initial_arrays"}})
 
 
 @pytest.mark.parametrize(("entry", "message"), [
     (None, r"names no \[training.flower\] initial_arrays"),
-    ("task.initial_arrays", "is not \"module:function\""),
     ("nosuch:initial_arrays", "has no module 'nosuch'"),
     ("task:missing", "has no function 'missing'"),
     ("helpers:VALUE", "has no function 'VALUE'"),
@@ -140,6 +139,15 @@ def test_a_missing_or_wrong_entry_point_is_a_clear_error(tmp_path, entry, messag
     app = read_app(_app_dir(tmp_path))
     with pytest.raises(AppEntryError, match=message):
         consented_initial_arrays(_manifest(app.digest, entry), app)
+
+
+def test_a_malformed_entry_point_is_refused_when_the_job_is_proposed(tmp_path):
+    app = read_app(_app_dir(tmp_path))
+    with pytest.raises(ManifestError, match="initial_arrays must be \"module:function\""):
+        _manifest(app.digest, "task.initial_arrays")
+    with pytest.raises(ManifestError, match="run_config\\] must be a table"):
+        build_federation(["bank-a"], job_id="apps", code_digest=app.digest,
+                         training={"rounds": 1, "flower": {"run_config": "lr=0.1"}})
 
 
 def test_an_entry_point_that_returns_something_else_is_refused(tmp_path):

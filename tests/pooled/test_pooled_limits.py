@@ -141,7 +141,8 @@ def test_job_calls_refused_with_clear_codes(small, opened):
     with pytest.raises(FailedPrecondition, match="expired"):
         a.client.propose(small.manifest("old", expires=int(time.time()) - 1))
     with pytest.raises(FailedPrecondition, match="does not run 'federated'"):
-        a.client.propose(small.manifest("fed", mode="federated"))
+        a.client.propose(small.manifest("fed", mode="federated",
+                                        training={"rounds": 1, "flower": {"code_digest": "ab" * 48}}))
     req = jobs_pb2.ProposeJobRequest(manifest=b"{not json")
     md = auth_metadata(a.identity, "hospital-a", "/mpctrain.v1.Jobs/ProposeJob", req)
     with pytest.raises(grpc.RpcError) as err:

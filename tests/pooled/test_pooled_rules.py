@@ -43,7 +43,7 @@ def test_every_violation_is_named():
     me = IdentityKey.generate(), KemKey.generate()
     rules = PartyRules(schema={"label": "diagnosis", "features": ["a"]}, allowed_recipients=("hospital-a",),
                        allowed_models=("logreg",), allowed_modes=("pooled",), allowed_measurements=("cd" * 48,))
-    m = _manifest(me, mode="federated")
+    m = _manifest(me, mode="federated", training={"rounds": 1, "flower": {"code_digest": "ab" * 48}})
     problems = " | ".join(check_manifest(m, rules, "hospital-a", *me))
     for expected in ("mode 'federated'", "model 'mlp'", "['hospital-b'] are not allowed", "schema features",
                      "measurements this party does not"):
