@@ -27,8 +27,8 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 CODE_DIGEST = "ab" * 48
 
 
-def make_enclave(attester: SimAttester) -> EnclaveIdentity:
-    return EnclaveIdentity.generate(attester, BuildInfo("test", b"\x01" * 32))
+def make_enclave(attester: SimAttester, kem_alg: str = "x25519") -> EnclaveIdentity:
+    return EnclaveIdentity.generate(attester, BuildInfo("test", b"\x01" * 32), kem_alg=kem_alg)
 
 
 @dataclass
@@ -93,9 +93,9 @@ class Job:
 
 
 def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, privacy: dict | None = None, rounds: int = 2,
-              public_metrics: tuple[str, ...] = ("loss", "accuracy")) -> Job:
-    parties = [Party(f"bank-{chr(ord('a') + i)}", IdentityKey.generate(), KemKey.generate()) for i in range(n)]
-    researcher = Party("researcher", IdentityKey.generate(), KemKey.generate())
+              public_metrics: tuple[str, ...] = ("loss", "accuracy"), kem_alg: str = "x25519") -> Job:
+    parties = [Party(f"bank-{chr(ord('a') + i)}", IdentityKey.generate(), KemKey.generate(kem_alg)) for i in range(n)]
+    researcher = Party("researcher", IdentityKey.generate(), KemKey.generate(kem_alg))
     root_sha = sim_root.sha256
     policy_dict = {"backends": ["sim"], "sim": {"roots": [root_sha],
                                                  "measurements": [sim_attester.measurement.hex()]}}
@@ -109,7 +109,7 @@ def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, priva
         enclave_policy=policy_dict, expires=int(datetime(2100, 1, 1, tzinfo=UTC).timestamp()),
     )
     consents = [sign_consent(manifest, p.id, p.identity) for p in parties]
-    return Job(manifest=manifest, parties=parties, consents=consents, enclave=make_enclave(sim_attester),
+    return Job(manifest=manifest, parties=parties, consents=consents, enclave=make_enclave(sim_attester, kem_alg),
                policy=Policy.from_dict(policy_dict), attester=sim_attester, researcher=researcher)
 
 

@@ -109,3 +109,37 @@ def test_concurrent_grid_runs_one_message_per_node_at_a_time_and_reports_crashes
     assert most[0] == 1  # three messages for one node, three workers: still one at a time
     assert len(replies) == 3 and all(isinstance(r, Message) and r.has_error() for r in replies)
     assert all("local failure" in r.error.reason for r in replies)
+
+
+def test_post_quantum_hybrid_keys_carry_the_whole_round(sim_root, sim_attester):
+    """ML-KEM-768 + X25519 for the enclave, every bank and the researcher: same model, hybrid headers."""
+    from fedkit import build_job
+
+    from mpctrain.seal.stream import StreamHeader
+
+    job = build_job(sim_root, sim_attester, kem_alg="mlkem768-x25519")
+    grid = job.grid(lambda p, i: toy_app(DELTAS[i], EXAMPLES[i], mod=ConfidentialMod(job.runtime(p))))
+    result = job.confidential(FedAvg(min_available_nodes=3, min_train_nodes=3, min_evaluate_nodes=3)).start(
+        grid, initial_arrays(), num_rounds=2)
+    want = _plain_fedavg(2)
+    for key, value in job.open_output(result).items():
+        np.testing.assert_allclose(value.numpy(), want[key], rtol=1e-6)
+    headers = [StreamHeader.from_bytes(frames) for kind, frames in _header_frames(job.relayed)]
+    assert len(headers) == 2 * 2 * 3 * 2  # rounds x (train, evaluate) x banks x (instruction, reply)
+    assert all({alg for _, alg, _ in h.recipients} == {"mlkem768-x25519"} for h in headers)
+
+
+def _header_frames(relayed):
+    """The stream header frame of every sealed message the grid relayed (both directions)."""
+    from flwr.common.serde import message_from_proto
+    from flwr.proto.message_pb2 import Message as ProtoMessage
+
+    from mpctrain.enclave.federated.protocol import read_sealed_content
+
+    for kind, wire in relayed:
+        proto = ProtoMessage()
+        proto.ParseFromString(wire)
+        msg = message_from_proto(proto)
+        if msg.has_content():
+            frames, _ = read_sealed_content(msg.content)
+            yield kind, frames[0]
