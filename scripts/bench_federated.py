@@ -22,6 +22,7 @@ in-process grid and Confidential's fold thread. Run: ``python scripts/bench_fede
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -161,6 +162,71 @@ def measure(n: int, rounds: int, local_steps: int, repeats: int, *, workers: int
     return plain, conf
 
 
+class Breakdown:
+    """``--breakdown``: where a confidential round's per-party time goes, measured inside the round.
+
+    Wraps the party mod (its own time, the ClientApp excluded), its open and seal, and the enclave's open,
+    add and finish of each reply; medians in ms. The wrappers cost a few microseconds per call.
+    """
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self._undo: list[tuple[object, str, object]] = []
+
+    def _wrap(self, owner: object, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.samples.setdefault(label, []).append(time.perf_counter() - t)
+
+        self._undo.append((owner, name, original))
+        setattr(owner, name, timed)
+
+    def __enter__(self) -> Breakdown:
+        import mpctrain.party.flower.mod as mod
+        from mpctrain.enclave.federated.fedavg import StreamingMean
+        from mpctrain.enclave.federated.strategy import Confidential, StreamingRound
+
+        self._wrap(mod, "open_content", "party: open the instruction")
+        self._wrap(mod, "seal_content", "party: seal the reply")
+        self._wrap(Confidential, "_open_reply", "enclave: open a reply")
+        self._wrap(StreamingMean, "add", "enclave: add an update")
+        self._wrap(StreamingRound, "finish", "enclave: finish the round")
+        original, samples = mod.ConfidentialMod.__call__, self.samples
+
+        def call(mod_self, msg, context, call_next):
+            inner = [0.0]
+
+            def timed_next(m, c):
+                t = time.perf_counter()
+                try:
+                    return call_next(m, c)
+                finally:
+                    inner[0] += time.perf_counter() - t
+
+            t = time.perf_counter()
+            try:
+                return original(mod_self, msg, context, timed_next)
+            finally:
+                samples.setdefault("party: mod, app excluded", []).append(time.perf_counter() - t - inner[0])
+
+        self._undo.append((mod.ConfidentialMod, "__call__", original))
+        mod.ConfidentialMod.__call__ = call
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+
+    def report(self) -> list[str]:
+        return [f"        {label}: median {statistics.median(v) * 1e3:.2f} ms over {len(v)} calls"
+                for label, v in self.samples.items()]
+
+
 def run_secagg(n: int, local_steps: int) -> dict[str, float]:
     """Flower's SecAgg+ workflow (legacy strategy API) on the same runtime and model; server time per round."""
     from flwr.client import NumPyClient
@@ -228,19 +294,26 @@ def main() -> None:
     ap.add_argument("--secagg", action="store_true", help="also time Flower's SecAgg+ workflow")
     ap.add_argument("--default-allocator", action="store_true",
                     help="leave glibc's allocator as it is (the CLI roles apply mpctrain.memory.keep_freed_memory)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also report where the confidential per-party time goes, measured in the round")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     logging.disable(logging.INFO)
     tuned = False if args.default_allocator else keep_freed_memory()  # one process: both modes share it
     rows = []
     for n in args.parties:
-        plain, conf = measure(n, args.rounds, args.local_steps, args.repeats, workers=args.workers,
-                              fold_ahead=args.fold_ahead, warmup=not args.no_warmup)
+        breakdown = Breakdown() if args.breakdown else None
+        with breakdown if breakdown is not None else contextlib.nullcontext():
+            plain, conf = measure(n, args.rounds, args.local_steps, args.repeats, workers=args.workers,
+                                  fold_ahead=args.fold_ahead, warmup=not args.no_warmup)
         row = {"parties": n, "plain": plain, "confidential": conf,
                "round_ratio": conf["round_s"] / plain["round_s"],
                "round_cpu_ratio": conf["round_cpu_s"] / plain["round_cpu_s"],
                "aggregation_speedup_total": plain["aggregate_s"] / conf["aggregate_s"],
                "aggregation_speedup_after_last_reply": plain["aggregate_s"] / conf["after_last_reply_s"]}
+        if breakdown is not None:
+            row["breakdown_ms"] = {k: statistics.median(v) * 1e3 for k, v in breakdown.samples.items()}
+            row["breakdown_lines"] = breakdown.report()
         if args.secagg:
             sec = run_secagg(n, args.local_steps)
             row["secagg"] = sec
@@ -269,6 +342,8 @@ def main() -> None:
               f"{c['after_last_reply_s'] * 1e3:.1f} ms  -> {r['aggregation_speedup_after_last_reply']:.1f}x "
               f"(goal >= 5x, read on this measure)")
         print(f"        sealing the global model (once per round): {c['configure_s'] * 1e3:.1f} ms")
+        for line in r.get("breakdown_lines", []):
+            print(line)
         if "secagg" in r:
             s = r["secagg"]
             print(f"        SecAgg+ server time {s['server_s']:.3f}s vs confidential server (sealing + total "
