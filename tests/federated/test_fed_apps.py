@@ -171,6 +171,12 @@ def test_an_absolute_self_import_is_refused_rather_than_loaded_from_disk(tmp_pat
     with pytest.raises(AppEntryError, match="by its absolute name"):
         consented_initial_arrays(_manifest(app.digest), app)
     assert not marker.exists()
+    (d / "task.py").write_text(TASK.replace("def initial_arrays():\n", "def initial_arrays():\n"
+                                            "    from myapp.helpers import VALUE\n").replace("{value}", "VALUE"))
+    lazy = read_app(d)  # the same import made only when the function is called
+    with pytest.raises(AppEntryError, match="by its absolute name"):
+        consented_initial_arrays(_manifest(lazy.digest), lazy)
+    assert not marker.exists()
     (d / "task.py").write_text("from .helpers import VALUE\n" + TASK.replace("{value}", "VALUE"))
     relative = read_app(d)  # the same app importing itself relatively runs from its hashed bytes
     np.testing.assert_array_equal(consented_initial_arrays(_manifest(relative.digest), relative)["w"].numpy(),

@@ -38,7 +38,7 @@ def _copy(tmp_path: Path) -> Path:
 
 
 def test_the_consented_fab_yields_its_client_app():
-    app = consented_client_app(build_fab_from_disk(EXAMPLE), _manifest())
+    app = consented_client_app(build_fab_from_disk(EXAMPLE), _manifest()).client_app
     assert isinstance(app, ClientApp)
     assert app._mods and type(app._mods[0]).__name__ == "ConfidentialMod"  # the mod the banks reviewed
 

@@ -21,7 +21,8 @@ import re
 import sys
 import threading
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -198,11 +199,24 @@ class _AppImporter(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if rel is None:
             return
         code = compile(self.sources[rel], f"{self.app.path / rel}", "exec", dont_inherit=True)
+        with self.running():
+            exec(code, module.__dict__)  # noqa: S102 - the consented app's code, from the hashed bytes
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """While the app's code runs (its import, or a call into it), its absolute self-imports are refused."""
         self._running.depth = getattr(self._running, "depth", 0) + 1
         try:
-            exec(code, module.__dict__)  # noqa: S102 - the consented app's code, from the hashed bytes
+            yield
         finally:
             self._running.depth -= 1
+
+
+def running_app(app: ConsentedApp) -> AbstractContextManager[None]:
+    """Wrap every call into the app's code: an import it makes lazily is held to its hashed bytes too."""
+    with _LOCK:
+        importer = _IMPORTERS.get(app.package)
+    return importer.running() if importer is not None else nullcontext()
 
 
 def import_app_module(app: ConsentedApp, module: str) -> ModuleType:
@@ -254,7 +268,11 @@ def consented_initial_arrays(manifest: JobManifest, app: ConsentedApp) -> ArrayR
     fn = getattr(import_app_module(app, module), function, None)
     if not callable(fn):
         raise AppEntryError(f"the consented app's module {module!r} has no function {function!r}")
-    arrays = fn()
+    try:
+        with running_app(app):
+            arrays = fn()
+    except ImportError as exc:
+        raise AppEntryError(f"{module}:{function} does not import: {exc}") from exc
     if not isinstance(arrays, ArrayRecord):
         raise AppEntryError(f"{module}:{function} returned {type(arrays).__name__}, not a flwr ArrayRecord")
     log.info("initial model of job %s from the consented app %s…", manifest.job_id, app.digest[:16])

@@ -30,7 +30,14 @@ from flwr.app.error import Error
 from flwr.clientapp import ClientApp
 
 from mpctrain.attest import Policy
-from mpctrain.enclave.federated.apps import JOB_KEY, AppEntryError, app_from_fab, import_app_module
+from mpctrain.enclave.federated.apps import (
+    JOB_KEY,
+    AppEntryError,
+    ConsentedApp,
+    app_from_fab,
+    import_app_module,
+    running_app,
+)
 from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.jobs import JobManifest
 from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, PartyRuntime, manifest_code_digest, register_party
@@ -50,7 +57,19 @@ class ExecStats:
     failed: int = 0  # refused (not the consented code) or the app raised
 
 
-def consented_client_app(fab: bytes, manifest: JobManifest) -> ClientApp:
+@dataclass(frozen=True)
+class ConsentedClientApp:
+    """The consented ClientApp and its app: each call runs with the app's self-imports held to its bytes."""
+
+    app: ConsentedApp
+    client_app: ClientApp
+
+    def __call__(self, message: Message, context: Any) -> Message:
+        with running_app(self.app):
+            return self.client_app(message=message, context=context)
+
+
+def consented_client_app(fab: bytes, manifest: JobManifest) -> ConsentedClientApp:
     """The FAB's ClientApp, loaded from the consented directory's hashed bytes; refused if it is other code."""
     from flwr.common.config import get_fab_config
 
@@ -65,7 +84,7 @@ def consented_client_app(fab: bytes, manifest: JobManifest) -> ClientApp:
     client_app = getattr(import_app_module(app, module), attr, None)
     if not isinstance(client_app, ClientApp):
         raise AppEntryError(f"{reference} is {type(client_app).__name__}, not a flwr ClientApp")
-    return client_app
+    return ConsentedClientApp(app, client_app)
 
 
 class ApprovedJobs:
@@ -142,7 +161,7 @@ def run_task(appio_address: str, token: str, jobs: ApprovedJobs, *, root_certifi
             reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=details), reply_to=message)
         else:
             try:
-                reply = client_app(message=message, context=context)
+                reply = client_app(message, context)
                 status, details, ran = SubStatus.COMPLETED, "", True
             except Exception as exc:  # the app's own failure: reported by type only (it may quote data)
                 log.error("the ClientApp raised %s", type(exc).__name__)
