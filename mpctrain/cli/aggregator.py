@@ -21,7 +21,12 @@ def serve(
     listen: str | None = typer.Option(None, help="override `listen` (host:port; port 0 picks one)"),
     write_policy: Path | None = typer.Option(None, help="write the enclave policy parties should pin (sim only)"),
 ) -> None:
-    """Generate enclave keys, attest with the configured TEE, and serve until interrupted."""
+    """Generate enclave keys, attest with the configured TEE, and serve until interrupted.
+
+    With a [federated] section, each federated job that every data party
+    consented to is served through that Flower SuperLink: it waits for its
+    run (flwr run), checks the run's code and config, and runs the rounds.
+    """
     console = Console(highlight=False)
     try:
         cfg = AggregatorConfig.load(config)

@@ -73,8 +73,9 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
             policy: Path | None = POLICY, keys: Path | None = KEYS) -> None:
     """Attest the aggregator, show the job's problems under local rules, then sign consent by hand.
 
-    A federated job is approved only when the profile's flower.toml names the ClientApp code and that code
-    has the digest the manifest pins; the manifest and consent are then stored for its SuperNode too.
+    A federated job is approved only when the ClientApp code named by the
+    profile's flower.toml has the digest the manifest pins; the manifest
+    and the consent are then stored for the bank's SuperNode too.
     """
     from mpctrain.enclave.federated.errors import FederatedError  # imports Flower: only when approving
 

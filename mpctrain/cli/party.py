@@ -104,11 +104,12 @@ def flower_exec(
     root_certificates: Path | None = typer.Option(None, help="its TLS CA, when it serves that API over TLS"),
     policy: Path | None = typer.Option(None, help="override the profile's attestation policy file"),
 ) -> None:
-    """Run this bank's SuperNode's ClientApp tasks, and only the consented code of approved jobs.
+    """Run this bank's SuperNode's ClientApp tasks: only approved jobs' code.
 
-    Start the SuperNode with `--isolation process`: it then runs no app itself, and every FAB the
-    SuperLink relays is checked here before any of it runs: the run must name a job this bank approved
-    (`mpctrain-job`, else the job flower.toml names), and the FAB must hold that job's code.
+    Start the SuperNode with --isolation process: it runs no app itself.
+    Every FAB it relays is checked here before any of it runs: the run
+    must name a job this bank approved (mpctrain-job, else flower.toml's
+    job), and the FAB must hold exactly that job's consented code.
     """
     import signal
     import threading
