@@ -23,7 +23,7 @@ def serve(
 ) -> None:
     """Generate enclave keys, attest with the configured TEE, and serve until interrupted.
 
-    With a [federated] section, each federated job that every data party
+    With a "federated" table in the config, each federated job every party
     consented to is served through that Flower SuperLink: it waits for its
     run (flwr run), checks the run's code and config, and runs the rounds.
     """
