@@ -8,6 +8,7 @@ from mpctrain.enclave.federated.errors import (
     JobNotReady,
     PrivacyBudgetSpent,
     ReplyRejected,
+    RunConfigMismatch,
 )
 from mpctrain.enclave.federated.runtime import InProcessGrid, Node
 from mpctrain.enclave.federated.strategy import Confidential, FederatedResult, check_job
@@ -24,5 +25,6 @@ __all__ = [
     "Node",
     "PrivacyBudgetSpent",
     "ReplyRejected",
+    "RunConfigMismatch",
     "check_job",
 ]
