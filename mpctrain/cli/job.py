@@ -149,3 +149,18 @@ def fetch(job_id: str, party: str = AS, out: Path = typer.Option(..., "--out", h
         raise _fail(exc) from exc
     for name, data in opened.items():
         _console().print(f"{name}: {len(data):,} bytes -> {out / job_id}")
+
+
+@app.command("app-digest")
+def app_digest(app_dir: Path = typer.Argument(..., help="a Flower app directory (its .py files)")) -> None:
+    """Print the code digest of a Flower app, for [training.flower] code_digest.
+
+    It is SHA-384 over the directory's .py files, the same hash every bank
+    and the enclave compute before any of that code runs.
+    """
+    from mpctrain.party.flower.runtime import app_code_digest
+
+    try:
+        typer.echo(app_code_digest(app_dir))
+    except OSError as exc:
+        raise _fail(exc) from exc

@@ -90,3 +90,10 @@ def test_banks_approve_and_the_researcher_fetches_through_the_cli(tmp_path):
     for k in ("w", "b"):  # the confidential run is plain Flower FedAvg, up to float rounding
         np.testing.assert_allclose(model[k], plain[k].numpy(), atol=1e-6)
     assert b'"rounds": 2' in (out / "cli-fed" / "metrics.json").read_bytes()
+
+
+def test_app_digest_prints_what_the_banks_and_the_enclave_compute(tmp_path):
+    res = CliRunner().invoke(app, ["job", "app-digest", str(EXAMPLE / "app")])
+    assert res.exit_code == 0 and res.output.strip() == app_code_digest(EXAMPLE / "app")
+    res = CliRunner().invoke(app, ["job", "app-digest", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "does not exist" in " ".join(res.output.split())  # rich wraps long paths
