@@ -137,3 +137,19 @@ def test_a_submitted_run_is_held_to_the_job_before_anything_is_sent():
                              training={"rounds": 1, "flower": {"initial_arrays": "task:initial_arrays"}}).manifest
     with pytest.raises(CodeDigestMismatch, match="no directory of the submitted FAB"):
         task_initial_arrays(other, task(dict(pinned)))
+
+
+def test_a_job_whose_superlink_is_down_fails_in_time_with_the_reason():
+    import socket
+    import time
+
+    from mpctrain.enclave.federated.deploy import NoRunSubmitted, superlink_task
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(NoRunSubmitted, match="stayed unreachable"):
+        with superlink_task(f"127.0.0.1:{port}", root_certificates=None, timeout=1.5, poll_s=0.1):
+            pytest.fail("no task can come from a SuperLink that is down")
+    assert time.monotonic() - started < 10  # the job's deadline holds, whatever Flower's retry policy is

@@ -146,22 +146,30 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
     from mpctrain.enclave.federated.apps import check_fab
 
     insecure = root_certificates is None
+    retry = make_simple_http_retry_invoker()
+    retry.max_tries = 1  # this loop retries, within the job's deadline (Flower's own invoker would not stop)
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=insecure, root_certificates=root_certificates,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")], retry_invoker=retry,
     )
     deadline = time.monotonic() + timeout
+    unreachable: str | None = None
     try:
         while True:
-            res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP]))
-            if res.HasField("task") and res.token:
-                token = res.token
-                break
+            try:
+                res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.SERVER_APP]))
+            except Exception as exc:  # the SuperLink is down or restarting: keep trying until the deadline
+                unreachable = type(exc).__name__
+            else:
+                unreachable = None
+                if res.HasField("task") and res.token:
+                    token = res.token
+                    break
             if time.monotonic() > deadline:
-                raise NoRunSubmitted(f"no ServerApp task was submitted to the SuperLink at {runtime_api_address} "
-                                   f"within {timeout:.0f} s: submit the app with `flwr run`")
-            time.sleep(poll_s)
+                why = (f"the SuperLink at {runtime_api_address} stayed unreachable ({unreachable})" if unreachable
+                       else f"no ServerApp task was submitted to the SuperLink at {runtime_api_address}")
+                raise NoRunSubmitted(f"{why} within {timeout:.0f} s: start it, then submit the app with `flwr run`")
+            time.sleep(poll_s if unreachable is None else min(1.0, max(poll_s, 0.5)))
     finally:
         client.close()
     grid = HttpGrid(runtime_api_address=runtime_api_address, insecure=insecure,
