@@ -352,7 +352,8 @@ def _validate(m: JobManifest) -> None:
 
 
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{96}$")
-_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+# "module.path:attribute" (a Flower app's entry points), as (module, attribute) groups
+FLOWER_ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def _validate_flower(flower: Any) -> None:
@@ -364,7 +365,7 @@ def _validate_flower(flower: Any) -> None:
         raise ManifestError("[training.flower] code_digest must be the app's SHA-384 in lowercase hex "
                             "(mpctrain.party.flower.app_code_digest)")
     entry = flower.get("initial_arrays")
-    if entry is not None and (not isinstance(entry, str) or not _ENTRY.match(entry)):
+    if entry is not None and (not isinstance(entry, str) or not FLOWER_ENTRY.match(entry)):
         raise ManifestError(f"[training.flower] initial_arrays must be \"module:function\", got {entry!r}")
     run_config = flower.get("run_config")
     if run_config is not None and not isinstance(run_config, Mapping):

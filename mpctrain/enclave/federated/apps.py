@@ -17,7 +17,6 @@ import importlib.abc
 import importlib.util
 import io
 import logging
-import re
 import sys
 import threading
 import zipfile
@@ -33,11 +32,11 @@ from flwr.app import ArrayRecord
 from mpctrain.attest.measure import read_sources, sources_digest
 from mpctrain.enclave.federated.errors import CodeDigestMismatch, FederatedError, RunConfigMismatch
 from mpctrain.jobs import JobManifest
+from mpctrain.jobs.manifest import FLOWER_ENTRY
 
 log = logging.getLogger(__name__)
 
 FLOWER_SECTION = "flower"
-ENTRY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 MAX_FAB_BYTES = 16 << 20  # Flower's own limit is 10 MB
 MAX_FAB_FILES = 4096
 MAX_FAB_UNPACKED = 64 << 20
@@ -64,7 +63,7 @@ class ConsentedApp:
 
         Refused unless the module lies inside the consented directory: code outside it was never hashed.
         """
-        m = ENTRY.match(reference)
+        m = FLOWER_ENTRY.match(reference)
         if m is None:
             raise AppEntryError(f"component reference {reference!r} is not \"module:attribute\"")
         module, attr = m.group(1), m.group(2)
@@ -243,24 +242,25 @@ def entry_point(manifest: JobManifest) -> tuple[str, str]:
     if not isinstance(value, str):
         raise AppEntryError(f"job {manifest.job_id} names no [training.flower] initial_arrays: set it to the app "
                             "function that builds the initial model, e.g. \"task:initial_arrays\"")
-    m = ENTRY.match(value)
+    m = FLOWER_ENTRY.match(value)
     if m is None:
         raise AppEntryError(f"[training.flower] initial_arrays = {value!r} is not \"module:function\"")
     return m.group(1), m.group(2)
 
 
-def manifest_digest(manifest: JobManifest) -> str:
+def manifest_code_digest(manifest: JobManifest) -> str:
+    """The app digest every consent covers; refused when a (hand-built) manifest pins none."""
     flower = manifest.training.get(FLOWER_SECTION)
     digest = flower.get("code_digest") if isinstance(flower, dict) else None
     if not isinstance(digest, str):
-        raise CodeDigestMismatch(f"job {manifest.job_id} names no [training.flower] code_digest; the enclave "
-                                 "runs only app code whose digest every consent covers")
+        raise CodeDigestMismatch(f"job {manifest.job_id} names no [training.flower] code_digest; only app code "
+                                 "whose digest every consent covers runs, at the banks and in the enclave")
     return digest
 
 
 def consented_initial_arrays(manifest: JobManifest, app: ConsentedApp) -> ArrayRecord:
     """The job's initial model, built by the consented app's own code (see the module docstring)."""
-    digest = manifest_digest(manifest)
+    digest = manifest_code_digest(manifest)
     if app.digest != digest:
         raise CodeDigestMismatch(f"the Flower app {app.path} has digest {app.digest[:16]}…, but job "
                                  f"{manifest.job_id} covers {digest[:16]}…")

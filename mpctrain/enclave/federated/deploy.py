@@ -223,11 +223,11 @@ def task_initial_arrays(manifest: JobManifest, task: ServerTask) -> ArrayRecord:
         app_from_fab,
         check_run_config,
         consented_initial_arrays,
-        manifest_digest,
+        manifest_code_digest,
     )
 
     check_run_config(manifest, task.run_config)
-    return consented_initial_arrays(manifest, app_from_fab(task.fab, manifest_digest(manifest)))
+    return consented_initial_arrays(manifest, app_from_fab(task.fab, manifest_code_digest(manifest)))
 
 
 def superlink_runner(identity: EnclaveIdentity, events: EventSink, config: FederatedConfig) -> FederatedRunner:

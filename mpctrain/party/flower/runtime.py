@@ -17,6 +17,7 @@ from typing import Any
 
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.attest.measure import code_digest
+from mpctrain.enclave.federated.apps import manifest_code_digest
 from mpctrain.enclave.federated.errors import AttestationRefused, CodeDigestMismatch, JobNotReady
 from mpctrain.enclave.federated.protocol import enclave_key_id
 from mpctrain.jobs import Consent, ConsentError, JobManifest, verify_consent
@@ -26,21 +27,12 @@ from mpctrain.seal.keys import IdentityKey, KemKey
 
 log = logging.getLogger(__name__)
 
-FLOWER_SECTION = "flower"
 DEFAULT_MAX_BYTES = 1 << 30
 
 
 def app_code_digest(app_dir: str | Path) -> str:
     """SHA-384 (hex) over the ``.py`` files of a Flower app directory: what a manifest pins."""
     return code_digest(Path(app_dir)).hex()
-
-
-def manifest_code_digest(manifest: JobManifest) -> str:
-    flower = manifest.training.get(FLOWER_SECTION)
-    if not isinstance(flower, dict) or not isinstance(flower.get("code_digest"), str):
-        raise CodeDigestMismatch(f"job {manifest.job_id} names no [training.flower] code_digest; a party runs "
-                                 "only code whose digest its consent covers")
-    return flower["code_digest"]
 
 
 def check_app_code(manifest: JobManifest, app_dir: str | Path) -> None:
