@@ -97,3 +97,23 @@ def test_app_digest_prints_what_the_banks_and_the_enclave_compute(tmp_path):
     assert res.exit_code == 0 and res.output.strip() == app_code_digest(EXAMPLE / "app")
     res = CliRunner().invoke(app, ["job", "app-digest", str(tmp_path / "missing")])
     assert res.exit_code == 1 and "does not exist" in " ".join(res.output.split())  # rich wraps long paths
+
+
+def test_flower_exec_refuses_a_profile_it_cannot_serve(tmp_path):
+    fed = build_federation(["bank-a"], job_id="cli-fed", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 1})
+    prof = fed.write_profile(fed.parties[0], tmp_path / "bank-a", "127.0.0.1:1", EXAMPLE / "app")
+    cli = CliRunner()
+    for name in ("identity.key", "kem.key"):  # a bank without its keys has approved nothing it could serve
+        (prof / "keys" / name).unlink()
+    res = cli.invoke(app, ["party", "flower-exec", "--profile", str(prof)])
+    assert res.exit_code == 2 and "no keys" in res.output
+    res = cli.invoke(app, ["party", "flower-exec", "--profile", str(tmp_path / "nowhere")])
+    assert res.exit_code == 2 and "error" in res.output
+    fed.write_profile(fed.parties[0], tmp_path / "again", "127.0.0.1:1", EXAMPLE / "app")
+    res = cli.invoke(app, ["party", "flower-exec", "--profile", str(tmp_path / "again"), "--root-certificates",
+                           str(tmp_path / "missing-ca.pem")])
+    assert res.exit_code == 2 and "missing-ca.pem" in " ".join(res.output.split())
+    res = cli.invoke(app, ["party", "flower-exec", "--profile", str(tmp_path / "again"), "--policy",
+                           str(tmp_path / "missing-policy.toml")])
+    assert res.exit_code == 2
