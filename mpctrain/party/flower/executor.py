@@ -6,10 +6,10 @@ for instance, could send the party's update in clear. Started with ``--isolation
 runs no app itself: it waits for an executor to acquire each ClientApp task over its Runtime API. This
 is that executor. For every task it:
 
-1. takes the FAB from the task;
-2. finds the directory whose ``.py`` files have the digest of the job this profile approved (the
-   digest the party consented to), and refuses the task otherwise;
-3. loads the FAB's ClientApp from those very bytes (never from disk, never a second copy);
+1. takes the job the run names (``mpctrain-job``) among the jobs this profile approved, and the FAB;
+2. finds the directory whose ``.py`` files have that job's consented digest, with the FAB's ClientApp
+   inside it, and refuses the task otherwise;
+3. loads the ClientApp from those very bytes (never from disk, never a second copy);
 4. runs it, and pushes the reply and the task status back to the SuperNode.
 
 It runs tasks one after another in one process, so the party attests the enclave once per run, not
@@ -36,11 +36,12 @@ from mpctrain.enclave.federated.apps import (
     ConsentedApp,
     app_from_fab,
     import_app_module,
+    manifest_code_digest,
     running_app,
 )
 from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.jobs import JobManifest
-from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, PartyRuntime, manifest_code_digest, register_party
+from mpctrain.party.flower.runtime import NODE_CONFIG_KEY, PartyRuntime, register_party
 
 log = logging.getLogger(__name__)
 
