@@ -124,3 +124,34 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, priva
         assert "epsilon.round2" in stored.public_metrics
         assert [sorted(m) for m in seen] == [["epsilon.round1", "rounds"], ["epsilon.round1", "epsilon.round2",
                                                                             "rounds"]]
+    # the same holds for the enclave's own event sinks (the host's audit log): no per-round metrics under DP
+    finished = [f for k, f in job.events.events if k == "fl.round_finished"]
+    assert [f["round"] for f in finished] == [1, 2]
+    assert all(bool(f["metrics"]) == (privacy is None) for f in finished)
+
+
+@pytest.mark.parametrize("weight", [2.0, 0])
+def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester, weight):
+    """Flower's accounted DP needs equal positive weights and raises otherwise: a bank reporting another
+    weight is rejected, with the reason, and the job stops cleanly (accounted DP aggregates a round only
+    when every sampled party's update is valid); nothing crashes and the outputs are still sealed."""
+    from flwr.app import MetricRecord
+
+    def tamper(msg, context, call_next):
+        out = call_next(msg, context)
+        if not out.has_error() and msg.metadata.message_type.startswith("train"):
+            metrics = dict(out.content["metrics"])
+            metrics["unit-weight"] = weight
+            out.content["metrics"] = MetricRecord(metrics)
+        return out
+
+    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0})
+    grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))] + ([tamper] if i == 0 else [])),
+                    node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
+    fjob = FederatedJob(manifest=job.manifest, consents=job.consents, enclave=job.enclave,
+                        initial_arrays=initial_arrays(), events=job.events)
+    result = run_federated_job(fjob, grid, num_rounds=2)
+    assert result.rounds_completed == 0 and "every sampled party's update is valid" in result.stop_reason
+    assert len(result.rejected) == 1 and "bank-a" in result.rejected[0]
+    assert ("equal weights" if weight else "finite positive number") in result.rejected[0]
+    assert "fl.training_ended" in [k for k, _ in job.events.events]

@@ -42,6 +42,16 @@ class CodecError(ValueError):
     """The bytes are not a well-formed encoded RecordDict (truncated, garbage, oversized, bad types)."""
 
 
+_MAX_INTP = int(np.iinfo(np.intp).max)
+
+
+def check_shape(shape: tuple[int, ...], itemsize: int) -> None:
+    """numpy's own size limits, checked before numpy sees the shape: a zero-size array still may not name
+    a dimension (or a product of its non-zero dimensions) numpy cannot index, or reshaping it raises."""
+    if any(d > _MAX_INTP for d in shape) or math.prod(d or 1 for d in shape) * max(itemsize, 1) > _MAX_INTP:
+        raise CodecError(f"array shape {shape} is beyond what numpy can index")
+
+
 def encode_record_pieces(content: RecordDict, context: Mapping[str, Any] | None = None) -> tuple[
     list[bytes | memoryview], int
 ]:
@@ -278,6 +288,7 @@ def _parse_safetensors(data: Buffer, max_bytes: int) -> tuple[dict[str, str], di
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
             raise CodecError(f"tensor {name!r}: data_offsets must be two integers")
         np_dtype = np.dtype(_DTYPES[dtype])
+        check_shape(tuple(shape), np_dtype.itemsize)
         begin, end = offsets
         if not 0 <= begin <= end or end - begin != math.prod(shape) * np_dtype.itemsize:
             raise CodecError(f"tensor {name!r}: data_offsets {offsets} do not match shape {shape} of {dtype}")

@@ -13,12 +13,17 @@ parties, so in practice the fold never runs). Other dtypes are summed in float64
 
 from __future__ import annotations
 
+import logging
+import math
+from collections import Counter
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, MetricRecord
 
 from mpctrain.enclave.federated.codec import to_flower_array
+
+log = logging.getLogger(__name__)
 
 BLOCK = 1 << 16  # elements per step of the weighted add: the temporary stays in cache
 FOLD_EVERY = 64  # float32 updates summed before the partial sums are folded into float64 ones
@@ -48,7 +53,29 @@ def _axpby(acc: np.ndarray, x: np.ndarray, a: float, b: float, tmp: np.ndarray) 
 
 
 class InconsistentUpdate(ValueError):
-    """An update's record name, keys, shapes or weight do not match the first update of the round."""
+    """An update's record name, keys, shapes, dtypes, weight or metric values are unusable for this round."""
+
+
+MAX_INT_METRIC = (1 << 63) - 1  # Flower carries integer metrics as 64-bit integers
+
+
+def is_weight(value: Any) -> bool:
+    """A usable aggregation weight: a finite non-negative number a float can hold (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if isinstance(value, int):
+        return 0 <= value <= MAX_INT_METRIC
+    return math.isfinite(value) and value >= 0
+
+
+def check_metric_values(metrics: dict[str, Any]) -> None:
+    """Every metric a number (or list of numbers) that averaging can handle: integers within 64 bits."""
+    for key, value in metrics.items():
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise InconsistentUpdate(f"metric {key!r} holds a {type(v).__name__}, not a number")
+            if isinstance(v, int) and not -MAX_INT_METRIC - 1 <= v <= MAX_INT_METRIC:
+                raise InconsistentUpdate(f"metric {key!r} holds an integer outside 64 bits")
 
 
 class StreamingMean:
@@ -59,7 +86,7 @@ class StreamingMean:
     report it (with consistent replies this is exactly Flower's ``aggregate_metricrecords``).
     """
 
-    def __init__(self, weighted_by_key: str, expected: list[tuple[str, tuple[int, ...]]] | None = None) -> None:
+    def __init__(self, weighted_by_key: str, expected: list[tuple[str, tuple[int, ...], str]] | None = None) -> None:
         self.weighted_by_key = weighted_by_key
         self.expected = expected
         self.total_weight = 0.0
@@ -74,26 +101,28 @@ class StreamingMean:
         self._unfolded = 0
         self._folded = False  # whether any float32 partial sum has been moved into float64 yet
         self._scaled: list[bool] = []  # partial sums that already hold the mean (the last update fused in)
-        self._metric_sums: dict[str, Any] = {}
-        self._metric_weights: dict[str, float] = {}
+        # per metric, per form (None: a number; n: a list of n numbers): weighted sum, weight, updates
+        self._metric_sums: dict[str, dict[int | None, Any]] = {}
+        self._metric_weights: dict[str, dict[int | None, float]] = {}
+        self._metric_counts: dict[str, Counter[int | None]] = {}
 
     def check(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any]) -> float:
-        """Validate one update; return its weight. Raises ``InconsistentUpdate`` before any state changes."""
+        """Validate one update; return its weight. Raises ``InconsistentUpdate`` before any state changes.
+
+        The model sent this round (``expected``) fixes keys, shapes and dtypes, so no party decides them by
+        replying first; a metric's form (number or list) is settled by the majority in ``result``.
+        """
         weight = metrics.get(self.weighted_by_key)
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not np.isfinite(weight) or weight < 0:
+        if not is_weight(weight):
             raise InconsistentUpdate(f"metric {self.weighted_by_key!r} must be a finite non-negative number")
-        structure = [(k, tuple(a.shape)) for k, a in zip(keys, arrays, strict=True)]
+        check_metric_values(metrics)
+        structure = [(k, tuple(a.shape), a.dtype.str) for k, a in zip(keys, arrays, strict=True)]
         if self.expected is not None and structure != self.expected:
-            raise InconsistentUpdate("array keys or shapes differ from the model sent this round")
+            raise InconsistentUpdate("array keys, shapes or dtypes differ from the model sent this round")
         if self._name is not None and (keys != self._keys or
-                                       any(a.shape != b for a, b in zip(arrays, self._shapes, strict=True))):
-            raise InconsistentUpdate("array keys or shapes differ from the round's other updates")
-        for key, value in metrics.items():
-            ref = self._metric_sums.get(key)
-            if isinstance(value, list) != isinstance(ref, list) and ref is not None:
-                raise InconsistentUpdate(f"metric {key!r} is a list in some updates and a number in others")
-            if isinstance(value, list) and isinstance(ref, list) and len(ref) != len(value):
-                raise InconsistentUpdate(f"metric list {key!r} has another length than the other updates'")
+                                       any(a.shape != b for a, b in zip(arrays, self._shapes, strict=True)) or
+                                       any(a.dtype != b for a, b in zip(arrays, self._dtypes, strict=True))):
+            raise InconsistentUpdate("array keys, shapes or dtypes differ from the round's other updates")
         return float(weight)
 
     def add(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any], *,
@@ -132,12 +161,16 @@ class StreamingMean:
         for key, value in metrics.items():
             if key == self.weighted_by_key:
                 continue
-            if isinstance(value, list):
-                prev = self._metric_sums.get(key, [0.0] * len(value))
-                self._metric_sums[key] = [p + float(v) * weight for p, v in zip(prev, value, strict=True)]
+            form = len(value) if isinstance(value, list) else None
+            sums = self._metric_sums.setdefault(key, {})
+            if form is None:
+                sums[form] = sums.get(form, 0.0) + float(value) * weight
             else:
-                self._metric_sums[key] = self._metric_sums.get(key, 0.0) + float(value) * weight
-            self._metric_weights[key] = self._metric_weights.get(key, 0.0) + weight
+                prev = sums.get(form, [0.0] * form)
+                sums[form] = [p + float(v) * weight for p, v in zip(prev, value, strict=True)]
+            weights = self._metric_weights.setdefault(key, {})
+            weights[form] = weights.get(form, 0.0) + weight
+            self._metric_counts.setdefault(key, Counter())[form] += 1
         self.total_weight += weight
         self.count += 1
 
@@ -187,11 +220,24 @@ class StreamingMean:
             means.append(out)
         self._partials = [None] * len(self._partials)
         arrays = ArrayRecord({key: to_flower_array(mean) for key, mean in zip(self._keys, means, strict=True)})
-        metrics = MetricRecord({
-            k: ([x / w for x in v] if isinstance(v, list) else v / w)
-            for k, v in self._metric_sums.items() if (w := self._metric_weights[k]) > 0
-        })
-        return arrays, metrics
+        metrics = {}
+        for key, sums in self._metric_sums.items():
+            form = self._common_form(key)
+            if (w := self._metric_weights[key][form]) > 0:
+                v = sums[form]
+                metrics[key] = [x / w for x in v] if isinstance(v, list) else v / w
+        return arrays, MetricRecord(metrics)
+
+    def _common_form(self, key: str) -> int | None:
+        """The form most updates reported ``key`` in (ties: the larger weight, then a number before lists);
+        values in other forms are left out of the average, as Flower would fail on the mix."""
+        counts = self._metric_counts[key]
+        weights = self._metric_weights[key]
+        form = max(counts, key=lambda f: (counts[f], weights[f], f is None, -(f or 0)))
+        if len(counts) > 1:
+            log.info("metric %r: %d update(s) reported it in another form than the %d that were averaged", key,
+                     sum(counts.values()) - counts[form], counts[form])
+        return form
 
     @property
     def record_name(self) -> str | None:

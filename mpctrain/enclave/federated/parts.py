@@ -34,6 +34,7 @@ from mpctrain.enclave.federated.codec import (
     CodecError,
     _build,
     _untag,
+    check_shape,
     encode_meta,
     parse_meta,
     record_entries,
@@ -103,6 +104,7 @@ def _checked(view: memoryview, dtype: np.dtype, shape: tuple[int, ...], fortran:
              offset: int) -> tuple[np.dtype, tuple[int, ...], bool, int]:
     if dtype.hasobject or dtype.newbyteorder("<").str not in _ST_NAMES:
         raise CodecError(f"array dtype {dtype} is not a plain numeric type")
+    check_shape(shape, dtype.itemsize)
     if view.nbytes - offset != math.prod(shape) * dtype.itemsize:
         raise CodecError(f"array bytes hold {view.nbytes - offset} data bytes, not the {math.prod(shape)} x "
                          f"{dtype.itemsize} its header declares: truncated or padded")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.grid import Grid
@@ -30,7 +31,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from mpctrain.enclave.events import EventSink, LogEventSink
 from mpctrain.enclave.federated.codec import CodecError
 from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
-from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean
+from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean, check_metric_values, is_weight
 from mpctrain.enclave.federated.folding import FoldBehind
 from mpctrain.enclave.federated.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -172,7 +173,7 @@ class Confidential(Strategy):
         self._node_party: dict[int, str] = {}
         self._hidden_nodes: set[int] = set()
         self._expect: dict[tuple[str, int], dict[int, str]] = {}
-        self._array_ref: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+        self._array_ref: dict[int, list[tuple[str, tuple[int, ...], str]]] = {}
         self.rejections: list[ReplyRejected] = []
         self.timings: list[AggregationTiming] = []
         self._plaintext = PlaintextBuffer()  # reused by every round: no fresh pages to fault in per update
@@ -190,7 +191,7 @@ class Confidential(Strategy):
     # -- instructions -------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._array_ref = {server_round: [(k, tuple(a.shape)) for k, a in arrays.items()]}
+        self._array_ref = {server_round: array_structure(arrays)}
         messages = self.inner.configure_train(server_round, arrays, config, _JobGrid(grid, self._hidden_nodes))
         return self._seal_instructions("train", server_round, messages, grid)
 
@@ -208,13 +209,13 @@ class Confidential(Strategy):
 
     def _seal_instructions(self, category: str, server_round: int, messages: Iterable[Message],
                            grid: Grid) -> list[Message]:
-        groups: dict[int, tuple[RecordDict, list[Message]]] = {}
-        for msg in messages:
-            groups.setdefault(id(msg.content), (msg.content, []))[1].append(msg)
+        groups: dict[tuple[int, str], tuple[RecordDict, list[Message]]] = {}
+        for msg in messages:  # one sealed body per content and message type (the type is sealed with it)
+            groups.setdefault((id(msg.content), msg.metadata.message_type), (msg.content, []))[1].append(msg)
         expect: dict[int, str] = {}
         out: list[Message] = []
         run_id = _run_id(grid)
-        for content, group in groups.values():
+        for (_, message_type), (content, group) in groups.items():
             nonce = os.urandom(16).hex()
             object_id = f"ins:{nonce}"
             recipients: list[str] = []
@@ -223,7 +224,7 @@ class Confidential(Strategy):
                     if pid not in recipients:
                         recipients.append(pid)
             ctx = {"job_digest": self.job_digest, "run": run_id, "category": category, "round": server_round,
-                   "nonce": nonce}
+                   "nonce": nonce, "message_type": message_type}
             started = time.perf_counter()
             frames = seal_content(
                 content, ctx, sender=self.enclave.sig, sender_id=ENCLAVE_SENDER,
@@ -322,16 +323,19 @@ class Confidential(Strategy):
         opened = self._consistent(list(self._open_all("train", server_round, replies)), server_round)
         return self.inner.aggregate_train(server_round, opened)
 
-    def _consistent(self, replies: list[Message], server_round: int) -> list[Message]:
-        """Drop authentic but malformed updates, so one party cannot make Flower abort the whole round.
+    def _consistent(self, replies: list[Message], server_round: int, category: str = "train") -> list[Message]:
+        """Drop authentic but malformed replies, so one party cannot make Flower abort the whole round.
 
-        Flower's strategies raise when replies differ in structure. Here the arrays must have the keys and
-        shapes of the model this round sent; the weight must be a finite non-negative number; and the record
-        names and metric keys must be the ones most replies use (so a single party cannot impose its own).
-        Anything else is rejected like any other bad reply.
+        Flower's strategies raise when replies differ in structure. Here a train update's arrays must have
+        the keys, shapes and dtypes of the model this round sent (an evaluate reply holds no arrays); the
+        weight must be a finite non-negative number (positive, and the same for all, under accounted DP);
+        every metric a number or list a float can hold; and the record names, metric keys and each metric's
+        form must be the ones most replies use (so a single party cannot impose its own). Anything else is
+        rejected like any other bad reply.
         """
         key = _weight_key(self.inner)
-        ref_arrays = self._array_ref.get(server_round)
+        uniform = category == "train" and _uniform_weights(self.inner)
+        ref_arrays = self._array_ref.get(server_round) if category == "train" else None
         candidates: list[tuple[Message, tuple]] = []
         out = []
         for reply in replies:
@@ -341,20 +345,27 @@ class Confidential(Strategy):
             content = reply.content
             node = reply.metadata.src_node_id
             try:
-                if len(content.array_records) != 1 or len(content.metric_records) != 1:
-                    raise InconsistentUpdate("an update holds exactly one ArrayRecord and one MetricRecord")
-                name, arrays = next(iter(content.array_records.items()))
-                if ref_arrays is not None and [(k, tuple(a.shape)) for k, a in arrays.items()] != ref_arrays:
-                    raise InconsistentUpdate("array keys or shapes differ from the model sent this round")
+                arrays_wanted = 1 if category == "train" else 0
+                if len(content.array_records) != arrays_wanted or len(content.metric_records) != 1:
+                    raise InconsistentUpdate(f"a {category} reply holds exactly {arrays_wanted} ArrayRecord(s) and "
+                                             "one MetricRecord")
+                name = None
+                if arrays_wanted:
+                    name, arrays = next(iter(content.array_records.items()))
+                    if ref_arrays is not None and array_structure(arrays) != ref_arrays:
+                        raise InconsistentUpdate("array keys, shapes or dtypes differ from the model sent this round")
                 metric_name, metrics = next(iter(content.metric_records.items()))
                 weight = metrics.get(key) if key else 0
-                if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight < float("inf"):
-                    raise InconsistentUpdate(f"metric {key!r} must be a finite non-negative number")
+                if not is_weight(weight) or (uniform and weight == 0):
+                    sign = "positive" if uniform else "non-negative"
+                    raise InconsistentUpdate(f"metric {key!r} must be a finite {sign} number")
+                check_metric_values(dict(metrics))
             except InconsistentUpdate as exc:
-                self._reject(ReplyRejected(str(exc), node_id=node, party_id=self._node_party.get(node)), "train",
+                self._reject(ReplyRejected(str(exc), node_id=node, party_id=self._node_party.get(node)), category,
                              server_round)
                 continue
-            candidates.append((reply, (name, metric_name, frozenset(metrics))))
+            forms = frozenset((k, len(v) if isinstance(v, list) else None) for k, v in metrics.items())
+            candidates.append((reply, (name, metric_name, forms, weight if uniform else None)))
         if candidates:
             common = Counter(sig for _, sig in candidates).most_common(1)[0][0]
             for reply, sig in candidates:
@@ -362,12 +373,16 @@ class Confidential(Strategy):
                     out.append(reply)
                     continue
                 node = reply.metadata.src_node_id
-                self._reject(ReplyRejected("record names or metric keys differ from the other updates'",
-                                           node_id=node, party_id=self._node_party.get(node)), "train", server_round)
+                why = ("record names, metric keys or metric forms differ from the other replies'"
+                       if sig[:3] != common[:3]
+                       else "accounted DP needs equal weights: this weight differs from the other replies'")
+                self._reject(ReplyRejected(why, node_id=node, party_id=self._node_party.get(node)), category,
+                             server_round)
         return out
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.inner.aggregate_evaluate(server_round, list(self._open_all("evaluate", server_round, replies)))
+        opened = self._consistent(list(self._open_all("evaluate", server_round, replies)), server_round, "evaluate")
+        return self.inner.aggregate_evaluate(server_round, opened)
 
     def _aggregate_streaming(self, server_round: int,
                              replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -432,8 +447,10 @@ class Confidential(Strategy):
                 replies = grid.send_and_receive(messages=messages, timeout=timeout)
                 agg_arrays, agg_metrics = self.aggregate_train(rnd, replies)
             if agg_arrays is None:  # every party refused, failed or was rejected: more rounds would not differ
-                result.stop_reason = (f"round {rnd}: no update was accepted (every reply was an error or was "
-                                      f"rejected; {len(self.rejections)} rejected so far)")
+                why = ("accounted DP aggregates a round only when every sampled party's update is valid"
+                       if _uniform_weights(self.inner) else "every reply was an error or was rejected")
+                result.stop_reason = (f"round {rnd}: no update was accepted ({why}; {len(self.rejections)} rejected "
+                                      "so far)")
                 self.events.emit("fl.training_stopped", job_id=self.job_id, round=rnd, reason=result.stop_reason)
                 break
             arrays = agg_arrays
@@ -454,7 +471,9 @@ class Confidential(Strategy):
                 if res is not None:
                     result.evaluate_metrics_serverapp[rnd] = self._public(res)
             result.rounds_completed = rnd
-            shown = result.evaluate_metrics_clientapp.get(rnd, {})
+            # under DP, per-round metrics on the banks' data are not covered by the budget: not even the
+            # enclave's own event sinks (the host's audit log) get them, only the round number
+            shown = {} if self.manifest.privacy else result.evaluate_metrics_clientapp.get(rnd, {})
             self.events.emit("fl.round_finished", job_id=self.job_id, round=rnd,
                              metrics={k: float(v) for k, v in shown.items() if isinstance(v, int | float)})
         result.rejected = [str(r) for r in self.rejections]
@@ -623,6 +642,23 @@ def _run_id(grid: Grid) -> int:
         return int(grid.run.run_id)
     except Exception:  # a grid without a run yet
         return 0
+
+
+def array_structure(arrays: ArrayRecord) -> list[tuple[str, tuple[int, ...], str]]:
+    """Keys, shapes and dtypes (numpy's ``dtype.str``) of a record's arrays: what every update must match."""
+    out = []
+    for key, array in arrays.items():
+        try:
+            dtype = np.dtype(array.dtype).str
+        except TypeError:
+            dtype = str(array.dtype)
+        out.append((key, tuple(array.shape), dtype))
+    return out
+
+
+def _uniform_weights(strategy: Strategy) -> bool:
+    """Whether the strategy is a Flower DP wrapper with an accountant: it requires equal positive weights."""
+    return getattr(strategy, "accountant", None) is not None and hasattr(strategy, "_validate_uniform_weights")
 
 
 def _weight_key(strategy: Strategy) -> str | None:

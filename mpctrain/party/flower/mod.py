@@ -18,6 +18,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
 from mpctrain.enclave.federated.apps import check_run_config
+from mpctrain.enclave.federated.codec import CodecError
 from mpctrain.enclave.federated.errors import AttestationRefused, EnvelopeError, FederatedError, RunConfigMismatch
 from mpctrain.enclave.federated.protocol import (
     ENCLAVE_SENDER,
@@ -100,7 +101,9 @@ class ConfidentialMod:
             return _refuse(msg, f"sealed instruction does not open: {type(exc).__name__}: {exc}")
         if ctx.get("job_digest") != rt.job_digest:
             return _refuse(msg, "the enclave runs another manifest than the one this party consented to")
-        if ctx.get("nonce") != nonce or ctx.get("category") != category:
+        if (ctx.get("nonce") != nonce or ctx.get("category") != category
+                or ctx.get("message_type") != msg.metadata.message_type):
+            # the message type picks the app's handler (``train.<action>``): the host may not choose it
             return _refuse(msg, "sealed instruction context does not match its envelope")
         plain = Message(content=content, metadata=msg.metadata)
         try:
@@ -111,11 +114,15 @@ class ConfidentialMod:
         if reply.has_error():
             return Message(Error(code=reply.error.code, reason=reply.error.reason), reply_to=msg)
         object_id = f"res:{nonce}:{rt.party_id}"
-        frames_out = seal_content(
-            reply.content, {"job_digest": rt.job_digest, "party": rt.party_id, "nonce": nonce, "category": category},
-            sender=rt.identity, sender_id=rt.party_id, recipients=[(ENCLAVE_SENDER, att.kem_alg, att.kem_public)],
-            purpose=PURPOSE_REPLY, job_id=rt.manifest.job_id, object_id=object_id,
-        )
+        sealed_ctx = {"job_digest": rt.job_digest, "party": rt.party_id, "nonce": nonce, "category": category}
+        try:
+            frames_out = seal_content(
+                reply.content, sealed_ctx, sender=rt.identity, sender_id=rt.party_id,
+                recipients=[(ENCLAVE_SENDER, att.kem_alg, att.kem_public)], purpose=PURPOSE_REPLY,
+                job_id=rt.manifest.job_id, object_id=object_id,
+            )
+        except (CodecError, EnvelopeError) as exc:  # the app's reply has no safe serialisation: send nothing
+            return _refuse(msg, f"the ClientApp's reply cannot be sealed: {type(exc).__name__}")
         rt.record_sent(SentUpdate(job_id=rt.manifest.job_id, run_id=int(msg.metadata.run_id), object_id=object_id,
                                   size=sum(len(f) for f in frames_out),
                                   ciphertext_digest=hashlib.sha256(frames_out[0]).hexdigest()))
