@@ -70,8 +70,13 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
 
 @app.command()
 def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
-            policy: Path | None = POLICY, keys: Path | None = KEYS) -> None:
-    """Attest the aggregator, show the job's problems under local rules, then sign consent by hand.
+            policy: Path | None = POLICY, keys: Path | None = KEYS,
+            force: bool = typer.Option(False, "--force", help="consent although the job breaks this party's "
+                                       "local rules (never when the enclave fails its policy)")) -> None:
+    """Attest the aggregator, review the job under local rules, then sign consent by hand.
+
+    A job that breaks the profile's rules is refused unless --force is given
+    after reviewing the problems listed.
 
     A federated job is approved only when the ClientApp code named by the
     profile's flower.toml has the digest the manifest pins; the manifest
@@ -89,6 +94,9 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
             console.print(f"[yellow]note:[/yellow] {p}")
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
+        if problems and not force:
+            raise PartyError(f"refusing to consent: the job breaks {len(problems)} of this party's rules (listed "
+                             "above); review them, then re-run with --force to consent anyway")
         federated = manifest.mode == "federated"
         if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
             # the last consent starts the rounds at once

@@ -60,7 +60,13 @@ class PartyAgent:
         return self.enclave
 
     def manifest(self, job_id: str) -> JobManifest:
-        return JobManifest.from_bytes(self.client.get_job(job_id).manifest)
+        """The job's manifest as the aggregator gives it, refused unless it is the job asked for: the reply
+        is not signed, so a host that answers with another job's manifest must not get that one consented."""
+        manifest = JobManifest.from_bytes(self.client.get_job(job_id).manifest)
+        if manifest.job_id != job_id:
+            raise PartyError(f"asked for job {job_id!r}, the aggregator answered with the manifest of "
+                             f"{manifest.job_id!r}: refusing it (a host or aggregator substituting jobs)")
+        return manifest
 
     def review(self, manifest: JobManifest) -> list[str]:
         problems = check_manifest(manifest, self.rules, self.party_id, self.identity, self.kem)
