@@ -63,6 +63,9 @@ def test_an_update_on_record_that_the_bank_never_sent_fails_the_check(served):
     lost = dataclasses.replace(sent[0], object_id="res:feedface:" + bank.id)
     report = _check(job, port, bank, sent=[*sent, lost])
     assert report.not_accepted == [lost] and len(report.accepted) == len(sent)
+    # a note written twice under one id (an older version answered replays): the record must match one of them
+    report = _check(job, port, bank, sent=[*sent, other])
+    assert len(report.accepted) == len(sent) and report.not_accepted == []
 
 
 def test_a_job_that_never_ran_fails_the_rounds_check(served):
@@ -111,3 +114,62 @@ def test_a_profile_runtime_notes_each_reply_in_its_job_dir(served, tmp_path):
     noted = read_sent(rt.sent_log, job.manifest.job_id)
     assert noted == rt.sent and len(noted) == 4
     assert _check(job, port, bank, sent=noted).not_accepted == []
+
+
+def test_a_replayed_instruction_is_not_answered_twice(sim_root, sim_attester, tmp_path):
+    """The host forwards a bank's reply, then relays the same instruction again: the bank refuses the replay
+    (it would otherwise seal a second reply under the same object id, and the host could let the enclave's log
+    be held against the copy it dropped). The audit then passes on the one reply sent."""
+    from contextlib import nullcontext
+
+    from fedkit import build_job, initial_arrays, toy_app
+    from flwr.app import Message
+
+    from mpctrain.enclave.federated.runner import FederatedRunner
+    from mpctrain.enclave.server import Aggregator
+    from mpctrain.party.flower import ConfidentialMod
+    from mpctrain.party.flower.attestation import GrpcEvidenceSource
+
+    job = build_job(sim_root, sim_attester, n=2, rounds=1)
+    victim = job.parties[0]
+    replays: list[Message] = []
+
+    class HostReplays(ConfidentialMod):
+        def __call__(self, msg, context, call_next):
+            first = super().__call__(msg, context, call_next)
+            replays.append(super().__call__(msg, context, call_next))
+            return first
+
+    agg = Aggregator(job.enclave, audit_log=tmp_path / "audit.jsonl")
+    port = agg.start()
+    try:
+        grid = job.grid(lambda p, i: toy_app(0.1 * (i + 1), 10 + i, mod=(HostReplays if p is victim else
+                                                                         ConfidentialMod)(job.runtime(p))))
+        agg.store.runners["federated"] = FederatedRunner(job.enclave, agg.events, grid_for=lambda j: nullcontext(grid),
+                                                         initial_arrays=lambda j, g: initial_arrays())
+        for p in job.parties:
+            job.runtime(p).evidence = GrpcEvidenceSource(f"127.0.0.1:{port}")
+        stored = agg.store.add(job.manifest, job.manifest.to_bytes())
+        for c in job.consents:
+            agg.store.add_consent(stored, c)
+        agg.store.join(timeout=120)
+        assert stored.state == JobState.DONE
+        assert len(replays) == 2  # train and evaluate, each relayed twice
+        assert all(r.has_error() and "already answered" in r.error.reason for r in replays)
+        ids = [u.object_id for u in job.runtime(victim).sent]
+        assert len(ids) == 2 == len(set(ids))
+        report = _check(job, port, victim)
+        assert len(report.accepted) == 2 and report.not_accepted == []
+    finally:
+        agg.stop()
+
+
+def test_a_reply_noted_by_an_earlier_process_is_not_sealed_again(served, tmp_path):
+    """A stock SuperNode runs each message in a fresh process: the sent note on disk is what remembers."""
+    job, *_ = served
+    rt = job.runtime(job.parties[0])
+    rt.sent_log = tmp_path / "sent.jsonl"
+    append_sent(rt.sent_log, SentUpdate(job.manifest.job_id, 1, "res:abc:bank-a", 10, "00" * 32))
+    assert rt.claim_reply("res:abc:bank-a") is False
+    assert rt.claim_reply("res:def:bank-a") is True
+    assert rt.claim_reply("res:def:bank-a") is False  # claimed in this process, before its note is written

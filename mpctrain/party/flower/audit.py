@@ -42,19 +42,24 @@ def check_federated_audit(lines: Sequence[RawLine], *, runtime: PartyRuntime, en
     if any(not hmac.compare_digest(d, want) for d in summary.trained_manifests):
         raise AuditCheckFailed("manifest", "a federated run of this job started under another manifest than the "
                                            "one this party approved")
-    mine = {s.object_id: s for s in sent if s.job_id == manifest.job_id}
+    mine: dict[str, list[SentUpdate]] = {}  # a note written twice under one id (older versions answered replays)
+    for s in sent:
+        if s.job_id == manifest.job_id:
+            mine.setdefault(s.object_id, []).append(s)
     accepted: dict[str, SentUpdate] = {}
     for entry in summary.inputs.get(party, []):
-        own = mine.get(entry.object_id)
-        if own is None:
+        notes = mine.get(entry.object_id)
+        if not notes:
             raise AuditCheckFailed("inputs", f"the log shows update {entry.object_id} accepted under {party}, "
                                              "which this party never sent")
         if entry.object_id in accepted:
             raise AuditCheckFailed("inputs", f"update {entry.object_id} is recorded as accepted more than once")
+        own = next((n for n in notes if entry.size == n.size
+                    and hmac.compare_digest(entry.digest, n.ciphertext_digest)), notes[-1])
         if entry.size != own.size or not hmac.compare_digest(entry.digest, own.ciphertext_digest):
             raise AuditCheckFailed("inputs", f"update {entry.object_id}: the log records another sealed update "
                                              f"({entry.size} bytes, header {entry.digest[:16]}…) than the one sent "
                                              f"({own.size} bytes, header {own.ciphertext_digest[:16]}…)")
         accepted[entry.object_id] = own
-    not_accepted = [s for oid, s in mine.items() if oid not in accepted]
+    not_accepted = [notes[-1] for oid, notes in mine.items() if oid not in accepted]
     return FederatedAuditReport(summary, list(accepted.values()), not_accepted)

@@ -105,6 +105,13 @@ class ConfidentialMod:
                 or ctx.get("message_type") != msg.metadata.message_type):
             # the message type picks the app's handler (``train.<action>``): the host may not choose it
             return _refuse(msg, "sealed instruction context does not match its envelope")
+        object_id = f"res:{nonce}:{rt.party_id}"
+        try:
+            first = rt.claim_reply(object_id)
+        except FederatedError as exc:
+            return _refuse(msg, f"cannot read this party's sent log: {exc}")
+        if not first:
+            return _refuse(msg, "this instruction was already answered: a replay is not answered twice")
         plain = Message(content=content, metadata=msg.metadata)
         try:
             reply = call_next(plain, context)
@@ -113,7 +120,6 @@ class ConfidentialMod:
             return _refuse(msg, f"ClientApp raised {type(exc).__name__}")
         if reply.has_error():
             return Message(Error(code=reply.error.code, reason=reply.error.reason), reply_to=msg)
-        object_id = f"res:{nonce}:{rt.party_id}"
         sealed_ctx = {"job_digest": rt.job_digest, "party": rt.party_id, "nonce": nonce, "category": category}
         try:
             frames_out = seal_content(

@@ -22,7 +22,7 @@ from mpctrain.enclave.federated.errors import AttestationRefused, CodeDigestMism
 from mpctrain.enclave.federated.protocol import enclave_key_id
 from mpctrain.jobs import Consent, ConsentError, JobManifest, verify_consent
 from mpctrain.party.flower.attestation import EvidenceSource, attest_enclave
-from mpctrain.party.flower.sent import SentUpdate, append_sent
+from mpctrain.party.flower.sent import SentUpdate, append_sent, read_sent
 from mpctrain.seal.keys import IdentityKey, KemKey
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class PartyRuntime:
     sent: list[SentUpdate] = field(default_factory=list, repr=False)  # this process's sealed replies
     _attested: dict[int, tuple[str, AttestationResult]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _claimed: set[str] = field(default_factory=set, repr=False)  # reply object ids this process sealed or seals
     attestations: int = 0
 
     def __post_init__(self) -> None:
@@ -102,6 +103,20 @@ class PartyRuntime:
             self._attested[run_id] = (key_id, result)
             log.info("party %s attested enclave key %s… for run %s", self.party_id, key_id[:12], run_id)
             return result
+
+    def claim_reply(self, object_id: str) -> bool:
+        """Reserve ``object_id`` for the one reply this party seals under it; ``False`` when it already sealed
+        (or is sealing) one: a replayed instruction, which must not be answered twice (a host could forward
+        one answer and let the enclave's log be held against the other). The sent log covers the replies of
+        earlier processes (a stock SuperNode runs each message in a fresh one)."""
+        with self._lock:
+            if object_id in self._claimed:
+                return False
+            if self.sent_log is not None and any(s.object_id == object_id
+                                                 for s in read_sent(self.sent_log, self.manifest.job_id)):
+                return False
+            self._claimed.add(object_id)
+            return True
 
     def record_sent(self, update: SentUpdate) -> None:
         """Note a sealed reply: kept here and appended to ``sent_log`` (a SuperNode runs each message in a
