@@ -25,6 +25,8 @@ MAX_PARTIES = 256
 MODES = ("pooled", "federated")
 ROLES = ("data", "researcher")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+JOB_ID = _ID
+"""What a job id (and a party id) may be: also safe as one path component."""
 
 
 class ManifestError(ValueError):

@@ -121,3 +121,25 @@ def test_fl_audit_cli_refuses_a_profile_without_an_approved_job(tmp_path, keys):
     prof = _profile(tmp_path, "bank-d", keys)
     out = CliRunner().invoke(app, ["party", "fl-audit", "--profile", str(prof)])
     assert out.exit_code == 2 and "not approved" in out.output
+
+
+def test_a_job_name_from_the_superlink_is_never_a_path(tmp_path):
+    """A run's ``mpctrain-job`` comes from the SuperLink: ``../`` or an absolute path must not reach a job the
+    bank moved out of its jobs directory (withdrawn), and a job dir holding another job's files is refused."""
+    from mpctrain.enclave.federated.simulation import build_federation
+    from mpctrain.party.flower.executor import ApprovedJobs
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "banks_federated"
+    fed = build_federation(["bank-a"], job_id="job-1", code_digest=app_code_digest(example / "app"),
+                           training={"rounds": 1})
+    profile = fed.write_profile(fed.parties[0], tmp_path / "bank-a", "127.0.0.1:1", example / "app")
+    approve_federated_job(profile, fed.manifest)
+    assert ApprovedJobs(profile).runtime("job-1").manifest.job_id == "job-1"
+    (tmp_path / "archive").mkdir()
+    shutil.move(str(profile / "jobs" / "job-1"), str(tmp_path / "archive" / "job-1"))
+    for named in ("job-1", "../../archive/job-1", str(tmp_path / "archive" / "job-1"), "..", "a/b"):
+        with pytest.raises(JobNotReady):
+            ApprovedJobs(profile).runtime(named)
+    shutil.copytree(tmp_path / "archive" / "job-1", profile / "jobs" / "job-2")  # job-1's files under job-2
+    with pytest.raises(JobNotReady, match="not 'job-2'"):
+        ApprovedJobs(profile).runtime("job-2")

@@ -20,7 +20,7 @@ from typing import Any
 
 from mpctrain.attest import Policy
 from mpctrain.enclave.federated.errors import JobNotReady
-from mpctrain.jobs import Consent, JobManifest, sign_consent
+from mpctrain.jobs import JOB_ID, Consent, JobManifest, sign_consent
 from mpctrain.party.config import PartyConfig
 from mpctrain.party.flower.attestation import GrpcEvidenceSource
 from mpctrain.party.flower.runtime import PartyRuntime, check_app_code
@@ -84,6 +84,8 @@ def load_profile(profile: str | Path, *, job_id: str | None = None) -> PartyRunt
     job = job_id or settings.get("job")
     if not isinstance(job, str):
         raise JobNotReady(f"{profile / FLOWER_FILE} names no job; approve one with approve_federated_job")
+    if not JOB_ID.fullmatch(job):  # the name may come from the SuperLink (a run's mpctrain-job): never a path
+        raise JobNotReady(f"{job!r} is not a job id (letters, digits, '.', '_', '-'; 64 at most)")
     job_dir = _job_dir(profile, settings, job)
     try:
         manifest = JobManifest.from_bytes((job_dir / "manifest.json").read_bytes())
@@ -95,6 +97,8 @@ def load_profile(profile: str | Path, *, job_id: str | None = None) -> PartyRunt
                           manifest_digest=bytes.fromhex(c["manifest_digest"]), signature=bytes.fromhex(c["signature"]))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise JobNotReady(f"job {job} is not approved in {job_dir}: {exc}") from exc
+    if manifest.job_id != job or consent.job_id != job:
+        raise JobNotReady(f"{job_dir} holds the manifest or consent of job {manifest.job_id!r}, not {job!r}")
     identity, kem = cfg.load_keys(create=False)
     evidence = GrpcEvidenceSource(cfg.aggregator, credentials=channel_credentials(cfg))
     return PartyRuntime(party_id=cfg.id, identity=identity, kem=kem, manifest=manifest, consent=consent,
