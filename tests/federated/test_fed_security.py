@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -191,7 +192,9 @@ def test_party_whose_attestation_fails_sends_nothing(job, sim_root, failure):
     assert len(replies) == 3
     for r in replies:
         assert r.has_error() and not r.has_content()
-        assert "mpctrain refused" in r.error.reason
+        # only the failed check's name travels to the SuperLink: never the party's policy values or errors
+        assert re.fullmatch(r"mpctrain refused: aggregator attestation failed: [a-z0-9-]+", r.error.reason)
+        assert "00" * 8 not in r.error.reason and "11" * 8 not in r.error.reason and "down" not in r.error.reason
     assert strategy.aggregate_train(1, replies) == (None, None)
 
 

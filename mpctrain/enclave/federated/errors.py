@@ -34,7 +34,15 @@ class RunConfigMismatch(FederatedError):
 
 
 class AttestationRefused(FederatedError):
-    """The party could not attest the aggregator against its policy, so it sends nothing."""
+    """The party could not attest the aggregator against its policy, so it sends nothing.
+
+    ``check`` names the failed check alone: it is what a refusal tells the SuperLink. The message (the
+    party's policy values, transport errors) stays in the party's own log.
+    """
+
+    def __init__(self, message: str, *, check: str = "attestation") -> None:
+        self.check = check
+        super().__init__(message)
 
 
 class PrivacyBudgetSpent(FederatedError):

@@ -60,11 +60,12 @@ def attest_enclave(source: EvidenceSource, policy: Policy, *, at: datetime | Non
     try:
         bundle = source.get_evidence(nonce)
     except AttestationError as exc:
-        raise AttestationRefused(f"aggregator evidence rejected: {exc.check}: {exc}") from exc
+        raise AttestationRefused(f"aggregator evidence rejected: {exc.check}: {exc}", check=exc.check) from exc
     except Exception as exc:  # transport failures of any kind: refuse, never fall back to trusting
-        raise AttestationRefused(f"cannot get evidence from the aggregator: {type(exc).__name__}: {exc}") from exc
+        raise AttestationRefused(f"cannot get evidence from the aggregator: {type(exc).__name__}: {exc}",
+                                 check="unreachable") from exc
     binding = evidence_binding(nonce, bundle.kem_public, bundle.sig_public, bundle.build.build_digest)
     try:
         return verify(bundle, binding, policy, at or datetime.now(UTC))
     except AttestationError as exc:
-        raise AttestationRefused(f"aggregator attestation failed: {exc.check}: {exc}") from exc
+        raise AttestationRefused(f"aggregator attestation failed: {exc.check}: {exc}", check=exc.check) from exc

@@ -88,8 +88,9 @@ class ConfidentialMod:
         nonce = env.object_id[4:]
         try:
             att = rt.attestation(msg.metadata.run_id, env.enclave_key)
-        except AttestationRefused as exc:
-            return _refuse(msg, str(exc))
+        except AttestationRefused as exc:  # the detail (policy values, transport errors) stays in this log
+            log.warning("%s: aggregator attestation refused: %s", REFUSED, exc)
+            return _refuse(msg, f"aggregator attestation failed: {exc.check}")
         category = msg.metadata.message_type.split(".", 1)[0]
         try:
             content, ctx = open_content(

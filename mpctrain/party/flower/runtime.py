@@ -99,7 +99,8 @@ class PartyRuntime:
             key_id = enclave_key_id(result.kem_public, result.sig_public)
             if key_id != key_hint:
                 raise AttestationRefused(f"the enclave that attested (key {key_id[:12]}…) is not the one that sealed "
-                                         f"this instruction (key {key_hint[:12]}…): refusing to answer")
+                                         f"this instruction (key {key_hint[:12]}…): refusing to answer",
+                                         check="enclave-key")
             self._attested[run_id] = (key_id, result)
             log.info("party %s attested enclave key %s… for run %s", self.party_id, key_id[:12], run_id)
             return result
