@@ -93,7 +93,9 @@ class Job:
 
 
 def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, privacy: dict | None = None, rounds: int = 2,
-              public_metrics: tuple[str, ...] = ("loss", "accuracy"), kem_alg: str = "x25519") -> Job:
+              public_metrics: tuple[str, ...] = ("loss", "accuracy"), kem_alg: str = "x25519",
+              run_config: dict | None = None) -> Job:
+    """A federated job of ``n`` banks; ``run_config``: the Flower run config the manifest pins (none: empty)."""
     parties = [Party(f"bank-{chr(ord('a') + i)}", IdentityKey.generate(), KemKey.generate(kem_alg)) for i in range(n)]
     researcher = Party("researcher", IdentityKey.generate(), KemKey.generate(kem_alg))
     root_sha = sim_root.sha256
@@ -104,7 +106,8 @@ def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, priva
         parties=(*[p.spec() for p in parties], researcher.spec("researcher")), quorum=n,
         schema={"label": "default", "format": "csv"}, model={"name": "logreg"},
         training={"rounds": rounds, "strategy": "FedAvg", "seed": 7,
-                  "flower": {"client_app": "tests:app", "server_app": "tests:app", "code_digest": CODE_DIGEST}},
+                  "flower": {"client_app": "tests:app", "server_app": "tests:app", "code_digest": CODE_DIGEST,
+                             **({"run_config": dict(run_config)} if run_config else {})}},
         privacy=privacy or {}, recipients=("researcher", parties[0].id), public_metrics=public_metrics,
         enclave_policy=policy_dict, expires=int(datetime(2100, 1, 1, tzinfo=UTC).timestamp()),
     )

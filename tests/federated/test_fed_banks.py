@@ -18,7 +18,7 @@ RUN_CONFIG = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "t
 
 @pytest.fixture
 def banks(sim_root, sim_attester):
-    job = build_job(sim_root, sim_attester, n=4)
+    job = build_job(sim_root, sim_attester, n=4, run_config=RUN_CONFIG)
     assert tuple(p.id for p in job.parties) == BANKS
     return job
 

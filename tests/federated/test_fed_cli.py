@@ -37,7 +37,7 @@ BANKS = ["bank-a", "bank-b"]
 def test_banks_approve_and_the_researcher_fetches_through_the_cli(tmp_path):
     fed = build_federation(BANKS, job_id="cli-fed", code_digest=app_code_digest(EXAMPLE / "app"),
                            training={"rounds": 2, "strategy": "FedAvg",
-                                     "flower": {"initial_arrays": "task:initial_arrays"}})
+                                     "flower": {"initial_arrays": "task:initial_arrays", "run_config": RUN_CONFIG}})
     profiles = tmp_path / "profiles"
 
     def grid():  # the banks' SuperNodes: each runs its stored profile (approved manifest and consent)

@@ -29,7 +29,7 @@ def _run(job, rounds: int):
 
 
 def test_epsilon_reported_each_round_and_budget_stops_training(sim_root, sim_attester):
-    job = build_job(sim_root, sim_attester, n=4, privacy=PRIVACY)
+    job = build_job(sim_root, sim_attester, n=4, privacy=PRIVACY, run_config=RUN_CONFIG)
     result = _run(job, rounds=12)
     eps = [result.epsilon[r] for r in sorted(result.epsilon)]
     assert 1 <= result.rounds_completed < 12
@@ -49,8 +49,8 @@ def test_epsilon_reported_each_round_and_budget_stops_training(sim_root, sim_att
 
 
 def test_dp_noise_is_added_inside_the_enclave(sim_root, sim_attester):
-    noisy = build_job(sim_root, sim_attester, n=4, privacy=PRIVACY)
-    plain = build_job(sim_root, sim_attester, n=4)
+    noisy = build_job(sim_root, sim_attester, n=4, privacy=PRIVACY, run_config=RUN_CONFIG)
+    plain = build_job(sim_root, sim_attester, n=4, run_config=RUN_CONFIG)
     a = noisy.open_output(_run(noisy, rounds=1))["w"].numpy()
     b = plain.open_output(_run(plain, rounds=1))["w"].numpy()
     # stdev of the aggregate noise is noise_multiplier * clip / parties = 0.25; plain FedAvg moves far less
@@ -87,7 +87,7 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, priva
     from mpctrain.enclave.federated.runner import FederatedRunner
     from mpctrain.enclave.state import JobState, JobStore
 
-    job = build_job(sim_root, sim_attester, n=4, privacy=privacy)
+    job = build_job(sim_root, sim_attester, n=4, privacy=privacy, run_config=RUN_CONFIG)
     grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))]),
                     node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
     runner = FederatedRunner(job.enclave, job.events, grid_for=lambda j: nullcontext(grid),
@@ -145,7 +145,7 @@ def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester
             out.content["metrics"] = MetricRecord(metrics)
         return out
 
-    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0})
+    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
     grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))] + ([tamper] if i == 0 else [])),
                     node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
     fjob = FederatedJob(manifest=job.manifest, consents=job.consents, enclave=job.enclave,

@@ -1,8 +1,9 @@
 """The Flower run config is consented too: a bank trains only with the values the manifest pins.
 
 ``flwr run --run-config`` and the FAB's pyproject defaults feed the consented ClientApp (learning rate,
-epochs, seeds). With ``[training.flower.run_config]`` in the manifest, a run whose config differs in any
-key is refused by every bank's mod before its app runs, and by the aggregator before anything is sent.
+epochs, seeds). A run whose config differs in any key from the manifest's ``[training.flower.run_config]``
+(none pinned: an empty config) is refused by every bank's mod before its app runs, and by the aggregator
+before anything is sent.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ def test_the_pinned_config_passes_and_the_job_name_is_not_a_training_input():
     manifest = _fed().manifest
     check_run_config(manifest, dict(PINNED))
     check_run_config(manifest, {**PINNED, "mpctrain-job": "pinned", "batch-size": 32.0})  # 32 and 32.0 are one value
-    check_run_config(_fed(pinned=None).manifest, {"lr": 99.0})  # nothing pinned: nothing to hold the run to
+    unpinned = _fed(pinned=None).manifest  # nothing pinned: nothing allowed but the job's own name
+    check_run_config(unpinned, {})
+    check_run_config(unpinned, {"mpctrain-job": "pinned"})
+    with pytest.raises(RunConfigMismatch, match="'lr'"):
+        check_run_config(unpinned, {"lr": 99.0})
     nested = _fed(pinned={"optim": {"lr": 0.1, "momentum": 0.9}}).manifest  # [optim] tables, as Flower flattens them
     check_run_config(nested, {"optim.lr": 0.1, "optim.momentum": 0.9})
     with pytest.raises(RunConfigMismatch, match=r"'optim\.momentum'"):

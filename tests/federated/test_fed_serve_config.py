@@ -134,7 +134,8 @@ def test_a_submitted_run_is_held_to_the_job_before_anything_is_sent():
     with pytest.raises(RunConfigMismatch, match="'lr'"):
         task_initial_arrays(manifest, task({**pinned, "lr": 1.0, "mpctrain-job": "held"}))
     other = build_federation(["bank-a"], job_id="held", code_digest="ab" * 48,
-                             training={"rounds": 1, "flower": {"initial_arrays": "task:initial_arrays"}}).manifest
+                             training={"rounds": 1, "flower": {"initial_arrays": "task:initial_arrays",
+                                                               "run_config": pinned}}).manifest
     with pytest.raises(CodeDigestMismatch, match="no directory of the submitted FAB"):
         task_initial_arrays(other, task(dict(pinned)))
 

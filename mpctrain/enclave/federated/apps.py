@@ -284,16 +284,15 @@ JOB_KEY = "mpctrain-job"  # names the job a run serves (deploy.JOB_CONFIG_KEY); 
 
 
 def check_run_config(manifest: JobManifest, run_config: Mapping[str, Any]) -> None:
-    """The run's Flower config must be exactly the one the manifest pins, when it pins one.
+    """The run's Flower config must be exactly the one the manifest pins.
 
     ``flwr run --run-config`` (or the FAB's pyproject defaults) feed the consented ClientApp values no
     consent covered: learning rate, epochs, seeds. ``[training.flower.run_config]`` pins them; every key
-    of the run must be pinned, with the same value.
+    of the run must be pinned, with the same value. A manifest that pins none allows none (the job's own
+    name aside): silence is not consent to whatever the submitter of the run chooses.
     """
     flower = manifest.training.get(FLOWER_SECTION)
-    pinned = flower.get(RUN_CONFIG_KEY) if isinstance(flower, dict) else None
-    if pinned is None:
-        return
+    pinned = flower.get(RUN_CONFIG_KEY, {}) if isinstance(flower, dict) else {}
     if not isinstance(pinned, dict):
         raise RunConfigMismatch(f"job {manifest.job_id}: [training.flower.run_config] must be a table")
     have = {k: v for k, v in run_config.items() if k != JOB_KEY}
