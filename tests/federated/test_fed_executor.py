@@ -133,3 +133,33 @@ def test_one_executor_serves_every_job_its_bank_approved_and_no_other(tmp_path):
     assert jobs.runtime(None) is jobs.runtime("job-1")  # flower.toml names job-1: one runtime, one attestation
     with pytest.raises(JobNotReady, match="not approved"):
         jobs.runtime("job-3")
+
+
+def test_each_job_and_run_gets_modules_of_its_own(tmp_path):
+    """Module state of one job or run never reaches another (Flower itself runs a ClientApp process per run);
+    a job's previous run's modules are unloaded when its next run starts."""
+    import sys
+
+    from mpctrain.party.flower.executor import ApprovedJobs
+    from mpctrain.party.flower.profile import approve_federated_job
+
+    digest = app_code_digest(EXAMPLE / "app")
+    first = build_federation(["bank-a"], job_id="job-1", code_digest=digest, training={"rounds": 1})
+    prof = first.write_profile(first.parties[0], tmp_path / "bank-a", "127.0.0.1:1", EXAMPLE / "app")
+    approve_federated_job(prof, first.manifest)
+    second = first.manifest.__class__.from_bytes(first.manifest.to_bytes().replace(b'"job-1"', b'"job-2"'))
+    approve_federated_job(prof, second)
+    jobs = ApprovedJobs(prof)
+    fab = build_fab_from_disk(EXAMPLE)
+    run1 = jobs.client_app(fab, jobs.runtime("job-1"), run_id=1)
+    again = jobs.client_app(fab, jobs.runtime("job-1"), run_id=1)
+    assert again.client_app is run1.client_app  # the messages of one run share the app, as in one process
+    module = sys.modules[f"{run1.app.package}.task"]
+    module.leaked = "state of job-1"  # what an app might keep in a module global
+    other_job = jobs.client_app(fab, jobs.runtime("job-2"), run_id=1)
+    assert other_job.client_app is not run1.client_app
+    assert not hasattr(sys.modules[f"{other_job.app.package}.task"], "leaked")
+    run2 = jobs.client_app(fab, jobs.runtime("job-1"), run_id=2)
+    assert not hasattr(sys.modules[f"{run2.app.package}.task"], "leaked")
+    assert not any(n.startswith(run1.app.package) for n in sys.modules)  # run 1 of job-1 left nothing behind
+    assert f"{other_job.app.package}.task" in sys.modules  # job-2's run is untouched

@@ -12,6 +12,7 @@ code runs inside the enclave, next to its keys; the parties' consent covers it l
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -57,6 +58,9 @@ class ConsentedApp:
     digest: str
     sources: tuple[tuple[str, bytes], ...]
     root: str = ""  # its directory inside a FAB ("app"), where the FAB's component references start
+    # what its modules are private to (a bank's executor: the job and run): the same code loaded for another
+    # scope gets fresh modules, so no module state of one job or run reaches another
+    scope: str = ""
 
     def module_of(self, reference: str) -> tuple[str, str]:
         """A FAB component reference (``app.client_app:app``) as (module inside this app, attribute).
@@ -77,7 +81,9 @@ class ConsentedApp:
 
     @property
     def package(self) -> str:
-        return f"_mpctrain_app_{self.digest[:24]}"
+        if not self.scope:
+            return f"_mpctrain_app_{self.digest[:24]}"
+        return f"_mpctrain_app_{self.digest[:24]}_{hashlib.sha256(self.scope.encode()).hexdigest()[:16]}"
 
 
 def read_app(app_dir: str | Path) -> ConsentedApp:
@@ -216,6 +222,16 @@ def running_app(app: ConsentedApp) -> AbstractContextManager[None]:
     with _LOCK:
         importer = _IMPORTERS.get(app.package)
     return importer.running() if importer is not None else nullcontext()
+
+
+def unload_app(app: ConsentedApp) -> None:
+    """Forget the app's modules (``sys.modules``) and its importer: a scope that ended leaves nothing behind."""
+    with _LOCK:
+        importer = _IMPORTERS.pop(app.package, None)
+        if importer is not None and importer in sys.meta_path:
+            sys.meta_path.remove(importer)
+        for name in [n for n in sys.modules if n == app.package or n.startswith(app.package + ".")]:
+            del sys.modules[name]
 
 
 def import_app_module(app: ConsentedApp, module: str) -> ModuleType:

@@ -38,6 +38,7 @@ from mpctrain.enclave.federated.apps import (
     import_app_module,
     manifest_code_digest,
     running_app,
+    unload_app,
 )
 from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.jobs import JobManifest
@@ -70,11 +71,15 @@ class ConsentedClientApp:
             return self.client_app(message=message, context=context)
 
 
-def consented_client_app(fab: bytes, manifest: JobManifest) -> ConsentedClientApp:
-    """The FAB's ClientApp, loaded from the consented directory's hashed bytes; refused if it is other code."""
+def consented_client_app(fab: bytes, manifest: JobManifest, *, scope: str = "") -> ConsentedClientApp:
+    """The FAB's ClientApp, loaded from the consented directory's hashed bytes; refused if it is other code.
+
+    ``scope`` (the executor passes the job and run) gives the app modules of its own: no module state of one
+    job or run reaches another, as with Flower's own process per ClientApp run.
+    """
     from flwr.common.config import get_fab_config
 
-    app = app_from_fab(fab, manifest_code_digest(manifest))
+    app = dataclasses.replace(app_from_fab(fab, manifest_code_digest(manifest)), scope=scope)
     try:
         reference = get_fab_config(fab)["tool"]["flwr"]["app"]["components"]["clientapp"]
     except Exception as exc:  # a FAB Flower itself cannot read
@@ -100,6 +105,18 @@ class ApprovedJobs:
         self.profile = Path(profile)
         self.policy = policy
         self._runtimes: dict[str | None, PartyRuntime] = {}
+        self._apps: dict[str, ConsentedApp] = {}  # job id -> the app loaded for its current run
+
+    def client_app(self, fab: bytes, runtime: PartyRuntime, run_id: int) -> ConsentedClientApp:
+        """The run's consented ClientApp, in modules private to this job and run; the job's previous run's
+        modules are unloaded when its next run starts."""
+        job_id = runtime.manifest.job_id
+        loaded = consented_client_app(fab, runtime.manifest, scope=f"{job_id}/run-{run_id}")
+        previous = self._apps.get(job_id)
+        if previous is not None and previous.package != loaded.app.package:
+            unload_app(previous)
+        self._apps[job_id] = loaded.app
+        return loaded
 
     def runtime(self, job_id: str | None = None) -> PartyRuntime:
         rt = self._runtimes.get(job_id)
@@ -154,7 +171,7 @@ def run_task(appio_address: str, token: str, jobs: ApprovedJobs, *, root_certifi
         try:
             named = context.run_config.get(JOB_KEY)
             runtime = jobs.runtime(named if isinstance(named, str) else None)
-            client_app = consented_client_app(fab.content, runtime.manifest)
+            client_app = jobs.client_app(fab.content, runtime, run.run_id)
             _bind_party(context, runtime, jobs.profile)
         except FederatedError as exc:  # an unapproved job, other code, or another party: nothing of it runs
             log.error("run %s: refusing the FAB %s…: %s", run.run_id, fab.hash_str[:12], exc)
