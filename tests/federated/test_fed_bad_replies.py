@@ -202,3 +202,14 @@ def test_the_host_cannot_pick_another_handler_of_the_consented_app(sim_root, sim
     result = job.confidential(_strategy(FedAvg)).start(grid, initial_arrays(), num_rounds=1)
     assert ran == []
     assert result.rounds_completed == 0 and "no update was accepted" in result.stop_reason
+
+
+def test_an_oversized_evaluate_reply_is_rejected_before_it_is_opened(sim_root, sim_attester):
+    """Every party's evaluate reply is held at once: they get a far smaller cap than model updates."""
+    def big(out):
+        out.content["arrays"] = ArrayRecord({"x": Array(np.zeros(1 << 18, np.float32))})  # 1 MiB
+
+    result, _, _ = _run(sim_root, sim_attester, _strategy(FedAvg, evaluate=1.0), big, category="evaluate",
+                        max_evaluate_bytes=1 << 19)
+    assert result.stop_reason == "completed"
+    assert len(result.rejected) == 1 and "bank-a" in result.rejected[0] and "StreamTooLarge" in result.rejected[0]

@@ -56,6 +56,8 @@ from mpctrain.seal.stream import MAX_RECIPIENTS
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPDATE_BYTES = 1 << 30
+# an evaluate reply carries metrics, and every party's is held at once: a far smaller cap than an update's
+DEFAULT_MAX_EVALUATE_BYTES = 16 << 20
 POLL_MIN_S = 0.1
 POLL_MAX_S = 3.0  # Flower's own send_and_receive polls every 3 s
 
@@ -142,6 +144,7 @@ class Confidential(Strategy):
         events: EventSink | None = None,
         streaming: bool | None = None,
         max_update_bytes: int = DEFAULT_MAX_UPDATE_BYTES,
+        max_evaluate_bytes: int = DEFAULT_MAX_EVALUATE_BYTES,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         now: Callable[[], datetime] | None = None,
         pull_batch: int = 1,
@@ -159,6 +162,7 @@ class Confidential(Strategy):
         if self.streaming and not is_fedavg_aggregation(strategy):
             raise ValueError("streaming aggregation computes FedAvg; the inner strategy aggregates differently")
         self.max_update_bytes = max_update_bytes
+        self.max_evaluate_bytes = max_evaluate_bytes
         if pull_batch < 1:
             raise ValueError("pull_batch must be at least 1")
         self.pull_batch = pull_batch
@@ -280,7 +284,8 @@ class Confidential(Strategy):
             object_id = f"res:{nonce}:{party}"
             kwargs = dict(recipient_id=ENCLAVE_SENDER, recipient_key=self.enclave.kem,
                           sender_public=spec.identity_public, purpose=PURPOSE_REPLY, job_id=self.job_id,
-                          object_id=object_id, max_bytes=self.max_update_bytes)
+                          object_id=object_id,
+                          max_bytes=self.max_update_bytes if category == "train" else self.max_evaluate_bytes)
             if buffer is None:
                 content, ctx = open_content(frames, **kwargs)
                 decoded: Any = content
