@@ -170,3 +170,11 @@ def test_expiry_with_a_naive_time_is_utc(zone_west_of_utc):
     expires = int(datetime(2030, 1, 1, tzinfo=UTC).timestamp())
     m = JobManifest.from_authoring(_doc(_keys(1), expires=expires))
     assert m.expired(datetime(2030, 1, 1)) and not m.expired(datetime(2029, 12, 31, 23, 59, 59))
+
+
+def test_a_manifest_naming_a_small_order_identity_key_is_refused():
+    """Signatures under the identity point verify for every message: anyone could consent for that party."""
+    doc = _doc(_keys(2))
+    doc["parties"][1]["identity_public"] = "01" + "00" * 31
+    with pytest.raises(ManifestError, match="p1: identity_public is not a usable Ed25519 key"):
+        JobManifest.from_authoring(doc)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mpctrain.seal.errors import KeyFormatError
-from mpctrain.seal.keys import KEM_ALGS, public_kem_key
+from mpctrain.seal.keys import KEM_ALGS, check_identity_public, public_kem_key
 
 FORMAT = "mpctrain.job/v1"
 MAX_MANIFEST_BYTES = 1 << 20
@@ -327,8 +327,10 @@ def _validate(m: JobManifest) -> None:
             raise ManifestError(f"party id {p.id!r} must match {_ID.pattern}")
         if p.role not in ROLES:
             raise ManifestError(f"party {p.id}: role must be one of {ROLES}, got {p.role!r}")
-        if len(p.identity_public) != 32:
-            raise ManifestError(f"party {p.id}: identity_public must be a 32-byte Ed25519 key")
+        try:
+            check_identity_public(p.identity_public)
+        except KeyFormatError as exc:
+            raise ManifestError(f"party {p.id}: identity_public is not a usable Ed25519 key: {exc}") from exc
         if p.kem_alg not in KEM_ALGS:
             raise ManifestError(f"party {p.id}: kem_alg must be one of {KEM_ALGS}, got {p.kem_alg!r}")
         try:  # checked here, not when outputs are sealed at the end of training

@@ -28,13 +28,14 @@ def open_output(header: bytes, frames: list[tuple[int, bytes, bool]], *, recipie
                               expected_sender_public=enclave_sig_public, expected_purpose=OUTPUT_PURPOSE,
                               expected_job_id=job_id, expected_object_id=output_object_id(name, recipient_id),
                               max_total=MAX_OUTPUT_BYTES)
-        out = bytearray()
-        for index, frame, last in frames:
-            out += opener.open_chunk(index, frame, last)
-        opener.finish()
+        chunks: dict[int, bytes] = {}
+        for index, frame, last in frames:  # the opener refuses duplicates and a chunk past the final one
+            chunks[index] = opener.open_chunk(index, frame, last)
+        opener.finish()  # every chunk up to the final one is there
+        out = b"".join(chunks[i] for i in range(len(chunks)))  # by index: frames may arrive in any order
     except SealError as exc:
         raise OutputError(f"output {name!r} does not open: {type(exc).__name__}: {exc}") from exc
-    return bytes(out)
+    return out
 
 
 def verify_receipt_evidence(receipt: Receipt, enclave: AttestationResult, policy: Policy,

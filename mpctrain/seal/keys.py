@@ -45,7 +45,7 @@ def _key_id(public: bytes) -> str:
     return hashlib.sha256(public).digest()[:8].hex()
 
 
-def _write_private(path: str | os.PathLike[str], data: bytes) -> None:
+def write_private(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` with mode 0600, atomically (temp file in the same dir, then rename)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -123,7 +123,7 @@ class IdentityKey:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write as PKCS#8 PEM, mode 0600, atomically; creates the parent directory."""
-        _write_private(path, self._key.private_bytes(*_PKCS8))
+        write_private(path, self._key.private_bytes(*_PKCS8))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> IdentityKey:
@@ -137,10 +137,32 @@ class IdentityKey:
         return f"IdentityKey(id={self.key_id()})"
 
 
-def verify_signature(public: bytes, signature: bytes, data: bytes) -> None:
-    """Verify a raw Ed25519 signature; raises :class:`BadSignature` (also for malformed keys/signatures)."""
+_P25519 = 2**255 - 19
+_Y_ORDER_8 = 0x7A03AC9277FDC74EC6CC392CFA53202A0F67100D760B3CBA4FD84D3D706A17C7
+# the y-coordinates of Ed25519's eight points of order 1, 2, 4 and 8 (the points libsodium refuses as keys)
+_SMALL_ORDER_Y = frozenset({0, 1, _P25519 - 1, _Y_ORDER_8, _P25519 - _Y_ORDER_8})
+
+
+def check_identity_public(public: bytes) -> None:
+    """An Ed25519 public key fit to verify with: 32 bytes in canonical encoding, not a point of small order.
+
+    A small-order key (the identity point, say) has signatures that verify for every message, so anyone
+    could sign as its holder; a non-canonical encoding names the same point twice. Raises ``KeyFormatError``.
+    """
     if len(public) != ED25519_PUBLIC_BYTES:
-        raise BadSignature(f"Ed25519 public key must be 32 bytes, got {len(public)}")
+        raise KeyFormatError(f"Ed25519 public key must be 32 bytes, got {len(public)}")
+    y = int.from_bytes(public, "little") & ((1 << 255) - 1)
+    if y >= _P25519 or y in _SMALL_ORDER_Y:
+        raise KeyFormatError("weak Ed25519 public key (a point of small order, or a non-canonical encoding): "
+                             "signatures under it would prove nothing; generate a real key")
+
+
+def verify_signature(public: bytes, signature: bytes, data: bytes) -> None:
+    """Verify a raw Ed25519 signature; raises :class:`BadSignature` (also for malformed or weak keys)."""
+    try:
+        check_identity_public(bytes(public))
+    except KeyFormatError as exc:
+        raise BadSignature(str(exc)) from None
     if len(signature) != ED25519_SIGNATURE_BYTES:
         raise BadSignature(f"Ed25519 signature must be 64 bytes, got {len(signature)}")
     try:
@@ -211,7 +233,7 @@ class KemKey:
         data = self._x25519.private_bytes(*_PKCS8)
         if self._mlkem is not None:
             data = self._mlkem.private_bytes(*_PKCS8) + data
-        _write_private(path, data)
+        write_private(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> KemKey:
@@ -278,8 +300,10 @@ def load_identity_public(path: str | os.PathLike[str]) -> bytes:
         public = bytes.fromhex(text)
     except ValueError:
         raise KeyFormatError(f"{path}: expected 64 hex characters (an Ed25519 public key)") from None
-    if len(public) != ED25519_PUBLIC_BYTES:
-        raise KeyFormatError(f"{path}: Ed25519 public key must be 32 bytes, got {len(public)}")
+    try:
+        check_identity_public(public)
+    except KeyFormatError as exc:
+        raise KeyFormatError(f"{path}: {exc}") from None
     return public
 
 

@@ -154,3 +154,34 @@ def test_a_job_whose_superlink_is_down_fails_in_time_with_the_reason():
         with superlink_task(f"127.0.0.1:{port}", root_certificates=None, timeout=1.5, poll_s=0.1):
             pytest.fail("no task can come from a SuperLink that is down")
     assert time.monotonic() - started < 10  # the job's deadline holds, whatever Flower's retry policy is
+
+
+def test_deployment_private_keys_are_never_readable_by_others(tmp_path, monkeypatch):
+    """The TLS and SuperNode keys are created 0600 (not written 0644 and chmod'ed afterwards), atomically,
+    and a link planted at the key's path is replaced, never written through."""
+    import os
+    import stat
+
+    from mpctrain.enclave.federated.deploy import supernode_keypair, tls_material
+
+    old_umask = os.umask(0o022)  # the common default: a plain write would create the key 0644
+    decoy = tmp_path / "decoy"
+    decoy.write_text("untouched")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "bank-a.key").symlink_to(decoy)
+    created: list[int] = []
+    real_mkstemp = __import__("tempfile").mkstemp
+
+    def spying_mkstemp(*a, **k):
+        fd, name = real_mkstemp(*a, **k)
+        created.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd, name
+
+    monkeypatch.setattr("tempfile.mkstemp", spying_mkstemp)
+    priv, _ = supernode_keypair(tmp_path / "keys", "bank-a")
+    files = tls_material(tmp_path / "tls", ("127.0.0.1",))
+    assert created and all(m == 0o600 for m in created)
+    for key in (priv, files.key):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600 and not key.is_symlink()
+    assert decoy.read_text() == "untouched"
+    os.umask(old_umask)

@@ -300,3 +300,25 @@ def test_shard_with_declared_parts_is_refused(cluster):
                           job_id=m.job_id, object_id="shard/parts", parts=[4, 6])
     with pytest.raises(InvalidArgument, match="equal chunks"):
         list(b.client.upload(m.job_id, sealer.header_bytes, lambda s: iter(())))
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0), (2, 1, 0)])
+def test_output_frames_in_any_order_open_to_the_sealed_bytes(order):
+    """A relay may deliver an output's chunks out of order (each keeps its authenticated index): they are
+    placed by index, never concatenated as they come."""
+    from mpctrain.enclave.outputs import seal_for
+    from mpctrain.seal.keys import IdentityKey, KemKey
+
+    class Enclave:
+        sig = IdentityKey.generate()
+
+    kem = KemKey.generate()
+    data = b"A" * 8 + b"B" * 8 + b"C" * 3
+    sealed = seal_for(Enclave, "job1", "hospital-a", kem.alg, kem.public_bytes(), "model", data, chunk_size=8)
+    frames = [(i, f, i == len(sealed.frames) - 1) for i, f in enumerate(sealed.frames)]
+    out = open_output(sealed.header, [frames[i] for i in order], recipient_id="hospital-a", kem=kem,
+                      enclave_sig_public=Enclave.sig.public_bytes(), job_id="job1", name="model")
+    assert out == data
+    with pytest.raises(OutputError, match="does not open"):  # one missing: cut, not silently shorter
+        open_output(sealed.header, [frames[i] for i in order if i != 1], recipient_id="hospital-a", kem=kem,
+                    enclave_sig_public=Enclave.sig.public_bytes(), job_id="job1", name="model")

@@ -229,3 +229,42 @@ def test_private_files_are_0600_under_umask_0_and_over_a_0666_file(tmp_path, uma
         type(key).load(path)
     assert mode(fresh.parent) == 0o700
     assert not [p for p in tmp_path.rglob(".*.tmp")]  # no temp file left behind
+
+
+# the encodings of Ed25519's points of small order, canonical and not (libsodium's blocklist holds the same)
+WEAK_ED25519 = [
+    "0100000000000000000000000000000000000000000000000000000000000000",  # identity, order 1
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # order 2
+    "0000000000000000000000000000000000000000000000000000000000000000",  # order 4
+    "0000000000000000000000000000000000000000000000000000000000000080",  # order 4
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",  # order 8
+    "0100000000000000000000000000000000000000000000000000000000000080",  # identity, x sign bit set
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p: non-canonical 0
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p + 1: non-canonical 1
+]
+
+
+@pytest.mark.parametrize("hexkey", WEAK_ED25519)
+def test_a_small_order_identity_key_verifies_nothing(hexkey, tmp_path):
+    """With the identity point as key, R = identity and S = 0 would verify for every message."""
+    from mpctrain.seal.errors import BadSignature, KeyFormatError
+    from mpctrain.seal.keys import check_identity_public, load_identity_public, verify_signature
+
+    public = bytes.fromhex(hexkey)
+    with pytest.raises(KeyFormatError, match="weak Ed25519"):
+        check_identity_public(public)
+    with pytest.raises(BadSignature, match="weak Ed25519"):
+        verify_signature(public, bytes.fromhex(WEAK_ED25519[0]) + bytes(32), b"anything")
+    (tmp_path / "identity.pub").write_text(hexkey)
+    with pytest.raises(KeyFormatError, match="weak Ed25519"):
+        load_identity_public(tmp_path / "identity.pub")
+
+
+def test_real_identity_keys_pass_the_weak_key_check():
+    from mpctrain.seal.keys import IdentityKey, check_identity_public
+
+    for _ in range(200):
+        check_identity_public(IdentityKey.generate().public_bytes())

@@ -36,6 +36,7 @@ from mpctrain.enclave.federated.runner import FederatedRunner
 from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.enclave.state import Job
 from mpctrain.jobs import JobManifest
+from mpctrain.seal.keys import write_private
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,8 @@ def tls_material(out_dir: str | Path, hosts: tuple[str, ...] = ("127.0.0.1", "lo
     files = TlsFiles(out / "ca.pem", out / "server.pem", out / "server.key")
     files.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    files.key.chmod(0o600)
+    write_private(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))  # 0600 from the start, atomic
     return files
 
 
@@ -90,9 +90,8 @@ def supernode_keypair(out_dir: str | Path, name: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     priv, pub = out / f"{name}.key", out / f"{name}.pub"
-    priv.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()))
-    priv.chmod(0o600)
+    write_private(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
     pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                   serialization.PublicFormat.OpenSSH))
     return priv, pub
