@@ -60,7 +60,8 @@ def verify_evidence(
         claims = get_verifier(evidence.kind).verify(evidence, policy=bpol, at=at, collateral=collateral)
     except (AttestationError, PolicyError):
         raise
-    except (ValueError, TypeError, OverflowError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+    except (ValueError, TypeError, OverflowError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType) as exc:  # cryptography's X.509 parse errors that are not ValueError
         raise Malformed(f"{evidence.kind} evidence cannot be processed ({type(exc).__name__}: {exc})",
                         field="evidence") from exc
     check_claims(claims, bpol, expected_report_data)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.jobs import Consent, JobManifest, sign_consent
-from mpctrain.party.attestation import attest_aggregator, check_job_policy
+from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
 from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import ManifestRejected, PartyError
@@ -46,12 +46,14 @@ class PartyAgent:
     outputs_dir: Path | None = None
     at: Callable[[], datetime] | None = None
     enclave: AttestationResult | None = None
+    attested: Attested | None = None  # the evidence behind ``enclave``: the job's own policy is checked on it
     sent: dict[str, list[SentInput]] = field(default_factory=dict)  # job id -> shards this agent uploaded
 
     # -- steps ----------------------------------------------------------------------------------
     def attest(self) -> AttestationResult:
         """Verify the aggregator against this party's own policy; refuse everything else on failure."""
-        self.enclave = attest_aggregator(self.client, self.policy, self.at() if self.at else None)
+        self.attested = attest_aggregator_evidence(self.client, self.policy, self.at() if self.at else None)
+        self.enclave = self.attested.result
         return self.enclave
 
     def _attested(self) -> AttestationResult:
@@ -71,7 +73,9 @@ class PartyAgent:
     def review(self, manifest: JobManifest) -> list[str]:
         problems = check_manifest(manifest, self.rules, self.party_id, self.identity, self.kem)
         try:
-            check_job_policy(self._attested(), manifest)
+            if self.attested is None or self.attested.result is not self._attested():
+                raise PartyError("attest the aggregator first: the job's policy is checked on its evidence")
+            check_job_policy(self.attested, manifest)
         except PartyError as exc:
             problems.append(str(exc))
         return problems

@@ -137,6 +137,20 @@ def test_invalid_vceks_rejected(vectors: Path, vector_time: datetime, vcek: str)
         _verify(_evidence(vectors, vcek=vcek), vector_time)
 
 
+def test_a_vcek_with_a_duplicated_extension_is_a_typed_refusal(vectors: Path, vector_time: datetime) -> None:
+    """cryptography raises DuplicateExtension (not a ValueError) for such a certificate: it must still surface
+    as an AttestationError, like every other malformed evidence, never as a raw exception."""
+    vcek = bytearray(_snp(vectors, "milan_v2_vcek.der"))
+    tee_spl = bytes.fromhex("060a2b060104019c78010302")  # OID 1.3.6.1.4.1.3704.1.3.2
+    at = vcek.find(tee_spl)
+    assert at > 0
+    vcek[at + len(tee_spl) - 1] = 0x01  # now 1.3.6.1.4.1.3704.1.3.1, which the certificate already has
+    ev = Evidence("snp", _snp(vectors, "milan_v2_report.bin"),
+                  {"vcek": bytes(vcek), "ask_ark": _snp(vectors, "ask_ark_milan.pem")})
+    with pytest.raises(AttestationError):
+        _verify(ev, vector_time)
+
+
 def test_vcek_of_another_report_rejected(vectors: Path, vector_time: datetime) -> None:
     with pytest.raises(BadSignature) as err:
         _verify(_evidence(vectors, vcek="milan_v2_debug_vcek.der"), vector_time)

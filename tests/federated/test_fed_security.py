@@ -324,3 +324,21 @@ def test_authentic_reply_with_malformed_metrics_is_rejected_not_crashing(job, me
     arrays, _ = strategy.aggregate_train(1, replies)
     assert len(strategy.rejections) == 1 and strategy.rejections[0].party_id == party
     assert arrays is not None
+
+
+def test_a_bank_holds_the_enclave_to_the_jobs_pinned_policy_too(job):
+    """The bank's own policy passes, but the job every party approved requires a confidential GPU: the bank
+    refuses before its app runs, naming the job policy's failed check."""
+    import dataclasses
+
+    from mpctrain.jobs import sign_consent
+
+    strict = {**job.manifest.enclave_policy, "min_gpus": 1}
+    manifest = dataclasses.replace(job.manifest, enclave_policy=strict)
+    strict_job = dataclasses.replace(job, manifest=manifest, runtimes={},
+                                     consents=[sign_consent(manifest, p.id, p.identity) for p in job.parties])
+    seen: list[Message] = []
+    grid = strict_job.grid(lambda p, i: toy_app(DELTAS[i], 10, mod=ConfidentialMod(strict_job.runtime(p)), seen=seen))
+    replies = _round(strict_job, strict_job.confidential(_fedavg()), grid)
+    assert not seen and len(replies) == 3
+    assert all(r.has_error() and "aggregator attestation failed: job-policy/" in r.error.reason for r in replies)

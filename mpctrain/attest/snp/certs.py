@@ -192,7 +192,7 @@ def amd_extensions(cert: x509.Certificate, *, field: str) -> dict[str, bytes]:
     """The raw values of AMD's extensions (OID 1.3.6.1.4.1.3704.1.*), by dotted OID."""
     try:
         exts = cert.extensions
-    except ValueError as exc:
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
         raise Malformed(f"certificate extensions cannot be parsed: {exc}", field=field) from exc
     out: dict[str, bytes] = {}
     for ext in exts:
@@ -306,8 +306,8 @@ def _check_pss_link(issuer: x509.Certificate, subject: x509.Certificate, *, fiel
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except (x509.ExtensionNotFound, ValueError):
-        return False
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return False  # not usable as a CA: the chain check refuses it
 
 
 def _check_validity(chain: SnpChain, at: datetime, skew: timedelta) -> None:

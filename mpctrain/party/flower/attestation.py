@@ -54,8 +54,13 @@ class GrpcEvidenceSource:
         return bundle_from_proto(reply)
 
 
-def attest_enclave(source: EvidenceSource, policy: Policy, *, at: datetime | None = None) -> AttestationResult:
-    """One attestation with a nonce only this call knows; ``AttestationRefused`` names the failed check."""
+def attest_enclave(source: EvidenceSource, policy: Policy, *, at: datetime | None = None,
+                   job_policy: Policy | None = None) -> AttestationResult:
+    """One attestation with a nonce only this call knows; ``AttestationRefused`` names the failed check.
+
+    ``job_policy``: the enclave policy the job pins (what every party approved) must pass on the same
+    evidence too.
+    """
     nonce = os.urandom(NONCE_BYTES)
     try:
         bundle = source.get_evidence(nonce)
@@ -65,7 +70,15 @@ def attest_enclave(source: EvidenceSource, policy: Policy, *, at: datetime | Non
         raise AttestationRefused(f"cannot get evidence from the aggregator: {type(exc).__name__}: {exc}",
                                  check="unreachable") from exc
     binding = evidence_binding(nonce, bundle.kem_public, bundle.sig_public, bundle.build.build_digest)
+    when = at or datetime.now(UTC)
     try:
-        return verify(bundle, binding, policy, at or datetime.now(UTC))
+        result = verify(bundle, binding, policy, when)
     except AttestationError as exc:
         raise AttestationRefused(f"aggregator attestation failed: {exc.check}: {exc}", check=exc.check) from exc
+    if job_policy is not None:
+        try:
+            verify(bundle, binding, job_policy, when)
+        except AttestationError as exc:
+            raise AttestationRefused(f"the enclave does not satisfy the job's pinned policy: {exc.check}: {exc}",
+                                     check=f"job-policy/{exc.check}") from exc
+    return result

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mpctrain.attest import AttestationResult, Policy
+from mpctrain.attest import AttestationResult, Policy, PolicyError
 from mpctrain.attest.measure import code_digest
 from mpctrain.enclave.federated.apps import manifest_code_digest
 from mpctrain.enclave.federated.errors import AttestationRefused, CodeDigestMismatch, JobNotReady
@@ -87,6 +87,10 @@ class PartyRuntime:
         else:
             check_app_code(m, self.app_dir)
         self.job_digest = m.digest().hex()
+        try:
+            self.job_policy = Policy.from_dict(m.enclave_policy)
+        except PolicyError as exc:
+            raise JobNotReady(f"job {m.job_id}'s enclave_policy does not parse: {exc}") from exc
 
     def attestation(self, run_id: int, key_hint: str) -> AttestationResult:
         """The attested enclave for this run: attest before the first reply and whenever the key changes."""
@@ -94,7 +98,7 @@ class PartyRuntime:
             cached = self._attested.get(run_id)
             if cached is not None and cached[0] == key_hint:
                 return cached[1]
-            result = attest_enclave(self.evidence, self.policy, at=self.clock())
+            result = attest_enclave(self.evidence, self.policy, at=self.clock(), job_policy=self.job_policy)
             self.attestations += 1
             key_id = enclave_key_id(result.kem_public, result.sig_public)
             if key_id != key_hint:
