@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import grpc
 
 from mpctrain.enclave.auth import RequestAuthenticator
-from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded
+from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded, readable_job
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.identity import ENCLAVE_ID, EnclaveIdentity
 from mpctrain.enclave.limits import Limits
-from mpctrain.enclave.state import Job, JobState, JobStore
+from mpctrain.enclave.state import Job, JobError, JobState, JobStore
 from mpctrain.enclave.uploads import Upload, UploadTable, header_digest
 from mpctrain.seal import errors as seal_errors
 from mpctrain.seal.stream import StreamHeader, StreamOpener
@@ -80,7 +80,7 @@ class DataService(data_pb2_grpc.DataServicer):
                 if first is None or first.WhichOneof("msg") != "open":
                     raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with an UploadOpen message")
                 caller = authenticate(self.auth, self.store, context, UPLOAD, first)
-                job = self.store.get(first.open.job_id)
+                job = readable_job(self.store, first.open.job_id, caller)
                 authorize(job, caller, roles=("data",))
                 upload = self._begin(job, caller.party_id, caller.identity_public, bytes(first.open.header))
             yield self._ack(upload)
@@ -171,7 +171,7 @@ class DataService(data_pb2_grpc.DataServicer):
                                f"{n_chunks} chunks exceed the limit of {self.limits.max_chunks}; use larger chunks")
             upload = Upload(job_id=job.job_id, party_id=party_id, object_id=h.object_id, header_digest=digest,
                             opener=opener, total_size=total, chunk_size=h.chunk_size, n_chunks=n_chunks,
-                            buf=bytearray(total), busy=True)
+                            buf=bytearray(), busy=True)
             self.uploads.by_object[(job.job_id, h.object_id)] = upload
             self.uploads.seen_headers.add(digest)
         self.events.emit("shard.started", job_id=job.job_id, party=party_id, object_id=h.object_id,
@@ -197,8 +197,14 @@ class DataService(data_pb2_grpc.DataServicer):
                            f"expected chunk {upload.next_index}, got {chunk.index}; ask GetUploadStatus and resume")
         if chunk.index >= upload.n_chunks:
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED, f"more chunks than the {upload.n_chunks} declared")
+        if self.store.get(upload.job_id).state != JobState.OPEN:  # training began, or the job ended
+            with self.uploads.lock:  # it can never complete: what arrived of it goes now
+                upload.wipe()
+                self.uploads.by_object.pop((upload.job_id, upload.object_id), None)
+            raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"job {upload.job_id} no longer takes data: its training started with the quorum's shards")
         start = chunk.index * upload.chunk_size
-        region = memoryview(upload.buf)[start:start + upload.chunk_size]
+        region = upload.reserve(start + upload.chunk_size)[start:start + upload.chunk_size]
         try:  # decrypts straight into the shard buffer; the opener checks size and position first
             plain = upload.opener.open_chunk_into(chunk.index, chunk.frame, chunk.last, region)
         except seal_errors.SealError as exc:
@@ -219,9 +225,15 @@ class DataService(data_pb2_grpc.DataServicer):
             upload.complete = True
 
     def _finish(self, job: Job, upload: Upload) -> None:
-        self.events.emit("shard.accepted", job_id=job.job_id, party=upload.party_id, object_id=upload.object_id,
-                         header_digest=upload.header_digest.hex(), size=upload.total_size, chunks=upload.n_chunks)
-        self.store.shard_complete(job, upload.party_id, upload)
+        def accepted() -> None:
+            self.events.emit("shard.accepted", job_id=job.job_id, party=upload.party_id, object_id=upload.object_id,
+                             header_digest=upload.header_digest.hex(), size=upload.total_size, chunks=upload.n_chunks)
+
+        try:
+            self.store.shard_complete(job, upload.party_id, upload, accepted)
+        except JobError:
+            upload.wipe()  # not used by any training: nothing of it stays
+            raise
 
     @staticmethod
     def _ack(upload: Upload) -> data_pb2.UploadAck:
@@ -233,7 +245,7 @@ class DataService(data_pb2_grpc.DataServicer):
                         context: grpc.ServicerContext) -> data_pb2.UploadStatus:
         with guarded(context, self.events, STATUS):
             caller = authenticate(self.auth, self.store, context, STATUS, request)
-            job = self.store.get(request.job_id)
+            job = readable_job(self.store, request.job_id, caller)  # unknown or not naming it: one answer
             authorize(job, caller, roles=("data",))
             up = self.uploads.get(request.job_id, request.object_id)
             if up is None or up.party_id != caller.party_id:

@@ -68,6 +68,11 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"manifest refused: {exc}") from None
             proposer = manifest.party(manifest.proposer)
             # The proposer authenticates with the key its own manifest names; consent comes later.
+            # a proposer outside `proposers` is refused before its signature is checked, so its calls never
+            # fill the replay cache every party's signed calls go through
+            if self.proposers and proposer.identity_public not in self.proposers:
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                               f"{manifest.proposer!r} may not propose jobs on this aggregator (see `proposers`)")
             caller = self.auth.authenticate(context.invocation_metadata(), PROPOSE, request,
                                             lambda pid: [proposer.identity_public] if pid == proposer.id
                                             else self.store.identities(pid))
@@ -83,7 +88,7 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
     def ApproveJob(self, request: jobs_pb2.ApproveJobRequest, context: grpc.ServicerContext) -> jobs_pb2.JobStatus:
         with guarded(context, self.events, APPROVE):
             caller = authenticate(self.auth, self.store, context, APPROVE, request)
-            job = self.store.get(request.job_id)
+            job = readable_job(self.store, request.job_id, caller)  # unknown or not naming it: one answer
             authorize(job, caller, roles=("data",))
             if job.manifest.expired():
                 raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} has expired")

@@ -18,7 +18,7 @@ class Limits:
     max_shard_bytes: int = 1024 * MiB        # plaintext bytes per shard
     max_concurrent_uploads: int = 16         # upload streams open at once
     max_jobs: int = 1000
-    max_watchers: int = 64
+    max_watchers: int = 32                   # WatchJob streams open at once (each holds a server thread)
     header_max_age_s: int = 600              # a shard header created longer ago is a replay
     auth_window_s: int = 300                 # request signatures older or newer than this are refused
     upload_ttl_s: int = 24 * 3600            # how long an interrupted upload can be resumed

@@ -97,11 +97,14 @@ def make_gpu_attesters(config: AggregatorConfig) -> list[GpuAttester]:
     return [gpu] if gpu is not None else []
 
 
+UNARY_WORKERS = 16  # worker threads left for unary calls when every stream slot is taken
+
+
 class Aggregator:
     """Everything the enclave serves; ``start()`` binds a real gRPC server and returns its port."""
 
     def __init__(self, identity: EnclaveIdentity, *, limits: Limits | None = None, events: EventSink | None = None,
-                 device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int = 32,
+                 device: str = "auto", runners: dict[str, Runner] | None = None, max_workers: int | None = None,
                  interceptors: Sequence[grpc.ServerInterceptor] = (), audit_log: str | Path | None = None,
                  proposers: Sequence[bytes] = (), auditors: Mapping[str, bytes] | None = None) -> None:
         self.identity = identity
@@ -121,7 +124,10 @@ class Aggregator:
         self.results = ResultsService(self.store, self.auth, self.events)
         self.attestation = AttestationService(identity, self.events)
         self.health = health.HealthServicer()
-        self.max_workers = max_workers
+        # every upload and watch stream holds a worker thread for its whole life: size the pool so that with
+        # all of them open, unary calls (attestation, health, status) still have threads of their own
+        streams = self.limits.max_concurrent_uploads + self.limits.max_watchers
+        self.max_workers = max_workers or streams + UNARY_WORKERS
         self.interceptors = tuple(interceptors)
         self.server: grpc.Server | None = None
         self.port: int = 0

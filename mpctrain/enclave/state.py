@@ -171,15 +171,22 @@ class JobStore:
             if getattr(self.runners[job.manifest.mode], "starts_on_open", False):
                 self._start(job)
 
-    def shard_complete(self, job: Job, party_id: str, shard: Any) -> None:
-        """Record a complete shard; start the job's runner when the quorum's shards are in."""
+    def shard_complete(self, job: Job, party_id: str, shard: Any,
+                       accepted: Callable[[], None] | None = None) -> None:
+        """Record a complete shard (``accepted`` runs once it is, before any training it completes starts);
+        start the job's runner when the quorum's shards are in."""
         start = False
         with job.cond:
             if party_id in job.shards:
                 raise JobError("already_exists", f"{party_id} already uploaded its shard for {job.job_id}")
+            if job.state != JobState.OPEN:  # a shard completing after the quorum's started training is unused
+                raise JobError("failed_precondition", f"job {job.job_id} is {job.state}: its training started "
+                                                      "without this shard, which is discarded")
             job.shards[party_id] = shard
             self.record(job, "shard", party_id=party_id)
             start = job.state == JobState.OPEN and len(job.shards) >= job.manifest.quorum
+        if accepted is not None:
+            accepted()
         if start:
             self._start(job)
 
@@ -205,6 +212,11 @@ class JobStore:
             self.events.emit("training.failed", job_id=job.job_id, error=type(exc).__name__)
             self.set_state(job, JobState.FAILED, message=job.error)
             return
+        finally:  # success or not, the shards' plaintext is overwritten and its memory given back
+            for shard in job.shards.values():
+                wipe = getattr(shard, "wipe", None)
+                if wipe is not None:
+                    wipe()
         self.events.emit("training.finished", job_id=job.job_id, metrics=dict(job.public_metrics))
         self.set_state(job, JobState.DONE)
 

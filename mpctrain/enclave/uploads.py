@@ -38,9 +38,18 @@ class Upload:
             raise RuntimeError("upload is not complete")
         return bytes(self.buf)
 
+    def reserve(self, end: int) -> memoryview:
+        """The buffer grown to ``end`` bytes (at most the declared total), as data arrives: an open upload
+        holds only what was sent, never its whole declared size up front."""
+        end = min(end, self.total_size)
+        if len(self.buf) < end:
+            self.buf.extend(bytes(end - len(self.buf)))
+        return memoryview(self.buf)
+
     def wipe(self) -> None:
-        """Overwrite the plaintext once training no longer needs it."""
+        """Overwrite the plaintext once training no longer needs it, and give its memory back."""
         self.buf[:] = bytes(len(self.buf))
+        self.buf = bytearray()
 
 
 def header_digest(header_bytes: bytes) -> bytes:

@@ -17,7 +17,7 @@ from mpctrain.enclave.audit import AuditRecord, lines_from_bytes, read_lines, su
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.server import Aggregator
 from mpctrain.party.audit_check import AuditCheckFailed, SentInput, check_job_audit, confirm_job, fetch_audit_log
-from mpctrain.party.errors import NotFound
+from mpctrain.party.errors import PermissionDenied
 from mpctrain.seal.keys import IdentityKey
 from mpctrain.sim.cluster import EXAMPLE, SimCluster
 
@@ -69,7 +69,7 @@ def run(tmp_path_factory: pytest.TempPathFactory):
             ag.upload(m)
         # wait() reports "done" only after the party's own audit check passed
         assert agents["hospital-b"].wait(m.job_id, ("done",), timeout=120) == "done"
-        with pytest.raises(NotFound):
+        with pytest.raises(PermissionDenied):  # an unknown job: the same answer as a job of others
             agents["hospital-c"].client.upload_status("no-such-job", "x")  # a signed call refused: recorded
         yield Run(c, m, agents, c.workdir / "audit.jsonl")
 
@@ -112,7 +112,7 @@ def test_job_view_over_grpc_holds_only_that_job_and_its_context(run):
 def test_rejection_is_recorded_with_caller_and_no_payload(run):
     recs = [AuditRecord.from_line(raw[:-1]) for _, raw in read_lines(run.log_path)]
     (rej,) = [r for r in recs if r.kind == "rejected" and "no-such-job" in r.fields.get("reason", "")]
-    assert rej.fields["caller"] == "hospital-c" and rej.fields["code"] == "NOT_FOUND"
+    assert rej.fields["caller"] == "hospital-c" and rej.fields["code"] == "PERMISSION_DENIED"
     assert set(rej.fields) == {"method", "code", "reason", "caller"}
 
 

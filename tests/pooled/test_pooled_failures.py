@@ -68,3 +68,62 @@ def test_dp_job_reports_the_privacy_spent(cluster):
     m, agents = run_job(cluster, "dp", privacy={"epsilon": 8.0, "delta": 1e-5, "clip": 1.0})
     metrics = json.loads(agents["hospital-a"].fetch(m)["metrics"])
     assert 0 < metrics["validation"]["epsilon_spent"] <= 8.0 + 1e-6
+
+
+def test_a_shard_finishing_after_training_started_is_refused_and_wiped(cluster):
+    """Quorum 2 of 3: hospital-c's upload opened while the job took data, but its last chunk comes after the
+    quorum's training started. It is refused (not acknowledged complete, not listed as uploaded, no
+    shard.accepted), and nothing of it stays in enclave memory."""
+    import threading
+    import time
+
+    from mpctrain.party.agent import load_shard
+    from mpctrain.wire import data_pb2
+
+    m, agents = _approved(cluster, "late-shard", quorum=2)
+    late = agents["hospital-c"]
+    up = ShardUpload(late.client, m.job_id, late.enclave, late.identity, "hospital-c",
+                     load_shard(late.data_path, m), chunk_size=4096)
+    assert up.n_chunks >= 2
+    go = threading.Event()
+    acks, errors = [], []
+
+    def request(i):
+        r = data_pb2.UploadRequest()
+        r.chunk.index, r.chunk.frame, r.chunk.last = i, up.frame(i), i == up.n_chunks - 1
+        return r
+
+    def chunks(start):
+        for i in range(start, up.n_chunks - 1):
+            yield request(i)
+        go.wait(60)
+        yield request(up.n_chunks - 1)
+
+    def run():
+        try:
+            for ack in late.client.upload(m.job_id, up.header, chunks):
+                acks.append(ack)
+        except FailedPrecondition as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while (not acks or acks[-1].next_index < up.n_chunks - 1) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    agents["hospital-a"].upload(m)
+    agents["hospital-b"].upload(m)
+    while late.client.get_job(m.job_id).state == "open" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    go.set()
+    t.join(60)
+    assert errors and "no longer takes data" in str(errors[0])
+    assert not any(a.complete for a in acks)
+    assert late.wait(m.job_id, ("done",), timeout=120) == "done"
+    assert sorted(late.client.get_job(m.job_id).uploaded) == ["hospital-a", "hospital-b"]
+    kinds = [(k, f.get("party")) for k, f in cluster.events.events if f.get("job_id") == m.job_id]
+    assert ("shard.accepted", "hospital-c") not in kinds
+    assert up.object_id.startswith("shard/")
+    assert cluster.aggregator.uploads.get(m.job_id, up.object_id) is None  # dropped, its plaintext overwritten
+    job = cluster.aggregator.store.get(m.job_id)
+    assert all(len(s.buf) == 0 for s in job.shards.values())  # the quorum's shards: wiped and released

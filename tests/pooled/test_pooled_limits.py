@@ -225,8 +225,11 @@ def test_only_configured_proposers_may_propose(tmp_path):
     try:
         allowed = c.parties["hospital-b"].identity.public_bytes()
         c.aggregator.jobs.proposers = frozenset({allowed})
-        with pytest.raises(PermissionDenied, match="may not propose"):
-            c.agent("hospital-a").client.propose(c.manifest("by-a"))
+        seen = len(c.aggregator.auth._seen)
+        for _ in range(3):
+            with pytest.raises(PermissionDenied, match="may not propose"):
+                c.agent("hospital-a").client.propose(c.manifest("by-a"))
+        assert len(c.aggregator.auth._seen) == seen  # refused before its sessions reach the replay cache
         c.agent("hospital-b").client.propose(c.manifest("by-b", proposer="hospital-b"))
     finally:
         c.stop()
@@ -279,3 +282,54 @@ def test_auditors_come_from_the_config(tmp_path):
         cfg.write_text(bad)
         with pytest.raises(ConfigError, match="auditors"):
             AggregatorConfig.load(cfg)
+
+
+def test_open_watch_streams_never_starve_the_other_calls(tmp_path):
+    """Every WatchJob stream holds a server thread until its job ends: with every watch slot taken (on a job
+    nobody will ever consent to), one more watch is refused and attestation and status still answer."""
+    from mpctrain.enclave.auth import auth_metadata
+    from mpctrain.wire import jobs_pb2_grpc
+
+    limits = Limits(max_watchers=32, max_concurrent_uploads=2)  # as many watches as the old fixed pool had threads
+    with SimCluster(tmp_path, limits=limits, researchers=("researcher",), events=MemoryEventSink()) as c:
+        assert c.aggregator.max_workers >= limits.max_watchers + limits.max_concurrent_uploads + 8
+        c.agent("researcher").client.propose(c.manifest("never", parties=["researcher", "hospital-a"]))
+        researcher = c.parties["researcher"]
+        with grpc.insecure_channel(c.target) as channel:
+            stub = jobs_pb2_grpc.JobsStub(channel)
+
+            def watch():
+                req = jobs_pb2.WatchJobRequest(job_id="never")
+                return stub.WatchJob(req, metadata=auth_metadata(researcher.identity, "researcher",
+                                                                 "/mpctrain.v1.Jobs/WatchJob", req))
+
+            streams = [watch() for _ in range(limits.max_watchers)]
+            for s in streams:
+                next(s)  # the job's first event: the stream is open and holds its thread
+            with pytest.raises(grpc.RpcError) as err:
+                next(watch())
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            agent = c.agent("hospital-b")
+            agent.client.timeout = 10
+            assert agent.attest().cpu.backend == "sim"  # unary calls have threads of their own
+            assert c.agent("researcher").client.get_job("never").state == "proposed"
+            for s in streams:
+                s.cancel()
+
+
+def test_an_open_upload_holds_only_the_bytes_sent(opened, small):
+    """A header declaring the largest shard reserves nothing: memory grows with the chunks that arrive."""
+    m, agents = opened
+    ag = agents["hospital-b"]
+    sealer = _sealer(ag, m, SMALL.max_shard_bytes, chunk=SMALL.max_chunk_bytes)
+
+    def requests():
+        first = data_pb2.UploadRequest()
+        first.chunk.index, first.chunk.frame, first.chunk.last = 0, sealer.seal_chunk(0, bytes(16 << 10), False), False
+        yield first
+
+    acks = list(ag.client.upload(m.job_id, sealer.header_bytes, lambda start: requests()))
+    assert acks[-1].next_index == 1
+    upload = small.aggregator.uploads.get(m.job_id, sealer.header.object_id)
+    assert upload is not None and upload.total_size == SMALL.max_shard_bytes
+    assert len(upload.buf) == 16 << 10  # one chunk's worth, not the declared 100 KiB

@@ -91,6 +91,8 @@ def test_party_outside_the_manifest_is_rejected(cluster):
     m = _propose(cluster, "two-party", parties=["hospital-a", "hospital-b"])
     # hospital-c is known to the aggregator (other jobs name it) but not in this job
     c = cluster.agent("hospital-c")
+    if "c-known" not in {j.job_id for j in cluster.aggregator.store.list()}:
+        c.client.propose(cluster.manifest("c-known", parties=["hospital-c"]))  # a job names it: it is known
     c.attest()
     with pytest.raises(PermissionDenied, match="not named by job two-party"):
         c.client.approve(Consent(m.job_id, "hospital-c", m.digest(), b"\0" * 64))
@@ -322,3 +324,18 @@ def test_output_frames_in_any_order_open_to_the_sealed_bytes(order):
     with pytest.raises(OutputError, match="does not open"):  # one missing: cut, not silently shorter
         open_output(sealed.header, [frames[i] for i in order if i != 1], recipient_id="hospital-a", kem=kem,
                     enclave_sig_public=Enclave.sig.public_bytes(), job_id="job1", name="model")
+
+
+def test_approve_and_upload_reveal_no_job_ids(cluster):
+    """An unknown job id and a job that does not name the caller get the same answer on every call."""
+    cluster.agent("hospital-a").client.propose(cluster.manifest("secret-merger", parties=["hospital-a"]))
+    c = cluster.agent("hospital-c")
+    c.client.propose(cluster.manifest("c-own-job", parties=["hospital-c"]))  # a job names it: it is known
+    answers = {}
+    for job_id in ("secret-merger", "no-such-job"):
+        with pytest.raises(PermissionDenied) as approve:
+            c.client.approve(Consent(job_id, "hospital-c", b"\0" * 32, b"\0" * 64))
+        with pytest.raises(PermissionDenied) as status:
+            c.client.upload_status(job_id, "shard/x")
+        answers[job_id] = (str(approve.value).replace(job_id, "J"), str(status.value).replace(job_id, "J"))
+    assert answers["secret-merger"] == answers["no-such-job"]
