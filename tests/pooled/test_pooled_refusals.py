@@ -94,7 +94,7 @@ def test_party_outside_the_manifest_is_rejected(cluster):
     if "c-known" not in {j.job_id for j in cluster.aggregator.store.list()}:
         c.client.propose(cluster.manifest("c-known", parties=["hospital-c"]))  # a job names it: it is known
     c.attest()
-    with pytest.raises(PermissionDenied, match="not named by job two-party"):
+    with pytest.raises(PermissionDenied, match="not named by job 'two-party'"):
         c.client.approve(Consent(m.job_id, "hospital-c", m.digest(), b"\0" * 64))
     with pytest.raises(PermissionDenied):
         c.client.upload_status(m.job_id, "shard/x")
