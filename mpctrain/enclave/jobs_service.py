@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from mpctrain.enclave.auth import RequestAuthenticator
+from mpctrain.enclave.auth import Caller, RequestAuthenticator
 from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded, names, readable_job
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.state import Job, JobEventRecord, JobStore
@@ -24,6 +24,8 @@ APPROVE = "/mpctrain.v1.Jobs/ApproveJob"
 GET = "/mpctrain.v1.Jobs/GetJob"
 LIST = "/mpctrain.v1.Jobs/ListJobs"
 WATCH = "/mpctrain.v1.Jobs/WatchJob"
+MAX_JOB_ID = 256
+LIST_PAGE_BYTES = 3 << 20  # a page of ListJobs stays this far under the 4 MiB message limit
 
 
 def job_status(job: Job) -> jobs_pb2.JobStatus:
@@ -51,7 +53,8 @@ def event_proto(job_id: str, e: JobEventRecord) -> jobs_pb2.JobEvent:
 
 class JobsService(jobs_pb2_grpc.JobsServicer):
     def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink, max_watchers: int = 64,
-                 proposers: tuple[bytes, ...] = ()) -> None:
+                 proposers: tuple[bytes, ...] = (), page_bytes: int = LIST_PAGE_BYTES) -> None:
+        self.page_bytes = page_bytes
         self.proposers = frozenset(proposers)
         self.store = store
         self.auth = auth
@@ -110,8 +113,28 @@ class JobsService(jobs_pb2_grpc.JobsServicer):
 
     def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: grpc.ServicerContext) -> jobs_pb2.ListJobsResponse:
         with guarded(context, self.events, LIST):
+            if len(request.page_token) > MAX_JOB_ID:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"page token longer than {MAX_JOB_ID} characters")
             caller = authenticate(self.auth, self.store, context, LIST, request)
-            return jobs_pb2.ListJobsResponse(jobs=[job_status(j) for j in self.store.list() if names(j, caller)])
+            return self._page(caller, request.page_token)
+
+    def _page(self, caller: Caller, after: str) -> jobs_pb2.ListJobsResponse:
+        """One page of the caller's jobs in job-id order, after ``after``.
+
+        Pages are cut by size: any proposer may name a party in jobs with 1 MiB manifests, and one reply
+        holding them all would pass the message limit and leave that party unable to list its jobs.
+        """
+        mine = sorted((j for j in self.store.list() if j.job_id > after and names(j, caller)), key=lambda j: j.job_id)
+        reply = jobs_pb2.ListJobsResponse()
+        size = 0
+        for job in mine:
+            status = job_status(job)
+            size += status.ByteSize() + 8
+            if reply.jobs and size > self.page_bytes:
+                reply.next_page_token = reply.jobs[-1].job_id
+                break
+            reply.jobs.append(status)
+        return reply
 
     def WatchJob(self, request: jobs_pb2.WatchJobRequest, context: grpc.ServicerContext) -> Iterator[jobs_pb2.JobEvent]:
         with guarded(context, self.events, WATCH):

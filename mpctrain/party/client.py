@@ -13,7 +13,7 @@ from mpctrain.enclave.auth import auth_metadata
 from mpctrain.enclave.receipt import Receipt
 from mpctrain.enclave.results_service import receipt_from_proto
 from mpctrain.jobs import Consent, JobManifest
-from mpctrain.party.errors import OutputError, from_rpc_error
+from mpctrain.party.errors import AggregatorError, OutputError, from_rpc_error
 from mpctrain.seal.keys import IdentityKey
 from mpctrain.wire import (
     attestation_pb2,
@@ -96,11 +96,21 @@ class AggregatorClient:
         md = self._md("/mpctrain.v1.Jobs/GetJob", req)
         return self._call(lambda: self.jobs.GetJob(req, metadata=md, timeout=self.timeout))
 
-    def list_jobs(self) -> list[jobs_pb2.JobStatus]:
-        """The jobs whose manifests name this party (and no others)."""
-        req = jobs_pb2.ListJobsRequest()
-        md = self._md("/mpctrain.v1.Jobs/ListJobs", req)
-        return list(self._call(lambda: self.jobs.ListJobs(req, metadata=md, timeout=self.timeout)).jobs)
+    def list_jobs(self, max_pages: int = 1000) -> list[jobs_pb2.JobStatus]:
+        """The jobs whose manifests name this party (and no others), every page of them."""
+        out: list[jobs_pb2.JobStatus] = []
+        token = ""
+        for _ in range(max_pages):
+            req = jobs_pb2.ListJobsRequest(page_token=token)
+            md = self._md("/mpctrain.v1.Jobs/ListJobs", req)
+            reply = self._call(lambda: self.jobs.ListJobs(req, metadata=md, timeout=self.timeout))  # noqa: B023
+            out.extend(reply.jobs)
+            if not reply.next_page_token:
+                return out
+            if reply.next_page_token <= token:
+                raise AggregatorError("the aggregator's job list went backwards (page token did not advance)")
+            token = reply.next_page_token
+        raise AggregatorError(f"the aggregator's job list ran past {max_pages} pages")
 
     def watch(self, job_id: str, timeout: float | None = None) -> Iterator[jobs_pb2.JobEvent]:
         req = jobs_pb2.WatchJobRequest(job_id=job_id)

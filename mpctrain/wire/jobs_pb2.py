@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mpctrain/v1/jobs.proto\x12\x0bmpctrain.v1\"%\n\x11ProposeJobRequest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"a\n\x11\x41pproveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x11\n\x0fListJobsRequest\"8\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.mpctrain.v1.JobStatus\"\x9c\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\x0c\x12\x11\n\tconsented\x18\x05 \x03(\t\x12\x18\n\x10missing_consents\x18\x06 \x03(\t\x12\x10\n\x08uploaded\x18\x07 \x03(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x41\n\x0epublic_metrics\x18\t \x03(\x0b\x32).mpctrain.v1.JobStatus.PublicMetricsEntry\x1a\x34\n\x12PublicMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf7\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\r\n\x05state\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\r\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x10\n\x08party_id\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x31\n\x06values\x18\n \x03(\x0b\x32!.mpctrain.v1.JobEvent.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xdc\x02\n\x04Jobs\x12\x44\n\nProposeJob\x12\x1e.mpctrain.v1.ProposeJobRequest\x1a\x16.mpctrain.v1.JobStatus\x12\x44\n\nApproveJob\x12\x1e.mpctrain.v1.ApproveJobRequest\x1a\x16.mpctrain.v1.JobStatus\x12<\n\x06GetJob\x12\x1a.mpctrain.v1.GetJobRequest\x1a\x16.mpctrain.v1.JobStatus\x12G\n\x08ListJobs\x12\x1c.mpctrain.v1.ListJobsRequest\x1a\x1d.mpctrain.v1.ListJobsResponse\x12\x41\n\x08WatchJob\x12\x1c.mpctrain.v1.WatchJobRequest\x1a\x15.mpctrain.v1.JobEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16mpctrain/v1/jobs.proto\x12\x0bmpctrain.v1\"%\n\x11ProposeJobRequest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\"a\n\x11\x41pproveJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_digest\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"%\n\x0fListJobsRequest\x12\x12\n\npage_token\x18\x01 \x01(\t\"Q\n\x10ListJobsResponse\x12$\n\x04jobs\x18\x01 \x03(\x0b\x32\x16.mpctrain.v1.JobStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x02\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08manifest\x18\x03 \x01(\x0c\x12\x17\n\x0fmanifest_digest\x18\x04 \x01(\x0c\x12\x11\n\tconsented\x18\x05 \x03(\t\x12\x18\n\x10missing_consents\x18\x06 \x03(\t\x12\x10\n\x08uploaded\x18\x07 \x03(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x41\n\x0epublic_metrics\x18\t \x03(\x0b\x32).mpctrain.v1.JobStatus.PublicMetricsEntry\x1a\x34\n\x12PublicMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\xf7\x01\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\r\n\x05state\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\r\x12\x0c\n\x04loss\x18\x07 \x01(\x01\x12\x10\n\x08party_id\x18\x08 \x01(\t\x12\x0f\n\x07message\x18\t \x01(\t\x12\x31\n\x06values\x18\n \x03(\x0b\x32!.mpctrain.v1.JobEvent.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xdc\x02\n\x04Jobs\x12\x44\n\nProposeJob\x12\x1e.mpctrain.v1.ProposeJobRequest\x1a\x16.mpctrain.v1.JobStatus\x12\x44\n\nApproveJob\x12\x1e.mpctrain.v1.ApproveJobRequest\x1a\x16.mpctrain.v1.JobStatus\x12<\n\x06GetJob\x12\x1a.mpctrain.v1.GetJobRequest\x1a\x16.mpctrain.v1.JobStatus\x12G\n\x08ListJobs\x12\x1c.mpctrain.v1.ListJobsRequest\x1a\x1d.mpctrain.v1.ListJobsResponse\x12\x41\n\x08WatchJob\x12\x1c.mpctrain.v1.WatchJobRequest\x1a\x15.mpctrain.v1.JobEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,19 +42,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETJOBREQUEST']._serialized_start=177
   _globals['_GETJOBREQUEST']._serialized_end=208
   _globals['_LISTJOBSREQUEST']._serialized_start=210
-  _globals['_LISTJOBSREQUEST']._serialized_end=227
-  _globals['_LISTJOBSRESPONSE']._serialized_start=229
-  _globals['_LISTJOBSRESPONSE']._serialized_end=285
-  _globals['_JOBSTATUS']._serialized_start=288
-  _globals['_JOBSTATUS']._serialized_end=572
-  _globals['_JOBSTATUS_PUBLICMETRICSENTRY']._serialized_start=520
-  _globals['_JOBSTATUS_PUBLICMETRICSENTRY']._serialized_end=572
-  _globals['_WATCHJOBREQUEST']._serialized_start=574
-  _globals['_WATCHJOBREQUEST']._serialized_end=607
-  _globals['_JOBEVENT']._serialized_start=610
-  _globals['_JOBEVENT']._serialized_end=857
-  _globals['_JOBEVENT_VALUESENTRY']._serialized_start=812
-  _globals['_JOBEVENT_VALUESENTRY']._serialized_end=857
-  _globals['_JOBS']._serialized_start=860
-  _globals['_JOBS']._serialized_end=1208
+  _globals['_LISTJOBSREQUEST']._serialized_end=247
+  _globals['_LISTJOBSRESPONSE']._serialized_start=249
+  _globals['_LISTJOBSRESPONSE']._serialized_end=330
+  _globals['_JOBSTATUS']._serialized_start=333
+  _globals['_JOBSTATUS']._serialized_end=617
+  _globals['_JOBSTATUS_PUBLICMETRICSENTRY']._serialized_start=565
+  _globals['_JOBSTATUS_PUBLICMETRICSENTRY']._serialized_end=617
+  _globals['_WATCHJOBREQUEST']._serialized_start=619
+  _globals['_WATCHJOBREQUEST']._serialized_end=652
+  _globals['_JOBEVENT']._serialized_start=655
+  _globals['_JOBEVENT']._serialized_end=902
+  _globals['_JOBEVENT_VALUESENTRY']._serialized_start=857
+  _globals['_JOBEVENT_VALUESENTRY']._serialized_end=902
+  _globals['_JOBS']._serialized_start=905
+  _globals['_JOBS']._serialized_end=1253
 # @@protoc_insertion_point(module_scope)

@@ -282,3 +282,29 @@ def test_party_waiting_for_its_first_job_keeps_polling_but_a_wrong_key_fails(tmp
             find_job(impostor, None, timeout=0)
         impostor.client.close()
         waiter.client.close()
+
+
+def test_list_pages_jobs_that_would_not_fit_one_reply(cluster, jobs):
+    """Jobs near the 1 MiB manifest limit that name a party: one reply holding them all would pass gRPC's
+    4 MiB limit and the party could not list its jobs; the list comes in pages, each under the limit."""
+    padded = []
+    for i in range(5):
+        m = cluster.manifest(f"readauth-pad-{i}", parties=["hospital-c", "researcher"],
+                             training={**FAST_TRAINING, "note": "x" * 900_000}, recipients=["hospital-c"])
+        cluster.agent(m.proposer).client.propose(m)
+        padded.append(m.job_id)
+    req = jobs_pb2.ListJobsRequest()
+    first = jobs_pb2_grpc.JobsStub(grpc.insecure_channel(cluster.target)).ListJobs(
+        req, metadata=_md(cluster, "hospital-c", LIST, req), timeout=10)
+    assert first.next_page_token and 0 < len(first.jobs) < 6 and first.ByteSize() < 4 << 20
+    with AggregatorClient(cluster.target, "hospital-c", cluster.parties["hospital-c"].identity) as client:
+        listed = [s.job_id for s in client.list_jobs()]
+    assert listed == sorted(listed) and set(padded) | {CR} <= set(listed) and AB not in listed
+    assert len(listed) == len(set(listed))  # no job on two pages
+
+
+def test_list_refuses_an_oversized_page_token(cluster, jobs, channel):
+    req = jobs_pb2.ListJobsRequest(page_token="j" * 257)
+    code, details = _code(lambda: jobs_pb2_grpc.JobsStub(channel).ListJobs(
+        req, metadata=_md(cluster, "hospital-c", LIST, req), timeout=10))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "page token" in details
