@@ -16,6 +16,7 @@ from mpctrain.enclave.identity import ENCLAVE_ID, EnclaveIdentity
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.state import Job, JobError, JobState, JobStore
 from mpctrain.enclave.uploads import Upload, UploadTable, header_digest
+from mpctrain.enclave.watchdog import StreamWatchdog
 from mpctrain.seal import errors as seal_errors
 from mpctrain.seal.stream import StreamHeader, StreamOpener
 from mpctrain.wire import data_pb2, data_pb2_grpc
@@ -64,6 +65,7 @@ class DataService(data_pb2_grpc.DataServicer):
         self.limits = limits
         self.uploads = uploads or UploadTable()
         self._slots = threading.BoundedSemaphore(limits.max_concurrent_uploads)
+        self.watchdog = StreamWatchdog()
 
     # -- upload -------------------------------------------------------------------------------
     def UploadShard(self, request_iterator: Iterator[data_pb2.UploadRequest],
@@ -73,10 +75,13 @@ class DataService(data_pb2_grpc.DataServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{self.limits.max_concurrent_uploads} uploads already in progress; retry later")
         upload: Upload | None = None
+        # the slot is taken before the caller is known: a stream that goes silent is cut (resumable later)
+        watch = self.watchdog.watch(context.cancel, self.limits.upload_first_message_s)
         self.uploads.expire(self.limits.upload_ttl_s)
         try:
             with guarded(context, self.events, UPLOAD):
                 first = next(request_iterator, None)
+                watch.touch(self.limits.upload_idle_s)
                 if first is None or first.WhichOneof("msg") != "open":
                     raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "an upload starts with an UploadOpen message")
                 caller = authenticate(self.auth, self.store, context, UPLOAD, first)
@@ -86,6 +91,7 @@ class DataService(data_pb2_grpc.DataServicer):
             yield self._ack(upload)
             with guarded(context, self.events, UPLOAD):
                 for msg in request_iterator:
+                    watch.touch()
                     if msg.WhichOneof("msg") != "chunk":
                         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "only chunks may follow UploadOpen")
                     self._chunk(upload, msg.chunk)
@@ -95,6 +101,13 @@ class DataService(data_pb2_grpc.DataServicer):
                         return
                     yield self._ack(upload)
         finally:
+            watch.close()
+            if watch.expired:
+                stage = "its first message" if upload is None else f"chunk {upload.next_index}"
+                log.warning("%s cut: no %s within the time allowed", UPLOAD, stage)
+                self.events.emit("rejected", method=UPLOAD, code="CANCELLED", reason=f"silent stream ({stage})",
+                                 caller=str(dict(context.invocation_metadata() or ()).get("x-mpctrain-party",
+                                                                                          ""))[:64])
             if upload is not None:
                 upload.busy = False
             self._slots.release()

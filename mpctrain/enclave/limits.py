@@ -22,6 +22,8 @@ class Limits:
     header_max_age_s: int = 600              # a shard header created longer ago is a replay
     auth_window_s: int = 300                 # request signatures older or newer than this are refused
     upload_ttl_s: int = 24 * 3600            # how long an interrupted upload can be resumed
+    upload_first_message_s: int = 15         # an upload stream that sends no signed opening by then is cut
+    upload_idle_s: int = 120                 # an upload stream silent this long between chunks is cut
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:

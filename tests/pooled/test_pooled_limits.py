@@ -333,3 +333,50 @@ def test_an_open_upload_holds_only_the_bytes_sent(opened, small):
     upload = small.aggregator.uploads.get(m.job_id, sealer.header.object_id)
     assert upload is not None and upload.total_size == SMALL.max_shard_bytes
     assert len(upload.buf) == 16 << 10  # one chunk's worth, not the declared 100 KiB
+
+
+def test_silent_upload_streams_are_cut_and_free_their_slot(tmp_path):
+    """The only upload slot is taken before the caller is known. A stream that never sends its signed opening
+    is cut after ``upload_first_message_s``; one that opens and then goes quiet is cut after ``upload_idle_s``
+    and stays resumable. Either way the slot comes back and the cut is recorded."""
+    from mpctrain.wire import data_pb2_grpc
+
+    limits = Limits(max_concurrent_uploads=1, upload_first_message_s=1, upload_idle_s=1)
+    events = MemoryEventSink()
+    with SimCluster(tmp_path, limits=limits, events=events) as c:
+        m = c.manifest("silent", training=FAST_TRAINING)
+        agents = {p: c.agent(p) for p in c.parties}
+        agents["hospital-a"].client.propose(m)
+        for ag in agents.values():
+            ag.attest()
+            ag.approve(m)
+        a = agents["hospital-a"]
+        release = threading.Event()
+
+        def silent(*msgs):
+            yield from msgs
+            release.wait(30)
+
+        with grpc.insecure_channel(c.target) as channel:
+            stub = data_pb2_grpc.DataStub(channel)
+            t0 = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.UploadShard(silent(), timeout=20))  # a network caller that never speaks
+            assert err.value.code() == grpc.StatusCode.CANCELLED and time.monotonic() - t0 < 10
+
+            sealer = _sealer(a, m, 4096)
+            first = data_pb2.UploadRequest(open=data_pb2.UploadOpen(job_id=m.job_id, header=sealer.header_bytes))
+            md = auth_metadata(a.identity, a.party_id, "/mpctrain.v1.Data/UploadShard", first)
+            stream = stub.UploadShard(silent(first), metadata=md, timeout=20)
+            assert next(stream).next_index == 0  # opened, then nothing more
+            with pytest.raises(grpc.RpcError) as err:
+                next(stream)
+            assert err.value.code() == grpc.StatusCode.CANCELLED
+        release.set()
+        status = a.client.upload_status(m.job_id, sealer.header.object_id)
+        assert status.known and not status.complete  # what was opened can be resumed
+        acks = list(agents["hospital-b"].client.upload(  # the slot is free again
+            m.job_id, _sealer(agents["hospital-b"], m, 4096).header_bytes, lambda s: iter(())))
+        assert acks[0].next_index == 0
+        cuts = [f["reason"] for k, f in events.events if k == "rejected" and f.get("code") == "CANCELLED"]
+        assert cuts == ["silent stream (its first message)", "silent stream (chunk 0)"]
