@@ -81,7 +81,8 @@ def fl_audit(
         sent = read_sent(rt.sent_log, rt.manifest.job_id) if rt.sent_log is not None else []
         enclave = attest_enclave(rt.evidence, rt.policy)
         with aggregator_channel(cfg) as channel:
-            lines = fetch_audit_log(channel, rt.manifest.job_id, party_id=rt.party_id, identity=rt.identity)
+            lines = fetch_audit_log(channel, rt.manifest.job_id, party_id=rt.party_id, identity=rt.identity,
+                                    evidence=[enclave.evidence_digest])
         report = check_federated_audit(lines, runtime=rt, enclave=enclave, sent=sent)
     except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")

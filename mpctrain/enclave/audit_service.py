@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,21 +28,41 @@ from mpctrain.wire import audit_pb2, audit_pb2_grpc
 GET_LOG = "/mpctrain.v1.Audit/GetLog"
 JOB_VIEW_KINDS = frozenset((SEGMENT_KIND, "evidence.served", "aggregator.started", "aggregator.stopped"))
 MAX_JOB_ID = 256
+MAX_EVIDENCE_DIGESTS = 16
+SERVED_KIND = "evidence.served"
 
 
-def _peek(raw: bytes) -> tuple[int | None, str | None, str | None]:
-    """(seq, job_id, kind) of a stored line, or Nones when it does not parse."""
+@dataclass(frozen=True)
+class Peek:
+    """What the service needs of a stored line; all None when it does not parse."""
+
+    seq: int | None = None
+    job_id: str | None = None
+    kind: str | None = None
+    evidence_digest: str | None = None
+
+
+def _peek(raw: bytes) -> Peek:
     try:
         obj = json.loads(raw)
-        seq = obj.get("seq")
-        return (seq if isinstance(seq, int) else None), obj.get("job_id"), obj.get("kind")
+        seq, fields = obj.get("seq"), obj.get("fields")
+        digest = fields.get("evidence_digest") if isinstance(fields, dict) else None
+        return Peek(seq if isinstance(seq, int) else None, obj.get("job_id"), obj.get("kind"),
+                    digest if isinstance(digest, str) else None)
     except (ValueError, AttributeError, RecursionError):
-        return None, None, None
+        return Peek()
 
 
 def job_view(job_id: str, job: str | None, kind: str | None) -> bool:
     """Whether a record belongs to ``job_id``'s view: its own records and the job-less context records."""
     return job == job_id or (job is None and kind in JOB_VIEW_KINDS)
+
+
+def in_view(job_id: str, peek: Peek, digests: frozenset[str]) -> bool:
+    """``job_view``, with evidence.served records narrowed to ``digests`` when any are given."""
+    if not job_view(job_id, peek.job_id, peek.kind):
+        return False
+    return not (digests and peek.job_id is None and peek.kind == SERVED_KIND and peek.evidence_digest not in digests)
 
 
 class AuditService(audit_pb2_grpc.AuditServicer):
@@ -73,6 +94,12 @@ class AuditService(audit_pb2_grpc.AuditServicer):
         with guarded(context, self.events, GET_LOG):
             if len(request.job_id) > MAX_JOB_ID:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"job id longer than {MAX_JOB_ID} characters")
+            if len(request.evidence_digests) > MAX_EVIDENCE_DIGESTS or any(
+                    len(d) > 64 for d in request.evidence_digests):
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"at most {MAX_EVIDENCE_DIGESTS} evidence digests of 64 hex characters")
+            if request.evidence_digests and not request.job_id:
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "evidence digests narrow a job's view: set job_id")
             caller = self.auth.authenticate(context.invocation_metadata(), GET_LOG, request, self._identities)
             if request.job_id:
                 readable_job(self.store, request.job_id, caller)
@@ -80,13 +107,14 @@ class AuditService(audit_pb2_grpc.AuditServicer):
                 self._authorize_whole_log(caller)
             if not self.path.exists():
                 raise Rejected(grpc.StatusCode.NOT_FOUND, "this aggregator has written no audit log yet")
+            digests = frozenset(request.evidence_digests)
             for line_no, raw in read_lines(self.path):
                 if not raw.endswith(b"\n"):
                     return  # the record being appended right now: the next fetch gets it whole
                 if request.job_id or request.from_seq:
-                    seq, job, kind = _peek(raw)
-                    if seq is not None and seq < request.from_seq:
+                    peek = _peek(raw)
+                    if peek.seq is not None and peek.seq < request.from_seq:
                         continue
-                    if seq is not None and request.job_id and not job_view(request.job_id, job, kind):
+                    if peek.seq is not None and request.job_id and not in_view(request.job_id, peek, digests):
                         continue
                 yield audit_pb2.AuditRecord(line=line_no, data=raw)

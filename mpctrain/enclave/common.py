@@ -63,7 +63,9 @@ def _aborted(exc: Exception) -> bool:
 
 def _reject(context: grpc.ServicerContext, events: EventSink, method: str, code: grpc.StatusCode,
             message: str) -> None:
-    log.warning("%s rejected: %s: %s", method, code.name, message)
+    # the event sink logs it (at WARNING), rate limited with the audit record: a flood of bad calls
+    # cannot flood the host's log either
+    log.debug("%s rejected: %s: %s", method, code.name, message)
     events.emit("rejected", method=method, code=code.name, reason=message[:200],
                 caller=str(dict(context.invocation_metadata() or ()).get("x-mpctrain-party", ""))[:64])
     context.abort(code, message)

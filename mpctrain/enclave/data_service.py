@@ -103,8 +103,8 @@ class DataService(data_pb2_grpc.DataServicer):
         finally:
             watch.close()
             if watch.expired:
-                stage = "its first message" if upload is None else f"chunk {upload.next_index}"
-                log.warning("%s cut: no %s within the time allowed", UPLOAD, stage)
+                stage = "before its opening" if upload is None else f"after {upload.next_index} chunk(s)"
+                log.warning("%s cut: the stream went silent %s", UPLOAD, stage)
                 self.events.emit("rejected", method=UPLOAD, code="CANCELLED", reason=f"silent stream ({stage})",
                                  caller=str(dict(context.invocation_metadata() or ()).get("x-mpctrain-party",
                                                                                           ""))[:64])

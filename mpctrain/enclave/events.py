@@ -33,12 +33,15 @@ def _safe(value: object) -> object:
     return type(value).__name__
 
 
+WARNING_KINDS = frozenset(("rejected",))
+
+
 class LogEventSink:
-    """Default sink: one INFO line per event with its metadata fields."""
+    """Default sink: one line per event with its metadata fields; refusals at WARNING, the rest at INFO."""
 
     def emit(self, kind: str, /, **fields: object) -> None:
         shown = " ".join(f"{k}={_safe(v)}" for k, v in sorted(fields.items()))
-        log.info("%s %s", kind, shown)
+        log.log(logging.WARNING if kind in WARNING_KINDS else logging.INFO, "%s %s", kind, shown)
 
 
 class MemoryEventSink:

@@ -24,6 +24,9 @@ class Limits:
     upload_ttl_s: int = 24 * 3600            # how long an interrupted upload can be resumed
     upload_first_message_s: int = 15         # an upload stream that sends no signed opening by then is cut
     upload_idle_s: int = 120                 # an upload stream silent this long between chunks is cut
+    evidence_per_minute_per_peer: int = 120  # GetEvidence calls from one address (IPv6: one /64)
+    evidence_per_minute: int = 600           # GetEvidence calls from all addresses together
+    rejections_per_minute: int = 600         # refusals recorded in the audit log; the rest are counted
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:

@@ -25,6 +25,7 @@ from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.enclave.jobs_service import JobsService
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.pooled import PooledRunner
+from mpctrain.enclave.ratelimit import ThrottledSink
 from mpctrain.enclave.results_service import ResultsService
 from mpctrain.enclave.state import JobStore, Runner
 from mpctrain.enclave.uploads import UploadTable
@@ -114,6 +115,8 @@ class Aggregator:
         self.audit = AuditLog(audit_log, identity) if audit_log is not None else None  # opens this enclave's segment
         if self.audit is not None:
             self.events = FanoutEventSink([self.events, self.audit])
+        # any network caller can cause refusals: their records are capped, the rest counted
+        self.events = ThrottledSink(self.events, per_minute=self.limits.rejections_per_minute)
         all_runners: dict[str, Runner] = {"pooled": PooledRunner(identity, self.events, device)}
         all_runners.update(runners or {})
         self.store = JobStore(self.events, runners=all_runners, max_jobs=self.limits.max_jobs)
@@ -122,7 +125,7 @@ class Aggregator:
         self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers))
         self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
         self.results = ResultsService(self.store, self.auth, self.events)
-        self.attestation = AttestationService(identity, self.events)
+        self.attestation = AttestationService(identity, self.events, self.limits)
         self.health = health.HealthServicer()
         # every upload and watch stream holds a worker thread for its whole life: size the pool so that with
         # all of them open, unary calls (attestation, health, status) still have threads of their own

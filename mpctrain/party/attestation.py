@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from mpctrain.attest import AttestationError, AttestationResult, EvidenceBundle, Policy, PolicyError, verify
 from mpctrain.jobs import JobManifest
 from mpctrain.party.client import AggregatorClient
-from mpctrain.party.errors import AggregatorError, AttestationRefused
+from mpctrain.party.errors import AggregatorError, AttestationRefused, ResourceExhausted
 from mpctrain.seal.binding import NONCE_BYTES, evidence_binding
 
 
@@ -28,6 +28,8 @@ def attest_aggregator_evidence(client: AggregatorClient, policy: Policy, at: dat
     nonce = os.urandom(NONCE_BYTES)
     try:
         bundle = client.get_evidence(nonce)
+    except ResourceExhausted as exc:  # the aggregator's evidence rate limit: try again later
+        raise AttestationRefused("busy", f"the aggregator serves no evidence right now: {exc}") from exc
     except AggregatorError as exc:
         raise AttestationRefused("unreachable", f"no evidence from the aggregator: {exc}") from exc
     except AttestationError as exc:  # malformed bundle on the wire

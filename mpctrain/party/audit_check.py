@@ -58,14 +58,16 @@ class SentInput:
 
 
 def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, party_id: str, identity: IdentityKey,
-                    timeout: float = 60.0) -> list[RawLine]:
+                    timeout: float = 60.0, evidence: Sequence[bytes] = ()) -> list[RawLine]:
     """The log (or ``job_id``'s view of it) over gRPC, as (line number, stored bytes).
 
     The request is signed by ``party_id``'s identity key: a job's view is served to that job's parties,
     the whole log to parties the aggregator knows from its jobs or its auditors list (docs/audit.md).
+    ``evidence`` (digests of the evidence this party was served) narrows a job's view to those
+    ``evidence.served`` records: anyone can make the enclave serve evidence, and the view stays bounded.
     """
     stub = audit_pb2_grpc.AuditStub(channel)
-    req = audit_pb2.GetLogRequest(job_id=job_id)
+    req = audit_pb2.GetLogRequest(job_id=job_id, evidence_digests=[d.hex() for d in evidence])
     md = auth_metadata(identity, party_id, GET_LOG, req)
     out: list[RawLine] = []
     try:
@@ -146,7 +148,8 @@ def confirm_job(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, 
     missing ``done`` is re-fetched for up to ``settle_s`` seconds."""
     deadline = time.monotonic() + settle_s
     while True:
-        lines = fetch_audit_log(channel, manifest.job_id, party_id=party_id, identity=identity)
+        lines = fetch_audit_log(channel, manifest.job_id, party_id=party_id, identity=identity,
+                                evidence=[enclave.evidence_digest])
         try:
             return check_job_audit(lines, manifest=manifest, party_id=party_id, enclave=enclave, policy=policy,
                                    sent=sent, at=at)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mpctrain/v1/audit.proto\x12\x0bmpctrain.v1\"1\n\rGetLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\")\n\x0b\x41uditRecord\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32I\n\x05\x41udit\x12@\n\x06GetLog\x12\x1a.mpctrain.v1.GetLogRequest\x1a\x18.mpctrain.v1.AuditRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mpctrain/v1/audit.proto\x12\x0bmpctrain.v1\"K\n\rGetLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x18\n\x10\x65vidence_digests\x18\x03 \x03(\t\")\n\x0b\x41uditRecord\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32I\n\x05\x41udit\x12@\n\x06GetLog\x12\x1a.mpctrain.v1.GetLogRequest\x1a\x18.mpctrain.v1.AuditRecord0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mpctrain.wire.audit_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETLOGREQUEST']._serialized_start=40
-  _globals['_GETLOGREQUEST']._serialized_end=89
-  _globals['_AUDITRECORD']._serialized_start=91
-  _globals['_AUDITRECORD']._serialized_end=132
-  _globals['_AUDIT']._serialized_start=134
-  _globals['_AUDIT']._serialized_end=207
+  _globals['_GETLOGREQUEST']._serialized_end=115
+  _globals['_AUDITRECORD']._serialized_start=117
+  _globals['_AUDITRECORD']._serialized_end=158
+  _globals['_AUDIT']._serialized_start=160
+  _globals['_AUDIT']._serialized_end=233
 # @@protoc_insertion_point(module_scope)

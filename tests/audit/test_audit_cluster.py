@@ -14,6 +14,7 @@ import pytest
 from auditkit import numbered
 
 from mpctrain.enclave.audit import AuditRecord, lines_from_bytes, read_lines, summarize, verify_log
+from mpctrain.enclave.auth import auth_metadata
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.server import Aggregator
 from mpctrain.party.audit_check import AuditCheckFailed, SentInput, check_job_audit, confirm_job, fetch_audit_log
@@ -338,3 +339,37 @@ def test_cli_cross_checks_evidence_a_party_attested_itself(run, sim, tmp_path):
     assert res.exit_code == 1 and "not recorded as served" in res.output
     res = verify("foreign")
     assert res.exit_code == 1 and "not those of any verified segment" in res.output
+
+
+def test_a_partys_job_view_keeps_only_its_own_served_evidence(run):
+    """Anyone may ask for evidence, and every answer is recorded; a party's job view is narrowed to the
+    evidence it was served itself, so strangers' requests cannot grow it (or push it past the fetch cap)."""
+    from mpctrain.wire import attestation_pb2, attestation_pb2_grpc, audit_pb2, audit_pb2_grpc
+
+    stub = attestation_pb2_grpc.AttestationStub(run.agents["hospital-a"].client.channel)
+    for i in range(4):
+        stub.GetEvidence(attestation_pb2.GetEvidenceRequest(nonce=bytes([i]) * 32), timeout=10)
+    ag = run.agents["hospital-a"]
+    mine = ag.enclave.evidence_digest.hex()
+
+    def served(view):
+        return [json.loads(raw)["fields"]["evidence_digest"] for _, raw in view
+                if json.loads(raw)["kind"] == "evidence.served"]
+
+    everything = served(_fetch(run, "audit-job"))
+    assert len(everything) >= 4 + len(PARTIES) and mine in everything
+    narrowed = fetch_audit_log(ag.client.channel, "audit-job", party_id="hospital-a", identity=ag.identity,
+                               evidence=[ag.enclave.evidence_digest])
+    assert served(narrowed) == [mine]
+    verify_log(narrowed, run.cluster.policy(), partial=True)
+    job = confirm_job(ag.client.channel, manifest=run.manifest, party_id="hospital-a", identity=ag.identity,
+                      enclave=ag.enclave, policy=ag.policy, sent=ag.sent["audit-job"])
+    assert job.state == "done"
+
+    audit = audit_pb2_grpc.AuditStub(ag.client.channel)
+    for req, why in ((audit_pb2.GetLogRequest(job_id="audit-job", evidence_digests=["a" * 64] * 17), "at most 16"),
+                     (audit_pb2.GetLogRequest(evidence_digests=[mine]), "set job_id")):
+        md = auth_metadata(ag.identity, "hospital-a", "/mpctrain.v1.Audit/GetLog", req)
+        with pytest.raises(grpc.RpcError) as err:
+            list(audit.GetLog(req, metadata=md, timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.details()

@@ -1,0 +1,85 @@
+"""Rate limits on what any network caller can make the enclave do: produce evidence, record a refusal.
+
+``GetEvidence`` is unauthenticated by design (a party attests before it trusts anything), and each call
+costs a hardware report and an audit record; each refused call costs an audit record. Without limits a
+caller could grow the host's log without bound and keep the TEE busy. Calls are counted per caller
+address (an IPv6 caller per /64, the block one host usually holds) and in total, over a moving minute.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Collection
+
+from limits import RateLimitItemPerMinute
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+from mpctrain.enclave.events import EventSink
+
+
+def peer_host(peer: str) -> str:
+    """The caller's address from ``context.peer()`` without its port: ``ipv4:10.0.0.7``, ``ipv6:2001:db8::/64``."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6"):
+        return peer  # unix sockets and the like: one local caller
+    host = rest.rsplit(":", 1)[0].strip("[]")
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return peer
+    if addr.version == 6:
+        return f"ipv6:{ipaddress.ip_network(f'{addr}/64', strict=False)}"
+    return f"ipv4:{addr}"
+
+
+class CallerRateLimit:
+    """At most ``per_peer`` calls per minute from one address and ``total`` from all of them."""
+
+    def __init__(self, name: str, *, per_peer: int, total: int) -> None:
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._peer = RateLimitItemPerMinute(per_peer, namespace=f"{name}-peer")
+        self._total = RateLimitItemPerMinute(total, namespace=f"{name}-total")
+
+    def allow(self, peer: str) -> bool:
+        """Count one call from ``peer`` (``context.peer()``); False when it is over either limit.
+
+        A caller over its own limit uses up nothing of the total, so one busy address cannot lock out the rest.
+        """
+        host = peer_host(peer)
+        if not self._limiter.test(self._peer, host):
+            return False
+        return self._limiter.hit(self._total, "all") and self._limiter.hit(self._peer, host)
+
+
+class ThrottledSink:
+    """Passes every event on, but records of ``kinds`` (refusals any caller can cause) at most ``per_minute``.
+
+    The ones held back are counted, and the count rides on the next one passed (``suppressed``), so the log
+    still says how many refusals there were without holding each.
+    """
+
+    def __init__(self, inner: EventSink, *, per_minute: int, kinds: Collection[str] = ("rejected",)) -> None:
+        self.inner = inner
+        self.kinds = frozenset(kinds)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._item = RateLimitItemPerMinute(per_minute, namespace="events")
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def emit(self, kind: str, /, **fields: object) -> None:
+        if kind in self.kinds:
+            with self._lock:
+                if not self._limiter.hit(self._item, kind):
+                    self._held[kind] = self._held.get(kind, 0) + 1
+                    return
+                held = self._held.pop(kind, 0)
+            if held:
+                fields["suppressed"] = held
+        self.inner.emit(kind, **fields)
+
+    def held(self, kind: str = "rejected") -> int:
+        """How many records of ``kind`` are held back and not yet reported."""
+        with self._lock:
+            return self._held.get(kind, 0)
