@@ -40,15 +40,20 @@ def small(tmp_path_factory):
         yield c
 
 
-@pytest.fixture(scope="module")
-def opened(small):
-    m = small.manifest("limits", training=FAST_TRAINING)
-    agents = {p: small.agent(p) for p in small.parties}
+def _open_job(cluster: SimCluster, job_id: str):
+    """Propose ``job_id`` and have every party attest and approve it: the job takes data."""
+    m = cluster.manifest(job_id, training=FAST_TRAINING)
+    agents = {p: cluster.agent(p) for p in cluster.parties}
     agents["hospital-a"].client.propose(m)
     for ag in agents.values():
         ag.attest()
         ag.approve(m)
     return m, agents
+
+
+@pytest.fixture(scope="module")
+def opened(small):
+    return _open_job(small, "limits")
 
 
 def _sealer(ag, m, total, chunk=4096, object_id=None):
@@ -345,12 +350,7 @@ def test_silent_upload_streams_are_cut_and_free_their_slot(tmp_path):
     limits = Limits(max_concurrent_uploads=1, upload_first_message_s=1, upload_idle_s=1)
     events = MemoryEventSink()
     with SimCluster(tmp_path, limits=limits, events=events) as c:
-        m = c.manifest("silent", training=FAST_TRAINING)
-        agents = {p: c.agent(p) for p in c.parties}
-        agents["hospital-a"].client.propose(m)
-        for ag in agents.values():
-            ag.attest()
-            ag.approve(m)
+        m, agents = _open_job(c, "silent")
         a = agents["hospital-a"]
         release = threading.Event()
 
