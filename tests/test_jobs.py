@@ -55,6 +55,7 @@ def test_manifest_roundtrip_is_canonical_and_digest_stable():
     [
         ({"mode": "magic"}, "mode"),
         ({"job_id": "../etc"}, "job_id"),
+        ({"job_id": "study\n"}, "job_id"),  # `$` alone would let a trailing newline through into paths
         ({"quorum": 4}, "quorum"),
         ({"recipients": ["stranger"]}, "recipient"),
         ({"proposer": "stranger"}, "proposer"),

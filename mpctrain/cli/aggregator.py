@@ -12,7 +12,9 @@ from rich.console import Console
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
 from mpctrain.enclave.server import Aggregator, tls_credentials
 
-app = typer.Typer(help="aggregator (the enclave): serve jobs, attestation, data and results", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="aggregator (the enclave): serve jobs, attestation, data and results", no_args_is_help=True)
 
 
 @app.command()

@@ -35,7 +35,9 @@ from mpctrain.seal.binding import NONCE_BYTES, evidence_binding
 
 log = logging.getLogger(__name__)
 
-app = typer.Typer(help="attestation: simulated TEE root, offline evidence verification, demo",
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="attestation: simulated TEE root, offline evidence verification, demo",
                   no_args_is_help=True)
 
 EXIT_FAILED = 1

@@ -18,7 +18,9 @@ from mpctrain.enclave.audit.reader import RawLine
 from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import IdentityKey
 
-app = typer.Typer(help="audit log: verify offline, summarise per job, fetch from an aggregator", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="audit log: verify offline, summarise per job, fetch from an aggregator", no_args_is_help=True)
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2

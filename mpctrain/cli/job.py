@@ -15,8 +15,11 @@ from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
 from mpctrain.party.errors import PartyError
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
+from mpctrain.seal.errors import SealError
 
-app = typer.Typer(help="jobs: propose a manifest, approve it, follow it, fetch its outputs", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="jobs: propose a manifest, approve it, follow it, fetch its outputs", no_args_is_help=True)
 
 AS = typer.Option(..., "--as", help="party id (profile parties/ID/party.toml) or a path to a party.toml")
 PROFILES = typer.Option(DEFAULT_PROFILES, help="directory of party profiles")
@@ -41,7 +44,7 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
                                        "or identity.pem and kem.pem from `mpctrain keys generate`)")
             config = dataclasses.replace(config, keys_dir=keys)
         return agent_from_config(config, aggregator, policy)
-    except (PartyConfigError, PolicyError, OSError) as exc:
+    except (PartyConfigError, PolicyError, SealError, OSError) as exc:
         _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
 
@@ -140,6 +143,8 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
         t.add_row(k, f"{v:.4f}")
     if st.error:
         t.add_row("error", st.error)
+    t.caption = ("as relayed by the host, unsigned: the enclave-signed record of states and metrics is the "
+                 "audit log (`mpctrain audit fetch` then `audit verify`); outputs carry a signed receipt")
     _console().print(t)
 
 

@@ -10,7 +10,9 @@ import typer
 from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import IdentityKey, KemKey, load_identity_public, load_kem_public, write_public_files
 
-app = typer.Typer(help="keys commands", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="keys commands", no_args_is_help=True)
 
 KEY_FILES = ("identity.pem", "identity.pub", "kem.pem", "kem.pub")
 

@@ -14,7 +14,9 @@ from mpctrain.memory import keep_freed_memory
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
-app = typer.Typer(help="mpctrain: multi-party confidential training", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="mpctrain: multi-party confidential training", no_args_is_help=True)
 app.add_typer(keys.app, name="keys")
 app.add_typer(attest.app, name="attest")
 app.add_typer(job.app, name="job")

@@ -12,8 +12,12 @@ from mpctrain.attest import PolicyError
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import AttestationRefused, ManifestRejected, PartyError
 from mpctrain.party.profile import agent_from_config, run_party
+from mpctrain.seal.errors import SealError
+from mpctrain.train.data import DataError
 
-app = typer.Typer(help="party agent: attest, approve, upload sealed data, fetch outputs", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
+    help="party agent: attest, approve, upload sealed data, fetch outputs", no_args_is_help=True)
 
 
 @app.command()
@@ -29,7 +33,7 @@ def run(
     try:
         cfg = PartyConfig.load(config)
         agent = agent_from_config(cfg, aggregator, policy)
-    except (PartyConfigError, PolicyError, OSError) as exc:
+    except (PartyConfigError, PolicyError, SealError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     try:
@@ -47,7 +51,7 @@ def run(
     except ManifestRejected as exc:
         console.print(f"[yellow]not approved:[/yellow] {exc}")
         raise typer.Exit(1) from exc
-    except PartyError as exc:
+    except (PartyError, DataError, SealError) as exc:  # one line: never a traceback of keys or rows
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
     finally:
@@ -124,7 +128,7 @@ def flower_exec(
         cfg.load_keys(create=False)  # a bank's keys exist before it approves anything
         jobs = ApprovedJobs(profile, Policy.load(policy) if policy is not None else None)
         roots = root_certificates.read_bytes() if root_certificates is not None else None
-    except (PartyConfigError, PolicyError, OSError) as exc:
+    except (PartyConfigError, PolicyError, SealError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
     stop = threading.Event()

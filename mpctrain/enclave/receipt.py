@@ -73,6 +73,8 @@ def verify_receipt(receipt: Receipt, sig_public: bytes, job_digest: bytes,
                            "(forged, altered, or from another enclave)") from exc
     if not hmac.compare_digest(receipt.job_digest, job_digest):
         raise ReceiptError("receipt is for another manifest than the one this party approved")
+    if len({name for name, _ in receipt.outputs}) != len(receipt.outputs):
+        raise ReceiptError("receipt lists an output name twice (an entry added to the signed list)")
     if hmac.compare_digest(receipt.output_digest, output_digest(dict(receipt.outputs))) is False:
         raise ReceiptError("receipt's output list does not match its signed output digest")
     if receipt.evidence and not hmac.compare_digest(hashlib.sha256(receipt.evidence).digest(),

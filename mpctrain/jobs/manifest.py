@@ -310,7 +310,7 @@ def _hex(v: Any, name: str) -> bytes:
 
 
 def _validate(m: JobManifest) -> None:
-    if not _ID.match(m.job_id):
+    if not _ID.fullmatch(m.job_id):
         raise ManifestError(f"job_id {m.job_id!r} must match {_ID.pattern}")
     if m.mode not in MODES:
         raise ManifestError(f"mode must be one of {MODES}, got {m.mode!r}")
@@ -323,7 +323,7 @@ def _validate(m: JobManifest) -> None:
     if len(set(keys)) != len(keys):
         raise ManifestError("two parties share one identity key")
     for p in m.parties:
-        if not _ID.match(p.id):
+        if not _ID.fullmatch(p.id):
             raise ManifestError(f"party id {p.id!r} must match {_ID.pattern}")
         if p.role not in ROLES:
             raise ManifestError(f"party {p.id}: role must be one of {ROLES}, got {p.role!r}")
@@ -365,11 +365,11 @@ def _validate_flower(flower: Any) -> None:
     if not isinstance(flower, Mapping):
         raise ManifestError("a federated job needs [training.flower] with the code_digest of its Flower app")
     digest = flower.get("code_digest")
-    if not isinstance(digest, str) or not _HEX_DIGEST.match(digest):
+    if not isinstance(digest, str) or not _HEX_DIGEST.fullmatch(digest):
         raise ManifestError("[training.flower] code_digest must be the app's SHA-384 in lowercase hex "
                             "(mpctrain.party.flower.app_code_digest)")
     entry = flower.get("initial_arrays")
-    if entry is not None and (not isinstance(entry, str) or not FLOWER_ENTRY.match(entry)):
+    if entry is not None and (not isinstance(entry, str) or not FLOWER_ENTRY.fullmatch(entry)):
         raise ManifestError(f"[training.flower] initial_arrays must be \"module:function\", got {entry!r}")
     run_config = flower.get("run_config")
     if run_config is not None and not isinstance(run_config, Mapping):

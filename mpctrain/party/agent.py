@@ -18,7 +18,7 @@ from mpctrain.party.errors import ManifestRejected, PartyError
 from mpctrain.party.outputs import fetch_outputs
 from mpctrain.party.rules import PartyRules, check_manifest
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
-from mpctrain.seal.keys import IdentityKey, KemKey
+from mpctrain.seal.keys import IdentityKey, KemKey, write_private
 
 log = logging.getLogger("mpctrain.party")
 
@@ -126,9 +126,8 @@ class PartyAgent:
         """Fetch, open and verify this party's outputs; write them to ``outputs_dir`` when set."""
         opened, _receipt = fetch_outputs(self.client, self._attested(), manifest, self.party_id, self.kem,
                                          policy=self.policy, at=self.at() if self.at else None)
-        if self.outputs_dir is not None:
+        if self.outputs_dir is not None:  # plaintext derived from every party's data: owner-only, never via a link
             d = self.outputs_dir / manifest.job_id
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "model.safetensors").write_bytes(opened["model"])
-            (d / "metrics.json").write_bytes(opened["metrics"])
+            write_private(d / "model.safetensors", opened["model"])
+            write_private(d / "metrics.json", opened["metrics"])
         return opened

@@ -10,8 +10,11 @@ outputs_dir = "outputs"         # where opened outputs go when this party is a r
 tls_ca = "aggregator-ca.pem"    # optional: the aggregator's transport TLS roots
 [rules]
 auto_approve = true
-allowed_recipients = ["hospital-a", "hospital-b", "hospital-c"]
+allowed_recipients = ["hospital-a", "hospital-b", "hospital-c"]   # each pinned below (or this party itself)
 allowed_models = ["mlp", "logreg"]
+[rules.known_parties]           # the keys other parties are known by: a name in a manifest is only a name
+hospital-b = "../hospital-b/keys"                 # its keys directory (identity.pub, kem.pub) ...
+hospital-c = { identity = "<hex>", kem = "x25519 <hex>" }   # ... or the keys themselves
 ```
 """
 
@@ -64,8 +67,10 @@ class PartyConfig:
                 schema = tomllib.loads((base / str(doc["schema"])).read_text())
             except (OSError, tomllib.TOMLDecodeError) as exc:
                 raise PartyConfigError(f"cannot read schema {doc['schema']}: {exc}") from exc
+        if not isinstance(doc.get("rules", {}), dict):
+            raise PartyConfigError("[rules] must be a table")
         try:
-            rules = PartyRules.from_dict(doc.get("rules", {}), schema)
+            rules = PartyRules.from_dict(doc.get("rules", {}), schema, base)
         except ValueError as exc:
             raise PartyConfigError(str(exc)) from exc
         return cls(id=str(doc["id"]), aggregator=str(doc.get("aggregator", "127.0.0.1:50051")),

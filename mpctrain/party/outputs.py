@@ -55,11 +55,12 @@ def verify_receipt_evidence(receipt: Receipt, enclave: AttestationResult, policy
 
 
 def fetch_outputs(client: AggregatorClient, enclave: AttestationResult, manifest: JobManifest, recipient_id: str,
-                  kem: KemKey, policy: Policy | None = None,
+                  kem: KemKey, *, policy: Policy,
                   at: datetime | None = None) -> tuple[dict[str, bytes], Receipt]:
     """Fetch, open and verify every output of a job for ``recipient_id``; return them and the receipt.
 
-    With ``policy``, the evidence carried by the receipt is verified too (fresh, bound to these outputs).
+    The evidence the receipt carries is verified under ``policy`` too (fresh, bound to these outputs): a
+    receipt stripped of its evidence is refused, so ``policy`` is not optional.
     """
     receipt = client.get_receipt(manifest.job_id)
     opened: dict[str, bytes] = {}
@@ -71,8 +72,7 @@ def fetch_outputs(client: AggregatorClient, enclave: AttestationResult, manifest
         verify_receipt(receipt, enclave.sig_public, manifest.digest(), opened)
     except ReceiptError as exc:
         raise OutputError(f"receipt check failed: {exc}") from exc
-    if policy is not None:
-        verify_receipt_evidence(receipt, enclave, policy, at)
+    verify_receipt_evidence(receipt, enclave, policy, at)
     return opened, receipt
 
 

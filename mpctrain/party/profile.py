@@ -16,6 +16,7 @@ from mpctrain.party.agent import PartyAgent
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated
+from mpctrain.party.rules import PartyRules
 
 DEFAULT_PROFILES = Path("parties")
 
@@ -89,6 +90,18 @@ def _listed(agent: PartyAgent) -> list[Any]:
         return []
 
 
+def manual_approval(rules: PartyRules) -> str | None:
+    """Why this party's jobs need a person to approve them, or None when its rules may approve alone.
+
+    Rules without ``allowed_recipients`` would approve outputs of the party's data to anyone a job names.
+    """
+    if not rules.auto_approve:
+        return "auto_approve is off"
+    if not rules.allowed_recipients:
+        return "its rules name no allowed_recipients, so they cannot approve who receives outputs"
+    return None
+
+
 def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 600.0,
               say: Callable[[str], Any] = print, progress: Callable[[int, int], None] | None = None,
               ) -> Mapping[str, bytes] | None:
@@ -102,8 +115,9 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
     if agent.party_id not in status.consented:
         if problems:
             raise ManifestRejected(problems)
-        if not agent.rules.auto_approve:
-            say(f"{agent.party_id}: job {manifest.job_id} passes the local rules; waiting for "
+        manual = manual_approval(agent.rules)
+        if manual:
+            say(f"{agent.party_id}: job {manifest.job_id} passes the local rules; {manual}: waiting for "
                 f"`mpctrain job approve {manifest.job_id} --as {agent.party_id}`")
         else:
             agent.approve(manifest)

@@ -67,5 +67,5 @@ def test_outputs_are_not_served_before_the_rounds_ran(served):
     enclave = attest_enclave(GrpcEvidenceSource(f"127.0.0.1:{port}"), job.policy)
     with AggregatorClient(f"127.0.0.1:{port}", "researcher", job.researcher.identity) as client:
         with pytest.raises(PartyError) as err:
-            fetch_outputs(client, enclave, job.manifest, "researcher", job.researcher.kem)
+            fetch_outputs(client, enclave, job.manifest, "researcher", job.researcher.kem, policy=job.policy)
     assert "no receipt" in str(err.value)

@@ -34,7 +34,9 @@ def live(tmp_path_factory):
             (d / "party.toml").write_text(
                 f'id = "{pid}"\naggregator = "{c.target}"\npolicy = "../sim-policy.toml"\n'
                 f'data = "{EXAMPLE / "data" / (pid + ".csv")}"\nkeys_dir = "{keys}"\noutputs_dir = "outputs"\n'
-                f'[rules]\nauto_approve = {"false" if pid == "hospital-a" else "true"}\n')
+                f'[rules]\nauto_approve = {"false" if pid == "hospital-a" else "true"}\n'
+                f'allowed_recipients = {list(HOSPITALS)!r}\n[rules.known_parties]\n'.replace("'", '"')
+                + "".join(f'{o} = "{c.parties[o].dir / "keys"}"\n' for o in HOSPITALS if o != pid))
         job = work / "job.toml"
         lines = ['job_id = "cli-job"', 'mode = "pooled"', 'proposer = "hospital-a"', "expires_in_days = 1",
                  'public_metrics = ["accuracy"]']

@@ -32,6 +32,11 @@ def test_pooled_job_end_to_end(cluster):
     assert set(status.public_metrics) == {"accuracy", "auc"}  # only what the manifest makes public
     assert status.public_metrics["accuracy"] > 0.85
     models = {}
+    victim = cluster.workdir / "victim.conf"  # someone planted a link where an output will be written
+    victim.write_text("keep me")
+    planted = agents["hospital-b"].outputs_dir / m.job_id / "metrics.json"
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to(victim)
     for pid, ag in agents.items():
         opened = ag.fetch(m)
         state = state_from_bytes(opened["model"])
@@ -40,8 +45,12 @@ def test_pooled_job_end_to_end(cluster):
         assert metrics["manifest_digest"] == m.digest().hex()
         assert metrics["rows"]["per_party"] == {"hospital-a": 260, "hospital-b": 190, "hospital-c": 119}
         assert (ag.outputs_dir / m.job_id / "model.safetensors").read_bytes() == opened["model"]
+        for name in ("model.safetensors", "metrics.json"):  # plaintext outputs: owner-only regular files
+            written = ag.outputs_dir / m.job_id / name
+            assert not written.is_symlink() and written.stat().st_mode & 0o777 == 0o600
         models[pid] = opened["model"]
     assert len(set(models.values())) == 1  # every recipient got the same model
+    assert victim.read_text() == "keep me"
     receipt = a.client.get_receipt(m.job_id)
     verify_receipt(receipt, a.enclave.sig_public, m.digest(), {"model": models["hospital-a"],
                                                                "metrics": opened["metrics"]})

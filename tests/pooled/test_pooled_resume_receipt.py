@@ -78,6 +78,10 @@ def test_forged_receipt_fails(cluster):
     bad_list = dataclasses.replace(r, outputs=tuple((n, bytes(32)) for n, _ in r.outputs))
     with pytest.raises(ReceiptError):
         verify_receipt(bad_list, sig_public, m.digest(), opened)
+    # an extra entry for an output name put in front of the signed list (the real one further on)
+    padded = dataclasses.replace(r, outputs=(("model", bytes(32)), *r.outputs))
+    with pytest.raises(ReceiptError, match="twice"):
+        verify_receipt(padded, sig_public, m.digest(), opened)
     # the receipt bound to another manifest
     with pytest.raises(ReceiptError, match="another manifest"):
         verify_receipt(r, sig_public, bytes(32), opened)
@@ -108,6 +112,8 @@ def test_receipt_evidence_is_fresh_and_from_the_attested_enclave(cluster):
         verify_receipt_evidence(swapped, a.enclave, a.policy)
     with pytest.raises(OutputError, match="malformed"):
         verify_receipt_evidence(dataclasses.replace(r, evidence=b"{}"), a.enclave, a.policy)
+    with pytest.raises(OutputError, match="malformed"):  # stripped of its evidence: no check is skipped
+        verify_receipt_evidence(dataclasses.replace(r, evidence=b""), a.enclave, a.policy)
     # genuine evidence, but an enclave other than the one this party attested before uploading
     stale = dataclasses.replace(a.enclave, sig_public=IdentityKey.generate().public_bytes())
     with pytest.raises(OutputError, match="another enclave key"):

@@ -67,7 +67,7 @@ class ConsentedApp:
 
         Refused unless the module lies inside the consented directory: code outside it was never hashed.
         """
-        m = FLOWER_ENTRY.match(reference)
+        m = FLOWER_ENTRY.fullmatch(reference)
         if m is None:
             raise AppEntryError(f"component reference {reference!r} is not \"module:attribute\"")
         module, attr = m.group(1), m.group(2)
@@ -258,7 +258,7 @@ def entry_point(manifest: JobManifest) -> tuple[str, str]:
     if not isinstance(value, str):
         raise AppEntryError(f"job {manifest.job_id} names no [training.flower] initial_arrays: set it to the app "
                             "function that builds the initial model, e.g. \"task:initial_arrays\"")
-    m = FLOWER_ENTRY.match(value)
+    m = FLOWER_ENTRY.fullmatch(value)
     if m is None:
         raise AppEntryError(f"[training.flower] initial_arrays = {value!r} is not \"module:function\"")
     return m.group(1), m.group(2)
