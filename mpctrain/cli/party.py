@@ -69,7 +69,7 @@ def fl_audit(
 
     from mpctrain.attest import Policy
     from mpctrain.enclave.federated.errors import FederatedError
-    from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+    from mpctrain.party.audit_check import AuditCheckFailed, fetch_job_view
     from mpctrain.party.flower.attestation import attest_enclave
     from mpctrain.party.flower.audit import check_federated_audit
     from mpctrain.party.flower.profile import load_profile
@@ -85,9 +85,9 @@ def fl_audit(
         sent = read_sent(rt.sent_log, rt.manifest.job_id) if rt.sent_log is not None else []
         enclave = attest_enclave(rt.evidence, rt.policy)
         with aggregator_channel(cfg) as channel:
-            lines = fetch_audit_log(channel, rt.manifest.job_id, party_id=rt.party_id, identity=rt.identity,
-                                    evidence=[enclave.evidence_digest])
-        report = check_federated_audit(lines, runtime=rt, enclave=enclave, sent=sent)
+            view = fetch_job_view(channel, rt.manifest.job_id, party_id=rt.party_id, identity=rt.identity,
+                                  evidence=[enclave.evidence_digest])
+        report = check_federated_audit(view, runtime=rt, enclave=enclave, sent=sent)
     except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -4,6 +4,8 @@ Readers verify every record, so serving it adds no trust; but the records name p
 digests, so the request is signed like every other call (docs/audit.md, "Who may read the log"):
 - a job's view (``job_id`` set): only parties the job's manifest names;
 - the whole log: any party a stored job names with the key it signed with, or a configured auditor.
+With ``head_nonce`` a job's view ends with the job's head signed by the enclave, taken when the request
+arrives, so the party sees whether the host relaying the stream cut its end (``mpctrain.enclave.audit.head``).
 Lines that do not parse are passed on as they are, for the reader's verifier to locate; a last line
 without its newline (being appended) is held back.
 """
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import grpc
 
+from mpctrain.enclave.audit.head import HEAD_NONCE_BYTES, JobHead
+from mpctrain.enclave.audit.log import AuditLog
 from mpctrain.enclave.audit.reader import read_lines
 from mpctrain.enclave.audit.record import SEGMENT_KIND
 from mpctrain.enclave.auth import Caller, RequestAuthenticator
@@ -65,16 +69,31 @@ def in_view(job_id: str, peek: Peek, digests: frozenset[str]) -> bool:
     return not (digests and peek.job_id is None and peek.kind == SERVED_KIND and peek.evidence_digest not in digests)
 
 
+def head_message(head: JobHead) -> audit_pb2.JobHead:
+    msg = audit_pb2.JobHead(job_id=head.job_id, segment=head.segment, hash=head.hash, nonce=head.nonce,
+                            signature=head.signature)
+    if head.job_seq is not None:
+        msg.job_seq = head.job_seq
+    return msg
+
+
+def head_from_message(msg: audit_pb2.JobHead) -> JobHead:
+    return JobHead(msg.job_id, msg.segment, msg.job_seq if msg.HasField("job_seq") else None, msg.hash,
+                   bytes(msg.nonce), bytes(msg.signature))
+
+
 class AuditService(audit_pb2_grpc.AuditServicer):
-    """``auditors`` (party id -> Ed25519 identity key) may read the whole log without being named by a job."""
+    """``auditors`` (party id -> Ed25519 identity key) may read the whole log without being named by a job;
+    ``log`` (the enclave's own ``AuditLog``) signs job heads; without it a head request is refused."""
 
     def __init__(self, path: str | Path, events: EventSink, auth: RequestAuthenticator, store: JobStore,
-                 auditors: Mapping[str, bytes] | None = None) -> None:
+                 auditors: Mapping[str, bytes] | None = None, *, log: AuditLog | None = None) -> None:
         self.path = Path(path)
         self.events = events
         self.auth = auth
         self.store = store
         self.auditors = dict(auditors or {})
+        self.log = log
 
     def _identities(self, party_id: str) -> list[bytes]:
         extra = self.auditors.get(party_id)
@@ -100,6 +119,11 @@ class AuditService(audit_pb2_grpc.AuditServicer):
                                f"at most {MAX_EVIDENCE_DIGESTS} evidence digests of 64 hex characters")
             if request.evidence_digests and not request.job_id:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "evidence digests narrow a job's view: set job_id")
+            if request.head_nonce and (len(request.head_nonce) != HEAD_NONCE_BYTES or not request.job_id):
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"head_nonce asks for a job's head: {HEAD_NONCE_BYTES} random bytes, with job_id set")
+            if request.head_nonce and self.log is None:
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, "this audit service signs no job heads")
             caller = self.auth.authenticate(context.invocation_metadata(), GET_LOG, request, self._identities)
             if request.job_id:
                 readable_job(self.store, request.job_id, caller)
@@ -108,9 +132,11 @@ class AuditService(audit_pb2_grpc.AuditServicer):
             if not self.path.exists():
                 raise Rejected(grpc.StatusCode.NOT_FOUND, "this aggregator has written no audit log yet")
             digests = frozenset(request.evidence_digests)
+            # taken before reading: every record up to the head is already whole in the file
+            head = self.log.job_head(request.job_id, request.head_nonce) if request.head_nonce and self.log else None
             for line_no, raw in read_lines(self.path):
                 if not raw.endswith(b"\n"):
-                    return  # the record being appended right now: the next fetch gets it whole
+                    break  # the record being appended right now: the next fetch gets it whole
                 if request.job_id or request.from_seq:
                     peek = _peek(raw)
                     if peek.seq is not None and peek.seq < request.from_seq:
@@ -118,3 +144,5 @@ class AuditService(audit_pb2_grpc.AuditServicer):
                     if peek.seq is not None and request.job_id and not in_view(request.job_id, peek, digests):
                         continue
                 yield audit_pb2.AuditRecord(line=line_no, data=raw)
+            if head is not None:
+                yield audit_pb2.AuditRecord(head=head_message(head))

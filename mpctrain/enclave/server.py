@@ -162,7 +162,8 @@ class Aggregator:
         results_pb2_grpc.add_ResultsServicer_to_server(self.results, server)
         if self.audit is not None:
             audit_pb2_grpc.add_AuditServicer_to_server(
-                AuditService(self.audit.path, self.events, self.auth, self.store, self.auditors), server)
+                AuditService(self.audit.path, self.events, self.auth, self.store, self.auditors, log=self.audit),
+                server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 

@@ -4,12 +4,15 @@ The party fetches its job's view of the log, verifies every record against the e
 its own policy, and checks that: the segment's keys are the ones it attested itself (and the evidence it
 was served is recorded there), the job is the manifest it approved, its consent is recorded, exactly the
 shards it sent were accepted under its name, outputs went to the manifest's recipients only, and the job
-reached ``done``. Any difference raises ``AuditCheckFailed`` naming the check.
+reached ``done``. The view must reach the job's head that the enclave signed for this party's fresh nonce:
+the host relays the stream and could otherwise drop its end. Any difference raises ``AuditCheckFailed``
+naming the check.
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,8 +22,18 @@ from typing import Any
 import grpc
 
 from mpctrain.attest import AttestationResult, Policy
-from mpctrain.enclave.audit import AuditBroken, JobSummary, RawLine, summarize, verify_log
-from mpctrain.enclave.audit_service import GET_LOG
+from mpctrain.enclave.audit import (
+    HEAD_NONCE_BYTES,
+    AuditBroken,
+    AuditReport,
+    JobHead,
+    JobSummary,
+    RawLine,
+    Segment,
+    summarize,
+    verify_log,
+)
+from mpctrain.enclave.audit_service import GET_LOG, head_from_message
 from mpctrain.enclave.auth import auth_metadata
 from mpctrain.jobs import JobManifest
 from mpctrain.jobs.consent import CONSENT_DOMAIN
@@ -57,6 +70,15 @@ class SentInput:
                    digest.hex() if isinstance(digest, bytes) else str(digest))
 
 
+@dataclass(frozen=True)
+class JobView:
+    """A job's view as fetched: its lines, the head the enclave signed (None: none came), the nonce sent."""
+
+    lines: Sequence[RawLine]
+    head: JobHead | None
+    nonce: bytes
+
+
 def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, party_id: str, identity: IdentityKey,
                     timeout: float = 60.0, evidence: Sequence[bytes] = ()) -> list[RawLine]:
     """The log (or ``job_id``'s view of it) over gRPC, as (line number, stored bytes).
@@ -66,12 +88,32 @@ def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, party_id: str, i
     ``evidence`` (digests of the evidence this party was served) narrows a job's view to those
     ``evidence.served`` records: anyone can make the enclave serve evidence, and the view stays bounded.
     """
+    return list(_fetch(channel, job_id, party_id, identity, timeout, evidence, b"").lines)
+
+
+def fetch_job_view(channel: grpc.Channel, job_id: str, *, party_id: str, identity: IdentityKey,
+                   timeout: float = 60.0, evidence: Sequence[bytes] = ()) -> JobView:
+    """``job_id``'s view like :func:`fetch_audit_log`, plus the job's head signed for a fresh random nonce:
+    what :func:`check_job_audit` needs to tell a complete view from one the host cut short."""
+    if not job_id:
+        raise ValueError("a signed head is a job's: give job_id")
+    return _fetch(channel, job_id, party_id, identity, timeout, evidence, os.urandom(HEAD_NONCE_BYTES))
+
+
+def _fetch(channel: grpc.Channel, job_id: str, party_id: str, identity: IdentityKey, timeout: float,
+           evidence: Sequence[bytes], nonce: bytes) -> JobView:
     stub = audit_pb2_grpc.AuditStub(channel)
-    req = audit_pb2.GetLogRequest(job_id=job_id, evidence_digests=[d.hex() for d in evidence])
+    req = audit_pb2.GetLogRequest(job_id=job_id, evidence_digests=[d.hex() for d in evidence], head_nonce=nonce)
     md = auth_metadata(identity, party_id, GET_LOG, req)
     out: list[RawLine] = []
+    head: JobHead | None = None
     try:
-        for rec in stub.GetLog(req, metadata=md, timeout=timeout):
+        stream = stub.GetLog(req, metadata=md, timeout=timeout)
+        for rec in stream:
+            if rec.HasField("head"):
+                head = head_from_message(rec.head)
+                stream.cancel()  # the head ends the view: nothing after it counts
+                break
             out.append((int(rec.line), bytes(rec.data)))
             if len(out) > MAX_FETCH_RECORDS:
                 raise AuditCheckFailed("fetch", f"the aggregator sent more than {MAX_FETCH_RECORDS} records")
@@ -81,18 +123,19 @@ def fetch_audit_log(channel: grpc.Channel, job_id: str = "", *, party_id: str, i
         raise AuditCheckFailed("fetch", f"cannot fetch the audit log ({code}: {str(detail)[:300]}); without it "
                                         "the job cannot be confirmed: the aggregator must run with an audit_log "
                                         "and the caller must be a party of the job") from None
-    return out
+    return JobView(out, head, nonce)
 
 
-def check_job_audit(lines: Sequence[RawLine], *, manifest: JobManifest, party_id: str,
+def check_job_audit(view: JobView, *, manifest: JobManifest, party_id: str,
                     enclave: AttestationResult, policy: Policy, sent: Sequence[SentInput] | None = None,
                     at: datetime | None = None, require_done: bool = True) -> JobSummary:
-    """Verify ``manifest``'s records as ``party_id`` sees them; return the job's summary or raise.
+    """Verify ``manifest``'s records as ``party_id`` sees them in ``view`` (from :func:`fetch_job_view`);
+    return the job's summary or raise.
 
     ``sent`` lists every shard this party uploaded for the job (``None``: not known here, inputs unchecked).
     """
     try:
-        report = verify_log(lines, policy, at=at, partial=True)
+        report = verify_log(view.lines, policy, at=at, partial=True)
     except AuditBroken as exc:
         raise AuditCheckFailed(f"log:{exc.check}", str(exc)) from None
     segment = report.segment_of(enclave.sig_public)
@@ -103,6 +146,7 @@ def check_job_audit(lines: Sequence[RawLine], *, manifest: JobManifest, party_id
     if not served:
         raise AuditCheckFailed("evidence", "the evidence this party verified is not recorded as served by that "
                                            "enclave")
+    _check_head(view, report, segment, manifest.job_id, enclave.sig_public)
     mine = [(n, r) for n, r in report.records if r.segment == segment.number]  # the enclave it attested
     job = summarize(mine).get(manifest.job_id)
     if job is None:
@@ -128,6 +172,36 @@ def check_job_audit(lines: Sequence[RawLine], *, manifest: JobManifest, party_id
     return job
 
 
+def _check_head(view: JobView, report: AuditReport, segment: Segment, job_id: str, sig_public: bytes) -> None:
+    """The view must reach the job's head the attested enclave signed for this party's nonce: the job chain
+    is verified strictly from its first record, so holding the head means nothing up to it was dropped."""
+    head = view.head
+    if head is None:
+        raise AuditCheckFailed("head", "the aggregator sent no signed head with the job's view: its end may have "
+                                       "been cut by the host (or the aggregator predates signed heads; upgrade it)")
+    if not view.nonce or not hmac.compare_digest(head.nonce, view.nonce):
+        raise AuditCheckFailed("head", "the job's head answers another request (its nonce is not this party's): "
+                                       "a replayed head")
+    try:
+        head.verify(sig_public)
+    except (BadSignature, ValueError):
+        raise AuditCheckFailed("head", "the job's head is not signed by the enclave key this party attested (a "
+                                       "forged head, or the aggregator restarted since: attest it again)") from None
+    if head.job_id != job_id or head.segment != segment.number:
+        raise AuditCheckFailed("head", f"the head names job {head.job_id!r} in segment {head.segment}, not job "
+                                       f"{job_id!r} in segment {segment.number} of the attested enclave")
+    if head.job_seq is None:
+        raise AuditCheckFailed("head", f"the enclave this party attested (segment {segment.number}) has recorded "
+                                       f"nothing of job {job_id}: it restarted since the job ran, so the job cannot "
+                                       "be confirmed against it; an auditor can check earlier segments in the whole "
+                                       "log (mpctrain audit verify)")
+    reached = any(r.segment == head.segment and r.job_id == job_id and r.job_seq == head.job_seq
+                  and hmac.compare_digest(r.hash, head.hash) for _, r in report.records)
+    if not reached:
+        raise AuditCheckFailed("head", f"the view of job {job_id} stops before its head, record #{head.job_seq} "
+                                       f"({head.hash[:16]}…) that the enclave signed: records were dropped")
+
+
 def _check_own_consent(job: JobSummary, manifest: JobManifest, party_id: str) -> None:
     """The recorded consent must be this party's own signature over the recorded manifest digest."""
     sig = job.consents.get(party_id)
@@ -148,10 +222,10 @@ def confirm_job(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, 
     missing ``done`` is re-fetched for up to ``settle_s`` seconds."""
     deadline = time.monotonic() + settle_s
     while True:
-        lines = fetch_audit_log(channel, manifest.job_id, party_id=party_id, identity=identity,
-                                evidence=[enclave.evidence_digest])
+        view = fetch_job_view(channel, manifest.job_id, party_id=party_id, identity=identity,
+                              evidence=[enclave.evidence_digest])
         try:
-            return check_job_audit(lines, manifest=manifest, party_id=party_id, enclave=enclave, policy=policy,
+            return check_job_audit(view, manifest=manifest, party_id=party_id, enclave=enclave, policy=policy,
                                    sent=sent, at=at)
         except AuditCheckFailed as exc:
             if exc.check != "state" or time.monotonic() > deadline:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mpctrain/v1/audit.proto\x12\x0bmpctrain.v1\"K\n\rGetLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x18\n\x10\x65vidence_digests\x18\x03 \x03(\t\")\n\x0b\x41uditRecord\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x32I\n\x05\x41udit\x12@\n\x06GetLog\x12\x1a.mpctrain.v1.GetLogRequest\x1a\x18.mpctrain.v1.AuditRecord0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mpctrain/v1/audit.proto\x12\x0bmpctrain.v1\"_\n\rGetLogRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x04\x12\x18\n\x10\x65vidence_digests\x18\x03 \x03(\t\x12\x12\n\nhead_nonce\x18\x04 \x01(\x0c\"|\n\x07JobHead\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\x04\x12\x14\n\x07job_seq\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x42\n\n\x08_job_seq\"M\n\x0b\x41uditRecord\x12\x0c\n\x04line\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\"\n\x04head\x18\x03 \x01(\x0b\x32\x14.mpctrain.v1.JobHead2I\n\x05\x41udit\x12@\n\x06GetLog\x12\x1a.mpctrain.v1.GetLogRequest\x1a\x18.mpctrain.v1.AuditRecord0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mpctrain.wire.audit_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GETLOGREQUEST']._serialized_start=40
-  _globals['_GETLOGREQUEST']._serialized_end=115
-  _globals['_AUDITRECORD']._serialized_start=117
-  _globals['_AUDITRECORD']._serialized_end=158
-  _globals['_AUDIT']._serialized_start=160
-  _globals['_AUDIT']._serialized_end=233
+  _globals['_GETLOGREQUEST']._serialized_end=135
+  _globals['_JOBHEAD']._serialized_start=137
+  _globals['_JOBHEAD']._serialized_end=261
+  _globals['_AUDITRECORD']._serialized_start=263
+  _globals['_AUDITRECORD']._serialized_end=340
+  _globals['_AUDIT']._serialized_start=342
+  _globals['_AUDIT']._serialized_end=415
 # @@protoc_insertion_point(module_scope)

@@ -27,8 +27,8 @@ if _version_not_supported:
 
 class AuditStub:
     """Audit: the aggregator's append-only, enclave-signed audit log, as stored on the host.
-    Read-only and unauthenticated: the log holds metadata only (docs/audit.md) and every record is
-    verified by the reader, so the service adds no trust; it only saves parties a copy step.
+    Read-only; requests are signed (docs/audit.md, "Who may read the log"). Every record is verified by
+    the reader, so serving adds no trust, except the signed job head, which fixes where a job's view ends.
     """
 
     def __init__(self, channel):
@@ -46,8 +46,8 @@ class AuditStub:
 
 class AuditServicer:
     """Audit: the aggregator's append-only, enclave-signed audit log, as stored on the host.
-    Read-only and unauthenticated: the log holds metadata only (docs/audit.md) and every record is
-    verified by the reader, so the service adds no trust; it only saves parties a copy step.
+    Read-only; requests are signed (docs/audit.md, "Who may read the log"). Every record is verified by
+    the reader, so serving adds no trust, except the signed job head, which fixes where a job's view ends.
     """
 
     def GetLog(self, request, context):
@@ -74,8 +74,8 @@ def add_AuditServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Audit:
     """Audit: the aggregator's append-only, enclave-signed audit log, as stored on the host.
-    Read-only and unauthenticated: the log holds metadata only (docs/audit.md) and every record is
-    verified by the reader, so the service adds no trust; it only saves parties a copy step.
+    Read-only; requests are signed (docs/audit.md, "Who may read the log"). Every record is verified by
+    the reader, so serving adds no trust, except the signed job head, which fixes where a job's view ends.
     """
 
     @staticmethod

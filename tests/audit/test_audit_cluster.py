@@ -17,7 +17,15 @@ from mpctrain.enclave.audit import AuditRecord, lines_from_bytes, read_lines, su
 from mpctrain.enclave.auth import auth_metadata
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.server import Aggregator
-from mpctrain.party.audit_check import AuditCheckFailed, SentInput, check_job_audit, confirm_job, fetch_audit_log
+from mpctrain.party.audit_check import (
+    AuditCheckFailed,
+    JobView,
+    SentInput,
+    check_job_audit,
+    confirm_job,
+    fetch_audit_log,
+    fetch_job_view,
+)
 from mpctrain.party.errors import PermissionDenied
 from mpctrain.seal.keys import IdentityKey
 from mpctrain.sim.cluster import EXAMPLE, SimCluster
@@ -135,19 +143,34 @@ def _fetch(run: Run, job_id: str = "", pid: str = "hospital-a") -> list[tuple[in
     return fetch_audit_log(ag.client.channel, job_id, party_id=pid, identity=ag.identity)
 
 
-def _view(run: Run) -> list[tuple[int, bytes]]:
-    return _fetch(run, "audit-job")
+def _view(run: Run, pid: str = "hospital-a") -> JobView:
+    ag = run.agents[pid]
+    return fetch_job_view(ag.client.channel, "audit-job", party_id=pid, identity=ag.identity,
+                          evidence=[ag.enclave.evidence_digest])
 
 
-def _check(run: Run, lines, pid: str = "hospital-a", **kw):
+def _check(run: Run, view, pid: str = "hospital-a", **kw):
+    """Check ``view``; a plain list of lines (edited by the test) is held against the real, fresh head."""
+    if not isinstance(view, JobView):
+        view = dataclasses.replace(_view(run, pid), lines=view)
     ag = run.agents[pid]
     args = dict(manifest=run.manifest, party_id=pid, enclave=ag.enclave, policy=ag.policy, sent=ag.sent["audit-job"])
     args.update(kw)
-    return check_job_audit(lines, **args)
+    return check_job_audit(view, **args)
+
+
+def _raws(run: Run) -> list[bytes]:
+    return [raw for _, raw in _view(run).lines]
+
+
+def _signed_head(view: JobView, key, **change) -> JobView:
+    """``view`` with its head changed as given and signed again by ``key``."""
+    assert view.head is not None
+    return dataclasses.replace(view, head=dataclasses.replace(view.head, **change).signed(key))
 
 
 def test_party_check_catches_a_dropped_shard_record(run):
-    view = [raw for _, raw in _view(run)]
+    view = _raws(run)
     mine = run.agents["hospital-a"].sent["audit-job"][0].object_id
     dropped = [raw for raw in view if not (b'"shard.accepted"' in raw and mine.encode() in raw)]
     with pytest.raises(AuditCheckFailed) as info:
@@ -155,12 +178,53 @@ def test_party_check_catches_a_dropped_shard_record(run):
     assert info.value.check == "log:job-chain"
 
 
-def test_party_check_catches_a_view_cut_before_done(run):
-    view = [raw for _, raw in _view(run)]
-    cut = next(i for i, raw in enumerate(view) if b'"training.started"' in raw)
-    with pytest.raises(AuditCheckFailed) as info:
+@pytest.mark.parametrize("cut_at", ['"training.started"', '"output.sealed"', "last"])
+def test_party_check_catches_a_view_cut_short(run, cut_at):
+    """The host relays the stream and drops its end: every record it keeps verifies, the job chain has no
+    gap, but the view no longer reaches the head the enclave signed for this request."""
+    view = _raws(run)
+    cut = len(view) - 1 if cut_at == "last" else next(i for i, raw in enumerate(view) if cut_at.encode() in raw)
+    assert b'"job_id":"audit-job"' in view[-1]  # the dropped tail holds job records
+    with pytest.raises(AuditCheckFailed, match="stops before its head") as info:
         _check(run, numbered(view[:cut]))
+    assert info.value.check == "head"
+
+
+def test_party_check_requires_done_even_at_an_honest_head(run):
+    """A head the enclave signed before the job was done (all records there): the state check still fails."""
+    full = _view(run)
+    cut = next(i for i, (_, raw) in enumerate(full.lines) if b'"training.started"' in raw)
+    last = AuditRecord.from_line(full.lines[cut - 1][1][:-1])
+    early = _signed_head(dataclasses.replace(full, lines=full.lines[:cut]), run.cluster.aggregator.identity.sig,
+                         job_seq=last.job_seq, hash=last.hash)
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, early)
     assert info.value.check == "state"
+
+
+def test_party_check_passes_on_the_untouched_view_and_its_head(run):
+    view = _view(run)
+    assert view.head is not None and len(view.nonce) == 32 and view.head.nonce == view.nonce
+    assert view.head.job_seq == AuditRecord.from_line(view.lines[-1][1][:-1]).job_seq  # taken as the call came
+    assert _check(run, view).state == "done"
+
+
+def test_party_check_needs_a_head_from_the_attested_enclave_for_its_own_nonce(run):
+    view = _view(run)
+    key = run.cluster.aggregator.identity.sig
+    cases = {
+        "no signed head": dataclasses.replace(view, head=None),  # dropped by the host, or an old aggregator
+        "not signed by the enclave key": _signed_head(view, IdentityKey.generate()),
+        "another request": dataclasses.replace(_view(run), head=view.head),  # replayed from an earlier call
+        "names job 'other-job'": _signed_head(view, key, job_id="other-job"),
+        "in segment 1": _signed_head(view, key, segment=1),
+        "restarted since": _signed_head(view, key, job_seq=None, hash=""),
+        "stops before its head": _signed_head(view, key, hash="00" * 32),
+    }
+    for needle, bad in cases.items():
+        with pytest.raises(AuditCheckFailed, match=needle) as info:
+            _check(run, bad)
+        assert info.value.check == "head"
 
 
 @pytest.mark.parametrize(("sent", "needle"), [
@@ -207,7 +271,7 @@ def test_party_check_applies_the_party_policy_to_the_log(run):
 
 def test_party_check_catches_outputs_to_a_non_recipient(run):
     """An enclave (or a signed record) sealing to someone outside the manifest's recipients is refused."""
-    view = _view(run)
+    view = _view(run).lines
     last = AuditRecord.from_line(view[-1][1][:-1])
     job_last = next(AuditRecord.from_line(raw[:-1]) for _, raw in reversed(view) if b'"job_id":"audit-job"' in raw)
     extra = AuditRecord(seq=last.seq + 1, segment=last.segment, time_ms=last.time_ms, kind="output.sealed",
@@ -373,3 +437,18 @@ def test_a_partys_job_view_keeps_only_its_own_served_evidence(run):
         with pytest.raises(grpc.RpcError) as err:
             list(audit.GetLog(req, metadata=md, timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.details()
+
+
+def test_a_head_is_asked_for_one_job_with_a_32_byte_nonce(run):
+    from mpctrain.wire import audit_pb2, audit_pb2_grpc
+
+    ag = run.agents["hospital-a"]
+    audit = audit_pb2_grpc.AuditStub(ag.client.channel)
+    for req in (audit_pb2.GetLogRequest(job_id="audit-job", head_nonce=b"\x01" * 31),
+                audit_pb2.GetLogRequest(head_nonce=b"\x01" * 32)):
+        md = auth_metadata(ag.identity, "hospital-a", "/mpctrain.v1.Audit/GetLog", req)
+        with pytest.raises(grpc.RpcError) as err:
+            list(audit.GetLog(req, metadata=md, timeout=10))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "head_nonce" in err.value.details()
+    with pytest.raises(ValueError, match="job_id"):
+        fetch_job_view(ag.client.channel, "", party_id="hospital-a", identity=ag.identity)

@@ -153,3 +153,30 @@ def test_summary_of_odd_but_signed_fields_never_crashes(sim, kind, fields):
     for summary in summarize([(1, rec)]).values():
         assert render(summary)[0].startswith("job j")
         json.dumps(summary.to_json_obj())
+
+
+
+def test_job_head_is_the_jobs_last_record_in_this_segment_signed_for_the_nonce(sim, tmp_path):
+    """A restarted enclave holds none of the old segments' jobs: its head says so instead of pointing back."""
+    from mpctrain.enclave.audit import HEAD_DOMAIN
+    from mpctrain.seal.errors import BadSignature
+    from mpctrain.seal.sign import verify_fields
+
+    path = tmp_path / "audit.jsonl"
+    first, second = two_segment_log(path, sim)  # job-1 in segment 0, job-2 in segment 1
+    restarted = sim.enclave()
+    log = AuditLog(path, restarted)  # segment 2
+    nonce = b"\x05" * 32
+    for job in ("job-1", "job-2"):
+        head = log.job_head(job, nonce)
+        assert (head.segment, head.job_seq, head.hash, head.nonce) == (2, None, "", nonce)
+        head.verify(restarted.sig.public_bytes())
+    log.emit("job.proposed", job_id="job-2", digest="ab" * 32, mode="pooled", proposer="b", parties=["b"])
+    log.emit("job.state", job_id="job-2", state="open")
+    last = AuditRecord.from_line(read(path)[-1][:-1])
+    head = log.job_head("job-2", nonce)
+    assert (head.segment, head.job_seq, head.hash) == (2, 1, last.hash)
+    verify_fields(restarted.sig.public_bytes(), head.signature, HEAD_DOMAIN, "job-2", 2, 1, last.hash, nonce)
+    for key in (first, second):
+        with pytest.raises(BadSignature):
+            head.verify(key.sig.public_bytes())

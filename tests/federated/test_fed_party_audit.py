@@ -11,23 +11,85 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
+from concurrent import futures
 
 import grpc
 import pytest
 
 from mpctrain.enclave.state import JobState
-from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+from mpctrain.party.audit_check import AuditCheckFailed, fetch_job_view
 from mpctrain.party.flower.attestation import attest_enclave
 from mpctrain.party.flower.audit import check_federated_audit
 from mpctrain.party.flower.sent import SentLogError, SentUpdate, append_sent, read_sent
+from mpctrain.wire import audit_pb2, audit_pb2_grpc
 
 
 def _check(job, port, party, sent=None):
     rt = job.runtime(party)
     enclave = attest_enclave(rt.evidence, rt.policy)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        lines = fetch_audit_log(channel, job.manifest.job_id, party_id=rt.party_id, identity=rt.identity)
-    return check_federated_audit(lines, runtime=rt, enclave=enclave, sent=rt.sent if sent is None else sent)
+        view = fetch_job_view(channel, job.manifest.job_id, party_id=rt.party_id, identity=rt.identity,
+                              evidence=[enclave.evidence_digest])
+    return check_federated_audit(view, runtime=rt, enclave=enclave, sent=rt.sent if sent is None else sent)
+
+
+Edit = Callable[[list[audit_pb2.AuditRecord]], list[audit_pb2.AuditRecord]]
+
+
+class Relay(audit_pb2_grpc.AuditServicer):
+    """The host between bank and enclave: passes the signed request on and edits the stream coming back."""
+
+    def __init__(self, target: str, edit: Edit) -> None:
+        self.target, self.edit = target, edit
+
+    def GetLog(self, request, context):
+        md = [(k, v) for k, v in context.invocation_metadata() if k.startswith("x-mpctrain-")]
+        with grpc.insecure_channel(self.target) as ch:
+            got = list(audit_pb2_grpc.AuditStub(ch).GetLog(request, metadata=md, timeout=30))
+        yield from self.edit(got)
+
+
+def _relayed(port: int, edit: Edit):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    audit_pb2_grpc.add_AuditServicer_to_server(Relay(f"127.0.0.1:{port}", edit), server)
+    relay_port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, relay_port
+
+
+def _cut_after_first(kind: str) -> Edit:
+    """Drop the job's records after its first ``kind`` record; keep the job-less ones (the evidence served
+    for this very check among them) and the head, which the host cannot forge."""
+    def edit(msgs):
+        cut = next(i for i, m in enumerate(msgs) if f'"kind":"{kind}"'.encode() in m.data) + 1
+        return [m for i, m in enumerate(msgs) if i < cut or m.HasField("head") or json.loads(m.data)["job_id"] is None]
+    return edit
+
+
+def test_a_view_the_host_cut_short_fails_the_head_check(served):
+    """Federated jobs never reach done: without the signed head, a view cut right after the run started
+    passes (the bank's updates read as merely "not on record"), hiding whatever came later."""
+    job, agg, port, start = served
+    start(job.consents)
+    agg.store.join(timeout=120)
+    bank = job.parties[0]
+    headless: Edit = lambda msgs: [m for m in msgs if not m.HasField("head")]  # noqa: E731
+    for name, edit, needle in (("untouched", lambda msgs: msgs, None),
+                               ("cut", _cut_after_first("fl.training_started"), "stops before its head"),
+                               ("cut", _cut_after_first("fl.update_accepted"), "stops before its head"),
+                               ("headless", headless, "no signed head")):
+        server, relay_port = _relayed(port, edit)
+        try:
+            if needle is None:
+                report = _check(job, relay_port, bank)
+                assert len(report.accepted) == 4 and report.not_accepted == []
+                continue
+            with pytest.raises(AuditCheckFailed, match=needle) as err:
+                _check(job, relay_port, bank)
+            assert err.value.check == "head", name
+        finally:
+            server.stop(0)
 
 
 def test_each_bank_finds_exactly_its_updates_on_record(served):
@@ -66,6 +128,22 @@ def test_an_update_on_record_that_the_bank_never_sent_fails_the_check(served):
     # a note written twice under one id (an older version answered replays): the record must match one of them
     report = _check(job, port, bank, sent=[*sent, other])
     assert len(report.accepted) == len(sent) and report.not_accepted == []
+
+
+def test_the_head_still_comes_while_a_record_is_being_appended(served):
+    """A last line without its newline is held back from the view; the head, taken before it, still ends it."""
+    job, agg, port, start = served
+    start(job.consents)
+    agg.store.join(timeout=120)
+    rt = job.runtime(job.parties[0])
+    enclave = attest_enclave(rt.evidence, rt.policy)
+    with agg.audit.path.open("ab") as f:
+        f.write(b'{"fields":{},"hash":"')  # a writer caught half-way
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        view = fetch_job_view(channel, job.manifest.job_id, party_id=rt.party_id, identity=rt.identity,
+                              evidence=[enclave.evidence_digest])
+    assert view.head is not None and all(raw.endswith(b"\n") for _, raw in view.lines)
+    assert len(check_federated_audit(view, runtime=rt, enclave=enclave, sent=rt.sent).accepted) == 4
 
 
 def test_a_job_that_never_ran_fails_the_rounds_check(served):

@@ -15,7 +15,7 @@ from mpctrain.enclave.audit_service import GET_LOG, AuditService
 from mpctrain.enclave.auth import RequestAuthenticator, auth_metadata
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.state import JobStore
-from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
+from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log, fetch_job_view
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import PermissionDenied
 from mpctrain.seal.keys import IdentityKey
@@ -257,6 +257,8 @@ def test_whole_log_needs_a_job_or_the_auditors_list(bare_audit):
             fetch_audit_log(ch, "some-job", party_id="auditor", identity=auditor)  # an auditor is no job party
         with pytest.raises(AuditCheckFailed, match="UNAUTHENTICATED"):
             fetch_audit_log(ch, party_id="auditor", identity=known)  # the auditor's id, another key
+        with pytest.raises(AuditCheckFailed, match=r"FAILED_PRECONDITION.*signs no job heads"):
+            fetch_job_view(ch, "some-job", party_id="auditor", identity=auditor)  # no AuditLog to sign with
 
 
 def test_party_waiting_for_its_first_job_keeps_polling_but_a_wrong_key_fails(tmp_path):

@@ -5,6 +5,7 @@ Writing: :class:`AuditLog` (an ``EventSink``). Reading: :func:`read_lines`, :fun
 """
 
 from mpctrain.enclave.audit.errors import AuditBroken, AuditError, AuditWriteError
+from mpctrain.enclave.audit.head import HEAD_DOMAIN, HEAD_NONCE_BYTES, JobHead
 from mpctrain.enclave.audit.log import AuditLog
 from mpctrain.enclave.audit.reader import RawLine, lines_from_bytes, read_lines
 from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, segment_nonce
@@ -12,6 +13,8 @@ from mpctrain.enclave.audit.summary import InputEntry, JobSummary, OutputEntry, 
 from mpctrain.enclave.audit.verify import AuditReport, CrossCheck, Segment, cross_check, verify_log
 
 __all__ = [
+    "HEAD_DOMAIN",
+    "HEAD_NONCE_BYTES",
     "SEGMENT_KIND",
     "AuditBroken",
     "AuditError",
@@ -21,6 +24,7 @@ __all__ = [
     "AuditWriteError",
     "CrossCheck",
     "InputEntry",
+    "JobHead",
     "JobSummary",
     "OutputEntry",
     "RawLine",

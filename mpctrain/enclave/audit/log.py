@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mpctrain.enclave.audit.errors import AuditWriteError
+from mpctrain.enclave.audit.head import JobHead
 from mpctrain.enclave.audit.reader import read_lines
 from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, sanitize, segment_nonce
 from mpctrain.enclave.identity import EnclaveIdentity
@@ -154,6 +155,14 @@ class AuditLog:
     @property
     def segment(self) -> int:
         return self._segment
+
+    def job_head(self, job_id: str, nonce: bytes) -> JobHead:
+        """``job_id``'s last record in this segment, signed for ``nonce``: a view served after this call must
+        reach it. ``job_seq`` is None when this enclave has recorded nothing of the job."""
+        with self._lock:
+            job_seq, digest = self._jobs.get(job_id, (None, ""))
+            segment = self._segment
+        return JobHead(job_id, segment, job_seq, digest, nonce).signed(self.identity.sig)
 
     @property
     def head(self) -> tuple[int, str]:

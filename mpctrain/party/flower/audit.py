@@ -6,7 +6,10 @@ manifest and its own consent recorded, outputs only to the manifest's recipients
 the job started under the manifest it approved, and every update the log shows accepted under its name is
 one it sealed itself, with the same sealed size and header digest, accepted once. A reply it sent that is
 not on record (late, timed out, never delivered) is reported, not failed: the round simply went on without
-it. Any other difference raises ``AuditCheckFailed`` naming the check.
+it. The view must reach the job's head the enclave signed for the bank's nonce: a federated job never
+reaches ``done``, so only the head fixes where its records end and shows a later run or a second
+acceptance that the host dropped from the stream. Any other difference raises ``AuditCheckFailed`` naming
+the check.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from mpctrain.attest import AttestationResult
-from mpctrain.enclave.audit import JobSummary, RawLine
-from mpctrain.party.audit_check import AuditCheckFailed, check_job_audit
+from mpctrain.enclave.audit import JobSummary
+from mpctrain.party.audit_check import AuditCheckFailed, JobView, check_job_audit
 from mpctrain.party.flower.runtime import PartyRuntime
 from mpctrain.party.flower.sent import SentUpdate
 
@@ -30,11 +33,12 @@ class FederatedAuditReport:
     not_accepted: list[SentUpdate]  # sent, but not on record as accepted
 
 
-def check_federated_audit(lines: Sequence[RawLine], *, runtime: PartyRuntime, enclave: AttestationResult,
+def check_federated_audit(view: JobView, *, runtime: PartyRuntime, enclave: AttestationResult,
                           sent: Sequence[SentUpdate], at: datetime | None = None) -> FederatedAuditReport:
-    """Check ``runtime``'s job in the log ``lines`` against ``sent`` (this party's own record of its replies)."""
+    """Check ``runtime``'s job in ``view`` (from ``fetch_job_view``, head included) against ``sent`` (this
+    party's own record of its replies)."""
     manifest, party = runtime.manifest, runtime.party_id
-    summary = check_job_audit(lines, manifest=manifest, party_id=party, enclave=enclave, policy=runtime.policy,
+    summary = check_job_audit(view, manifest=manifest, party_id=party, enclave=enclave, policy=runtime.policy,
                               sent=None, at=at, require_done=False)
     want = manifest.digest().hex()
     if not summary.trained_manifests:
