@@ -15,7 +15,7 @@ from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.identity import ENCLAVE_ID, EnclaveIdentity
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.state import Job, JobError, JobState, JobStore
-from mpctrain.enclave.uploads import Upload, UploadTable, header_digest
+from mpctrain.enclave.uploads import SHARD_OBJECT_ID, Upload, UploadTable, header_digest
 from mpctrain.enclave.watchdog import StreamWatchdog
 from mpctrain.seal import errors as seal_errors
 from mpctrain.seal.stream import StreamHeader, StreamOpener
@@ -127,6 +127,10 @@ class DataService(data_pb2_grpc.DataServicer):
             h = StreamHeader.from_bytes(header)
         except seal_errors.SealError as exc:
             raise seal_rejection(exc) from None
+        if not SHARD_OBJECT_ID.fullmatch(h.object_id):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           "a shard's object id is 1 to 4 '/'-separated names of letters, digits, '.', '_' or '-' "
+                           f"(64 at most each): seal it again with such an id (got {h.object_id[:40]!r})")
         digest = header_digest(header)
         with self.uploads.lock:
             existing = self.uploads.by_object.get((job.job_id, h.object_id))
