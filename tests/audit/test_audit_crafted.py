@@ -115,3 +115,26 @@ def test_a_last_record_slightly_ahead_of_the_clock_is_extended(sim, tmp_path):
     _plant(path, time_ms=ahead)
     AuditLog(path, sim.enclave()).emit("aggregator.stopped")
     assert all(json.loads(raw)["time_ms"] >= ahead for raw in read(path)[1:])
+
+
+def test_fetch_stops_buffering_past_its_byte_limit(monkeypatch):
+    from mpctrain.party import audit_check
+    from mpctrain.seal.keys import IdentityKey
+    from mpctrain.wire import audit_pb2
+
+    sent = []
+
+    class Stub:  # a relaying host streaming records of 1 MiB each, far fewer than MAX_FETCH_RECORDS
+        def __init__(self, channel):
+            pass
+
+        def GetLog(self, request, metadata=None, timeout=None):
+            for i in range(100):
+                sent.append(i)
+                yield audit_pb2.AuditRecord(line=i + 1, data=b"x" * (1 << 20))
+
+    monkeypatch.setattr(audit_check.audit_pb2_grpc, "AuditStub", Stub)
+    monkeypatch.setattr(audit_check, "MAX_FETCH_BYTES", 8 << 20)
+    with pytest.raises(audit_check.AuditCheckFailed, match="more than 8 MiB") as info:
+        audit_check.fetch_audit_log(None, "job-1", party_id="a", identity=IdentityKey.generate())
+    assert info.value.check == "fetch" and len(sent) == 9

@@ -11,13 +11,13 @@ from mpctrain.enclave.identity import ENCLAVE_ID
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.uploads import SHARD_OBJECT_ID
 from mpctrain.party.agent import load_shard
-from mpctrain.party.errors import InvalidArgument
+from mpctrain.party.errors import InvalidArgument, ResourceExhausted
 from mpctrain.party.uploader import ShardUpload
 from mpctrain.seal.stream import StreamSealer
 from mpctrain.sim.cluster import SimCluster
-from pooled_kit import FAST_TRAINING
+from pooled_kit import FAST_TRAINING, run_job
 
-LIMITS = Limits()
+LIMITS = Limits(max_upload_streams=3, max_output_fetches=2)
 _JOBS = itertools.count()
 
 
@@ -66,3 +66,34 @@ def test_object_ids_that_are_not_plain_names_are_refused(bounded, object_id):
     with pytest.raises(InvalidArgument, match="object id is 1 to 4 '/'-separated names"):
         list(b.client.upload(m.job_id, sealer.header_bytes, lambda s: iter(())))
     assert _records(bounded, m.job_id, "shard.started", "shard.resumed") == []
+
+
+def test_upload_streams_of_one_party_and_job_are_bounded(bounded):
+    m, agents = _open_job(bounded, "streams")
+    a, b = agents["hospital-a"], agents["hospital-b"]
+    shard = load_shard(a.data_path, m)
+    up = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard, chunk_size=1024)
+    assert up.n_chunks > LIMITS.max_upload_streams
+    for stream in range(LIMITS.max_upload_streams):  # one start, then resumes
+        assert not up.send(stop_after=stream + 1).complete
+    with pytest.raises(ResourceExhausted, match="max_upload_streams"):
+        up.send()  # one resume too many
+    fresh = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard, chunk_size=1024)
+    with pytest.raises(ResourceExhausted, match="max_upload_streams"):
+        fresh.send()  # nor can a new header start over
+    opened = _records(bounded, m.job_id, "shard.started", "shard.resumed", "shard.replaced")
+    assert len(opened) == LIMITS.max_upload_streams and {f["party"] for f in opened} == {"hospital-a"}
+    other = ShardUpload(b.client, m.job_id, b.enclave, b.identity, "hospital-b", load_shard(b.data_path, m))
+    assert other.send().complete  # another party's budget is its own
+
+
+def test_fetches_of_one_output_are_bounded(bounded):
+    m, agents = run_job(bounded, "fetches")
+    a = agents["hospital-a"]
+    for _ in range(LIMITS.max_output_fetches):
+        a.client.fetch_output(m.job_id, "hospital-a", "model")
+    with pytest.raises(ResourceExhausted, match="max_output_fetches"):
+        a.client.fetch_output(m.job_id, "hospital-a", "model")
+    a.client.fetch_output(m.job_id, "hospital-a", "metrics")  # counted per output
+    fetched = _records(bounded, m.job_id, "output.fetched")
+    assert [f["name"] for f in fetched].count("model") == LIMITS.max_output_fetches
