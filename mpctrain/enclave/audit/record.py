@@ -143,7 +143,9 @@ class AuditRecord:
             if not _nonneg_int(obj[name]):
                 raise RecordFormatError(f"{name} must be a non-negative integer")
         if obj["time_ms"] > MAX_TIME_MS:
-            raise RecordFormatError(f"time_ms {str(obj['time_ms'])[:24]} is after the year 9999", "time")
+            digits = str(obj["time_ms"])
+            raise RecordFormatError(f"time_ms {digits[:16]}{'…' if len(digits) > 16 else ''} ({len(digits)} digits) "
+                                    f"is after the year 9999 (at most {MAX_TIME_MS})", "time")
         if obj["seq"] > MAX_COUNT or obj["segment"] > MAX_COUNT:
             raise RecordFormatError(f"seq and segment must be at most {MAX_COUNT}")
         if not isinstance(obj["kind"], str) or not 0 < len(obj["kind"]) <= 64:
