@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 
 from mpctrain.attest import AttestationError, EvidenceBundle, Policy, PolicyError
-from mpctrain.enclave.audit import AuditBroken, cross_check, read_lines, render, summarize, verify_log
+from mpctrain.enclave.audit import AuditBroken, cross_check, printable, read_lines, render, summarize, verify_log
 from mpctrain.enclave.audit.reader import RawLine
 from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import IdentityKey
@@ -105,7 +105,7 @@ def verify_cmd(
             typer.echo(json.dumps({"ok": False, "line": exc.line, "seq": exc.seq, "check": exc.check,
                                    "error": exc.detail}, sort_keys=True))
         else:
-            typer.echo(f"FAILED {exc}", err=True)
+            typer.echo(f"FAILED {printable(exc)}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
     checks = cross_check(report, bundles)
     jobs = summarize(report.records)
@@ -130,7 +130,7 @@ def verify_cmd(
         typer.echo(f"segment {s.number} (line {s.line}): {s.backend} measurement {s.measurement.hex()[:32]}… "
                    f"enclave key {s.sig_public.hex()[:16]}… evidence {s.evidence_digest[:16]}…")
     for w in report.warnings:
-        typer.echo(f"warning: {w}")
+        typer.echo(f"warning: {printable(w)}")
     for c in checks:
         typer.echo(f"{'evidence' if c.ok else 'FAILED evidence'} {c.evidence_digest[:16]}…: {c.message}")
     for summary in jobs.values():

@@ -15,7 +15,7 @@ from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.identity import ENCLAVE_ID, EnclaveIdentity
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.state import Job, JobError, JobState, JobStore
-from mpctrain.enclave.uploads import Upload, UploadTable, header_digest
+from mpctrain.enclave.uploads import SHARD_OBJECT_ID, Upload, UploadTable, header_digest
 from mpctrain.enclave.watchdog import StreamWatchdog
 from mpctrain.seal import errors as seal_errors
 from mpctrain.seal.stream import StreamHeader, StreamOpener
@@ -127,6 +127,10 @@ class DataService(data_pb2_grpc.DataServicer):
             h = StreamHeader.from_bytes(header)
         except seal_errors.SealError as exc:
             raise seal_rejection(exc) from None
+        if not SHARD_OBJECT_ID.fullmatch(h.object_id):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           "a shard's object id is 1 to 4 '/'-separated names of letters, digits, '.', '_' or '-' "
+                           f"(64 at most each): seal it again with such an id (got {h.object_id[:40]!r})")
         digest = header_digest(header)
         with self.uploads.lock:
             existing = self.uploads.by_object.get((job.job_id, h.object_id))
@@ -142,6 +146,7 @@ class DataService(data_pb2_grpc.DataServicer):
                 if existing.busy:  # e.g. the old stream's drop has not been noticed yet: retry shortly
                     raise Rejected(grpc.StatusCode.ABORTED,
                                    "another stream is uploading this object; wait for it to end, then resume")
+                self._count_stream(job, party_id)
                 existing.busy = True
                 self.events.emit("shard.resumed", job_id=job.job_id, party=party_id, object_id=h.object_id,
                                  next_index=existing.next_index)
@@ -156,6 +161,7 @@ class DataService(data_pb2_grpc.DataServicer):
             if h.parts:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                "a shard is sealed in equal chunks: re-seal it without declared parts")
+            self._count_stream(job, party_id)
             self._drop_unfinished(job.job_id, party_id)
             try:
                 opener = StreamOpener(
@@ -190,6 +196,18 @@ class DataService(data_pb2_grpc.DataServicer):
         self.events.emit("shard.started", job_id=job.job_id, party=party_id, object_id=h.object_id,
                          header_digest=digest.hex(), total_size=total, chunks=n_chunks)
         return upload
+
+    def _count_stream(self, job: Job, party_id: str) -> None:
+        """Each stream leaves records in the job's audit view (started or resumed, replaced, a rejected chunk)
+        that every party fetches and checks: one party opens at most ``max_upload_streams`` per job.
+        Caller holds ``uploads.lock``."""
+        opened = job.upload_streams.get(party_id, 0)
+        if opened >= self.limits.max_upload_streams:
+            raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"{party_id} opened {opened} upload streams for job {job.job_id}, the limit: each is on "
+                           "the job's audit record; ask the operator to raise [limits] max_upload_streams, or "
+                           "propose the job again")
+        job.upload_streams[party_id] = opened + 1
 
     def _drop_unfinished(self, job_id: str, party_id: str) -> None:
         """One upload in progress per party and job: a new stream (new header) replaces an unfinished one,

@@ -27,6 +27,8 @@ class Limits:
     evidence_per_minute_per_peer: int = 120  # GetEvidence calls from one address (IPv6: one /64)
     evidence_per_minute: int = 600           # GetEvidence calls from all addresses together
     rejections_per_minute: int = 600         # refusals recorded in the audit log; the rest are counted
+    max_upload_streams: int = 256            # upload streams (new or resumed) one party opens per job
+    max_output_fetches: int = 32             # fetches of one output by its recipient
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:

@@ -9,8 +9,9 @@ import grpc
 from mpctrain.enclave.auth import RequestAuthenticator
 from mpctrain.enclave.common import Rejected, authenticate, guarded, readable_job
 from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.receipt import Receipt
-from mpctrain.enclave.state import JobState, JobStore
+from mpctrain.enclave.state import Job, JobState, JobStore
 from mpctrain.wire import results_pb2, results_pb2_grpc
 
 FETCH = "/mpctrain.v1.Results/FetchOutput"
@@ -31,10 +32,12 @@ def receipt_from_proto(p: results_pb2.Receipt) -> Receipt:
 
 
 class ResultsService(results_pb2_grpc.ResultsServicer):
-    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink) -> None:
+    def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink,
+                 limits: Limits | None = None) -> None:
         self.store = store
         self.auth = auth
         self.events = events
+        self.limits = limits or Limits()
 
     def FetchOutput(self, request: results_pb2.FetchOutputRequest,
                     context: grpc.ServicerContext) -> Iterator[results_pb2.OutputPart]:
@@ -49,11 +52,24 @@ class ResultsService(results_pb2_grpc.ResultsServicer):
             obj = job.outputs.get((request.recipient, request.name))
             if obj is None:
                 raise Rejected(grpc.StatusCode.NOT_FOUND, f"job {job.job_id} has no output {request.name!r}")
+            self._count_fetch(job, request.recipient, request.name)
             self.events.emit("output.fetched", job_id=job.job_id, recipient=request.recipient, name=request.name)
         yield results_pb2.OutputPart(header=obj.header)
         n = len(obj.frames)
         for i, frame in enumerate(obj.frames):
             yield results_pb2.OutputPart(frame=results_pb2.OutputFrame(index=i, frame=frame, last=i == n - 1))
+
+    def _count_fetch(self, job: Job, recipient: str, name: str) -> None:
+        """Every fetch is an ``output.fetched`` record in the job's audit view, which every party fetches and
+        checks: a recipient fetches each output at most ``max_output_fetches`` times."""
+        with job.cond:
+            done = job.fetches.get((recipient, name), 0)
+            if done >= self.limits.max_output_fetches:
+                raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"{recipient} fetched {name!r} of job {job.job_id} {done} times, the limit: each fetch "
+                               "is on the job's audit record; keep the copy already fetched, or ask the operator to "
+                               "raise [limits] max_output_fetches")
+            job.fetches[(recipient, name)] = done + 1
 
     def GetReceipt(self, request: results_pb2.GetReceiptRequest, context: grpc.ServicerContext) -> results_pb2.Receipt:
         with guarded(context, self.events, RECEIPT):

@@ -124,7 +124,7 @@ class Aggregator:
         self.uploads = UploadTable()
         self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers))
         self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
-        self.results = ResultsService(self.store, self.auth, self.events)
+        self.results = ResultsService(self.store, self.auth, self.events, self.limits)
         self.attestation = AttestationService(identity, self.events, self.limits)
         self.health = health.HealthServicer()
         # every upload and watch stream holds a worker thread for its whole life: size the pool so that with

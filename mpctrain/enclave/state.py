@@ -65,6 +65,10 @@ class Job:
     error: str = ""
     events: list[JobEventRecord] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    # each upload stream and each output fetch is a record in the job's audit view, which every party fetches
+    # and checks: counted here so that one party cannot grow that view without bound (``Limits``)
+    upload_streams: dict[str, int] = field(default_factory=dict)  # party id -> streams opened
+    fetches: dict[tuple[str, str], int] = field(default_factory=dict)  # (recipient, name) -> fetches
 
     @property
     def job_id(self) -> str:

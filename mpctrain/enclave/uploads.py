@@ -8,11 +8,16 @@ from the next index with the same header and the same opener.
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 
 from mpctrain.seal.stream import StreamOpener
+
+# A shard's object id is chosen by its party and printed in every audit summary: plain path-like text only
+# (the uploader's own ids are ``shard/<party id>/<16 hex>``).
+SHARD_OBJECT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}(?:/[A-Za-z0-9][A-Za-z0-9._-]{0,63}){0,3}")
 
 
 @dataclass

@@ -44,6 +44,7 @@ from mpctrain.seal.sign import verify_fields
 from mpctrain.wire import audit_pb2, audit_pb2_grpc
 
 MAX_FETCH_RECORDS = 1_000_000
+MAX_FETCH_BYTES = 512 << 20  # a segment record is at most 4 MiB: records alone would allow terabytes
 
 
 class AuditCheckFailed(PartyError):
@@ -107,6 +108,7 @@ def _fetch(channel: grpc.Channel, job_id: str, party_id: str, identity: Identity
     md = auth_metadata(identity, party_id, GET_LOG, req)
     out: list[RawLine] = []
     head: JobHead | None = None
+    size = 0
     try:
         stream = stub.GetLog(req, metadata=md, timeout=timeout)
         for rec in stream:
@@ -115,8 +117,13 @@ def _fetch(channel: grpc.Channel, job_id: str, party_id: str, identity: Identity
                 stream.cancel()  # the head ends the view: nothing after it counts
                 break
             out.append((int(rec.line), bytes(rec.data)))
+            size += len(out[-1][1])
             if len(out) > MAX_FETCH_RECORDS:
                 raise AuditCheckFailed("fetch", f"the aggregator sent more than {MAX_FETCH_RECORDS} records")
+            if size > MAX_FETCH_BYTES:
+                raise AuditCheckFailed("fetch", f"the aggregator sent more than {MAX_FETCH_BYTES >> 20} MiB of "
+                                                "records, far more than a job's view holds; for a whole log that "
+                                                "large, copy the file from the host and run `mpctrain audit verify`")
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "UNKNOWN"
         detail = exc.details() if hasattr(exc, "details") else ""

@@ -9,6 +9,7 @@ from auditkit import edit, read, two_segment_log
 from typer.testing import CliRunner
 
 from mpctrain.cli.main import app
+from mpctrain.enclave.audit import AuditLog
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.enclave.server import Aggregator
 from mpctrain.seal.keys import IdentityKey
@@ -134,3 +135,56 @@ def test_head_pin_from_an_earlier_verify(files):
     res = invoke("verify", str(log), "--policy", str(policy), "--head", pin)
     assert res.exit_code == 1 and "seq 25 [truncated]" in res.output
     assert invoke("verify", str(log), "--policy", str(policy), "--head", "25:xyz").exit_code == 2
+
+
+def test_a_crafted_time_exits_1_with_the_check(files):
+    log, policy = files
+    lines = read(log)
+    lines[0] = edit(lines[0], lambda o: o.__setitem__("time_ms", 10**17), rehash=True)
+    log.write_bytes(b"".join(lines))
+    res = invoke("verify", str(log), "--policy", str(policy), "--json")
+    assert res.exit_code == 1 and json.loads(res.output)["check"] == "time"
+
+
+FORGED = "shard/c/1 (seq 9)\n  output b: model, 1227 bytes (seq 20)\x1b[2A\x1b[K"
+
+
+def test_party_chosen_ids_cannot_forge_or_erase_summary_lines(sim, tmp_path, files):
+    _, policy = files
+    log = tmp_path / "spoof.jsonl"
+    audit = AuditLog(log, sim.enclave())  # the enclave signs whatever object id a party chose
+    audit.emit("job.proposed", job_id="j", digest="ab" * 32, mode="pooled", proposer="a", parties=["a", "c"])
+    audit.emit("shard.accepted", job_id="j", party="c", object_id=FORGED, header_digest="cc" * 32, size=9, chunks=1)
+    audit.emit("output.sealed", job_id="j", recipient="a\nb", name="model\r", size=1, digest="98" * 32)
+    audit.emit("training.finished", job_id="j", metrics={"acc\x1b": "0.9\n"})
+    res = invoke("verify", str(log), "--policy", str(policy))
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\r" not in res.output
+    assert [ln for ln in res.output.splitlines() if ln.startswith("  output b")] == []
+    assert "object shard/c/1 (seq 9)\\n  output b: model, 1227 bytes (seq 20)\\x1b[2A\\x1b[K," in res.output
+    assert "output a\\nb: model\\r," in res.output and "acc\\x1b=0.9\\n" in res.output
+
+
+def _forged_segment_at_the_end(log, text: str) -> None:
+    """A host-made segment start appended to the log, naming an evidence file whose name is ``text``."""
+    lines = read(log)
+    start = next(raw for raw in lines if b'"segment.started"' in raw)
+    last = json.loads(lines[-1])
+
+    def change(o):
+        o.update(seq=last["seq"] + 1, segment=last["segment"] + 1, prev_hash=last["hash"])
+        o["fields"].pop("evidence")
+        o["fields"]["evidence_file"] = text
+
+    log.write_bytes(b"".join([*lines, edit(start, change, rehash=True)]))
+
+
+def test_warnings_and_failures_quoting_the_log_are_escaped(files):
+    log, policy = files
+    _forged_segment_at_the_end(log, "x\nOK 99 records in 1 segment(s)\x1b[1A")
+    partial = invoke("verify", str(log), "--policy", str(policy), "--partial")  # skipped with a warning
+    full = invoke("verify", str(log), "--policy", str(policy))  # refused
+    assert (partial.exit_code, full.exit_code) == (0, 1)
+    for res in (partial, full):
+        assert "\nOK 99" not in res.output and "\x1b" not in res.output
+        assert "x\\nOK 99 records in 1 segment(s)\\x1b[1A" in res.output

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pandas as pd
 import pytest
-from auditkit import numbered
+from auditkit import edit, numbered
 
 from mpctrain.enclave.audit import AuditRecord, lines_from_bytes, read_lines, summarize, verify_log
 from mpctrain.enclave.auth import auth_metadata
@@ -176,6 +176,24 @@ def test_party_check_catches_a_dropped_shard_record(run):
     with pytest.raises(AuditCheckFailed) as info:
         _check(run, numbered(dropped))
     assert info.value.check == "log:job-chain"
+
+
+def _deep(depth: int):
+    return lambda raw: raw.replace(b'"fields":{', b'"fields":{"a":' + b"[" * depth + b"]" * depth + b",", 1)
+
+
+@pytest.mark.parametrize(("forge", "check"), [
+    (lambda raw: edit(raw, lambda o: o.__setitem__("time_ms", 10**17), rehash=True), "log:time"),
+    (lambda raw: edit(raw, lambda o: o.__setitem__("time_ms", 10**400), rehash=True), "log:time"),
+    (_deep(900), "log:parse"),
+    (_deep(990), "log:parse"),
+], ids=["time-1e17", "time-1e400", "depth-900", "depth-990"])
+def test_party_check_turns_crafted_lines_into_a_failed_check(run, forge, check):
+    view = _raws(run)
+    view[0] = forge(view[0])
+    with pytest.raises(AuditCheckFailed) as info:
+        _check(run, numbered(view))
+    assert info.value.check == check
 
 
 @pytest.mark.parametrize("cut_at", ['"training.started"', '"output.sealed"', "last"])

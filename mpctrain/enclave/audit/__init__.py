@@ -9,7 +9,7 @@ from mpctrain.enclave.audit.head import HEAD_DOMAIN, HEAD_NONCE_BYTES, JobHead
 from mpctrain.enclave.audit.log import AuditLog
 from mpctrain.enclave.audit.reader import RawLine, lines_from_bytes, read_lines
 from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, segment_nonce
-from mpctrain.enclave.audit.summary import InputEntry, JobSummary, OutputEntry, render, summarize
+from mpctrain.enclave.audit.summary import InputEntry, JobSummary, OutputEntry, printable, render, summarize
 from mpctrain.enclave.audit.verify import AuditReport, CrossCheck, Segment, cross_check, verify_log
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Segment",
     "cross_check",
     "lines_from_bytes",
+    "printable",
     "read_lines",
     "render",
     "segment_nonce",

@@ -9,6 +9,7 @@ public keys and its evidence, attested over a nonce derived from the previous re
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from mpctrain.enclave.identity import EnclaveIdentity
 log = logging.getLogger("mpctrain.enclave.audit")
 
 EVIDENCE_DIR_SUFFIX = ".evidence"
+MAX_AHEAD_MS = 24 * 3600 * 1000  # a last record dated further ahead of this enclave's clock is refused
 
 
 class AuditLog:
@@ -72,10 +74,24 @@ class AuditLog:
         except OSError as exc:
             raise AuditWriteError(f"cannot read the audit log {self.path}: {exc}") from exc
         if last is not None:
+            self._check_last(last)
             self._seq = last.seq + 1
             self._segment = last.segment + 1
             self._prev_hash = last.hash
             self._time_ms = last.time_ms
+
+    def _check_last(self, last: AuditRecord) -> None:
+        """The new segment links to the last record and never dates a record before it: a last line the host
+        edited or planted (an absurd time) would make this enclave sign its link and its timestamps."""
+        where = f"{self.path} (last record, seq {last.seq})"
+        if not hmac.compare_digest(last.compute_hash(), last.hash):
+            raise AuditWriteError(f"{where} does not match its hash (edited?); refusing to extend it: keep it for "
+                                  "the verifier and move it aside to start a new log")
+        now_ms = int(self.clock() * 1000)
+        if last.time_ms > now_ms + MAX_AHEAD_MS:
+            raise AuditWriteError(f"{where} is dated {last.time_ms} ms, more than a day after this machine's clock "
+                                  f"({now_ms} ms); refusing to extend it: fix the clock, or keep the log for the "
+                                  "verifier and move it aside to start a new one")
 
     def _start_segment(self) -> None:
         """First record of this enclave's segment: keys, build, evidence bound to the link point."""

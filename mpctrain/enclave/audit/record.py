@@ -32,6 +32,9 @@ MAX_LINE_BYTES = 4 << 20  # a segment record embeds an evidence bundle (certific
 MAX_STR = 512  # free-text fields (rejection reasons) are cut here
 MAX_ITEMS = 256
 MAX_BYTES_INLINE = 64  # longer bytes fields are stored as a digest and a size, never as content
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: later times are not datetimes
+MAX_COUNT = 1 << 53  # seq, segment, job_seq: no log gets near it, and +1 still fits every encoding
+MAX_DEPTH = 8  # nesting of ``fields`` (sanitize() writes at most 5): re-encoding deeper JSON can overflow the stack
 HEX_CHARS = frozenset("0123456789abcdef")
 
 _BODY_KEYS = ("v", "seq", "segment", "time_ms", "kind", "job_id", "job_seq", "job_prev", "prev_hash", "fields")
@@ -139,15 +142,23 @@ class AuditRecord:
         for name in ("seq", "segment", "time_ms"):
             if not _nonneg_int(obj[name]):
                 raise RecordFormatError(f"{name} must be a non-negative integer")
+        if obj["time_ms"] > MAX_TIME_MS:
+            digits = str(obj["time_ms"])
+            raise RecordFormatError(f"time_ms {digits[:16]}{'…' if len(digits) > 16 else ''} ({len(digits)} digits) "
+                                    f"is after the year 9999 (at most {MAX_TIME_MS})", "time")
+        if obj["seq"] > MAX_COUNT or obj["segment"] > MAX_COUNT:
+            raise RecordFormatError(f"seq and segment must be at most {MAX_COUNT}")
         if not isinstance(obj["kind"], str) or not 0 < len(obj["kind"]) <= 64:
             raise RecordFormatError("kind must be a short string")
         if not isinstance(obj["fields"], dict):
             raise RecordFormatError("fields must be an object")
+        if _depth(obj["fields"]) > MAX_DEPTH:
+            raise RecordFormatError(f"fields are nested deeper than {MAX_DEPTH} levels")
         job_id, job_seq = obj["job_id"], obj["job_seq"]
         if job_id is None:
             if job_seq is not None or obj["job_prev"] != "":
                 raise RecordFormatError("a record without job_id carries no job chain")
-        elif not isinstance(job_id, str) or not job_id or not _nonneg_int(job_seq):
+        elif not isinstance(job_id, str) or not job_id or not _nonneg_int(job_seq) or job_seq > MAX_COUNT:
             raise RecordFormatError("job_id must be a non-empty string with a non-negative job_seq")
         for name in ("prev_hash", "job_prev"):
             if not _hex(obj[name], 32, allow_empty=True):
@@ -159,8 +170,8 @@ class AuditRecord:
                   job_prev=obj["job_prev"], hash=obj["hash"], sig=obj["sig"])
         try:
             again = rec.to_line()
-        except ValueError as exc:  # non-finite floats
-            raise RecordFormatError(f"not canonical: {exc}", "encoding") from None
+        except (ValueError, RecursionError) as exc:  # non-finite floats; nesting too deep to encode
+            raise RecordFormatError(f"not canonical: {str(exc)[:120]}", "encoding") from None
         if again[:-1] != line:
             raise RecordFormatError("line is not the canonical encoding of its content (edited by hand?)", "encoding")
         return rec
@@ -168,6 +179,21 @@ class AuditRecord:
 
 def _nonneg_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of parsed JSON, without recursion (a deep value must not overflow the stack here)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        items = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        if items is None:
+            continue
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        stack.extend((x, d + 1) for x in items)
+    return deepest
 
 
 def _hex(v: Any, n: int, *, allow_empty: bool = False) -> bool:

@@ -145,23 +145,35 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
     return jobs
 
 
+def printable(value: Any) -> str:
+    """``value`` as text with every non-printable character (newline, ANSI escape, ...) and backslash escaped:
+    ids and names in records are chosen by parties, and must not forge or erase lines on a terminal."""
+    text = str(value)
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)
+
+
 def render(summary: JobSummary) -> list[str]:
-    """Plain text lines for the CLI (no colours, so the output can be archived as is)."""
-    out = [f"job {summary.job_id} (segment {summary.segment}, {summary.mode or '?'}) state={summary.state} "
-           f"manifest={summary.manifest_digest[:16]}… proposer={summary.proposer or '?'} records={summary.records}"]
-    out.append(f"  consents: {', '.join(sorted(summary.consents)) or 'none'}")
+    """Plain text lines for the CLI (no colours, so the output can be archived as is); record text escaped."""
+    p = printable
+    out = [f"job {p(summary.job_id)} (segment {summary.segment}, {p(summary.mode or '?')}) state={p(summary.state)} "
+           f"manifest={p(summary.manifest_digest[:16])}… proposer={p(summary.proposer or '?')} "
+           f"records={summary.records}"]
+    out.append(f"  consents: {', '.join(p(c) for c in sorted(summary.consents)) or 'none'}")
     for party, entries in sorted(summary.inputs.items()):
         for e in entries:
-            out.append(f"  input  {party}: {e.size} bytes, object {e.object_id}, header sha256 {e.digest[:16]}… "
-                       f"(seq {e.seq})")
-    missing = [p for p in summary.consents if p not in summary.inputs]
+            out.append(f"  input  {p(party)}: {e.size} bytes, object {p(e.object_id)}, header sha256 "
+                       f"{p(e.digest[:16])}… (seq {e.seq})")
+    missing = [c for c in summary.consents if c not in summary.inputs]
     if missing and summary.mode == "pooled":
-        out.append(f"  no input from: {', '.join(sorted(missing))}")
+        out.append(f"  no input from: {', '.join(p(c) for c in sorted(missing))}")
     for rid, entries in sorted(summary.outputs.items()):
         for e in entries:
-            out.append(f"  output {rid}: {e.name}, {e.size} bytes, sha256 {e.digest[:16] or '-'}… (seq {e.seq})")
+            out.append(f"  output {p(rid)}: {p(e.name)}, {e.size} bytes, sha256 {p(e.digest[:16]) or '-'}… "
+                       f"(seq {e.seq})")
     if summary.metrics:
-        out.append("  public metrics: " + ", ".join(f"{k}={v}" for k, v in sorted(summary.metrics.items())))
+        out.append("  public metrics: " + ", ".join(f"{p(k)}={p(v)}" for k, v in sorted(summary.metrics.items())))
     if summary.rounds:
         out.append(f"  rounds: {summary.rounds}")
     if summary.rejections:
