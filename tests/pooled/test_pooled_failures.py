@@ -63,9 +63,12 @@ def test_public_error_hides_data_derived_messages():
 def test_dp_job_reports_the_privacy_spent(cluster):
     import json
 
-    from pooled_kit import run_job
+    from pooled_kit import FAST_TRAINING, run_job
 
-    m, agents = run_job(cluster, "dp", privacy={"epsilon": 8.0, "delta": 1e-5, "clip": 1.0})
+    m, agents = run_job(cluster, "dp", privacy={"epsilon": 8.0, "delta": 1e-5, "clip": 1.0},
+                        schema={**cluster.manifest().schema, "label_values": [0, 1]},
+                        training={k: v for k, v in FAST_TRAINING.items() if k != "val_fraction"},
+                        public_metrics=["epsilon_spent"])
     metrics = json.loads(agents["hospital-a"].fetch(m)["metrics"])
     assert 0 < metrics["validation"]["epsilon_spent"] <= 8.0 + 1e-6
 
