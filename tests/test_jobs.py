@@ -67,6 +67,54 @@ def test_bad_manifests_are_refused(over, match):
         JobManifest.from_authoring(_doc(_keys(3), **over))
 
 
+DP = {"epsilon": 1.0, "delta": 1e-5, "clip": 1.0}
+LABELS = {"label": "y", "features": ["a", "b"], "label_values": [0, 1]}
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        # b0: delta 0.99 "spends epsilon 0" with almost no noise; delta must sit well below 1/rows
+        ({"privacy": {**DP, "delta": 0.99}}, r"delta must be a number in \(0, 0.001\]"),
+        ({"privacy": {**DP, "delta": 0.01}}, "delta"),
+        ({"privacy": {**DP, "delta": 0}}, "delta"),
+        ({"privacy": {**DP, "delta": "1e-5"}}, "delta"),
+        ({"mode": "federated", "privacy": {**DP, "delta": 0.5}}, "delta"),
+        # a DP job releases only the privacy accounting: validation metrics carry no accounted noise
+        ({"privacy": DP, "schema": LABELS, "public_metrics": ["loss", "epsilon_spent"]},
+         r"public_metrics \['loss'\] cannot be released by a DP job.*only \['epsilon_spent'\]"),
+        ({"privacy": DP, "schema": LABELS, "public_metrics": ["train_loss"]}, "train_loss"),
+        ({"privacy": DP, "schema": LABELS, "training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 0.2}},
+         "remove \\[training\\] val_fraction"),
+        # without label_values the model's output size is the largest label in the data
+        ({"privacy": DP}, "label_values"),
+        ({"privacy": DP, "schema": {**LABELS, "label_values": "01"}}, "label_values"),
+        # e_val_zero: val_fraction 0 used to pass here and fail after training
+        ({"training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 0}}, "val_fraction must be"),
+        ({"training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 1e-9}}, "val_fraction must be"),
+        ({"training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 1}}, "val_fraction must be"),
+        ({"training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": True}}, "val_fraction must be"),
+    ],
+)
+def test_what_a_job_would_release_is_checked_from_the_manifest(over, match):
+    with pytest.raises(ManifestError, match=match):
+        JobManifest.from_authoring(_doc(_keys(2), **over))
+
+
+def test_release_rules_accept_what_they_allow():
+    ok = JobManifest.from_authoring(_doc(_keys(2), privacy=DP, schema=LABELS, public_metrics=["epsilon_spent"]))
+    assert ok.privacy["delta"] == 1e-5
+    plain = _doc(_keys(2), training={"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 0.05})
+    assert JobManifest.from_authoring(plain).training["val_fraction"] == 0.05
+
+
+def test_the_manifest_and_dp_training_share_one_delta_limit():
+    from mpctrain.jobs.manifest import MAX_DELTA
+    from mpctrain.train.dp import MAX_DELTA as TRAIN_MAX_DELTA
+
+    assert MAX_DELTA == TRAIN_MAX_DELTA
+
+
 def test_garbage_and_oversized_manifest_bytes():
     with pytest.raises(ManifestError):
         JobManifest.from_bytes(b"\xff\x00garbage")

@@ -1,7 +1,11 @@
 """The pooled trainer: opens the quorum's shards in enclave memory, trains, evaluates, seals outputs.
 
 Validation is held out from every party's shard (stratified per party, seeded), so the reported
-metrics cover every hospital's distribution and no party's rows are all in training.
+metrics cover every hospital's distribution and no party's rows are all in training. A DP job holds nothing
+out and releases nothing computed from the rows without accounted noise: only the model and the accounting.
+
+Whatever the manifest alone decides (training, privacy, model size) is checked when the job is proposed
+(``PooledRunner.check``); once shards are opened, a failure is reported in words that carry no data.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -16,11 +21,34 @@ import numpy as np
 from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.enclave.outputs import seal_outputs
-from mpctrain.enclave.state import Job, JobStore
+from mpctrain.enclave.state import Job, JobFailed, JobStore
+from mpctrain.jobs import JobManifest, ManifestError
 
 log = logging.getLogger("mpctrain.enclave.pooled")
 
 SCHEMA_KEYS = ("label", "features", "label_values")
+MIN_VAL_ROWS = 20
+"""Fewest held-out rows of a job without DP, and of each party's shard (``MIN_VAL_ROWS_PER_PARTY``): its public
+metrics are averages over them, and an average over a handful of rows that a party knows all but one of
+gives that one away. With ``jobs.manifest.MIN_VAL_FRACTION`` a shard needs 200 rows."""
+MIN_VAL_ROWS_PER_PARTY = 10
+PUBLIC_DIGITS = 4
+"""Significant digits of public metrics (and of a public training loss): no last bits to solve for a row."""
+SHARD_MISMATCH = "a shard does not match the job's schema (feature count, dtypes or label range)"
+WITHHELD = ("training failed inside the enclave after the parties' shards were opened; the cause is withheld "
+            "because it could depend on their data")
+DP_NOTE = ("DP job: validation metrics, loss history and row counts are withheld, since they are computed from "
+           "the parties' rows without accounted noise; only the model (trained with DP-SGD) and the privacy "
+           "accounting are released")
+
+
+class ValidationTooSmall(Exception):
+    """The held-out part is under ``MIN_VAL_ROWS`` overall or ``MIN_VAL_ROWS_PER_PARTY`` for a shard. The message
+    is fixed: it names no party and no count, since it is shown to every party of the job."""
+
+    def __init__(self) -> None:
+        super().__init__(f"fewer than {MIN_VAL_ROWS} validation rows in all or {MIN_VAL_ROWS_PER_PARTY} from some "
+                         "party's shard; raise [training] val_fraction or bring more rows")
 
 
 def table_schema(schema: Mapping[str, Any]) -> Any:
@@ -30,9 +58,13 @@ def table_schema(schema: Mapping[str, Any]) -> Any:
     return TableSchema.from_dict({k: v for k, v in schema.items() if k in SCHEMA_KEYS})
 
 
-def pool_shards(shards: Mapping[str, bytes], schema: Mapping[str, Any], val_fraction: float,
-                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """Decode each party's shard, hold out a stratified validation part of each, pool both sides."""
+def pool_shards(shards: Mapping[str, bytes], schema: Mapping[str, Any], val_fraction: float, seed: int, *,
+                min_val_rows: int = 0, min_val_rows_per_party: int = 0
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Decode each party's shard, hold out a stratified validation part of each, pool both sides.
+
+    Raises ``ValidationTooSmall`` when a shard holds out fewer than ``min_val_rows_per_party`` rows or all of
+    them fewer than ``min_val_rows``."""
     from mpctrain.train.data import stratified_split, table_from_bytes
 
     ts = table_schema(schema)
@@ -40,12 +72,61 @@ def pool_shards(shards: Mapping[str, bytes], schema: Mapping[str, Any], val_frac
     for party in sorted(shards):
         X, y = table_from_bytes(shards[party], num_features=len(ts.features), num_classes=ts.num_classes)
         split = stratified_split(X, y, val_fraction, seed)
+        if len(split.y_val) < min_val_rows_per_party:
+            raise ValidationTooSmall()
         xs_tr.append(split.X_train)
         ys_tr.append(split.y_train)
         xs_va.append(split.X_val)
         ys_va.append(split.y_val)
         rows[party] = len(y)
+    if sum(len(v) for v in ys_va) < min_val_rows:
+        raise ValidationTooSmall()
     return (np.concatenate(xs_tr), np.concatenate(ys_tr), np.concatenate(xs_va), np.concatenate(ys_va), rows)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the manifest alone decides about a pooled job (no party data involved)."""
+
+    config: Any  # train.loop.TrainConfig
+    dp: Any  # train.dp.DPConfig | None
+    schema: Any  # train.data.TableSchema
+
+
+def plan(m: JobManifest) -> Plan:
+    """Training, privacy and schema settings of ``m``, and a model of its spec built without memory (meta
+    device) at the smallest class count the manifest allows: ``label_values`` if given, else 2. Raises the
+    setting's own error (``ConfigError``, ``PrivacyBudgetError``, ``ModelSpecError``, ``SchemaError``)."""
+    import torch
+
+    from mpctrain.train.dp import DPConfig
+    from mpctrain.train.loop import TrainConfig
+    from mpctrain.train.registry import build_model
+
+    training = {k: v for k, v in m.training.items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig.from_dict(training)
+    dp = DPConfig.from_dict(dict(m.privacy)) if m.privacy else None
+    ts = table_schema(m.schema)
+    with torch.device("meta"):
+        build_model(dict(m.model), len(ts.features), max(ts.num_classes or 2, 2))
+    return Plan(config, dp, ts)
+
+
+def _after_data(exc: Exception) -> JobFailed:
+    """The public form of an error raised once shards were opened: a fixed reason, and the type only where the
+    type itself says nothing about the data (a malformed shard; too few validation rows)."""
+    from mpctrain.train.data import DataError, SchemaError
+    from mpctrain.train.tensors import TensorFormatError
+
+    if type(exc) is ValidationTooSmall:
+        return JobFailed("ValidationTooSmall", str(exc))
+    if type(exc) in (TensorFormatError, SchemaError, DataError):
+        return JobFailed(type(exc).__name__, SHARD_MISMATCH)
+    return JobFailed("TrainingFailed", WITHHELD)
+
+
+def _rounded(x: float) -> float:
+    return float(f"{x:.{PUBLIC_DIGITS}g}")
 
 
 class PooledRunner:
@@ -56,58 +137,74 @@ class PooledRunner:
         self.events = events
         self.device = device
 
+    def check(self, m: JobManifest) -> None:
+        """At propose time: a bad setting or a model too large even at the smallest class count is refused before
+        any data, so no such error can come after the shards are opened, where its message (a parameter
+        count from the data's class count) would reveal a label."""
+        try:
+            plan(m)
+        except (ValueError, TypeError) as exc:
+            raise ManifestError(f"{type(exc).__name__}: {exc}") from None
+
     def __call__(self, job: Job, store: JobStore) -> None:
         from mpctrain.train.device import pick_device
-        from mpctrain.train.dp import DPConfig
-        from mpctrain.train.loop import TrainConfig, evaluate, fit
+
+        try:  # no data yet: these errors are about the manifest or this machine, and shown as they are
+            p = plan(job.manifest)
+            device = pick_device(self.device)
+        except Exception as exc:
+            raise JobFailed(type(exc).__name__, str(exc)) from None
+        try:
+            self._train(job, store, p, device)
+        except Exception as exc:
+            raise _after_data(exc) from None  # the cause stays here: its message may quote the data
+
+    def _train(self, job: Job, store: JobStore, p: Plan, device: Any) -> None:
+        from mpctrain.train.loop import evaluate, fit
         from mpctrain.train.registry import build_model
         from mpctrain.train.tensors import state_to_bytes
 
-        m = job.manifest
-        training = {k: v for k, v in m.training.items() if k in TrainConfig.__dataclass_fields__}
-        cfg = TrainConfig.from_dict(training)
-        seed, val_fraction = cfg.seed, cfg.val_fraction
+        m, cfg, dp = job.manifest, p.config, p.dp
         shards = {pid: up.plaintext() for pid, up in job.shards.items()}
-        try:
-            X_tr, y_tr, X_va, y_va, rows = pool_shards(shards, m.schema, val_fraction, seed)
+        try:  # a DP job trains on every row: held-out rows would serve only metrics it does not release
+            X_tr, y_tr, X_va, y_va, rows = pool_shards(
+                shards, m.schema, 0.0 if dp else cfg.val_fraction, cfg.seed,
+                min_val_rows=0 if dp else MIN_VAL_ROWS, min_val_rows_per_party=0 if dp else MIN_VAL_ROWS_PER_PARTY)
         finally:
             shards.clear()
-        ts = table_schema(m.schema)
-        n_classes = ts.num_classes or int(max(y_tr.max(), y_va.max() if len(y_va) else 0)) + 1
+        n_classes = p.schema.num_classes or int(max(y_tr.max(), y_va.max() if len(y_va) else 0)) + 1
         model = build_model(dict(m.model), X_tr.shape[1], max(n_classes, 2))
-        device = pick_device(self.device)
         self.events.emit("training.data", job_id=job.job_id, train_rows=len(y_tr), val_rows=len(y_va),
                          parties=sorted(rows), device=str(device))
 
-        dp = DPConfig.from_dict(dict(m.privacy)) if m.privacy else None
         # Watchers are not authenticated: the training loss goes out only when the manifest makes it public,
-        # and never under DP (the loss history is not covered by the privacy budget).
+        # rounded, and never under DP (the loss history is not covered by the privacy budget).
         show_loss = "train_loss" in m.public_metrics and dp is None
 
         def on_epoch(epoch: int, loss: float) -> None:
-            store.record(job, "epoch", epoch=int(epoch), loss=float(loss) if show_loss else float("nan"))
+            store.record(job, "epoch", epoch=int(epoch), loss=_rounded(loss) if show_loss else float("nan"))
 
         result = fit(model, X_tr, y_tr, cfg, device=device, on_epoch=on_epoch, dp=dp)
-        metrics = {k: float(v) for k, v in evaluate(model, X_va, y_va).items() if _is_number(v)}
-        if result.epsilon is not None:
-            metrics["epsilon_spent"] = float(result.epsilon)
-        metrics_doc = {
-            "job_id": job.job_id,
-            "manifest_digest": job.digest.hex(),
-            "validation": metrics,
-            "rows": {"train": len(y_tr), "validation": len(y_va), "per_party": rows},
-            "history": [float(h) for h in result.history],
-            "stop_reason": result.stop_reason,
-            "device": str(device),
-        }
+        doc: dict[str, Any] = {"job_id": job.job_id, "manifest_digest": job.digest.hex(),
+                               "stop_reason": result.stop_reason, "device": str(device)}
+        if dp is None:
+            metrics = {k: float(v) for k, v in evaluate(model, X_va, y_va).items() if _is_number(v)}
+            doc["validation"] = metrics
+            doc["rows"] = {"train": len(y_tr), "validation": len(y_va), "per_party": rows}
+            doc["history"] = [float(h) for h in result.history]
+        else:
+            metrics = {"epsilon_spent": float(result.epsilon or 0.0)}
+            doc["privacy"] = {**metrics, "delta": result.delta, "noise_multiplier": result.noise_multiplier,
+                              "steps": result.steps}
+            doc["note"] = DP_NOTE
         outputs = {
             "model": state_to_bytes(result.state),
-            "metrics": json.dumps(metrics_doc, sort_keys=True, indent=2).encode(),
+            "metrics": json.dumps(doc, sort_keys=True, indent=2).encode(),
         }
         for up in job.shards.values():
             up.wipe()
         seal_outputs(job, self.identity, outputs, self.events)
-        public = {k: v for k, v in metrics.items() if k in m.public_metrics}
+        public = {k: _rounded(v) for k, v in metrics.items() if k in m.public_metrics}
         with job.cond:
             job.public_metrics = public
         store.record(job, "metrics", values=public)

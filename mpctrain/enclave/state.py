@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from mpctrain.enclave.events import EventSink
-from mpctrain.jobs import Consent, JobManifest, missing_consents, verify_consent
+from mpctrain.jobs import Consent, JobManifest, ManifestError, missing_consents, verify_consent
 
 
 class JobState(StrEnum):
@@ -80,27 +80,41 @@ class Job:
         return missing_consents(self.manifest, consents)
 
 
-# Errors whose messages come from the manifest or the platform, never from party data: shown verbatim.
-_MANIFEST_ERRORS = ("ModelSpecError", "UnknownModel", "ConfigError", "PrivacyBudgetError", "DeviceUnavailable",
-                    # federated: about the submitted Flower run and its code, never about a party's data
-                    "WrongRun", "NoRunSubmitted", "CodeDigestMismatch", "RunConfigMismatch", "AppEntryError",
-                    "JobNotReady", "ManifestError")
-_DATA_ERRORS = ("TensorFormatError", "DataError", "SchemaError")
+class JobFailed(Exception):
+    """A runner's own account of a failure, worded for every party of the job: ``kind`` names it (and is what the
+    audit log records), the message says what to change. Runners raise it in place of errors whose messages or
+    types could depend on party data."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind}: {reason}")
+        self.kind = kind
+
+
+# Exception classes whose messages come from the manifest or the platform, never from party data: shown
+# verbatim. Matched by exact class, not by name: another error that happens to share a name, or a subclass
+# with its own message, is not shown. Runners add their classes with ``show_verbatim``.
+_VERBATIM: set[type[BaseException]] = {ManifestError}
+
+
+def show_verbatim(*classes: type[BaseException]) -> None:
+    """Let ``public_error`` show these exact classes' messages: only for messages built from no party data."""
+    _VERBATIM.update(classes)
 
 
 def public_error(exc: BaseException) -> str:
-    """What ``GetJob`` may show about a failed job. Messages of data-derived errors can quote values from a
-    shard (a label, a range), so for those only the type and a generic reason are shown."""
+    """What ``GetJob`` may show about a failed job: a runner's ``JobFailed``, a message of an allowlisted class,
+    or else the exception type and a generic reason (an arbitrary message could quote a value from a shard)."""
+    if type(exc) is JobFailed:
+        return str(exc)[:500]
     name = type(exc).__name__
-    if name in _MANIFEST_ERRORS:
+    if type(exc) in _VERBATIM:
         return f"{name}: {exc}"[:500]
-    if name in _DATA_ERRORS:
-        return f"{name}: a shard does not match the job's schema (feature count, dtypes or label range)"
     return f"{name}: training failed inside the enclave"
 
 
 # A runner trains one job; it is started in a thread once the quorum's shards are in, or as soon as the
-# job opens when the runner sets ``starts_on_open`` (federated: the data never comes to the enclave).
+# job opens when the runner sets ``starts_on_open`` (federated: the data never comes to the enclave). A runner
+# with a ``check(manifest)`` method has it called at propose time; it raises ManifestError to refuse the job.
 Runner = Callable[[Job, "JobStore"], None]
 
 
@@ -131,6 +145,12 @@ class JobStore:
         if manifest.mode not in self.runners:
             raise JobError("failed_precondition",
                            f"this aggregator does not run {manifest.mode!r} jobs (runs: {sorted(self.runners)})")
+        check = getattr(self.runners[manifest.mode], "check", None)
+        if check is not None:  # what the manifest alone decides is refused now, before any party sends data
+            try:
+                check(manifest)
+            except ManifestError as exc:
+                raise JobError("invalid", f"manifest refused: {exc}") from None
         with self._lock:
             if manifest.job_id in self._jobs:
                 raise JobError("already_exists", f"job {manifest.job_id} already exists")
@@ -213,7 +233,8 @@ class JobStore:
             runner(job, self)
         except Exception as exc:  # the runner's error is reported, never its data
             job.error = public_error(exc)
-            self.events.emit("training.failed", job_id=job.job_id, error=type(exc).__name__)
+            kind = exc.kind if type(exc) is JobFailed else type(exc).__name__
+            self.events.emit("training.failed", job_id=job.job_id, error=kind)
             self.set_state(job, JobState.FAILED, message=job.error)
             return
         finally:  # success or not, the shards' plaintext is overwritten and its memory given back

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,15 @@ ROLES = ("data", "researcher")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JOB_ID = _ID
 """What a job id (and a party id) may be: also safe as one path component."""
+MAX_DELTA = 1e-3
+"""Largest DP delta a job may set (also ``train.dp.MAX_DELTA``). Delta is the chance the epsilon guarantee fails
+outright, so it must sit well below 1/rows; 1e-3 is the loosest that means anything for a 1000-row table."""
+MIN_VAL_FRACTION = 0.05
+"""Smallest ``val_fraction`` of a pooled job without DP: public metrics must average over many rows (the enclave
+also requires ``MIN_VAL_ROWS`` overall and per party once it sees the shards)."""
+DP_PUBLIC_METRICS = ("epsilon_spent",)
+"""What a pooled DP job may make public: the privacy accounting. Every other metric is computed from the
+parties' rows without accounted noise."""
 
 
 class ManifestError(ValueError):
@@ -351,8 +361,47 @@ def _validate(m: JobManifest) -> None:
         raise ManifestError("expires must be a positive unix time")
     if not isinstance(m.enclave_policy, Mapping) or not m.enclave_policy.get("backends"):
         raise ManifestError("enclave_policy must name the accepted backends (the policy parties approve)")
+    if m.privacy:
+        _validate_delta(m.privacy)
     if m.mode == "federated":
         _validate_flower(m.training.get("flower"))
+    if m.mode == "pooled":
+        _validate_pooled(m)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _validate_delta(privacy: Mapping[str, Any]) -> None:
+    """A delta near 1 makes any epsilon meaningless (b0: delta=0.99 spends "epsilon 0" with almost no noise)."""
+    if "delta" not in privacy:
+        return  # each mode's own check names the missing setting
+    delta = privacy["delta"]
+    if not _number(delta) or not 0 < delta <= MAX_DELTA:
+        raise ManifestError(f"[privacy] delta must be a number in (0, {MAX_DELTA:g}], got {delta!r}: "
+                            "choose delta well below 1/rows of the pooled data (typically 1e-5)")
+
+
+def _validate_pooled(m: JobManifest) -> None:
+    """What a pooled job may release, decided from the manifest alone so parties see it before consenting."""
+    vf = m.training.get("val_fraction")
+    if m.privacy:
+        shown = sorted(set(m.public_metrics) - set(DP_PUBLIC_METRICS))
+        if shown:
+            raise ManifestError(
+                f"public_metrics {shown} cannot be released by a DP job: they are computed from the parties' "
+                f"rows without accounted noise; a DP job may make public only {list(DP_PUBLIC_METRICS)}")
+        if vf is not None:
+            raise ManifestError("a DP job trains on every row and reports no validation metrics: remove "
+                                "[training] val_fraction")
+        lv = m.schema.get("label_values")
+        if not isinstance(lv, list) or len(lv) < 2:
+            raise ManifestError("a DP job must list the classes in [schema] label_values: otherwise the model's "
+                                "output size is set by the largest label in the data, outside the DP guarantee")
+    elif vf is not None and (not _number(vf) or not MIN_VAL_FRACTION <= vf < 1):
+        raise ManifestError(f"[training] val_fraction must be a number in [{MIN_VAL_FRACTION:g}, 1), got {vf!r}: "
+                            "the public and validation metrics must average over enough held-out rows")
 
 
 _HEX_DIGEST = re.compile(r"^[0-9a-f]{96}$")

@@ -28,6 +28,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 __all__ = [
     "DPSGD",
+    "MAX_DELTA",
     "DPConfig",
     "PrivacyBudgetError",
     "max_steps",
@@ -35,6 +36,11 @@ __all__ = [
     "per_sample_clipped_grads",
     "spent_epsilon",
 ]
+
+
+MAX_DELTA = 1e-3
+"""Largest delta a DP fit accepts (the job manifest holds jobs to the same, ``jobs.manifest.MAX_DELTA``): delta is
+the chance the epsilon guarantee fails outright, so it belongs well below 1/rows."""
 
 
 class PrivacyBudgetError(ValueError):
@@ -58,8 +64,8 @@ class DPConfig:
     def __post_init__(self) -> None:
         if not _positive(self.epsilon):
             raise PrivacyBudgetError(f"DP epsilon must be a positive finite number, got {self.epsilon!r}")
-        if not (_number(self.delta) and 0.0 < self.delta < 1.0):
-            raise PrivacyBudgetError(f"DP delta must be in (0, 1), got {self.delta!r} (typically < 1/rows)")
+        if not (_number(self.delta) and 0.0 < self.delta <= MAX_DELTA):
+            raise PrivacyBudgetError(f"DP delta must be in (0, {MAX_DELTA:g}], got {self.delta!r} (typically < 1/rows)")
         if not _positive(self.clip):
             raise PrivacyBudgetError(f"DP clip must be a positive finite L2 norm, got {self.clip!r}")
         if self.noise_multiplier is not None and not (

@@ -62,9 +62,8 @@ def test_dp_noise_is_added_inside_the_enclave(sim_root, sim_attester):
                                      {"epsilon": "x", "delta": 1e-5, "noise_multiplier": 1.0}])
 def test_bad_privacy_settings_are_refused(sim_root, sim_attester, privacy):
     job = build_job(sim_root, sim_attester, n=2)
-    manifest = replace(job.manifest, privacy=privacy)
-    with pytest.raises(ManifestError):
-        build_strategy(manifest)
+    with pytest.raises(ManifestError):  # the manifest refuses a delta above MAX_DELTA itself
+        build_strategy(replace(job.manifest, privacy=privacy))
 
 
 def test_dp_needs_fedavg(sim_root, sim_attester):

@@ -50,24 +50,25 @@ def test_quorum_starts_training_and_later_shards_are_refused(cluster):
     assert list(status.uploaded) == ["hospital-a", "hospital-b"]
 
 
-def test_public_error_hides_data_derived_messages():
-    from mpctrain.enclave.state import public_error
+def test_public_error_shows_messages_by_class_only():
+    from mpctrain.enclave.state import JobFailed, public_error
+    from mpctrain.jobs import ManifestError
     from mpctrain.train.registry import ModelSpecError
     from mpctrain.train.tensors import TensorFormatError
 
     assert "label 7" not in public_error(TensorFormatError("table has label 7, the job's schema has only 2 classes"))
-    assert public_error(ModelSpecError("unknown model 'x'")) == "ModelSpecError: unknown model 'x'"
-    assert public_error(RuntimeError("value 98765.4321")) == "RuntimeError: training failed inside the enclave"
-
-
-def test_dp_job_reports_the_privacy_spent(cluster):
-    import json
-
-    from pooled_kit import run_job
-
-    m, agents = run_job(cluster, "dp", privacy={"epsilon": 8.0, "delta": 1e-5, "clip": 1.0})
-    metrics = json.loads(agents["hospital-a"].fetch(m)["metrics"])
-    assert 0 < metrics["validation"]["epsilon_spent"] <= 8.0 + 1e-6
+    assert public_error(ManifestError("quorum must be 1..3")) == "ManifestError: quorum must be 1..3"
+    assert public_error(JobFailed("TrainingFailed", "withheld")) == "TrainingFailed: withheld"
+    # a model error can carry a size computed from the data's class count: pooled checks models at propose
+    assert public_error(ModelSpecError("mlp too large: 402 parameters")) == (
+        "ModelSpecError: training failed inside the enclave")
+    # by class, not by name: an unrelated error called ManifestError, or a subclass, shows no message
+    impostor = type("ManifestError", (Exception,), {})
+    assert public_error(impostor("label 7")) == "ManifestError: training failed inside the enclave"
+    sub = type("Sub", (ManifestError,), {})
+    assert public_error(sub("label 7")) == "Sub: training failed inside the enclave"
+    assert public_error(type("JobFailed", (Exception,), {})("label 7")) == (
+        "JobFailed: training failed inside the enclave")
 
 
 def test_a_shard_finishing_after_training_started_is_refused_and_wiped(cluster):

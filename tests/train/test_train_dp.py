@@ -142,6 +142,7 @@ def test_max_steps_is_the_last_step_within_budget():
         ({"epsilon": math.inf, "delta": 1e-5, "clip": 1}, "epsilon"),
         ({"epsilon": 1, "delta": 1.0, "clip": 1}, "delta"),
         ({"epsilon": 1, "delta": 0, "clip": 1}, "delta"),
+        ({"epsilon": 0.01, "delta": 0.99, "clip": 1}, r"delta must be in \(0, 0.001\]"),  # b0: "epsilon 0"
         ({"epsilon": 1, "delta": 1e-5, "clip": 0}, "clip"),
         ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_multiplier": -1}, "noise_multiplier"),
         ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_seed": "x"}, "noise_seed"),

@@ -34,7 +34,7 @@ from mpctrain.enclave.events import EventSink
 from mpctrain.enclave.federated.errors import FederatedError
 from mpctrain.enclave.federated.runner import FederatedRunner
 from mpctrain.enclave.identity import EnclaveIdentity
-from mpctrain.enclave.state import Job
+from mpctrain.enclave.state import Job, show_verbatim
 from mpctrain.jobs import JobManifest
 from mpctrain.seal.keys import write_private
 
@@ -118,6 +118,9 @@ class WrongRun(FederatedError):
 
 class NoRunSubmitted(FederatedError):
     """Nobody submitted the job's run to the SuperLink (``flwr run``) within the configured time."""
+
+
+show_verbatim(WrongRun, NoRunSubmitted)  # about the submitted run, never about a party's data
 
 
 @contextmanager

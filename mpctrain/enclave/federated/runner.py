@@ -18,11 +18,16 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.grid import Grid
 
 from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.federated.apps import AppEntryError
+from mpctrain.enclave.federated.errors import CodeDigestMismatch, JobNotReady, RunConfigMismatch
 from mpctrain.enclave.federated.server_app import FederatedJob, run_federated_job
 from mpctrain.enclave.federated.strategy import FederatedResult
 from mpctrain.enclave.identity import EnclaveIdentity
 from mpctrain.enclave.outputs import seal_outputs
-from mpctrain.enclave.state import Job, JobStore
+from mpctrain.enclave.state import Job, JobStore, show_verbatim
+
+# About the submitted Flower run and its code, never about a party's data: shown to the job's parties as is.
+show_verbatim(AppEntryError, CodeDigestMismatch, JobNotReady, RunConfigMismatch)
 
 MODEL_FORMAT = "flwr.ArrayRecord"  # safetensors metadata: one tensor per ArrayRecord key, in its order
 
