@@ -84,6 +84,8 @@ LABELS = {"label": "y", "features": ["a", "b"], "label_values": [0, 1]}
         ({"privacy": DP, "schema": LABELS, "public_metrics": ["loss", "epsilon_spent"]},
          r"public_metrics \['loss'\] cannot be released by a DP job.*only \['epsilon_spent'\]"),
         ({"privacy": DP, "schema": LABELS, "public_metrics": ["train_loss"]}, "train_loss"),
+        # federated too: the banks' evaluation metrics are not covered by the central DP budget
+        ({"mode": "federated", "privacy": DP, "public_metrics": ["accuracy"]}, r"\['accuracy'\] cannot be released"),
         ({"privacy": DP, "schema": LABELS, "training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 0.2}},
          "remove \\[training\\] val_fraction"),
         # without label_values the model's output size is the largest label in the data

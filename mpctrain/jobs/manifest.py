@@ -363,6 +363,7 @@ def _validate(m: JobManifest) -> None:
         raise ManifestError("enclave_policy must name the accepted backends (the policy parties approve)")
     if m.privacy:
         _validate_delta(m.privacy)
+        _validate_dp_public(m)
     if m.mode == "federated":
         _validate_flower(m.training.get("flower"))
     if m.mode == "pooled":
@@ -383,15 +384,21 @@ def _validate_delta(privacy: Mapping[str, Any]) -> None:
                             "choose delta well below 1/rows of the pooled data (typically 1e-5)")
 
 
+def _validate_dp_public(m: JobManifest) -> None:
+    """Under DP, what is published must be covered by the budget: validation metrics (pooled) and the banks'
+    evaluation metrics (federated) are computed from the parties' rows without accounted noise."""
+    shown = sorted(set(m.public_metrics) - set(DP_PUBLIC_METRICS))
+    if shown:
+        raise ManifestError(
+            f"public_metrics {shown} cannot be released by a DP job: they are computed from the parties' "
+            f"rows without accounted noise; a DP job may make public only {list(DP_PUBLIC_METRICS)} (federated "
+            "jobs publish each round's epsilon in any case)")
+
+
 def _validate_pooled(m: JobManifest) -> None:
     """What a pooled job may release, decided from the manifest alone so parties see it before consenting."""
     vf = m.training.get("val_fraction")
     if m.privacy:
-        shown = sorted(set(m.public_metrics) - set(DP_PUBLIC_METRICS))
-        if shown:
-            raise ManifestError(
-                f"public_metrics {shown} cannot be released by a DP job: they are computed from the parties' "
-                f"rows without accounted noise; a DP job may make public only {list(DP_PUBLIC_METRICS)}")
         if vf is not None:
             raise ManifestError("a DP job trains on every row and reports no validation metrics: remove "
                                 "[training] val_fraction")

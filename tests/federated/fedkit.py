@@ -93,7 +93,7 @@ class Job:
 
 
 def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, privacy: dict | None = None, rounds: int = 2,
-              public_metrics: tuple[str, ...] = ("loss", "accuracy"), kem_alg: str = "x25519",
+              public_metrics: tuple[str, ...] | None = None, kem_alg: str = "x25519",
               run_config: dict | None = None) -> Job:
     """A federated job of ``n`` banks; ``run_config``: the Flower run config the manifest pins (none: empty)."""
     parties = [Party(f"bank-{chr(ord('a') + i)}", IdentityKey.generate(), KemKey.generate(kem_alg)) for i in range(n)]
@@ -108,7 +108,8 @@ def build_job(sim_root: SimRoot, sim_attester: SimAttester, n: int = 3, *, priva
         training={"rounds": rounds, "strategy": "FedAvg", "seed": 7,
                   "flower": {"client_app": "tests:app", "server_app": "tests:app", "code_digest": CODE_DIGEST,
                              **({"run_config": dict(run_config)} if run_config else {})}},
-        privacy=privacy or {}, recipients=("researcher", parties[0].id), public_metrics=public_metrics,
+        privacy=privacy or {}, recipients=("researcher", parties[0].id),
+        public_metrics=public_metrics if public_metrics is not None else () if privacy else ("loss", "accuracy"),
         enclave_policy=policy_dict, expires=int(datetime(2100, 1, 1, tzinfo=UTC).timestamp()),
     )
     consents = [sign_consent(manifest, p.id, p.identity) for p in parties]

@@ -62,8 +62,8 @@ class _Progress:
     """Forwards every event; each finished round also becomes a job event and the job's public metrics.
 
     Watchers are not authenticated beyond the job's parties, so a round shows only the manifest's public
-    metrics, and under DP only the round count: per-round evaluation on the banks' data is not covered by
-    the privacy budget (the final round's metrics are published at the end, as for pooled jobs).
+    metrics, and under DP only the round count and epsilon: evaluation on the banks' data is not covered by
+    the privacy budget, so a DP manifest cannot make any of it public (``jobs.manifest``).
     """
 
     def __init__(self, inner: EventSink, job: Job, store: JobStore) -> None:
