@@ -190,7 +190,8 @@ def _numeric_column(col: pd.Series, name: str) -> np.ndarray:
     bad = values.isna() & col.notna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise SchemaError(f"feature column {name!r} has a non-numeric value {_show(col.iloc[row])} at row {row}")
+        # the row, never the value: error messages end up in logs, and a cell may hold a name or a record number
+        raise SchemaError(f"feature column {name!r} has a non-numeric value at row {row}")
     arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
     nonfinite = ~np.isfinite(arr)
     if nonfinite.any():
@@ -199,11 +200,6 @@ def _numeric_column(col: pd.Series, name: str) -> np.ndarray:
     if np.abs(arr).max(initial=0.0) > np.finfo(np.float32).max:
         raise SchemaError(f"feature column {name!r} has values beyond float32 range")
     return arr.astype(np.float32)
-
-
-def _show(v: Any) -> str:
-    """repr of a cell for error messages, without numpy's type wrapper (np.int64(2) -> 2)."""
-    return repr(v.item() if isinstance(v, np.generic) else v)
 
 
 def _label_key(v: Any) -> str:
@@ -234,7 +230,7 @@ def _encode_labels(col: pd.Series, schema: TableSchema) -> np.ndarray:
         for row, k in enumerate(keys):
             if k not in index:
                 raise SchemaError(
-                    f"label column {name!r} has unknown label {_show(col.iloc[row])} at row {row}; "
+                    f"label column {name!r} has a label outside label_values at row {row}; "
                     f"allowed: {list(schema.label_values)}"
                 )
             y[row] = index[k]
@@ -244,7 +240,7 @@ def _encode_labels(col: pd.Series, schema: TableSchema) -> np.ndarray:
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         raise SchemaError(
-            f"label column {name!r} has unknown label {_show(col.iloc[row])} at row {row}; labels must be integers "
+            f"label column {name!r} has an unknown label at row {row}; labels must be integers "
             "0..K-1, or set label_values in the schema"
         )
     return values.astype(np.int64)

@@ -140,27 +140,28 @@ def test_validate_maps_label_values():
     [
         (frame().drop(columns=["b"]), r"missing column\(s\) \['b'\]"),
         (frame().assign(extra=1), r"not in the job's schema: \['extra'\]"),
-        (frame(a=[1, "x", 3, 4]), "non-numeric value 'x' at row 1"),
+        (frame(a=[1, "x", 3, 4]), "non-numeric value at row 1"),
         (frame(c=[1.0, 2.0, np.nan, 4.0]), "'c' has a missing or infinite value at row 2"),
         (frame(c=[1.0, np.inf, 2.0, 4.0]), "'c' has a missing or infinite value at row 1"),
         (frame(a=[1.0, 2.0, 1e39, 0.0]), "beyond float32"),
         (frame(b=[True, False, True, False]), "boolean"),
-        (frame(label=[0, 1, 2.5, 0]), "unknown label 2.5 at row 2"),
-        (frame(label=[0, -1, 1, 0]), "unknown label -1 at row 1"),
-        (frame(label=[0, "yes", 1, 0]), "unknown label 'yes'"),
+        (frame(label=[0, 1, 2.5, 0]), "unknown label at row 2"),
+        (frame(label=[0, -1, 1, 0]), "unknown label at row 1"),
+        (frame(label=[0, "yes", 1, 0]), "unknown label at row 1"),
         (frame(label=[0, None, 1, 0]), "missing value at row 1"),
         (frame().iloc[:0], "no rows"),
         (pd.DataFrame([[0, 1, 2, 3]], columns=["label", "a", "a", "c"]), "duplicate column"),
     ],
 )
 def test_validate_rejects(df, match):
-    with pytest.raises(SchemaError, match=match):
+    with pytest.raises(SchemaError, match=match) as err:
         validate(df, SCHEMA)
+    assert "'x'" not in str(err.value) and "yes" not in str(err.value)  # rows are named, cells never quoted
 
 
 def test_validate_rejects_unknown_label_value_and_non_frame():
     schema = TableSchema("label", ("a", "b", "c"), label_values=(0, 1))
-    with pytest.raises(SchemaError, match=r"unknown label 2 at row 0; allowed: \[0, 1\]"):
+    with pytest.raises(SchemaError, match=r"label outside label_values at row 0; allowed: \[0, 1\]"):
         validate(frame(label=[2, 0, 1, 0]), schema)
     with pytest.raises(SchemaError, match="DataFrame"):
         validate({"label": [0]}, SCHEMA)
