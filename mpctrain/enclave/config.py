@@ -25,14 +25,20 @@ timeout_s = 3600                 # wait for `flwr run`, and for each round's rep
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mpctrain.enclave.limits import Limits
+from mpctrain.seal.keys import KEM_ALGS
+
+log = logging.getLogger("mpctrain.enclave")
 
 ATTESTERS = ("sim", "snp", "tdx", "auto")
+DEVICE = re.compile(r"auto|cpu|cuda(?::[0-9]{1,2})?")
 GPU_CHOICES = ("auto", "off")
 
 
@@ -111,7 +117,23 @@ class AggregatorConfig:
         attester = doc.get("attester", "sim")
         if attester not in ATTESTERS:
             raise ConfigError(f"attester must be one of {ATTESTERS}, got {attester!r}")
+        if "attester" not in doc:
+            log.warning("aggregator config sets no attester: serving the SIMULATED TEE; parties with production "
+                        "policies will refuse it (inside a confidential VM set attester = \"auto\")")
+        for key in ("listen", "version", "device", "kem_alg", "gpu", "audit_log"):
+            if key in doc and not isinstance(doc[key], str):
+                raise ConfigError(f"{key} must be a string, got {doc[key]!r}")
+        for key in ("sim", "limits"):
+            if not isinstance(doc.get(key, {}), dict):
+                raise ConfigError(f"[{key}] must be a table")
+        if doc.get("kem_alg", "x25519") not in KEM_ALGS:
+            raise ConfigError(f"kem_alg must be one of {KEM_ALGS}, got {doc['kem_alg']!r}")
+        device = doc.get("device", "auto")
+        if not DEVICE.fullmatch(device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
         sim = doc.get("sim", {})
+        if set(sim) - {"root_dir"}:
+            raise ConfigError(f"unknown [sim] keys {sorted(set(sim) - {'root_dir'})}; known: ['root_dir']")
         root = sim.get("root_dir")
         try:
             limits = Limits.from_dict(doc.get("limits", {}))

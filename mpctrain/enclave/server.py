@@ -61,6 +61,8 @@ def tls_credentials(config: AggregatorConfig) -> grpc.ServerCredentials | None:
     if config.tls_cert is None or config.tls_key is None:
         return None
     try:
+        if config.tls_key.stat().st_mode & 0o077:  # as for party keys: a key others can read is not private
+            raise ConfigError(f"TLS key {config.tls_key} is readable by group or others: chmod 600 it")
         chain, key = config.tls_cert.read_bytes(), config.tls_key.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the TLS certificate or key: {exc}") from exc

@@ -95,11 +95,12 @@ def _self_signed(tmp_path):
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
+    key_file.chmod(0o600)
     return cert_file, key_file
 
 
 def test_transport_tls(tmp_path):
-    from mpctrain.enclave.config import AggregatorConfig
+    from mpctrain.enclave.config import AggregatorConfig, ConfigError
     from mpctrain.enclave.server import Aggregator, tls_credentials
     from mpctrain.party.errors import AttestationRefused
 
@@ -108,6 +109,10 @@ def test_transport_tls(tmp_path):
     cfg_file.write_text('attester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "root"\n'
                         '[tls]\ncert_file = "server.pem"\nkey_file = "server.key"\n')
     cfg = AggregatorConfig.load(cfg_file)
+    (tmp_path / "server.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):  # a TLS key others can read is refused, like party keys
+        tls_credentials(cfg)
+    (tmp_path / "server.key").chmod(0o600)
     agg = Aggregator.from_config(cfg)
     port = agg.start("127.0.0.1:0", tls_credentials(cfg))
     try:
@@ -133,6 +138,31 @@ def test_transport_tls(tmp_path):
 
     with pytest.raises(ConfigError, match="both or neither"):
         AggregatorConfig.load(bad)
+
+
+@pytest.mark.parametrize("text, match", [
+    ('sim = "x"\n', r"\[sim\] must be a table"),
+    ("limits = 5\n", r"\[limits\] must be a table"),
+    ('kem_alg = "rsa"\n', "kem_alg must be one of"),
+    ('device = "tpu"\n', "device must be"),
+    ("listen = 50051\n", "listen must be a string"),
+    ('[sim]\nroot = "typo"\n', r"unknown \[sim\] keys"),
+])
+def test_aggregator_config_values_of_the_wrong_type_are_config_errors(tmp_path, text, match):
+    from mpctrain.enclave.config import AggregatorConfig, ConfigError
+
+    (tmp_path / "a.toml").write_text('attester = "sim"\n' + text)
+    with pytest.raises(ConfigError, match=match):
+        AggregatorConfig.load(tmp_path / "a.toml")
+
+
+def test_an_aggregator_config_without_an_attester_says_it_serves_the_simulation(tmp_path, caplog):
+    from mpctrain.enclave.config import AggregatorConfig
+
+    (tmp_path / "a.toml").write_text('device = "cpu"\n')
+    with caplog.at_level("WARNING", logger="mpctrain.enclave"):
+        assert AggregatorConfig.load(tmp_path / "a.toml").attester == "sim"
+    assert "SIMULATED TEE" in caplog.text
 
 
 def test_real_tee_attester_is_never_replaced_by_simulation(tmp_path, monkeypatch):
