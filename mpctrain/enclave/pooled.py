@@ -103,8 +103,7 @@ def plan(m: JobManifest) -> Plan:
     from mpctrain.train.loop import TrainConfig
     from mpctrain.train.registry import build_model
 
-    training = {k: v for k, v in m.training.items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig.from_dict(training)
+    config = TrainConfig.from_dict(dict(m.training))  # unknown keys refused: a typo must not be ignored
     dp = DPConfig.from_dict(dict(m.privacy)) if m.privacy else None
     ts = table_schema(m.schema)
     with torch.device("meta"):

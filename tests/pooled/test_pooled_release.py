@@ -100,6 +100,8 @@ def test_too_few_validation_rows_fail_the_job_without_counts(cluster):
 def test_settings_and_oversized_models_are_refused_at_propose(cluster, monkeypatch):
     with pytest.raises(InvalidArgument, match="manifest refused: ConfigError: training 'epochs'"):
         _propose(cluster, "bad-epochs", training={**FAST_TRAINING, "epochs": 0})
+    with pytest.raises(InvalidArgument, match=r"unknown training setting\(s\) \['epoch'\]"):  # a typo is no default
+        _propose(cluster, "typo", training={**FAST_TRAINING, "epoch": 50})
     # c_error_leak's model is too large at any class count: refused before any data
     with pytest.raises(InvalidArgument, match="manifest refused: ModelSpecError: mlp too large"):
         _propose(cluster, "huge", schema=CODES, model={"name": "mlp", "hidden": [65536, 4096]})
