@@ -166,6 +166,9 @@ def test_nesting_bomb_is_a_manifest_error():
     {"schema": "abc"},
     {"expires": None, "expires_in_days": "soon"},
     {"expires": None, "expires_in_days": {"a": 1}},
+    {"expires": None, "expires_in_days": float("inf")},  # found by the property test below: an OverflowError
+    {"expires": None, "expires_in_days": 10**30},
+    {"expires": None, "expires_in_days": 0},
 ])
 def test_authoring_values_of_the_wrong_shape_are_manifest_errors(over):
     with pytest.raises(ManifestError):

@@ -256,7 +256,10 @@ class JobManifest:
         if isinstance(expires, datetime):
             expires = int(expires.replace(tzinfo=expires.tzinfo or UTC).timestamp())
         elif expires is None and "expires_in_days" in doc:
-            expires = int(datetime.now(UTC).timestamp()) + 86400 * int(doc["expires_in_days"])
+            days = doc["expires_in_days"]
+            if isinstance(days, bool) or not isinstance(days, int) or not 0 < days <= 3660:
+                raise ManifestError(f"expires_in_days must be a whole number of days in 1..3660, got {days!r}")
+            expires = int(datetime.now(UTC).timestamp()) + 86400 * days
         obj = {
             "format": FORMAT,
             "job_id": doc.get("job_id"),
