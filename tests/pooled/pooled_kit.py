@@ -13,6 +13,16 @@ from mpctrain.sim.cluster import SimCluster
 FAST_TRAINING = {"epochs": 3, "batch_size": 32, "lr": 0.01, "seed": 7, "val_fraction": 0.2}
 
 
+def open_job(cluster: SimCluster, job_id: str) -> tuple[JobManifest, dict[str, PartyAgent]]:
+    """Propose ``job_id`` to every party of ``cluster``; each attests and approves: the job takes data."""
+    m = cluster.manifest(job_id, training=FAST_TRAINING)
+    agents = {p: cluster.agent(p) for p in cluster.parties}
+    agents["hospital-a"].client.propose(m)
+    for ag in agents.values():
+        ag.attest()
+        ag.approve(m)
+    return m, agents
+
 
 def run_job(cluster: SimCluster, job_id: str, *, data: dict[str, Path] | None = None,
             **overrides: object) -> tuple[JobManifest, dict[str, PartyAgent]]:

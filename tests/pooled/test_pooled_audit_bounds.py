@@ -15,7 +15,7 @@ from mpctrain.party.errors import InvalidArgument, ResourceExhausted
 from mpctrain.party.uploader import ShardUpload
 from mpctrain.seal.stream import StreamSealer
 from mpctrain.sim.cluster import SimCluster
-from pooled_kit import FAST_TRAINING, run_job
+from pooled_kit import open_job, run_job
 
 LIMITS = Limits(max_upload_streams=3, max_output_fetches=2)
 _JOBS = itertools.count()
@@ -28,22 +28,13 @@ def bounded(tmp_path_factory):
         yield c
 
 
-def _open_job(cluster: SimCluster, job_id: str):
-    m = cluster.manifest(job_id, training=FAST_TRAINING)
-    agents = {p: cluster.agent(p) for p in cluster.parties}
-    agents["hospital-a"].client.propose(m)
-    for ag in agents.values():
-        ag.attest()
-        ag.approve(m)
-    return m, agents
-
 
 def _records(cluster: SimCluster, job_id: str, *kinds: str) -> list[dict]:
     return [f for k, f in cluster.events.events if k in kinds and f.get("job_id") == job_id]
 
 
 def test_the_uploaders_object_ids_are_plain_names(bounded):
-    m, agents = _open_job(bounded, "ids-ok")
+    m, agents = open_job(bounded, "ids-ok")
     a = agents["hospital-a"]
     up = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", load_shard(a.data_path, m))
     assert SHARD_OBJECT_ID.fullmatch(up.object_id)
@@ -58,7 +49,7 @@ def test_the_uploaders_object_ids_are_plain_names(bounded):
     "shard c", "/shard", "shard//c", "shard/.", "x" * 65, "a/b/c/d/e",
 ])
 def test_object_ids_that_are_not_plain_names_are_refused(bounded, object_id):
-    m, agents = _open_job(bounded, f"ids-{next(_JOBS)}")
+    m, agents = open_job(bounded, f"ids-{next(_JOBS)}")
     b = agents["hospital-b"]
     sealer = StreamSealer(sender=b.identity, sender_id="hospital-b",
                           recipients=[(ENCLAVE_ID, b.enclave.kem_alg, b.enclave.kem_public)], purpose="shard",
@@ -69,7 +60,7 @@ def test_object_ids_that_are_not_plain_names_are_refused(bounded, object_id):
 
 
 def test_upload_streams_of_one_party_and_job_are_bounded(bounded):
-    m, agents = _open_job(bounded, "streams")
+    m, agents = open_job(bounded, "streams")
     a, b = agents["hospital-a"], agents["hospital-b"]
     shard = load_shard(a.data_path, m)
     up = ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard, chunk_size=1024)

@@ -27,7 +27,7 @@ from mpctrain.seal.keys import IdentityKey
 from mpctrain.seal.stream import StreamSealer
 from mpctrain.sim.cluster import SimCluster
 from mpctrain.wire import attestation_pb2, data_pb2, jobs_pb2
-from pooled_kit import FAST_TRAINING
+from pooled_kit import open_job
 
 SMALL = Limits(max_message_bytes=64 << 10, max_chunk_bytes=16 << 10, max_chunks=8, max_shard_bytes=100 << 10,
                max_concurrent_uploads=1)
@@ -40,20 +40,10 @@ def small(tmp_path_factory):
         yield c
 
 
-def _open_job(cluster: SimCluster, job_id: str):
-    """Propose ``job_id`` and have every party attest and approve it: the job takes data."""
-    m = cluster.manifest(job_id, training=FAST_TRAINING)
-    agents = {p: cluster.agent(p) for p in cluster.parties}
-    agents["hospital-a"].client.propose(m)
-    for ag in agents.values():
-        ag.attest()
-        ag.approve(m)
-    return m, agents
-
 
 @pytest.fixture(scope="module")
 def opened(small):
-    return _open_job(small, "limits")
+    return open_job(small, "limits")
 
 
 def _sealer(ag, m, total, chunk=4096, object_id=None):
@@ -350,7 +340,7 @@ def test_silent_upload_streams_are_cut_and_free_their_slot(tmp_path):
     limits = Limits(max_concurrent_uploads=1, upload_first_message_s=1, upload_idle_s=1)
     events = MemoryEventSink()
     with SimCluster(tmp_path, limits=limits, events=events) as c:
-        m, agents = _open_job(c, "silent")
+        m, agents = open_job(c, "silent")
         a = agents["hospital-a"]
         release = threading.Event()
 
