@@ -2,16 +2,68 @@
 
 from __future__ import annotations
 
+import socket
+
+import grpc
+import pytest
+
+from mpctrain.attest.sim import SimAttester, create_sim_root
 from mpctrain.enclave.events import MemoryEventSink
-from mpctrain.enclave.ratelimit import CallerRateLimit, ThrottledSink, peer_host
+from mpctrain.enclave.identity import EnclaveIdentity
+from mpctrain.enclave.limits import Limits
+from mpctrain.enclave.ratelimit import LOCAL_CALLER, UNREADABLE_PEER, CallerRateLimit, ThrottledSink, peer_host
+from mpctrain.enclave.server import Aggregator, build_info
+from mpctrain.wire import attestation_pb2, attestation_pb2_grpc
 
 
 def test_peer_host_drops_the_port_and_groups_ipv6_by_its_64_block():
     assert peer_host("ipv4:10.0.0.7:50512") == peer_host("ipv4:10.0.0.7:1") == "ipv4:10.0.0.7"
     assert peer_host("ipv6:[2001:db8::1]:443") == peer_host("ipv6:[2001:db8::ffff:1]:9") == "ipv6:2001:db8::/64"
     assert peer_host("ipv6:[2001:db8:0:1::1]:443") != peer_host("ipv6:[2001:db8::1]:443")
-    assert peer_host("unix:/run/agg.sock") == "unix:/run/agg.sock"
-    assert peer_host("ipv4:not-an-address:1") == "ipv4:not-an-address:1"
+
+
+def test_peer_host_reads_the_forms_grpc_really_writes():
+    """gRPC percent-encodes the brackets of an IPv6 peer: read raw, each connection (port) was its own caller."""
+    assert peer_host("ipv6:%5B::1%5D:54321") == peer_host("ipv6:%5B::1%5D:40000") == "ipv6:::/64"
+    assert peer_host("ipv6:%5B2001:db8::7%5D:443") == "ipv6:2001:db8::/64"
+    assert peer_host("ipv6:%5Bfe80::1%25eth0%5D:443") == "ipv6:fe80::/64"  # a zone id is dropped
+    assert peer_host("ipv6:%5B::ffff:10.0.0.7%5D:443") == peer_host("ipv4:10.0.0.7:9") == "ipv4:10.0.0.7"
+    assert peer_host("ipv4:127.0.0.1:54321") == peer_host("ipv4:127.0.0.1:1") == "ipv4:127.0.0.1"
+    assert peer_host("unix:/run/agg.sock") == peer_host("unix-abstract:agg") == peer_host("unix:") == LOCAL_CALLER
+
+
+@pytest.mark.parametrize("peer", [
+    "ipv4:not-an-address:1", "ipv4:10.0.0.7", "ipv4:10.0.0.7:", "ipv4:10.0.0.7:port", "ipv4:%5B::1%5D:1",
+    "ipv6:::1:54321", "ipv6:%5B::1%5D", "ipv6:%5Bnope%5D:1", "ipv6:%5B10.0.0.7%5D:1", "vsock:3:1024", "", "junk",
+])
+def test_an_unreadable_peer_shares_one_bucket_never_its_own_per_port(peer):
+    assert peer_host(peer) == UNREADABLE_PEER
+
+
+def test_two_connections_from_one_ipv6_host_share_its_bucket(tmp_path):
+    """Over real gRPC on [::1]: each channel is a new connection from a new port, yet one caller."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback (::1) on this machine")
+    create_sim_root(tmp_path)
+    identity = EnclaveIdentity.generate(SimAttester(tmp_path, config_digest=bytes(32)), build_info(bytes(32)))
+    agg = Aggregator(identity, limits=Limits(evidence_per_minute_per_peer=2), events=MemoryEventSink(), device="cpu")
+    port = agg.start("[::1]:0")
+    try:
+        codes = []
+        for _ in range(3):
+            with grpc.insecure_channel(f"[::1]:{port}") as channel:
+                try:
+                    attestation_pb2_grpc.AttestationStub(channel).GetEvidence(
+                        attestation_pb2.GetEvidenceRequest(nonce=bytes(32)), timeout=10)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+        assert codes == [grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED]
+    finally:
+        agg.stop(grace=0)
 
 
 def test_one_busy_address_is_stopped_without_using_up_everyone_elses_share():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Collection
+from urllib.parse import unquote
 
 from limits import RateLimitItemPerMinute
 from limits.storage import MemoryStorage
@@ -18,18 +19,39 @@ from limits.strategies import MovingWindowRateLimiter
 
 from mpctrain.enclave.events import EventSink
 
+LOCAL_CALLER = "local"  # unix sockets: only the host's own processes can connect, one caller for the limits
+UNREADABLE_PEER = "unreadable"  # every peer string this code cannot read shares one bucket
+
 
 def peer_host(peer: str) -> str:
-    """The caller's address from ``context.peer()`` without its port: ``ipv4:10.0.0.7``, ``ipv6:2001:db8::/64``."""
+    """The bucket key of ``context.peer()``: the caller's address without its port.
+
+    gRPC writes ``ipv4:10.0.0.7:50512`` and ``ipv6:%5B2001:db8::1%5D:443`` (brackets percent-encoded), which
+    give ``ipv4:10.0.0.7`` and ``ipv6:2001:db8::/64``. A peer that cannot be read shares ``UNREADABLE_PEER``
+    with every other such peer: the raw string holds the port, so keying on it would give every connection a
+    fresh budget; shared, such callers are limited together, and never more than the total.
+    """
     scheme, _, rest = peer.partition(":")
+    if scheme in ("unix", "unix-abstract"):
+        return LOCAL_CALLER
     if scheme not in ("ipv4", "ipv6"):
-        return peer  # unix sockets and the like: one local caller
-    host = rest.rsplit(":", 1)[0].strip("[]")
+        return UNREADABLE_PEER
+    host, sep, port = unquote(rest).rpartition(":")
+    if not sep or not port.isdigit():
+        return UNREADABLE_PEER
+    if scheme == "ipv6":
+        if not (host.startswith("[") and host.endswith("]")):
+            return UNREADABLE_PEER
+        host = host[1:-1].split("%", 1)[0]  # drop a zone id (fe80::1%eth0)
     try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
+        addr = ipaddress.ip_address(host)
     except ValueError:
-        return peer
+        return UNREADABLE_PEER
+    if scheme != f"ipv{addr.version}":
+        return UNREADABLE_PEER
     if addr.version == 6:
+        if addr.ipv4_mapped is not None:  # ::ffff:10.0.0.7 is that IPv4 caller
+            return f"ipv4:{addr.ipv4_mapped}"
         return f"ipv6:{ipaddress.ip_network(f'{addr}/64', strict=False)}"
     return f"ipv4:{addr}"
 
