@@ -45,6 +45,7 @@ from mpctrain.wire import audit_pb2, audit_pb2_grpc
 
 MAX_FETCH_RECORDS = 1_000_000
 MAX_FETCH_BYTES = 512 << 20  # a segment record is at most 4 MiB: records alone would allow terabytes
+MAX_HEAD_NUMBER = (1 << 63) - 1  # a head's numbers are signed as 8-byte signed integers
 
 
 class AuditCheckFailed(PartyError):
@@ -113,8 +114,9 @@ def _fetch(channel: grpc.Channel, job_id: str, party_id: str, identity: Identity
         stream = stub.GetLog(req, metadata=md, timeout=timeout)
         for rec in stream:
             if rec.HasField("head"):
-                head = head_from_message(rec.head)
                 stream.cancel()  # the head ends the view: nothing after it counts
+                head = head_from_message(rec.head)
+                _check_head_numbers(head)
                 break
             out.append((int(rec.line), bytes(rec.data)))
             size += len(out[-1][1])
@@ -179,6 +181,15 @@ def check_job_audit(view: JobView, *, manifest: JobManifest, party_id: str,
     return job
 
 
+def _check_head_numbers(head: JobHead) -> None:
+    """A segment or job_seq outside 0..2**63-1 cannot be what an enclave signed (the signed encoding is an
+    8-byte signed integer, and the wire's uint64 allows more): a typed failure, not a packing error."""
+    for name, value in (("segment", head.segment), ("job_seq", head.job_seq)):
+        if value is not None and not 0 <= value <= MAX_HEAD_NUMBER:
+            raise AuditCheckFailed("head", f"the job's head has {name} {value}, outside 0..2**63-1: no enclave "
+                                           "signs such a head (a forged or corrupted one)")
+
+
 def _check_head(view: JobView, report: AuditReport, segment: Segment, job_id: str, sig_public: bytes) -> None:
     """The view must reach the job's head the attested enclave signed for this party's nonce: the job chain
     is verified strictly from its first record, so holding the head means nothing up to it was dropped."""
@@ -186,6 +197,7 @@ def _check_head(view: JobView, report: AuditReport, segment: Segment, job_id: st
     if head is None:
         raise AuditCheckFailed("head", "the aggregator sent no signed head with the job's view: its end may have "
                                        "been cut by the host (or the aggregator predates signed heads; upgrade it)")
+    _check_head_numbers(head)  # a view built by hand may hold any numbers, too
     if not view.nonce or not hmac.compare_digest(head.nonce, view.nonce):
         raise AuditCheckFailed("head", "the job's head answers another request (its nonce is not this party's): "
                                        "a replayed head")

@@ -238,6 +238,11 @@ def test_party_check_needs_a_head_from_the_attested_enclave_for_its_own_nonce(ru
         "in segment 1": _signed_head(view, key, segment=1),
         "restarted since": _signed_head(view, key, job_seq=None, hash=""),
         "stops before its head": _signed_head(view, key, hash="00" * 32),
+        r"segment 9223372036854775808, outside 0\.\.2\*\*63-1": dataclasses.replace(
+            view, head=dataclasses.replace(view.head, segment=2**63)),  # the wire's uint64 allows it
+        r"job_seq 18446744073709551615, outside": dataclasses.replace(
+            view, head=dataclasses.replace(view.head, job_seq=2**64 - 1)),
+        r"job_seq -2, outside": dataclasses.replace(view, head=dataclasses.replace(view.head, job_seq=-2)),
     }
     for needle, bad in cases.items():
         with pytest.raises(AuditCheckFailed, match=needle) as info:
@@ -455,6 +460,34 @@ def test_a_partys_job_view_keeps_only_its_own_served_evidence(run):
         with pytest.raises(grpc.RpcError) as err:
             list(audit.GetLog(req, metadata=md, timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in err.value.details()
+
+
+@pytest.mark.parametrize(("field", "value"), [("segment", 2**63), ("job_seq", 2**63), ("job_seq", 2**64 - 1)])
+def test_a_head_with_numbers_no_enclave_signs_is_a_failed_head_check(field, value):
+    """A host answering GetLog itself sends a head whose uint64 does not fit the signed 8-byte encoding:
+    fetching it fails the head check, typed, instead of raising a packing error."""
+    from concurrent import futures
+
+    from mpctrain.wire import audit_pb2, audit_pb2_grpc
+
+    class ForgingHost(audit_pb2_grpc.AuditServicer):
+        def GetLog(self, request, context):
+            head = audit_pb2.JobHead(job_id=request.job_id, segment=0, job_seq=0, hash="00" * 32,
+                                     nonce=request.head_nonce, signature=bytes(64))
+            setattr(head, field, value)
+            yield audit_pb2.AuditRecord(line=1, data=b"{}\n")
+            yield audit_pb2.AuditRecord(head=head)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    audit_pb2_grpc.add_AuditServicer_to_server(ForgingHost(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(AuditCheckFailed) as info:
+            fetch_job_view(channel, "audit-job", party_id="hospital-a", identity=IdentityKey.generate(), timeout=10)
+        assert info.value.check == "head" and f"{field} {value}, outside 0..2**63-1" in str(info.value)
+    finally:
+        server.stop(0)
 
 
 def test_a_head_is_asked_for_one_job_with_a_32_byte_nonce(run):
