@@ -15,6 +15,7 @@ from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
 from mpctrain.party.errors import PartyError
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
+from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
 
 app = typer.Typer(
@@ -75,11 +76,14 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
 def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
             policy: Path | None = POLICY, keys: Path | None = KEYS,
             force: bool = typer.Option(False, "--force", help="consent although the job breaks this party's "
-                                       "local rules (never when the enclave fails its policy)")) -> None:
+                                       "local rules, or the rules name no allowed_recipients (never when the "
+                                       "enclave fails its policy)")) -> None:
     """Attest the aggregator, review the job under local rules, then sign consent by hand.
 
     A job that breaks the profile's rules is refused unless --force is given
-    after reviewing the problems listed.
+    after reviewing the problems listed; so is every job while the rules name
+    no allowed_recipients, as they checked nobody who receives outputs
+    (`party run` does not consent alone then either).
 
     A federated job is approved only when the ClientApp code named by the
     profile's flower.toml has the digest the manifest pins; the manifest
@@ -93,13 +97,18 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         agent.attest()
         manifest = agent.manifest(job_id)
         problems = agent.review(manifest)
+        unchecked = recipients_unchecked(agent.rules)
+        if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
+            problems.append(f"{unchecked} (this job's: {', '.join(manifest.recipients)})")
         for p in problems:
             console.print(f"[yellow]note:[/yellow] {p}")
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
         if problems and not force:
+            fix = (" (or name allowed_recipients, their keys in [rules.known_parties], in the profile)"
+                   if unchecked else "")
             raise PartyError(f"refusing to consent: the job breaks {len(problems)} of this party's rules (listed "
-                             "above); review them, then re-run with --force to consent anyway")
+                             f"above); review them, then re-run with --force to consent anyway{fix}")
         federated = manifest.mode == "federated"
         if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
             # the last consent starts the rounds at once

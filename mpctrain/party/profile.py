@@ -16,7 +16,7 @@ from mpctrain.party.agent import PartyAgent
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated
-from mpctrain.party.rules import PartyRules
+from mpctrain.party.rules import PartyRules, recipients_unchecked
 
 DEFAULT_PROFILES = Path("parties")
 
@@ -97,9 +97,7 @@ def manual_approval(rules: PartyRules) -> str | None:
     """
     if not rules.auto_approve:
         return "auto_approve is off"
-    if not rules.allowed_recipients:
-        return "its rules name no allowed_recipients, so they cannot approve who receives outputs"
-    return None
+    return recipients_unchecked(rules)
 
 
 def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 600.0,
@@ -117,8 +115,10 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
             raise ManifestRejected(problems)
         manual = manual_approval(agent.rules)
         if manual:
+            force = recipients_unchecked(agent.rules) is not None  # then `job approve` consents only with --force
             say(f"{agent.party_id}: job {manifest.job_id} passes the local rules; {manual}: waiting for "
-                f"`mpctrain job approve {manifest.job_id} --as {agent.party_id}`")
+                f"`mpctrain job approve {manifest.job_id} --as {agent.party_id}{' --force' if force else ''}`"
+                + (f" once a person has checked its recipients ({', '.join(manifest.recipients)})" if force else ""))
         else:
             agent.approve(manifest)
             say(f"{agent.party_id}: approved job {manifest.job_id} (digest {manifest.digest().hex()[:16]}…)")

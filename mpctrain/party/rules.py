@@ -158,6 +158,17 @@ def check_manifest(manifest: JobManifest, rules: PartyRules, party_id: str, iden
     return problems
 
 
+def recipients_unchecked(rules: PartyRules) -> str | None:
+    """Why passing ``rules`` says nothing about who receives outputs of this party's data (None: it does).
+
+    Without ``allowed_recipients`` any recipient a job names passes ``check_manifest``, so such rules never
+    consent alone: ``run_party`` waits for a person, and ``job approve`` consents only with ``--force``.
+    """
+    if rules.allowed_recipients:
+        return None
+    return "its rules name no allowed_recipients, so they cannot approve who receives outputs"
+
+
 def _pinned_measurements(policy: Mapping[str, Any]) -> list[str] | None:
     out: list[str] = []
     for kind in policy.get("backends", ()):

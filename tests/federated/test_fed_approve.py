@@ -34,11 +34,6 @@ def served(tmp_path):
     port = agg.start()
     profiles = tmp_path / "profiles"
     fed.write_profile(fed.parties[0], profiles / "bank-a", f"127.0.0.1:{port}", EXAMPLE / "app")
-    toml = profiles / "bank-a" / "party.toml"
-    pins = "".join(f'{q.id} = {{ identity = "{q.identity_public.hex()}", kem = "{q.kem_alg} {q.kem_public.hex()}" }}\n'
-                   for q in fed.manifest.parties if q.id != "bank-a")
-    toml.write_text(toml.read_text() + 'allowed_recipients = ["researcher", "bank-a", "bank-b"]\n'
-                    + "[rules.known_parties]\n" + pins)
     good = agg.store.add(fed.manifest, fed.manifest.to_bytes())
     bad = agg.store.add(evil, evil.to_bytes())
     yield profiles, good, bad

@@ -125,3 +125,37 @@ def test_cli_job_status_is_signed_and_for_the_jobs_parties(live, tmp_path):
     assert res.exit_code == 1 and "UNAUTHENTICATED" in res.output, res.output
     res = status("--as", "hospital-c", "--keys", str(tmp_path))
     assert res.exit_code == 2 and "identity.key" in res.output and not (tmp_path / "identity.key").exists()
+
+
+def test_job_approve_wants_force_while_the_rules_name_no_allowed_recipients(live, tmp_path):
+    """Rules without allowed_recipients checked nobody who receives outputs: `party run` does not consent on
+    them, and neither does `job approve` unless a person who reviewed the recipients passes --force."""
+    from mpctrain.party.errors import PartyError
+
+    c, profiles, _ = live
+    toml = tmp_path / "open" / "party.toml"
+    toml.parent.mkdir()
+    toml.write_text(f'id = "hospital-b"\naggregator = "{c.target}"\npolicy = "{profiles / "sim-policy.toml"}"\n'
+                    f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"\n[rules]\nauto_approve = true\n')
+    m = c.manifest("cli-open", parties=["hospital-b", "hospital-c"])
+    c.agent("hospital-b").client.propose(m)
+    job = c.aggregator.store.get("cli-open")
+
+    said: list[str] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if "waiting for" in line:
+            raise PartyError("stop: the test only reads what it waits for")
+
+    with pytest.raises(PartyError, match="stop"):
+        run_party(agent_from_config(PartyConfig.load(toml)), "cli-open", timeout=10, say=say)
+    assert "no allowed_recipients" in said[-1] and "--force` once a person has checked its recipients" in said[-1]
+    runner = CliRunner()
+    res = runner.invoke(app, ["job", "approve", "cli-open", "--as", str(toml), "--profiles", str(profiles)])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "no allowed_recipients" in flat and "--force" in flat, res.output
+    assert f"(this job's: {', '.join(m.recipients)})" in flat and job.consents == {}
+    res = runner.invoke(app, ["job", "approve", "cli-open", "--as", str(toml), "--profiles", str(profiles), "--force"])
+    assert res.exit_code == 0, res.output
+    assert set(job.consents) == {"hospital-b"}

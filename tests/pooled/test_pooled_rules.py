@@ -9,7 +9,7 @@ import pytest
 
 from mpctrain.jobs import JobManifest
 from mpctrain.party.config import PartyConfig, PartyConfigError
-from mpctrain.party.rules import KnownKeys, PartyRules, check_manifest
+from mpctrain.party.rules import KnownKeys, PartyRules, check_manifest, recipients_unchecked
 from mpctrain.seal.keys import IdentityKey, KemKey
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +127,9 @@ def test_rules_without_recipients_never_approve_alone():
     assert "auto_approve is off" in manual_approval(PartyRules(auto_approve=False, allowed_recipients=("a",)))
     assert "no allowed_recipients" in manual_approval(PartyRules(auto_approve=True))
     assert manual_approval(PartyRules(allowed_recipients=("hospital-a",))) is None
+    # the same rule holds for `job approve` without --force (tests/pooled/test_pooled_cli.py)
+    assert "no allowed_recipients" in recipients_unchecked(PartyRules(auto_approve=False))
+    assert recipients_unchecked(PartyRules(allowed_recipients=("hospital-a",))) is None
 
 
 @pytest.mark.parametrize("rules, match", [

@@ -76,8 +76,14 @@ class SimFederation:
         party.identity.save(prof / "keys" / "identity.key")
         party.kem.save(prof / "keys" / "kem.key")
         write_public_files(prof / "keys", party.identity, party.kem)
+        # as a bank's rules: the job's parties may receive outputs, each known by the keys the manifest gives
+        ids = ", ".join(f'"{q.id}"' for q in self.manifest.parties)
+        pins = "".join(f'{q.id} = {{ identity = "{q.identity_public.hex()}", '
+                       f'kem = "{q.kem_alg} {q.kem_public.hex()}" }}\n'
+                       for q in self.manifest.parties if q.id != party.id)
         (prof / "party.toml").write_text(f'id = "{party.id}"\naggregator = "{aggregator}"\npolicy = "policy.toml"\n'
-                                         '[rules]\nallowed_modes = ["federated"]\n')
+                                         f'[rules]\nallowed_modes = ["federated"]\nallowed_recipients = [{ids}]\n'
+                                         f'[rules.known_parties]\n{pins}')
         (prof / "policy.toml").write_text(policy_toml(dict(self.manifest.enclave_policy)))  # pins this enclave
         if app_dir is not None:
             (prof / "flower.toml").write_text(f'app_dir = "{app_dir}"\njob = "{self.manifest.job_id}"\n')
