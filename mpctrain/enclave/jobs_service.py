@@ -15,6 +15,7 @@ import grpc
 from mpctrain.enclave.auth import Caller, RequestAuthenticator
 from mpctrain.enclave.common import Rejected, authenticate, authorize, guarded, names, readable_job
 from mpctrain.enclave.events import EventSink
+from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.state import Job, JobEventRecord, JobStore
 from mpctrain.jobs import Consent, ConsentError, JobManifest, ManifestError
 from mpctrain.wire import jobs_pb2, jobs_pb2_grpc
@@ -25,7 +26,18 @@ GET = "/mpctrain.v1.Jobs/GetJob"
 LIST = "/mpctrain.v1.Jobs/ListJobs"
 WATCH = "/mpctrain.v1.Jobs/WatchJob"
 MAX_JOB_ID = 256
-LIST_PAGE_BYTES = 3 << 20  # a page of ListJobs stays this far under the 4 MiB message limit
+
+
+def list_page_bytes(max_message_bytes: int) -> int:
+    """How many bytes of jobs a ListJobs page may hold under the server's message limit.
+
+    The rest (64 KiB or an eighth of the limit, whichever is more) covers the page token and framing; at
+    least half the limit is kept for jobs, so a small limit still pages rather than sending one job a page.
+    """
+    return max(max_message_bytes - max(64 << 10, max_message_bytes // 8), max_message_bytes // 2)
+
+
+LIST_PAGE_BYTES = list_page_bytes(Limits().max_message_bytes)  # under the default 4 MiB limit
 
 
 def job_status(job: Job) -> jobs_pb2.JobStatus:

@@ -22,7 +22,7 @@ from mpctrain.enclave.config import AggregatorConfig, ConfigError
 from mpctrain.enclave.data_service import DataService
 from mpctrain.enclave.events import EventSink, FanoutEventSink, LogEventSink
 from mpctrain.enclave.identity import EnclaveIdentity
-from mpctrain.enclave.jobs_service import JobsService
+from mpctrain.enclave.jobs_service import JobsService, list_page_bytes
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.pooled import PooledRunner
 from mpctrain.enclave.ratelimit import ThrottledSink
@@ -124,7 +124,8 @@ class Aggregator:
         self.store = JobStore(self.events, runners=all_runners, max_jobs=self.limits.max_jobs)
         self.auth = RequestAuthenticator(window_s=self.limits.auth_window_s)
         self.uploads = UploadTable()
-        self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers))
+        self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers),
+                                page_bytes=list_page_bytes(self.limits.max_message_bytes))
         self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
         self.results = ResultsService(self.store, self.auth, self.events, self.limits)
         self.attestation = AttestationService(identity, self.events, self.limits)

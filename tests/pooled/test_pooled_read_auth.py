@@ -313,6 +313,37 @@ def test_list_pages_jobs_that_would_not_fit_one_reply(cluster, jobs, monkeypatch
     assert len(listed) == len(set(listed))  # no job on two pages
 
 
+def test_list_pages_follow_a_smaller_message_limit(tmp_path):
+    """An aggregator configured with a smaller max_message_bytes sends pages under that limit, not under the
+    default one: otherwise a party's list fails (RESOURCE_EXHAUSTED) once its jobs pass the smaller limit."""
+    from mpctrain.enclave.jobs_service import list_page_bytes
+    from mpctrain.enclave.limits import Limits
+    from mpctrain.sim.cluster import SimCluster
+
+    limit = 192 << 10
+    assert list_page_bytes(limit) == 128 << 10 and list_page_bytes(4 << 20) == (4 << 20) - (512 << 10)
+    assert list_page_bytes(64 << 10) == 32 << 10  # half the limit, at least
+    with SimCluster(tmp_path, limits=Limits(max_message_bytes=limit), events=MemoryEventSink()) as c:
+        proposed = []
+        for i in range(8):  # 8 x 40 KiB of manifests: well past the limit in one reply
+            m = c.manifest(f"small-limit-{i}", parties=["hospital-a", "hospital-b"], training=FAST_TRAINING)
+            m = m.from_obj({**json.loads(m.to_bytes()), "schema": {**m.schema, "notes": "x" * (40 << 10)}})
+            c.agent("hospital-a").client.propose(m)
+            proposed.append(m.job_id)
+        with grpc.insecure_channel(c.target) as channel:
+            token, pages = "", []
+            while True:
+                req = jobs_pb2.ListJobsRequest(page_token=token)
+                page = jobs_pb2_grpc.JobsStub(channel).ListJobs(req, metadata=_md(c, "hospital-b", LIST, req),
+                                                                timeout=10)
+                pages.append(page)
+                if not (token := page.next_page_token):
+                    break
+        assert len(pages) > 2 and all(p.ByteSize() <= list_page_bytes(limit) + 1024 for p in pages)
+        with AggregatorClient(c.target, "hospital-b", c.parties["hospital-b"].identity) as client:
+            assert [j.job_id for j in client.list_jobs()] == sorted(proposed)
+
+
 def test_list_refuses_an_oversized_page_token(cluster, jobs, channel):
     req = jobs_pb2.ListJobsRequest(page_token="j" * 257)
     code, details = _code(lambda: jobs_pb2_grpc.JobsStub(channel).ListJobs(
