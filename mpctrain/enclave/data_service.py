@@ -146,8 +146,9 @@ class DataService(data_pb2_grpc.DataServicer):
                 if existing.busy:  # e.g. the old stream's drop has not been noticed yet: retry shortly
                     raise Rejected(grpc.StatusCode.ABORTED,
                                    "another stream is uploading this object; wait for it to end, then resume")
-                self._count_stream(job, party_id)
+                self._check_streams(job, party_id)
                 existing.busy = True
+                self._count_stream(job, party_id)
                 self.events.emit("shard.resumed", job_id=job.job_id, party=party_id, object_id=h.object_id,
                                  next_index=existing.next_index)
                 return existing
@@ -161,8 +162,7 @@ class DataService(data_pb2_grpc.DataServicer):
             if h.parts:
                 raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                                "a shard is sealed in equal chunks: re-seal it without declared parts")
-            self._count_stream(job, party_id)
-            self._drop_unfinished(job.job_id, party_id)
+            self._check_streams(job, party_id)
             try:
                 opener = StreamOpener(
                     header,
@@ -188,26 +188,32 @@ class DataService(data_pb2_grpc.DataServicer):
             if n_chunks > self.limits.max_chunks:
                 raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                f"{n_chunks} chunks exceed the limit of {self.limits.max_chunks}; use larger chunks")
+            self._drop_unfinished(job.job_id, party_id)  # only for a stream that opens: a bad one keeps it
             upload = Upload(job_id=job.job_id, party_id=party_id, object_id=h.object_id, header_digest=digest,
                             opener=opener, total_size=total, chunk_size=h.chunk_size, n_chunks=n_chunks,
                             buf=bytearray(), busy=True)
             self.uploads.by_object[(job.job_id, h.object_id)] = upload
             self.uploads.seen_headers.add(digest)
+            self._count_stream(job, party_id)
         self.events.emit("shard.started", job_id=job.job_id, party=party_id, object_id=h.object_id,
                          header_digest=digest.hex(), total_size=total, chunks=n_chunks)
         return upload
 
-    def _count_stream(self, job: Job, party_id: str) -> None:
-        """Each stream leaves records in the job's audit view (started or resumed, replaced, a rejected chunk)
-        that every party fetches and checks: one party opens at most ``max_upload_streams`` per job.
-        Caller holds ``uploads.lock``."""
+    def _check_streams(self, job: Job, party_id: str) -> None:
+        """Each stream that opens leaves records in the job's audit view (started or resumed, replaced, a
+        rejected chunk) that every party fetches and checks: one party opens at most ``max_upload_streams``
+        per job. Refused before anything of the stream is done. Caller holds ``uploads.lock``."""
         opened = job.upload_streams.get(party_id, 0)
         if opened >= self.limits.max_upload_streams:
             raise Rejected(grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"{party_id} opened {opened} upload streams for job {job.job_id}, the limit: each is on "
                            "the job's audit record; ask the operator to raise [limits] max_upload_streams, or "
                            "propose the job again")
-        job.upload_streams[party_id] = opened + 1
+
+    def _count_stream(self, job: Job, party_id: str) -> None:
+        """Count a stream once it has opened: one refused before (ABORTED while another streams, a header
+        that does not open) records nothing in the job's view and must not use up the party's budget."""
+        job.upload_streams[party_id] = job.upload_streams.get(party_id, 0) + 1
 
     def _drop_unfinished(self, job_id: str, party_id: str) -> None:
         """One upload in progress per party and job: a new stream (new header) replaces an unfinished one,

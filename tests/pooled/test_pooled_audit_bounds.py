@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 
 import pytest
 
@@ -11,7 +13,7 @@ from mpctrain.enclave.identity import ENCLAVE_ID
 from mpctrain.enclave.limits import Limits
 from mpctrain.enclave.uploads import SHARD_OBJECT_ID
 from mpctrain.party.agent import load_shard
-from mpctrain.party.errors import InvalidArgument, ResourceExhausted
+from mpctrain.party.errors import Aborted, InvalidArgument, ResourceExhausted
 from mpctrain.party.uploader import ShardUpload
 from mpctrain.seal.stream import StreamSealer
 from mpctrain.sim.cluster import SimCluster
@@ -76,6 +78,51 @@ def test_upload_streams_of_one_party_and_job_are_bounded(bounded):
     assert len(opened) == LIMITS.max_upload_streams and {f["party"] for f in opened} == {"hospital-a"}
     other = ShardUpload(b.client, m.job_id, b.enclave, b.identity, "hospital-b", load_shard(b.data_path, m))
     assert other.send().complete  # another party's budget is its own
+
+
+def _sealer(ag, m, *, purpose: str = "shard", total: int = 4096) -> StreamSealer:
+    return StreamSealer(sender=ag.identity, sender_id=ag.party_id,
+                        recipients=[(ENCLAVE_ID, ag.enclave.kem_alg, ag.enclave.kem_public)], purpose=purpose,
+                        job_id=m.job_id, object_id=f"shard/{ag.party_id}/{next(_JOBS)}", total_size=total,
+                        chunk_size=1024)
+
+
+def test_streams_refused_before_they_open_use_up_nothing_of_the_budget(bounded):
+    """A stream refused before it opens (ABORTED while the party's earlier stream still runs, a header that
+    does not open) leaves no record in the job's view, so it counts nothing against max_upload_streams; nor
+    does a bad header replace the party's unfinished upload."""
+    m, agents = open_job(bounded, "refused-streams")
+    a = agents["hospital-a"]
+    release = threading.Event()
+
+    def hold(start):  # the first stream stays open, sending nothing, until released
+        release.wait(30)
+        return iter(())
+
+    held = _sealer(a, m)
+    acks = a.client.upload(m.job_id, held.header_bytes, hold)
+    try:
+        assert next(acks).next_index == 0  # opened: one stream of the budget of 3
+        for _ in range(LIMITS.max_upload_streams):
+            with pytest.raises(Aborted, match="still streaming"):
+                list(a.client.upload(m.job_id, _sealer(a, m).header_bytes, lambda s: iter(())))
+            with pytest.raises(InvalidArgument, match="ContextMismatch"):  # sealed as an output, not a shard
+                list(a.client.upload(m.job_id, _sealer(a, m, purpose="output").header_bytes, lambda s: iter(())))
+    finally:
+        release.set()
+    list(acks)
+    assert a.client.upload_status(m.job_id, held.header.object_id).known  # the bad headers replaced nothing
+    for _ in range(50):  # the held stream's handler ends just after the client sees it end
+        try:
+            assert ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a",
+                               load_shard(a.data_path, m)).send().complete
+            break
+        except Aborted:
+            time.sleep(0.1)
+    assert bounded.aggregator.store.get(m.job_id).upload_streams["hospital-a"] == 2
+    mine = [k for k, f in bounded.events.events if f.get("job_id") == m.job_id and f.get("party") == "hospital-a"]
+    assert [k for k in mine if k.startswith("shard.")] == ["shard.started", "shard.replaced", "shard.started",
+                                                          "shard.accepted"]
 
 
 def test_fetches_of_one_output_are_bounded(bounded):
