@@ -17,7 +17,7 @@ from mpctrain.jobs import ManifestError
 from mpctrain.party.flower import ConfidentialMod
 
 RUN_CONFIG = {"local-epochs": 1, "lr": 0.1, "batch-size": 64}
-PRIVACY = {"epsilon": 6.0, "delta": 1e-5, "clip": 0.5, "noise_multiplier": 2.0}
+PRIVACY = {"epsilon": 10.0, "delta": 1e-5, "clip": 0.5, "noise_multiplier": 2.0}
 
 
 def _run(job, rounds: int):
@@ -46,6 +46,37 @@ def test_epsilon_reported_each_round_and_budget_stops_training(sim_root, sim_att
     assert ctx["stop_reason"] == result.stop_reason and ctx["rounds"] == result.rounds_completed
     assert set(ctx["epsilon"]) == {str(r) for r in result.epsilon}
     assert np.all(np.isfinite(arrays["w"].numpy()))
+
+
+def test_epsilon_is_accounted_for_replacing_one_banks_update(sim_root, sim_attester):
+    """The unit of privacy is a bank's whole update, and the banks are fixed: neighbouring runs replace one
+    bank's update. With n equal-weight clipped updates (norm <= C) the mean moves by up to 2C/n under that
+    replacement, and the noise has Flower's std z*C/n. A Gaussian mechanism is rho-zCDP with
+    rho = sensitivity^2 / (2 std^2); composed here through the library's zCDP event, not the code's z/2."""
+    import dp_accounting
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.rdp import RdpAccountant
+    from flwr.supercore.differential_privacy import compute_stdv
+
+    n, rounds = 4, 3
+    z, clip, delta = PRIVACY["noise_multiplier"], PRIVACY["clip"], PRIVACY["delta"]
+    job = build_job(sim_root, sim_attester, n=n, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
+    result = _run(job, rounds=rounds)
+    assert result.rounds_completed == rounds
+
+    sensitivity = 2 * clip / n
+    std = compute_stdv(z, clip, n)
+    rho = sensitivity**2 / (2 * std**2)
+    expected = {}
+    for r in range(1, rounds + 1):
+        accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+        accountant.compose(dp_accounting.ZCDpEvent(rho), r)
+        expected[r] = accountant.get_epsilon(delta)
+    assert result.epsilon == pytest.approx(expected, rel=1e-9)
+    # accounting the same rounds as add-or-remove-one at sensitivity C/n gives far less: the understatement
+    understated = RdpAccountant()
+    understated.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    assert result.epsilon[rounds] > 2 * understated.get_epsilon(delta)
 
 
 def test_dp_noise_is_added_inside_the_enclave(sim_root, sim_attester):
