@@ -2,6 +2,7 @@
 
 The accountant is Google's ``dp-accounting`` (RDP, Poisson-subsampled Gaussian mechanism, add-or-remove-one
 neighbouring relation), so the guarantee holds for Poisson sampling of each batch, which is what the loop does.
+The unit of privacy is one row: a person with k rows is covered by group privacy only (ε grows k-fold).
 
 A job declares the sampling rate (``DPConfig.sample_rate``): the rate, the number of steps, the noise and so
 the ε spent then follow from the manifest alone. Derived from the row count (batch size / rows), every one of
