@@ -67,7 +67,7 @@ def test_bad_manifests_are_refused(over, match):
         JobManifest.from_authoring(_doc(_keys(3), **over))
 
 
-DP = {"epsilon": 1.0, "delta": 1e-5, "clip": 1.0}
+DP = {"epsilon": 1.0, "delta": 1e-5, "clip": 1.0, "sample_rate": 0.1}
 LABELS = {"label": "y", "features": ["a", "b"], "label_values": [0, 1]}
 
 
@@ -91,6 +91,16 @@ LABELS = {"label": "y", "features": ["a", "b"], "label_values": [0, 1]}
         # without label_values the model's output size is the largest label in the data
         ({"privacy": DP}, "label_values"),
         ({"privacy": DP, "schema": {**LABELS, "label_values": "01"}}, "label_values"),
+        # the sampling rate is declared: derived from the row count, the accounting would publish that count
+        ({"privacy": {k: v for k, v in DP.items() if k != "sample_rate"}, "schema": LABELS},
+         r"must set \[privacy\] sample_rate"),
+        ({"privacy": {**DP, "sample_rate": 0}, "schema": LABELS}, r"sample_rate must be a number in \(0, 1\]"),
+        ({"privacy": {**DP, "sample_rate": 1.5}, "schema": LABELS}, "sample_rate must be"),
+        ({"privacy": {**DP, "sample_rate": True}, "schema": LABELS}, "sample_rate must be"),
+        ({"privacy": {**DP, "sample_rate": "0.1"}, "schema": LABELS}, "sample_rate must be"),
+        # a federated round samples no one: a sample rate there would be silently meaningless
+        ({"mode": "federated", "privacy": {**DP, "noise_multiplier": 1.0},
+          "training": {"flower": {"code_digest": "0" * 96}}}, "sample_rate is for pooled DP-SGD"),
         # e_val_zero: val_fraction 0 used to pass here and fail after training
         ({"training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 0}}, "val_fraction must be"),
         ({"training": {"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 1e-9}}, "val_fraction must be"),
@@ -105,7 +115,9 @@ def test_what_a_job_would_release_is_checked_from_the_manifest(over, match):
 
 def test_release_rules_accept_what_they_allow():
     ok = JobManifest.from_authoring(_doc(_keys(2), privacy=DP, schema=LABELS, public_metrics=["epsilon_spent"]))
-    assert ok.privacy["delta"] == 1e-5
+    assert ok.privacy["delta"] == 1e-5 and ok.privacy["sample_rate"] == 0.1
+    every_row = JobManifest.from_authoring(_doc(_keys(2), privacy={**DP, "sample_rate": 1}, schema=LABELS))
+    assert every_row.privacy["sample_rate"] == 1
     plain = _doc(_keys(2), training={"epochs": 2, "lr": 0.01, "seed": 1, "val_fraction": 0.05})
     assert JobManifest.from_authoring(plain).training["val_fraction"] == 0.05
 

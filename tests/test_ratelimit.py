@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import grpc
 import pytest
@@ -86,3 +87,50 @@ def test_refusal_records_are_capped_and_the_rest_counted():
     sink.emit("rejected", method="m", reason="late")
     assert inner.events[-1] == ("rejected", {"method": "m", "reason": "late", "suppressed": 3})
     assert sink.held() == 0
+
+
+def _wait_for(predicate, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_flood_that_stops_still_has_its_count_written_in_the_next_window():
+    """No further refusal comes after the flood: a summary record carries the count once the window has room."""
+    inner = MemoryEventSink()
+    sink = ThrottledSink(inner, per_minute=2, flush_after_s=0.05)
+    for i in range(5):
+        sink.emit("rejected", method="m", reason=str(i))
+    time.sleep(0.2)  # the window is still full: the summary waits (and counts against the cap when written)
+    assert inner.kinds() == ["rejected", "rejected"] and sink.held() == 3
+    sink._limiter.storage.reset()  # the minute has passed
+    assert _wait_for(lambda: len(inner.events) == 3)
+    assert inner.events[-1] == ("rejected", {"reason": ThrottledSink.SUMMARY_REASON, "suppressed": 3})
+    assert sink.held() == 0
+    time.sleep(0.2)
+    assert len(inner.events) == 3  # written once
+
+
+def test_held_counts_are_flushed_when_the_aggregator_stops():
+    from mpctrain.attest import BuildInfo
+    from mpctrain.attest.sim import SimAttester, SimRoot
+    from mpctrain.enclave.identity import EnclaveIdentity
+    from mpctrain.enclave.limits import Limits
+    from mpctrain.enclave.server import Aggregator
+
+    attester = SimAttester(SimRoot.generate(), config_digest=b"\x07" * 32)
+    inner = MemoryEventSink()
+    agg = Aggregator(EnclaveIdentity.generate(attester, BuildInfo("test", b"\x01" * 32, b"\x02" * 32)),
+                     limits=Limits(rejections_per_minute=1), events=inner)
+    agg.start()
+    for i in range(4):
+        agg.events.emit("rejected", method="m", reason=str(i))
+    assert agg.throttle.held() == 3
+    agg.stop()
+    kinds = inner.kinds()
+    summary = inner.events[kinds.index("aggregator.stopped") - 1]
+    assert summary == ("rejected", {"reason": ThrottledSink.SUMMARY_REASON, "suppressed": 3})
+    assert agg.throttle.held() == 0

@@ -3,6 +3,8 @@
 Validation is held out from every party's shard (stratified per party, seeded), so the reported
 metrics cover every hospital's distribution and no party's rows are all in training. A DP job holds nothing
 out and releases nothing computed from the rows without accounted noise: only the model and the accounting.
+Its sampling rate, steps, noise and ε come from the manifest alone (``train.loop.dp_plan``), so not even the
+row count leaves through them, and its events carry no row count.
 
 Whatever the manifest alone decides (training, privacy, model size) is checked when the job is proposed
 (``PooledRunner.check``); once shards are opened, a failure is reported in words that carry no data.
@@ -91,16 +93,18 @@ class Plan:
     config: Any  # train.loop.TrainConfig
     dp: Any  # train.dp.DPConfig | None
     schema: Any  # train.data.TableSchema
+    dp_plan: Any = None  # train.loop.DPPlan | None: the whole privacy schedule, known before any data
 
 
 def plan(m: JobManifest) -> Plan:
     """Training, privacy and schema settings of ``m``, and a model of its spec built without memory (meta
-    device) at the smallest class count the manifest allows: ``label_values`` if given, else 2. Raises the
-    setting's own error (``ConfigError``, ``PrivacyBudgetError``, ``ModelSpecError``, ``SchemaError``)."""
+    device) at the smallest class count the manifest allows: ``label_values`` if given, else 2. Under DP the
+    privacy schedule too (noise calibrated, steps within the budget). Raises the setting's own error
+    (``ConfigError``, ``PrivacyBudgetError``, ``ModelSpecError``, ``SchemaError``)."""
     import torch
 
     from mpctrain.train.dp import DPConfig
-    from mpctrain.train.loop import TrainConfig
+    from mpctrain.train.loop import TrainConfig, dp_plan
     from mpctrain.train.registry import build_model
 
     config = TrainConfig.from_dict(dict(m.training))  # unknown keys refused: a typo must not be ignored
@@ -108,7 +112,7 @@ def plan(m: JobManifest) -> Plan:
     ts = table_schema(m.schema)
     with torch.device("meta"):
         build_model(dict(m.model), len(ts.features), max(ts.num_classes or 2, 2))
-    return Plan(config, dp, ts)
+    return Plan(config, dp, ts, dp_plan(config, dp) if dp is not None else None)
 
 
 def _after_data(exc: Exception) -> JobFailed:
@@ -173,8 +177,11 @@ class PooledRunner:
             shards.clear()
         n_classes = p.schema.num_classes or int(max(y_tr.max(), y_va.max() if len(y_va) else 0)) + 1
         model = build_model(dict(m.model), X_tr.shape[1], max(n_classes, 2))
-        self.events.emit("training.data", job_id=job.job_id, train_rows=len(y_tr), val_rows=len(y_va),
-                         parties=sorted(rows), device=str(device))
+        if dp is None:
+            self.events.emit("training.data", job_id=job.job_id, train_rows=len(y_tr), val_rows=len(y_va),
+                             parties=sorted(rows), device=str(device))
+        else:  # the host's audit log is outside the DP guarantee: no row count goes there
+            self.events.emit("training.data", job_id=job.job_id, parties=sorted(rows), device=str(device))
 
         # Watchers are not authenticated: the training loss goes out only when the manifest makes it public,
         # rounded, and never under DP (the loss history is not covered by the privacy budget).
@@ -194,7 +201,7 @@ class PooledRunner:
         else:
             metrics = {"epsilon_spent": float(result.epsilon or 0.0)}
             doc["privacy"] = {**metrics, "delta": result.delta, "noise_multiplier": result.noise_multiplier,
-                              "steps": result.steps}
+                              "steps": result.steps, "sample_rate": dp.sample_rate}
             doc["note"] = DP_NOTE
         outputs = {
             "model": state_to_bytes(result.state),

@@ -79,22 +79,31 @@ class ThrottledSink:
     """Passes every event on, but records of ``kinds`` (refusals any caller can cause) at most ``per_minute``.
 
     The ones held back are counted, and the count rides on the next one passed (``suppressed``), so the log
-    still says how many refusals there were without holding each.
+    still says how many refusals there were without holding each. A flood that simply stops would leave its
+    count unwritten, so ``flush_after_s`` after the first record held, and again until the window has room, a
+    summary record (the kind, ``suppressed`` and a fixed ``reason``) is written; ``flush()`` writes it at once
+    (the aggregator calls it when it stops). Summaries count against the same per-minute cap.
     """
 
-    def __init__(self, inner: EventSink, *, per_minute: int, kinds: Collection[str] = ("rejected",)) -> None:
+    SUMMARY_REASON = "refusals held back by the rate limit"
+
+    def __init__(self, inner: EventSink, *, per_minute: int, kinds: Collection[str] = ("rejected",),
+                 flush_after_s: float = 60.0) -> None:
         self.inner = inner
         self.kinds = frozenset(kinds)
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
         self._item = RateLimitItemPerMinute(per_minute, namespace="events")
         self._held: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._flush_after_s = flush_after_s
+        self._timer: threading.Timer | None = None
 
     def emit(self, kind: str, /, **fields: object) -> None:
         if kind in self.kinds:
             with self._lock:
                 if not self._limiter.hit(self._item, kind):
                     self._held[kind] = self._held.get(kind, 0) + 1
+                    self._schedule()
                     return
                 held = self._held.pop(kind, 0)
             if held:
@@ -105,3 +114,32 @@ class ThrottledSink:
         """How many records of ``kind`` are held back and not yet reported."""
         with self._lock:
             return self._held.get(kind, 0)
+
+    def flush(self) -> None:
+        """Write a summary of every count held back now, whatever the window (called when the server stops)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            due, self._held = self._held, {}
+        self._summarise(due)
+
+    def _schedule(self) -> None:
+        """(Under the lock) make sure a summary is due ``flush_after_s`` from now."""
+        if self._timer is None:
+            self._timer = threading.Timer(self._flush_after_s, self._flush_due)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _flush_due(self) -> None:
+        with self._lock:
+            self._timer = None
+            due = {k: self._held.pop(k) for k in sorted(self._held) if self._limiter.hit(self._item, k)}
+            if self._held:  # the window is still full: try again later
+                self._schedule()
+        self._summarise(due)
+
+    def _summarise(self, due: dict[str, int]) -> None:
+        for kind, count in sorted(due.items()):
+            if count:
+                self.inner.emit(kind, reason=self.SUMMARY_REASON, suppressed=count)

@@ -118,7 +118,8 @@ class Aggregator:
         if self.audit is not None:
             self.events = FanoutEventSink([self.events, self.audit])
         # any network caller can cause refusals: their records are capped, the rest counted
-        self.events = ThrottledSink(self.events, per_minute=self.limits.rejections_per_minute)
+        self.throttle = ThrottledSink(self.events, per_minute=self.limits.rejections_per_minute)
+        self.events = self.throttle
         all_runners: dict[str, Runner] = {"pooled": PooledRunner(identity, self.events, device)}
         all_runners.update(runners or {})
         self.store = JobStore(self.events, runners=all_runners, max_jobs=self.limits.max_jobs)
@@ -198,6 +199,7 @@ class Aggregator:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
         self.store.join(timeout=5)
+        self.throttle.flush()  # a flood of refusals that just stopped still has its count written
         self.events.emit("aggregator.stopped")
         self.server = None
 

@@ -369,6 +369,9 @@ def _validate(m: JobManifest) -> None:
         _validate_dp_public(m)
     if m.mode == "federated":
         _validate_flower(m.training.get("flower"))
+        if "sample_rate" in m.privacy:
+            raise ManifestError("[privacy] sample_rate is for pooled DP-SGD: a federated round takes every bank's "
+                                "update, and its accounting samples no one; remove sample_rate")
     if m.mode == "pooled":
         _validate_pooled(m)
 
@@ -402,6 +405,13 @@ def _validate_pooled(m: JobManifest) -> None:
     """What a pooled job may release, decided from the manifest alone so parties see it before consenting."""
     vf = m.training.get("val_fraction")
     if m.privacy:
+        q = m.privacy.get("sample_rate")
+        if q is None:
+            raise ManifestError("a DP job must set [privacy] sample_rate, each row's Poisson sampling probability per "
+                                "step (e.g. batch_size / the rows you expect): derived from the row count, the "
+                                "noise, steps and epsilon spent would publish that count")
+        if not _number(q) or not 0 < q <= 1:
+            raise ManifestError(f"[privacy] sample_rate must be a number in (0, 1], got {q!r}")
         if vf is not None:
             raise ManifestError("a DP job trains on every row and reports no validation metrics: remove "
                                 "[training] val_fraction")

@@ -2,6 +2,11 @@
 
 The accountant is Google's ``dp-accounting`` (RDP, Poisson-subsampled Gaussian mechanism, add-or-remove-one
 neighbouring relation), so the guarantee holds for Poisson sampling of each batch, which is what the loop does.
+The unit of privacy is one row: a person with k rows is covered by group privacy only (ε grows k-fold).
+
+A job declares the sampling rate (``DPConfig.sample_rate``): the rate, the number of steps, the noise and so
+the ε spent then follow from the manifest alone. Derived from the row count (batch size / rows), every one of
+them would be an exact function of that count and publish it.
 
 Both the batch sampling and the noise must be unpredictable to the other parties: a noise stream they can
 regenerate from a public seed can be subtracted, and a predictable batch removes the amplification by
@@ -29,18 +34,23 @@ from torch.func import functional_call, grad_and_value, vmap
 __all__ = [
     "DPSGD",
     "MAX_DELTA",
+    "MAX_DP_STEPS",
     "DPConfig",
     "PrivacyBudgetError",
     "max_steps",
     "noise_for_budget",
     "per_sample_clipped_grads",
     "spent_epsilon",
+    "steps_per_epoch",
 ]
 
 
 MAX_DELTA = 1e-3
 """Largest delta a DP fit accepts (the job manifest holds jobs to the same, ``jobs.manifest.MAX_DELTA``): delta is
 the chance the epsilon guarantee fails outright, so it belongs well below 1/rows."""
+MAX_DP_STEPS = 1_000_000
+"""Most DP-SGD steps a fit plans (epochs x ``steps_per_epoch``): bounds the training a manifest can ask for
+(and the smallest useful ``sample_rate``, about 1e-6)."""
 
 
 class PrivacyBudgetError(ValueError):
@@ -52,6 +62,8 @@ class DPConfig:
     """DP-SGD settings: the (ε, δ) budget, the per-sample L2 clipping norm and optionally a fixed noise multiplier.
 
     When ``noise_multiplier`` is None it is calibrated so the planned number of steps spends exactly the budget.
+    ``sample_rate`` is each row's Poisson sampling probability per step; a job manifest must set it, so the
+    accounting does not depend on the row count (None: batch size / rows, for a caller training its own rows).
     ``noise_seed`` seeds sampling and noise; leave it None in production (a fresh secret seed is drawn).
     """
 
@@ -59,6 +71,7 @@ class DPConfig:
     delta: float
     clip: float
     noise_multiplier: float | None = None
+    sample_rate: float | None = None
     noise_seed: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,13 +85,17 @@ class DPConfig:
             _number(self.noise_multiplier) and self.noise_multiplier >= 0 and math.isfinite(self.noise_multiplier)
         ):
             raise PrivacyBudgetError(f"DP noise_multiplier must be >= 0, got {self.noise_multiplier!r}")
+        if self.sample_rate is not None and not (_positive(self.sample_rate) and self.sample_rate <= 1):
+            raise PrivacyBudgetError(f"DP sample_rate must be in (0, 1] (each row's sampling probability per step), "
+                                     f"got {self.sample_rate!r}")
         seed = self.noise_seed
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
             raise PrivacyBudgetError(f"DP noise_seed must be an integer in [0, 2**64) or None, got {self.noise_seed!r}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DPConfig:
-        """Build from a manifest's privacy section: ``{"epsilon", "delta", "clip", "noise_multiplier"?}``."""
+        """Build from a manifest's privacy section: ``{"epsilon", "delta", "clip", "sample_rate",
+        "noise_multiplier"?}``; ``sample_rate`` is required there (see the class docstring)."""
         if not isinstance(d, Mapping):
             raise PrivacyBudgetError(f"DP settings must be a mapping, got {type(d).__name__}")
         if "noise_seed" in d:
@@ -86,13 +103,16 @@ class DPConfig:
                 "a job may not fix the DP noise seed: noise every party can regenerate gives no privacy; "
                 "remove 'noise_seed' (the enclave draws a secret one)"
             )
-        allowed = {"epsilon", "delta", "clip", "noise_multiplier"}
+        allowed = {"epsilon", "delta", "clip", "noise_multiplier", "sample_rate"}
         unknown = sorted(set(d) - allowed)
         if unknown:
             raise PrivacyBudgetError(f"unknown DP setting(s) {unknown}; allowed: {sorted(allowed)}")
-        missing = sorted({"epsilon", "delta", "clip"} - set(d))
+        missing = sorted({"epsilon", "delta", "clip", "sample_rate"} - set(d))
         if missing:
-            raise PrivacyBudgetError(f"DP settings need {missing}")
+            raise PrivacyBudgetError(f"DP settings need {missing}" + (
+                " (sample_rate: each row's sampling probability per step, e.g. batch_size / the rows you expect; "
+                "derived from the row count, the privacy accounting would publish it)" if "sample_rate" in missing
+                else ""))
         return cls(**dict(d))
 
     def generator_seed(self) -> int:
@@ -113,6 +133,12 @@ def _check_rate_steps(sample_rate: float, steps: int) -> None:
         raise PrivacyBudgetError(f"sample rate must be in (0, 1], got {sample_rate!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise PrivacyBudgetError(f"steps must be a non-negative integer, got {steps!r}")
+
+
+def steps_per_epoch(sample_rate: float) -> int:
+    """Steps of one epoch-equivalent at ``sample_rate``: about 1/rate, so each row is expected once."""
+    _check_rate_steps(sample_rate, 0)
+    return max(1, round(1 / sample_rate))
 
 
 def _event(noise_multiplier: float, sample_rate: float, steps: int) -> Any:
@@ -162,8 +188,11 @@ def spent_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta
     return float(compute_epsilon(np.array(orders), steps * np.array(rdp), delta)[0])
 
 
+@functools.lru_cache(maxsize=64)
 def noise_for_budget(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
-    """Smallest noise multiplier whose ``steps`` steps at ``sample_rate`` stay within (``epsilon``, ``delta``)."""
+    """Smallest noise multiplier whose ``steps`` steps at ``sample_rate`` stay within (``epsilon``, ``delta``).
+
+    Cached: a job's manifest is planned when proposed and again when it trains (a second or so each)."""
     import dp_accounting
     from dp_accounting.rdp import RdpAccountant
 

@@ -22,7 +22,16 @@ from torch import nn
 
 from mpctrain.train.data import SchemaError, stratified_split
 from mpctrain.train.device import pick_device
-from mpctrain.train.dp import DPSGD, DPConfig, max_steps, noise_for_budget, spent_epsilon
+from mpctrain.train.dp import (
+    DPSGD,
+    MAX_DP_STEPS,
+    DPConfig,
+    PrivacyBudgetError,
+    max_steps,
+    noise_for_budget,
+    spent_epsilon,
+    steps_per_epoch,
+)
 from mpctrain.train.metrics import classification_metrics
 from mpctrain.train.registry import Standardize, build_model
 
@@ -30,9 +39,11 @@ __all__ = [
     "OPTIMIZERS",
     "Comparison",
     "ConfigError",
+    "DPPlan",
     "FitResult",
     "TrainConfig",
     "compare_alone_vs_pooled",
+    "dp_plan",
     "evaluate",
     "fit",
     "fit_with_validation",
@@ -203,8 +214,9 @@ def fit(
     """Train ``model`` in place on all of ``(X, y)`` and return its weights and per-epoch loss.
 
     ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1). With ``dp``, each step
-    Poisson-samples a batch of expected size ``batch_size``, clips per-sample gradients and adds Gaussian
-    noise; training stops before a step that would exceed the (ε, δ) budget, and the result says so.
+    Poisson-samples rows at ``dp.sample_rate`` (default: ``batch_size`` / rows), clips per-sample gradients,
+    adds Gaussian noise and divides by the expected batch size (see :func:`dp_plan`); training stops before a
+    step that would exceed the (ε, δ) budget, and the result says so.
     Without DP, :class:`~mpctrain.train.registry.Standardize` layers are fitted on ``X`` first; with DP they
     are left as they are, since statistics of the data would be released without accounting. Pass
     ``fit_standardizer=False`` to continue training a model whose statistics are already set (a federated
@@ -266,6 +278,46 @@ def _fit_plain(
     return FitResult(state={}, history=history, steps=config.epochs * len(starts))
 
 
+@dataclass(frozen=True)
+class DPPlan:
+    """The privacy schedule of a DP fit: Poisson ``rate``, ``steps_per_epoch``, ``planned`` steps, noise ``sigma``,
+    the ``allowed`` steps within the budget and the ``divisor`` of each noisy gradient sum (the expected batch).
+
+    With ``DPConfig.sample_rate`` set every field comes from the configuration alone, not from the rows."""
+
+    rate: float
+    steps_per_epoch: int
+    planned: int
+    sigma: float
+    allowed: int
+    divisor: float
+
+
+def dp_plan(config: TrainConfig, dp: DPConfig, rows: int | None = None) -> DPPlan:
+    """The schedule of a DP fit. With ``dp.sample_rate`` it ignores ``rows``: an epoch is ``steps_per_epoch``
+    steps and the divisor is ``config.batch_size``, so the noise, the steps and the ε spent cannot reveal the
+    row count. Without it (a caller training its own rows) the rate is ``batch_size / rows``.
+
+    Raises ``ConfigError`` when the plan exceeds ``MAX_DP_STEPS``, ``PrivacyBudgetError`` when no noise fits."""
+    if dp.sample_rate is not None:
+        rate, divisor = float(dp.sample_rate), float(config.batch_size)
+        per_epoch = steps_per_epoch(rate)
+    elif rows is None or rows < 1:
+        raise PrivacyBudgetError("a DP fit needs DPConfig.sample_rate, or the row count to derive it from")
+    else:
+        rate = min(1.0, config.batch_size / rows)
+        divisor = rate * rows
+        per_epoch = math.ceil(rows / config.batch_size)
+    planned = config.epochs * per_epoch
+    if planned > MAX_DP_STEPS:
+        raise ConfigError(f"a DP fit of {config.epochs} epoch(s) at sample rate {rate:g} ({per_epoch} steps each) "
+                          f"plans {planned} steps; the limit is {MAX_DP_STEPS}: lower 'epochs' or raise 'sample_rate'")
+    sigma = dp.noise_multiplier if dp.noise_multiplier is not None else noise_for_budget(
+        dp.epsilon, dp.delta, rate, planned)
+    allowed = max_steps(dp.epsilon, dp.delta, rate, sigma, planned)
+    return DPPlan(rate, per_epoch, planned, float(sigma), allowed, divisor)
+
+
 def _fit_dp(
     model: nn.Module,
     X: torch.Tensor,
@@ -276,16 +328,8 @@ def _fit_dp(
     dp: DPConfig,
 ) -> FitResult:
     n = X.shape[0]
-    rate = min(1.0, config.batch_size / n)
-    expected = rate * n
-    steps_per_epoch = math.ceil(n / config.batch_size)
-    planned = config.epochs * steps_per_epoch
-    sigma = (
-        dp.noise_multiplier
-        if dp.noise_multiplier is not None
-        else noise_for_budget(dp.epsilon, dp.delta, rate, planned)
-    )
-    allowed = max_steps(dp.epsilon, dp.delta, rate, sigma, planned)
+    plan = dp_plan(config, dp, n)
+    rate, sigma, allowed = plan.rate, plan.sigma, plan.allowed
     gen = torch.Generator(device=dev)
     gen.manual_seed(dp.generator_seed())
     optimizer = _make_optimizer(model, config)
@@ -296,7 +340,8 @@ def _fit_dp(
     for epoch in range(1, config.epochs + 1):
         total = torch.zeros((), device=dev)
         seen = 0
-        for _ in range(steps_per_epoch):
+        first = steps
+        for _ in range(plan.steps_per_epoch):
             if steps >= allowed:
                 nxt = spent_epsilon(sigma, rate, steps + 1, dp.delta)
                 stop_reason = (
@@ -306,15 +351,18 @@ def _fit_dp(
                 break
             idx = torch.nonzero(torch.rand(n, generator=gen, device=dev) < rate).squeeze(1)
             optimizer.zero_grad(set_to_none=True)
-            total += engine.compute_grads(X[idx], y[idx], expected)
+            total += engine.compute_grads(X[idx], y[idx], plan.divisor)
             optimizer.step()
             seen += idx.numel()
             steps += 1
-        if seen:
-            mean = float(total) / seen
-            history.append(mean)
-            if on_epoch is not None:
-                on_epoch(epoch, mean)
+        if steps == first:
+            break  # the budget ran out at the epoch's start: no epoch to report
+        # every epoch is reported, even one whose Poisson batches were all empty (NaN): how many epochs are
+        # reported must not depend on the rows
+        mean = float(total) / seen if seen else math.nan
+        history.append(mean)
+        if on_epoch is not None:
+            on_epoch(epoch, mean)
         if stop_reason is not None:
             break
     return FitResult(

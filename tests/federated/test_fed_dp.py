@@ -17,7 +17,7 @@ from mpctrain.jobs import ManifestError
 from mpctrain.party.flower import ConfidentialMod
 
 RUN_CONFIG = {"local-epochs": 1, "lr": 0.1, "batch-size": 64}
-PRIVACY = {"epsilon": 6.0, "delta": 1e-5, "clip": 0.5, "noise_multiplier": 2.0}
+PRIVACY = {"epsilon": 10.0, "delta": 1e-5, "clip": 0.5, "noise_multiplier": 2.0}
 
 
 def _run(job, rounds: int):
@@ -46,6 +46,37 @@ def test_epsilon_reported_each_round_and_budget_stops_training(sim_root, sim_att
     assert ctx["stop_reason"] == result.stop_reason and ctx["rounds"] == result.rounds_completed
     assert set(ctx["epsilon"]) == {str(r) for r in result.epsilon}
     assert np.all(np.isfinite(arrays["w"].numpy()))
+
+
+def test_epsilon_is_accounted_for_replacing_one_banks_update(sim_root, sim_attester):
+    """The unit of privacy is a bank's whole update, and the banks are fixed: neighbouring runs replace one
+    bank's update. With n equal-weight clipped updates (norm <= C) the mean moves by up to 2C/n under that
+    replacement, and the noise has Flower's std z*C/n. A Gaussian mechanism is rho-zCDP with
+    rho = sensitivity^2 / (2 std^2); composed here through the library's zCDP event, not the code's z/2."""
+    import dp_accounting
+    from dp_accounting import NeighboringRelation
+    from dp_accounting.rdp import RdpAccountant
+    from flwr.supercore.differential_privacy import compute_stdv
+
+    n, rounds = 4, 3
+    z, clip, delta = PRIVACY["noise_multiplier"], PRIVACY["clip"], PRIVACY["delta"]
+    job = build_job(sim_root, sim_attester, n=n, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
+    result = _run(job, rounds=rounds)
+    assert result.rounds_completed == rounds
+
+    sensitivity = 2 * clip / n
+    std = compute_stdv(z, clip, n)
+    rho = sensitivity**2 / (2 * std**2)
+    expected = {}
+    for r in range(1, rounds + 1):
+        accountant = RdpAccountant(neighboring_relation=NeighboringRelation.REPLACE_ONE)
+        accountant.compose(dp_accounting.ZCDpEvent(rho), r)
+        expected[r] = accountant.get_epsilon(delta)
+    assert result.epsilon == pytest.approx(expected, rel=1e-9)
+    # accounting the same rounds as add-or-remove-one at sensitivity C/n gives far less: the understatement
+    understated = RdpAccountant()
+    understated.compose(dp_accounting.GaussianDpEvent(z), rounds)
+    assert result.epsilon[rounds] > 2 * understated.get_epsilon(delta)
 
 
 def test_dp_noise_is_added_inside_the_enclave(sim_root, sim_attester):
@@ -133,19 +164,51 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, priva
     assert all(bool(f["metrics"]) == (privacy is None) for f in finished)
 
 
-@pytest.mark.parametrize("weight", [2.0, 0])
-def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester, weight):
+@pytest.mark.parametrize(("key", "weight"), [("unit-weight", 2.0), ("unit-weight", 0), ("num-examples", 2.0)])
+def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester, key, weight):
     """Flower's accounted DP needs equal positive weights and raises otherwise: a bank reporting another
-    weight is rejected, with the reason, and the job stops cleanly (accounted DP aggregates a round only
-    when every sampled party's update is valid); nothing crashes and the outputs are still sealed."""
+    weight is rejected, with the reason, and the job stops cleanly at round 1 (accounted DP aggregates a round
+    only when every sampled party's update is valid); nothing crashes and the outputs are still sealed. The
+    weight under DP is ``unit-weight``: another example count is an ordinary metric and changes nothing."""
     from flwr.app import MetricRecord
 
     def tamper(msg, context, call_next):
         out = call_next(msg, context)
         if not out.has_error() and msg.metadata.message_type.startswith("train"):
             metrics = dict(out.content["metrics"])
-            metrics["unit-weight"] = weight
+            metrics[key] = weight
             out.content["metrics"] = MetricRecord(metrics)
+        return out
+
+    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
+    grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))] + ([tamper] if i == 0 else [])),
+                    node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
+    fjob = FederatedJob(manifest=job.manifest, consents=job.consents, enclave=job.enclave,
+                        initial_arrays=initial_arrays(), events=job.events)
+    result = run_federated_job(fjob, grid, num_rounds=2)
+    assert "fl.training_ended" in [k for k, _ in job.events.events]
+    if key == "num-examples":
+        assert result.rounds_completed == 2 and result.rejected == []
+        return
+    assert result.rounds_completed == 0 and "every sampled party's update is valid" in result.stop_reason
+    assert len(result.rejected) == 1 and "bank-a" in result.rejected[0]
+    assert ("equal weights" if weight else "finite positive number") in result.rejected[0]
+
+
+@pytest.mark.parametrize("update", ["zero", "nan"])
+def test_a_bank_whose_update_has_no_finite_nonzero_norm_is_rejected(sim_root, sim_attester, update):
+    """Flower's clipping divides the clipping norm by the update's norm: a bank sending the model back
+    unchanged (norm 0) made it raise ZeroDivisionError and crash the job; a NaN update (norm NaN) would pass
+    its clipping unscaled and make the noised model NaN. Either is now rejected with its reason, and the job
+    ends as any accounted round with a rejected reply does: stopped, outputs sealed."""
+    from flwr.app import Array, ArrayRecord
+
+    def tamper(msg, context, call_next):
+        out = call_next(msg, context)
+        if not out.has_error() and msg.metadata.message_type.startswith("train"):
+            sent = msg.content["arrays"]
+            out.content["arrays"] = ArrayRecord({k: Array(a.numpy() * (np.nan if update == "nan" else 1))
+                                                 for k, a in sent.items()})
         return out
 
     job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
@@ -156,5 +219,8 @@ def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester
     result = run_federated_job(fjob, grid, num_rounds=2)
     assert result.rounds_completed == 0 and "every sampled party's update is valid" in result.stop_reason
     assert len(result.rejected) == 1 and "bank-a" in result.rejected[0]
-    assert ("equal weights" if weight else "finite positive number") in result.rejected[0]
+    assert "norm" in result.rejected[0]
+    rejected = [f for k, f in job.events.events if k == "fl.reply_rejected"]
+    assert len(rejected) == 1 and "norm" in str(rejected[0])
     assert "fl.training_ended" in [k for k, _ in job.events.events]
+    assert np.all(np.isfinite(job.open_output(result)["w"].numpy()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from mpctrain.train import registry
 from pooled_kit import FAST_TRAINING, run_job
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
+EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "hospitals_pooled" / "data"
 CODES = {"label": "code", "features": ["f1", "f2"]}
 
 
@@ -57,21 +59,63 @@ def coded_tables(tmp_path):
     return paths
 
 
+DP_PRIVACY = {"epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "sample_rate": 0.05}
+DP_TRAINING = {k: v for k, v in FAST_TRAINING.items() if k != "val_fraction"}
+
+
+def _dp_job(cluster, job_id, data=None):
+    m, agents = run_job(cluster, job_id, data=data, privacy=DP_PRIVACY,
+                        schema={**cluster.manifest().schema, "label_values": [0, 1]}, training=DP_TRAINING,
+                        public_metrics=["epsilon_spent"])
+    return m, agents, json.loads(agents["hospital-a"].fetch(m)["metrics"])
+
+
+def _ints(value):
+    """Every integer in an event field, nested lists and dicts included."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        yield value
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _ints(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _ints(v)
+
+
 def test_dp_job_releases_only_the_privacy_accounting(cluster):
     """b_dp_public_metric: under DP no validation metric, loss history or row count leaves the enclave."""
-    m, agents = run_job(cluster, "dp-release", privacy={"epsilon": 8.0, "delta": 1e-5, "clip": 1.0},
-                        schema={**cluster.manifest().schema, "label_values": [0, 1]},
-                        training={k: v for k, v in FAST_TRAINING.items() if k != "val_fraction"},
-                        public_metrics=["epsilon_spent"])
-    doc = json.loads(agents["hospital-a"].fetch(m)["metrics"])
+    m, agents, doc = _dp_job(cluster, "dp-release")
     assert not {"validation", "rows", "history"} & set(doc)
     assert doc["note"] == DP_NOTE
     eps = doc["privacy"]["epsilon_spent"]
     assert 0 < eps <= 8.0 + 1e-6 and doc["privacy"]["delta"] == 1e-5 and doc["privacy"]["steps"] > 0
+    assert doc["privacy"]["sample_rate"] == 0.05
     public = dict(agents["hospital-a"].client.get_job(m.job_id).public_metrics)
     assert public == {"epsilon_spent": _sig4(eps)}
     assert [f["metrics"] for f in _events(cluster, m.job_id, "training.finished")] == [public]
-    assert [f["val_rows"] for f in _events(cluster, m.job_id, "training.data")] == [0]  # every row trains
+    # the host's view (events, i.e. the audit log and the logs) names no row count: no field, no value
+    host = [(k, f) for k, f in cluster.events.events if f.get("job_id") == m.job_id]
+    assert [k for k, _ in host].count("training.data") == 1
+    assert not [(k, name) for k, f in host for name in f if "rows" in name]
+    rows = {p: len(pd.read_csv(EXAMPLE_DATA / f"{p}.csv")) for p in HOSPITALS}
+    counts = {*rows.values(), sum(rows.values())}
+    assert not [(k, f) for k, f in host if counts & set(_ints(f))]
+
+
+def test_dp_accounting_is_the_same_whatever_the_row_count(cluster, tmp_path):
+    """The sampling rate, and so the noise, the steps and ε, come from the manifest: the same manifest on about
+    half the rows releases exactly the same accounting (derived from n, each of them would publish n)."""
+    halves = {}
+    for p in HOSPITALS:
+        table = pd.read_csv(EXAMPLE_DATA / f"{p}.csv")
+        halves[p] = tmp_path / f"{p}.csv"
+        table.iloc[: len(table) // 2].to_csv(halves[p], index=False)
+    full = _dp_job(cluster, "dp-rows-all")[2]["privacy"]
+    half = _dp_job(cluster, "dp-rows-half", data=halves)[2]["privacy"]
+    assert full == half
+    assert full["steps"] == DP_TRAINING["epochs"] * 20  # round(1 / 0.05) steps an epoch, fixed by the manifest
 
 
 def test_public_metrics_and_public_loss_are_rounded(cluster):

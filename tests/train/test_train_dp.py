@@ -13,6 +13,7 @@ from dp_accounting.rdp import RdpAccountant
 
 from mpctrain.train.dp import (
     DPSGD,
+    MAX_DP_STEPS,
     DPConfig,
     PrivacyBudgetError,
     max_steps,
@@ -20,7 +21,7 @@ from mpctrain.train.dp import (
     per_sample_clipped_grads,
     spent_epsilon,
 )
-from mpctrain.train.loop import TrainConfig, fit
+from mpctrain.train.loop import ConfigError, TrainConfig, dp_plan, fit
 from mpctrain.train.registry import build_model
 
 CPU = torch.device("cpu")
@@ -148,6 +149,10 @@ def test_max_steps_is_the_last_step_within_budget():
         ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_seed": "x"}, "noise_seed"),
         ({"epsilon": 1, "delta": 1e-5, "clip": 1, "noise_seed": -1}, "noise_seed"),
         ({"epsilon": True, "delta": 1e-5, "clip": 1}, "epsilon"),
+        ({"epsilon": 1, "delta": 1e-5, "clip": 1, "sample_rate": 0}, r"sample_rate must be in \(0, 1\]"),
+        ({"epsilon": 1, "delta": 1e-5, "clip": 1, "sample_rate": 1.01}, "sample_rate"),
+        ({"epsilon": 1, "delta": 1e-5, "clip": 1, "sample_rate": math.nan}, "sample_rate"),
+        ({"epsilon": 1, "delta": 1e-5, "clip": 1, "sample_rate": True}, "sample_rate"),
     ],
 )
 def test_bad_dp_configs(kwargs, match):
@@ -156,11 +161,14 @@ def test_bad_dp_configs(kwargs, match):
 
 
 def test_dp_config_from_dict():
-    assert DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0}).noise_multiplier is None
+    dp = DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0, "sample_rate": 0.05})
+    assert dp.noise_multiplier is None and dp.sample_rate == 0.05
+    with pytest.raises(PrivacyBudgetError, match=r"need \['sample_rate'\] \(sample_rate: each row's sampling"):
+        DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0})  # a manifest may not leave it to the rows
     with pytest.raises(PrivacyBudgetError, match="unknown DP setting"):
         DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0, "sigma": 1})
     with pytest.raises(PrivacyBudgetError, match=r"need \['clip'\]"):
-        DPConfig.from_dict({"epsilon": 3, "delta": 1e-5})
+        DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "sample_rate": 0.1})
     with pytest.raises(PrivacyBudgetError, match="may not fix the DP noise seed"):
         DPConfig.from_dict({"epsilon": 3, "delta": 1e-5, "clip": 1.0, "noise_seed": 1})
 
@@ -265,3 +273,45 @@ def test_reported_epsilon_grows_with_training_length_and_epochs_are_reported():
         assert result.epsilon == pytest.approx(spent_epsilon(1.5, 0.1, 10 * epochs, 1e-5))
         spent.append(result.epsilon)
     assert spent[0] < spent[1] < spent[2] <= 50.0
+
+
+@pytest.mark.parametrize("noise_multiplier", [None, 1.0], ids=["calibrated", "fixed-stops-early"])
+def test_a_declared_sample_rate_makes_noise_steps_and_epsilon_independent_of_the_rows(noise_multiplier):
+    """Derived from the rows (batch_size / n), the rate made the noise, the steps and the ε spent exact functions
+    of n, which a DP job publishes. Declared, the same configuration gives the same accounting for any n."""
+    dp = DPConfig(epsilon=3.0, delta=1e-5, clip=1.0, noise_multiplier=noise_multiplier, sample_rate=0.1,
+                  noise_seed=4)
+    planned = dp_plan(CFG, dp)  # from the configuration alone, before any row is seen
+    assert (planned.rate, planned.steps_per_epoch, planned.planned, planned.divisor) == (0.1, 10, 30, 40.0)
+    accounting = set()
+    for n in (150, 400, 1000):
+        X, y = blobs(n)
+        result = fit(build_model({"name": "logreg"}, X.shape[1], 2), X, y, CFG, device=CPU, dp=dp)
+        accounting.add((result.noise_multiplier, result.steps, result.epsilon, result.stop_reason))
+        assert dp_plan(CFG, dp, rows=n) == planned
+    assert len(accounting) == 1
+    sigma, steps, eps, _ = accounting.pop()
+    assert (sigma, steps) == (planned.sigma, planned.allowed)
+    assert eps == spent_epsilon(sigma, 0.1, steps, 1e-5) <= 3.0
+    assert (steps < 30) == (noise_multiplier is not None)
+
+
+def test_every_epoch_is_reported_even_when_its_batches_were_all_empty():
+    """How many epochs a DP fit reports must not depend on the rows: one row at rate 0.5 (2 steps an epoch) is
+    missed by a whole epoch about one time in four."""
+    X, y = blobs(1)
+    dp = DPConfig(epsilon=50.0, delta=1e-5, clip=1.0, noise_multiplier=5.0, sample_rate=0.5, noise_seed=1)
+    seen: list[int] = []
+    cfg = TrainConfig(epochs=20, batch_size=1, lr=0.05, seed=0)
+    result = fit(build_model({"name": "logreg"}, 6, 2), X, y, cfg, device=CPU, dp=dp,
+                 on_epoch=lambda e, _loss: seen.append(e))
+    assert result.steps == 40 and result.stop_reason is None
+    assert any(math.isnan(h) for h in result.history)  # the case under test happened
+    assert seen == list(range(1, 21)) and len(result.history) == 20
+
+
+def test_a_dp_plan_past_the_step_limit_is_refused():
+    dp = DPConfig(epsilon=3.0, delta=1e-5, clip=1.0, noise_multiplier=1.0, sample_rate=1e-4)
+    with pytest.raises(ConfigError, match=f"the limit is {MAX_DP_STEPS}: lower 'epochs' or raise 'sample_rate'"):
+        dp_plan(TrainConfig(epochs=101, batch_size=1, lr=0.1, seed=0), dp)
+    assert dp_plan(TrainConfig(epochs=100, batch_size=1, lr=0.1, seed=0), dp).planned == MAX_DP_STEPS

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -25,8 +26,15 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.exception import PrivacyBudgetExhausted
 from flwr.serverapp.grid import Grid
-from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    Result,
+    Strategy,
+)
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore.differential_privacy import get_norm
 
 from mpctrain.enclave.events import EventSink, LogEventSink
 from mpctrain.enclave.federated.codec import CodecError
@@ -178,6 +186,7 @@ class Confidential(Strategy):
         self._hidden_nodes: set[int] = set()
         self._expect: dict[tuple[str, int], dict[int, str]] = {}
         self._array_ref: dict[int, list[tuple[str, tuple[int, ...], str]]] = {}
+        self._sent: dict[int, list[np.ndarray]] = {}  # the round's model, where the inner strategy clips updates
         self.rejections: list[ReplyRejected] = []
         self.timings: list[AggregationTiming] = []
         self._plaintext = PlaintextBuffer()  # reused by every round: no fresh pages to fault in per update
@@ -196,6 +205,7 @@ class Confidential(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._array_ref = {server_round: array_structure(arrays)}
+        self._sent = {server_round: arrays.to_numpy_ndarrays()} if _clips_updates(self.inner) else {}
         messages = self.inner.configure_train(server_round, arrays, config, _JobGrid(grid, self._hidden_nodes))
         return self._seal_instructions("train", server_round, messages, grid)
 
@@ -332,7 +342,8 @@ class Confidential(Strategy):
         """Drop authentic but malformed replies, so one party cannot make Flower abort the whole round.
 
         Flower's strategies raise when replies differ in structure. Here a train update's arrays must have
-        the keys, shapes and dtypes of the model this round sent (an evaluate reply holds no arrays); the
+        the keys, shapes and dtypes of the model this round sent (an evaluate reply holds no arrays), and
+        where the inner strategy clips updates, a finite non-zero update norm (``_check_update_norm``); the
         weight must be a finite non-negative number (positive, and the same for all, under accounted DP);
         every metric a number or list a float can hold; and the record names, metric keys and each metric's
         form must be the ones most replies use (so a single party cannot impose its own). Anything else is
@@ -359,6 +370,9 @@ class Confidential(Strategy):
                     name, arrays = next(iter(content.array_records.items()))
                     if ref_arrays is not None and array_structure(arrays) != ref_arrays:
                         raise InconsistentUpdate("array keys, shapes or dtypes differ from the model sent this round")
+                    sent = self._sent.get(server_round) if category == "train" else None
+                    if sent is not None:
+                        _check_update_norm(arrays, sent)
                 metric_name, metrics = next(iter(content.metric_records.items()))
                 weight = metrics.get(key) if key else 0
                 if not is_weight(weight) or (uniform and weight == 0):
@@ -659,6 +673,23 @@ def array_structure(arrays: ArrayRecord) -> list[tuple[str, tuple[int, ...], str
             dtype = str(array.dtype)
         out.append((key, tuple(array.shape), dtype))
     return out
+
+
+def _clips_updates(strategy: Strategy) -> bool:
+    """Whether the strategy is a Flower central-DP wrapper that clips each update in the enclave."""
+    return isinstance(strategy, (DifferentialPrivacyServerSideFixedClipping,
+                                 DifferentialPrivacyServerSideAdaptiveClipping))
+
+
+def _check_update_norm(arrays: ArrayRecord, sent: list[np.ndarray]) -> None:
+    """Flower's server-side clipping scales an update by ``clip / norm``: a norm of 0 (the model sent back
+    unchanged) raises ZeroDivisionError there and would end the job, and a NaN or infinite one passes
+    unscaled, so the clipping bound the accounting relies on fails and the noised model turns NaN. The
+    norm is Flower's own (``get_norm`` of reply minus model sent), so both sides agree on it exactly."""
+    norm = get_norm([np.subtract(x, y) for x, y in zip(arrays.to_numpy_ndarrays(), sent, strict=True)])
+    if not (math.isfinite(norm) and norm > 0):
+        raise InconsistentUpdate(f"the update's L2 norm is {norm}: central DP clips an update by scaling it by "
+                                 "clip / norm, which needs a finite non-zero norm")
 
 
 def _uniform_weights(strategy: Strategy) -> bool:
