@@ -68,6 +68,9 @@ BAD_TRAIN = {
     "float64 update to a float32 model": (_arrays(lambda a: a.astype(np.float64)), "dtypes differ"),
     "int8 update": (_arrays(lambda a: np.zeros(a.shape, np.int8)), "dtypes differ"),
     "big-endian update": (_arrays(lambda a: a.astype(">f4")), "dtypes differ"),
+    "NaN in the update": (_arrays(lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nan, a)
+                                  .astype(a.dtype)), "NaN or infinite"),
+    "infinity in the update": (_arrays(lambda a: np.full_like(a, -np.inf)), "NaN or infinite"),
 }
 
 
@@ -75,9 +78,10 @@ BAD_TRAIN = {
 @pytest.mark.parametrize("cls", [FedAvg, FedMedian, FedTrimmedAvg, Krum])
 def test_a_bad_update_is_rejected_and_the_round_goes_on(sim_root, sim_attester, cls, bad):
     change, reason = BAD_TRAIN[bad]
-    result, accepted, _ = _run(sim_root, sim_attester, _strategy(cls), change)
+    result, accepted, job = _run(sim_root, sim_attester, _strategy(cls), change)
     assert result.rounds_completed == 1 and result.stop_reason == "completed"
     assert len(result.rejected) == 1 and "bank-a" in result.rejected[0] and reason in result.rejected[0]
+    assert all(np.isfinite(a.numpy()).all() for a in job.open_output(result).values())
     assert sorted(accepted) == ["bank-b", "bank-c"]
 
 

@@ -62,7 +62,7 @@ def encode_record_pieces(content: RecordDict, context: Mapping[str, Any] | None 
     tensors: list[tuple[str, np.ndarray]] = []
 
     def add(index: int, record: ArrayRecord) -> None:
-        tensors.extend((f"{index}.{i}", _writable_layout(_array_view(record[key]))) for i, key in enumerate(record))
+        tensors.extend((f"{index}.{i}", _writable_layout(array_view(record[key]))) for i, key in enumerate(record))
 
     meta = encode_meta(1, record_entries(content, add), context).decode()
     # widest dtypes first, as the safetensors library lays them out: every tensor stays aligned
@@ -113,7 +113,7 @@ def encode_record(content: RecordDict, context: Mapping[str, Any] | None = None)
     return b"".join(pieces)
 
 
-def _array_view(array: Array) -> np.ndarray:
+def array_view(array: Array) -> np.ndarray:
     """A Flower ``Array`` as an ndarray viewing its bytes (``Array.numpy()`` copies them through ``np.load``)."""
     if not isinstance(array, Array):
         raise CodecError(f"expected a Flower Array, got {type(array).__name__}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -78,6 +79,14 @@ def check_metric_values(metrics: dict[str, Any]) -> None:
                 raise InconsistentUpdate(f"metric {key!r} holds an integer outside 64 bits")
 
 
+def check_finite(arrays: Iterable[np.ndarray]) -> None:
+    """A NaN or infinite value in one update turns any mean (and Krum's distances, which then rank the
+    poisoned update first) into garbage for every party, so such an update is refused, whatever the strategy."""
+    for arr in arrays:
+        if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+            raise InconsistentUpdate("the update holds NaN or infinite values")
+
+
 class StreamingMean:
     """Weighted mean of array records and metric records, fed one reply at a time.
 
@@ -123,6 +132,7 @@ class StreamingMean:
                                        any(a.shape != b for a, b in zip(arrays, self._shapes, strict=True)) or
                                        any(a.dtype != b for a, b in zip(arrays, self._dtypes, strict=True))):
             raise InconsistentUpdate("array keys, shapes or dtypes differ from the round's other updates")
+        check_finite(arrays)
         return float(weight)
 
     def add(self, name: str, keys: list[str], arrays: list[np.ndarray], metrics: dict[str, Any], *,

@@ -37,9 +37,15 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.differential_privacy import get_norm
 
 from mpctrain.enclave.events import EventSink, LogEventSink
-from mpctrain.enclave.federated.codec import CodecError
+from mpctrain.enclave.federated.codec import CodecError, array_view
 from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
-from mpctrain.enclave.federated.fedavg import InconsistentUpdate, StreamingMean, check_metric_values, is_weight
+from mpctrain.enclave.federated.fedavg import (
+    InconsistentUpdate,
+    StreamingMean,
+    check_finite,
+    check_metric_values,
+    is_weight,
+)
 from mpctrain.enclave.federated.folding import FoldBehind
 from mpctrain.enclave.federated.protocol import (
     DEFAULT_CHUNK_SIZE,
@@ -370,6 +376,10 @@ class Confidential(Strategy):
                     name, arrays = next(iter(content.array_records.items()))
                     if ref_arrays is not None and array_structure(arrays) != ref_arrays:
                         raise InconsistentUpdate("array keys, shapes or dtypes differ from the model sent this round")
+                    try:
+                        check_finite(array_view(a) for a in arrays.values())
+                    except CodecError as exc:
+                        raise InconsistentUpdate(str(exc)) from None
                     sent = self._sent.get(server_round) if category == "train" else None
                     if sent is not None:
                         _check_update_norm(arrays, sent)
