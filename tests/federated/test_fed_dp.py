@@ -164,6 +164,16 @@ def test_federated_runner_plugs_into_the_job_store(sim_root, sim_attester, priva
     assert all(bool(f["metrics"]) == (privacy is None) for f in finished)
 
 
+def _run_with_bank_a_tampering(sim_root, sim_attester, tamper):
+    """Two accounted-DP rounds where bank-a's plaintext reply passes through ``tamper`` before being sealed."""
+    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
+    grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))] + ([tamper] if i == 0 else [])),
+                    node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
+    fjob = FederatedJob(manifest=job.manifest, consents=job.consents, enclave=job.enclave,
+                        initial_arrays=initial_arrays(), events=job.events)
+    return job, run_federated_job(fjob, grid, num_rounds=2)
+
+
 @pytest.mark.parametrize(("key", "weight"), [("unit-weight", 2.0), ("unit-weight", 0), ("num-examples", 2.0)])
 def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester, key, weight):
     """Flower's accounted DP needs equal positive weights and raises otherwise: a bank reporting another
@@ -180,12 +190,7 @@ def test_accounted_dp_rejects_a_bank_whose_weight_differs(sim_root, sim_attester
             out.content["metrics"] = MetricRecord(metrics)
         return out
 
-    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
-    grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))] + ([tamper] if i == 0 else [])),
-                    node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
-    fjob = FederatedJob(manifest=job.manifest, consents=job.consents, enclave=job.enclave,
-                        initial_arrays=initial_arrays(), events=job.events)
-    result = run_federated_job(fjob, grid, num_rounds=2)
+    job, result = _run_with_bank_a_tampering(sim_root, sim_attester, tamper)
     assert "fl.training_ended" in [k for k, _ in job.events.events]
     if key == "num-examples":
         assert result.rounds_completed == 2 and result.rejected == []
@@ -211,12 +216,7 @@ def test_a_bank_whose_update_has_no_finite_nonzero_norm_is_rejected(sim_root, si
                                                  for k, a in sent.items()})
         return out
 
-    job = build_job(sim_root, sim_attester, n=4, privacy={**PRIVACY, "epsilon": 50.0}, run_config=RUN_CONFIG)
-    grid = job.grid(lambda p, i: make_client_app([ConfidentialMod(job.runtime(p))] + ([tamper] if i == 0 else [])),
-                    node_config=lambda p, i: {"bank": p.id}, run_config=RUN_CONFIG)
-    fjob = FederatedJob(manifest=job.manifest, consents=job.consents, enclave=job.enclave,
-                        initial_arrays=initial_arrays(), events=job.events)
-    result = run_federated_job(fjob, grid, num_rounds=2)
+    job, result = _run_with_bank_a_tampering(sim_root, sim_attester, tamper)
     assert result.rounds_completed == 0 and "every sampled party's update is valid" in result.stop_reason
     assert len(result.rejected) == 1 and "bank-a" in result.rejected[0]
     reason = "norm" if update == "zero" else "NaN or infinite"
