@@ -7,8 +7,8 @@ import threading
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from mpctrain.cli.output import error, plain_console
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
 from mpctrain.enclave.server import Aggregator, tls_credentials
 
@@ -29,13 +29,13 @@ def serve(
     consented to is served through that Flower SuperLink: it waits for its
     run (flwr run), checks the run's code and config, and runs the rounds.
     """
-    console = Console(highlight=False)
+    console = plain_console()
     try:
         cfg = AggregatorConfig.load(config)
         agg = Aggregator.from_config(cfg)
         port = agg.start(listen or cfg.listen, tls_credentials(cfg))
     except (ConfigError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(error(exc))
         raise typer.Exit(2) from exc
     host = (listen or cfg.listen).rsplit(":", 1)[0]
     console.print(f"aggregator serving on {host}:{port} (attester {cfg.attester}; "

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mpctrain.attest import PolicyError
+from mpctrain.cli.output import error, labelled, plain_console
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
@@ -32,7 +33,7 @@ KEYS = typer.Option(None, "--keys", help="directory with this party's identity a
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return plain_console()
 
 
 def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None,
@@ -46,12 +47,12 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
             config = dataclasses.replace(config, keys_dir=keys)
         return agent_from_config(config, aggregator, policy)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        _console().print(f"[red]error:[/red] {exc}")
+        _console().print(error(exc))
         raise typer.Exit(2) from exc
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {exc}")
+    _console().print(error(exc))
     return typer.Exit(1)
 
 
@@ -101,7 +102,7 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
             problems.append(f"{unchecked} (this job's: {', '.join(manifest.recipients)})")
         for p in problems:
-            console.print(f"[yellow]note:[/yellow] {p}")
+            console.print(labelled("note:", "yellow", p))
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
         if problems and not force:
@@ -175,7 +176,7 @@ def fetch(job_id: str, party: str = AS, out: Path = typer.Option(..., "--out", h
 
 @app.command("app-digest")
 def app_digest(app_dir: Path = typer.Argument(..., help="a Flower app directory (its .py files)")) -> None:
-    """Print the code digest of a Flower app, for [training.flower] code_digest.
+    """Print the code digest of a Flower app, for code_digest in the job's training.flower table.
 
     It is SHA-384 over the directory's .py files, the same hash every bank
     and the enclave compute before any of that code runs.
