@@ -10,7 +10,7 @@ import typer
 
 from mpctrain.cli.output import error, plain_console
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
-from mpctrain.enclave.server import Aggregator, tls_credentials
+from mpctrain.enclave.server import Aggregator, ListenError, tls_credentials
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
@@ -34,6 +34,10 @@ def serve(
         cfg = AggregatorConfig.load(config)
         agg = Aggregator.from_config(cfg)
         port = agg.start(listen or cfg.listen, tls_credentials(cfg))
+    except ListenError as exc:
+        console.print(error(f"{exc}; stop it or pass --listen HOST:PORT" if exc.in_use else
+                            f"{exc}; fix `listen` in {config} or pass --listen HOST:PORT"))
+        raise typer.Exit(1 if exc.in_use else 2) from exc
     except (ConfigError, OSError) as exc:
         console.print(error(exc))
         raise typer.Exit(2) from exc

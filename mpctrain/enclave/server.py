@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -100,6 +102,37 @@ def make_gpu_attesters(config: AggregatorConfig) -> list[GpuAttester]:
     return [gpu] if gpu is not None else []
 
 
+class ListenError(OSError):
+    """The server cannot bind its address; ``in_use`` when another process (often an aggregator) holds it."""
+
+    def __init__(self, address: str, *, in_use: bool) -> None:
+        self.address, self.in_use = address, in_use
+        super().__init__(f"{address} is in use (another aggregator?)" if in_use else
+                         f"cannot listen on {address}: check the host is an address of this machine and the port "
+                         "a number")
+
+
+def port_in_use(address: str) -> bool:
+    """Whether binding ``host:port`` fails because the port is taken (gRPC's own error does not say why)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return False
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a TIME_WAIT port is free
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 UNARY_WORKERS = 16  # worker threads left for unary calls when every stream slot is taken
 
 
@@ -176,10 +209,13 @@ class Aggregator:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="enclave"),
                              options=self.server_options(), interceptors=self.interceptors)
         self.add_services(server)
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
+        try:
+            port = (server.add_secure_port(address, credentials) if credentials is not None
+                    else server.add_insecure_port(address))
+        except RuntimeError as exc:  # grpcio raises a bare RuntimeError("Failed to bind to address ...")
+            raise ListenError(address, in_use=port_in_use(address)) from exc
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise ListenError(address, in_use=port_in_use(address))
         server.start()
         self.server, self.port = server, port
         for name in ("", *SERVICE_NAMES):

@@ -72,6 +72,40 @@ def test_aggregator_serve_bad_config(tmp_path):
     assert res.exit_code == 2 and "cannot read aggregator config" in res.output
 
 
+def test_aggregator_serve_on_a_taken_port_says_so(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
+    cfg = tmp_path / "aggregator.toml"
+    cfg.write_text('attester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "sim-root"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        res = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--listen", address])
+    assert res.exit_code == 1, res.output
+    assert " ".join(res.output.split()) == (f"error: {address} is in use (another aggregator?); stop it or pass "
+                                            "--listen HOST:PORT")
+
+
+def test_a_taken_port_is_a_typed_error(tmp_path):
+    import socket
+
+    from mpctrain.enclave.server import ListenError, port_in_use
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert port_in_use(address)
+        err = ListenError(address, in_use=port_in_use(address))
+    assert isinstance(err, OSError) and err.in_use and str(err) == f"{address} is in use (another aggregator?)"
+    assert not port_in_use("127.0.0.1:0") and not port_in_use("nonsense")
+
+
 def _self_signed(tmp_path):
     import datetime
     import ipaddress
