@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.text import Text
 
 
-def plain_console(stderr: bool = False, *, soft_wrap: bool = False) -> Console:
-    """A console that prints strings verbatim (no markup, no highlighting)."""
+def plain_console(stderr: bool = False, *, soft_wrap: bool = True) -> Console:
+    """A console that prints strings verbatim: no markup, no highlighting, and a long path is not broken."""
     return Console(stderr=stderr, highlight=False, markup=False, soft_wrap=soft_wrap)
 
 

@@ -71,12 +71,15 @@ def tls_credentials(config: AggregatorConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
+DEFAULT_SIM_ROOT = Path(".mpctrain/sim-root")  # the simulated root when [sim] names no root_dir
+
+
 def make_attester(config: AggregatorConfig) -> Attester:
     """The configured TEE backend's attester; the simulated root is created on first use."""
     if config.attester == "sim":
         from mpctrain.attest.sim import ROOT_PEM, SimAttester, create_sim_root
 
-        root_dir = config.sim_root_dir or Path(".mpctrain/sim-root")
+        root_dir = config.sim_root_dir or DEFAULT_SIM_ROOT
         if not (root_dir / ROOT_PEM).exists():
             create_sim_root(root_dir)
         return SimAttester(root_dir, config_digest=config.config_digest)

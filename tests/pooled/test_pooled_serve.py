@@ -106,6 +106,49 @@ def test_a_taken_port_is_a_typed_error(tmp_path):
     assert not port_in_use("127.0.0.1:0") and not port_in_use("nonsense")
 
 
+class _Stopped:
+    """An Event already set: `aggregator serve` returns as soon as it is up."""
+
+    def set(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def test_write_policy_never_replaces_another_policy_unless_forced(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import mpctrain.cli.aggregator as cli_aggregator
+    from mpctrain.cli.main import app
+
+    monkeypatch.setattr(cli_aggregator, "threading", SimpleNamespace(Event=_Stopped))
+    monkeypatch.setattr(cli_aggregator.signal, "signal", lambda *a: None)
+    cfg = tmp_path / "aggregator.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\nattester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "sim-root"\n')
+    policy = tmp_path / "policy.toml"
+
+    def serve(*extra: str):
+        return CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--write-policy", str(policy),
+                                        *extra])
+
+    first = serve()
+    assert first.exit_code == 0 and "policy for parties written" in first.output, first.output
+    written = policy.read_text()
+    again = serve()  # the same enclave again: the same policy, rewriting it is harmless
+    assert again.exit_code == 0 and policy.read_text() == written, again.output
+    production = 'backends = ["snp"]\n[snp]\nmeasurements = ["' + "ab" * 48 + '"]\n'
+    policy.write_text(production)
+    refused = serve()
+    assert refused.exit_code == 2, refused.output
+    assert "exists and holds another policy" in refused.output and "--force" in refused.output
+    assert "serving on" not in refused.output and policy.read_text() == production
+    forced = serve("--force")
+    assert forced.exit_code == 0 and policy.read_text() == written, forced.output
+
+
 def _self_signed(tmp_path):
     import datetime
     import ipaddress
