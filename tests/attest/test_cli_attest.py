@@ -446,3 +446,30 @@ def test_pinned_measurement_success_has_no_report_only_warning(env) -> None:
     assert "report-only" not in result.output
     result = sim_verify(env, "--expect-report-data", env["report_data"].hex(), "--json")
     assert json.loads(result.stdout)["measurement_unchecked"] == []
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _readme_commands(prefix: str) -> list[list[str]]:
+    """The README's sh command lines starting with ``prefix``, continuation lines joined, split as sh would."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith(prefix):
+                commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+def test_the_readme_attest_verify_command_runs_as_written(vectors, monkeypatch) -> None:
+    commands = _readme_commands("mpctrain attest verify ")
+    assert commands, "README has no `mpctrain attest verify` example"
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # its paths are relative to the checkout
+    for argv in commands:
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, (argv, result.output)
+        assert "every check passed" in result.output
