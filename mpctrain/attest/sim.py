@@ -78,6 +78,15 @@ class SimRootError(ValueError):
     """The simulated root's files are missing, unreadable or of the wrong type."""
 
 
+class SimRootExists(SimRootError):
+    """A root is already there; replacing it makes every policy that pins it refuse this TEE's evidence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(f"{directory} already holds a simulated root, which policies may pin; replace it only on "
+                         "purpose (overwrite=True; the CLI: --force)")
+
+
 # --------------------------------------------------------------------------- root
 
 
@@ -142,7 +151,7 @@ class SimRoot:
         directory.mkdir(parents=True, exist_ok=True)
         pem_path, key_path = directory / ROOT_PEM, directory / ROOT_KEY
         if not overwrite and (pem_path.exists() or key_path.exists()):
-            raise SimRootError(f"{directory} already holds a simulated root; pass overwrite to replace it")
+            raise SimRootExists(directory)
         key_pem = self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )

@@ -31,7 +31,7 @@ from mpctrain.attest.errors import AttestationError
 from mpctrain.attest.evidence import BuildInfo, EvidenceBundle
 from mpctrain.attest.files import load_bundle, load_evidence
 from mpctrain.attest.policy import Policy, PolicyError
-from mpctrain.attest.sim import SimRootError, create_sim_root, root_pin
+from mpctrain.attest.sim import SimRootError, SimRootExists, create_sim_root, root_pin
 from mpctrain.attest.verify import verify, verify_evidence
 from mpctrain.cli.output import error
 from mpctrain.seal.binding import NONCE_BYTES, evidence_binding
@@ -75,6 +75,9 @@ def sim_root(
     """Create a simulated vendor root CA and print the SHA-256 a policy pins to trust it."""
     try:
         pem = create_sim_root(out, overwrite=force)
+    except SimRootExists:
+        raise _usage(f"{out} already holds a simulated root, which policies may pin; pass --force to replace it "
+                     "(every policy pinning the old one then refuses this enclave)") from None
     except (SimRootError, OSError) as exc:
         raise _usage(str(exc)) from None
     pin = root_pin(pem)

@@ -77,7 +77,8 @@ def test_sim_root_prints_the_pin(tmp_path) -> None:
     assert stat.S_IMODE((tmp_path / "r" / "sim-root.key").stat().st_mode) == 0o600
     again = run("sim-root", "--out", str(tmp_path / "r"))
     assert again.exit_code == 2
-    assert "already holds" in again.output
+    assert "already holds" in again.output and "--force" in again.output and "overwrite" not in again.output
+    assert root_pin(tmp_path / "r" / "sim-root.pem") == pin
     assert run("sim-root", "--out", str(tmp_path / "r"), "--force").exit_code == 0
     assert root_pin(tmp_path / "r" / "sim-root.pem") != pin
 
