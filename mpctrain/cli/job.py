@@ -167,11 +167,20 @@ def fetch(job_id: str, party: str = AS, out: Path = typer.Option(..., "--out", h
     agent.outputs_dir = out
     try:
         agent.attest()
+        st = agent.client.get_job(job_id)
+        if st.state == "failed":  # said plainly: a failed job never gets outputs or a receipt
+            raise PartyError(f"job {job_id} failed: {st.error or 'no reason recorded'}; it has no outputs")
+        if st.state != "done":
+            raise PartyError(f"job {job_id} is {st.state}: its outputs exist once it is done (follow it with "
+                             f"`mpctrain job status {job_id} --as {party}`)")
         opened = agent.fetch(agent.manifest(job_id))
     except PartyError as exc:
         raise _fail(exc) from exc
+    console = _console()
     for name, data in opened.items():
-        _console().print(f"{name}: {len(data):,} bytes -> {out / job_id}")
+        console.print(f"{name}: {len(data):,} bytes -> {out / job_id}")
+    console.print(f"{agent.party_id}: outputs opened and receipt verified (signed by the attested enclave over "
+                  f"this job and these outputs) -> {out / job_id}")
 
 
 @app.command("app-digest")

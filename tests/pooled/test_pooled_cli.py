@@ -89,6 +89,30 @@ def test_cli_job_lifecycle(live, tmp_path):
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "cli-job" / "model.safetensors").is_file() and (out / "cli-job" / "metrics.json").is_file()
+    assert "receipt verified" in res.output
+
+
+def test_cli_fetch_of_a_failed_job_gives_its_error(live, tmp_path):
+    import numpy as np
+
+    from mpctrain.party.uploader import ShardUpload
+    from mpctrain.train.data import table_to_bytes
+
+    c, profiles, _ = live
+    m = c.manifest("cli-failed", parties=["hospital-a"], quorum=1)
+    a = c.agent("hospital-a")
+    a.client.propose(m)
+    a.attest()
+    a.approve(m)
+    shard = table_to_bytes(np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=np.int64))  # wrong columns
+    assert ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard).send().complete
+    assert a.wait(m.job_id, ("done",), timeout=60) == "failed"
+    res = CliRunner().invoke(app, ["job", "fetch", "cli-failed", "--as", "hospital-a", "--profiles", str(profiles),
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "error: job cli-failed failed: TensorFormatError: a shard does not match" in text, text
+    assert text.endswith("; it has no outputs") and "FAILED_PRECONDITION" not in text
 
 
 def test_cli_party_refuses_unattested_aggregator(live):
