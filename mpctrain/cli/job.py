@@ -11,10 +11,11 @@ from rich.table import Table
 
 from mpctrain.attest import PolicyError
 from mpctrain.cli.output import error, labelled, plain_console
+from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
-from mpctrain.party.errors import PartyError
+from mpctrain.party.errors import PartyError, Unauthenticated
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
@@ -52,7 +53,12 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    _console().print(error(exc))
+    message = str(exc)
+    if isinstance(exc, Unauthenticated) and UNKNOWN_PARTY in message:
+        # the aggregator knows party ids only from manifests, and says no more (it hides which jobs exist)
+        message += (" (no job on this aggregator names this party yet, or the job id is wrong; the key is not "
+                    "what failed)")
+    _console().print(error(message))
     return typer.Exit(1)
 
 

@@ -130,6 +130,17 @@ def test_cli_party_refuses_unattested_aggregator(live):
     assert res.exit_code == 1 and "cannot read job file" in res.output
 
 
+def test_cli_job_status_of_a_party_no_job_names_gives_a_hint(live, tmp_path):
+    c, profiles, _ = live
+    (tmp_path / "party.toml").write_text(f'id = "newcomer"\naggregator = "{c.target}"\n'
+                                         f'policy = "{profiles / "sim-policy.toml"}"\n')
+    res = CliRunner().invoke(app, ["job", "status", "cli-jbo", "--as", str(tmp_path / "party.toml")])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "unknown party 'newcomer'" in text
+    assert "no job on this aggregator names this party yet, or the job id is wrong" in text
+
+
 def test_cli_job_status_is_signed_and_for_the_jobs_parties(live, tmp_path):
     c, profiles, _ = live
     c.agent("hospital-b").client.propose(c.manifest("cli-status", parties=["hospital-b", "hospital-c"]))
