@@ -47,7 +47,7 @@ from mpctrain.attest.errors import (
 )
 from mpctrain.attest.evidence import Evidence
 from mpctrain.attest.measure import MEASUREMENT_BYTES, sim_measurement
-from mpctrain.attest.policy import BackendPolicy
+from mpctrain.attest.policy import BackendPolicy, PolicyError
 
 KIND = "sim"
 ROOT_CN = "mpctrain Simulated TEE Root"
@@ -72,6 +72,16 @@ MIN_REPORT_BYTES = _HEADER.size + SIGNATURE_BYTES
 MAX_REPORT_BYTES = _HEADER.size + MAX_TCB_ENTRIES * (1 + MAX_TCB_NAME + 4) + SIGNATURE_BYTES
 _TCB_NAME = re.compile(rb"[a-z0-9_-]{1,32}")
 KNOWN_OPTIONS = frozenset({"max_report_age_seconds"})
+
+
+def check_options(options: Mapping[str, object]) -> None:
+    """Validate the ``[sim]`` policy knobs (a ``PolicyError`` for an unknown key or a wrong value)."""
+    unknown = set(options) - KNOWN_OPTIONS
+    if unknown:
+        raise PolicyError(f"unknown [sim] policy options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS)}")
+    max_age = options.get("max_report_age_seconds")
+    if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 0):
+        raise PolicyError(f"[sim].max_report_age_seconds must be a non-negative integer, got {max_age!r}")
 
 
 class SimRootError(ValueError):
@@ -361,9 +371,7 @@ class SimVerifier:
     def verify(self, evidence: Evidence, *, policy: BackendPolicy, at: datetime, collateral: Collateral) -> Claims:
         if evidence.kind != KIND:
             raise Malformed("not simulated evidence", field="kind", expected=KIND, actual=evidence.kind)
-        unknown = set(policy.options) - KNOWN_OPTIONS
-        if unknown:
-            raise PolicyViolation(f"unknown [sim] policy options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS)}")
+        check_options(policy.options)  # a policy file is checked when it loads; this covers a hand-made one
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         skew = timedelta(seconds=policy.clock_skew_seconds)
