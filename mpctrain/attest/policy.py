@@ -18,7 +18,7 @@ vmpl = 0                           # anything else is a backend-specific option
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +80,11 @@ class Policy:
             )
         return found
 
+    def report_only(self, backends: Iterable[str]) -> list[str]:
+        """Those of ``backends`` whose measurement this policy only reports: a pass says "genuine hardware",
+        not "the expected code"."""
+        return sorted({b for b in backends if self.backend(b).measurements is None})
+
     @classmethod
     def default(cls) -> Policy:
         """Real vendors only, vendor roots pinned, debug forbidden, measurements reported, no simulation."""
@@ -140,6 +145,13 @@ class Policy:
             clock_skew_seconds=skew,
             collateral_dir=coll_path,
         )
+
+
+def report_only_warning(backends: Sequence[str], where: str = "the policy file") -> str:
+    """The one warning for evidence that passed a report-only policy (``attest verify``, ``job approve``, ...)."""
+    return (f"the policy is report-only for {', '.join(backends)}: the measurement was NOT compared with an "
+            "allowlist, so this could be any code on genuine hardware; pin measurements in "
+            f"{where} before trusting it with data")
 
 
 def _int(value: Any, name: str) -> int:

@@ -30,10 +30,10 @@ from mpctrain.attest.collateral import Collateral
 from mpctrain.attest.errors import AttestationError
 from mpctrain.attest.evidence import BuildInfo, EvidenceBundle
 from mpctrain.attest.files import load_bundle, load_evidence
-from mpctrain.attest.policy import Policy, PolicyError
+from mpctrain.attest.policy import Policy, PolicyError, report_only_warning
 from mpctrain.attest.sim import SimRootError, SimRootExists, create_sim_root, root_pin
 from mpctrain.attest.verify import verify, verify_evidence
-from mpctrain.cli.output import error
+from mpctrain.cli.output import error, warning
 from mpctrain.seal.binding import NONCE_BYTES, evidence_binding
 
 log = logging.getLogger(__name__)
@@ -184,14 +184,12 @@ def verify_cmd(
 
 def _unpinned(policy: Policy, claims: list[Claims]) -> list[str]:
     """Backends whose measurement the policy only reported: "passed" must not read as "is the expected code"."""
-    return sorted({c.backend for c in claims if policy.backend(c.backend).measurements is None})
+    return policy.report_only(c.backend for c in claims)
 
 
 def _warn_unpinned(con: Console, unpinned: list[str]) -> None:
     if unpinned:
-        con.print(f"[yellow]warning:[/yellow] the policy is report-only for {', '.join(unpinned)}: the measurement "
-                  "was NOT compared with an allowlist, so this could be any code on genuine hardware; pin "
-                  "measurements in a policy file (--policy) before trusting it with data")
+        con.print(warning(report_only_warning(unpinned, "a policy file (--policy)")))
 
 
 def _print_failure(check: str, message: str, field: str | None, json_out: bool) -> None:

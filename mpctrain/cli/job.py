@@ -10,13 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mpctrain.attest import PolicyError
-from mpctrain.cli.output import error, labelled, plain_console
+from mpctrain.attest.policy import report_only_warning
+from mpctrain.cli.output import error, labelled, plain_console, warning
 from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
 from mpctrain.party.errors import PartyError, Unauthenticated
-from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
+from mpctrain.party.profile import DEFAULT_PROFILES, POLICY_FILE, agent_from_config, profile_path, report_only
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
 
@@ -102,6 +103,9 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
     console = _console()
     try:
         agent.attest()
+        unpinned = report_only(agent)
+        if unpinned:  # as `attest verify`: consent to "genuine hardware" must not read as "the expected code"
+            console.print(warning(report_only_warning(unpinned, POLICY_FILE)))
         manifest = agent.manifest(job_id)
         problems = agent.review(manifest)
         unchecked = recipients_unchecked(agent.rules)

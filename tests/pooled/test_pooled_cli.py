@@ -130,6 +130,29 @@ def test_cli_party_refuses_unattested_aggregator(live):
     assert res.exit_code == 1 and "cannot read job file" in res.output
 
 
+def test_approve_and_run_warn_when_the_policy_only_reports_the_measurement(live, tmp_path):
+    from mpctrain.party.errors import PartyError
+
+    c, profiles, _ = live
+    report_only = c.enclave_policy()
+    report_only["sim"]["measurements"] = "report-only"
+    policy = tmp_path / "report-only.toml"
+    policy.write_text(policy_toml(report_only))
+    c.agent("hospital-b").client.propose(c.manifest("cli-unpinned", parties=["hospital-b"]))
+    res = CliRunner().invoke(app, ["job", "approve", "cli-unpinned", "--as", "hospital-b", "--profiles",
+                                   str(profiles), "--policy", str(policy)])
+    text = " ".join(res.output.split())
+    assert "warning: the policy is report-only for sim: the measurement was NOT compared" in text, text
+    said: list[str] = []
+    agent = agent_from_config(PartyConfig.load(profiles / "hospital-c" / "party.toml"), policy_file=policy)
+    with pytest.raises(PartyError, match="no job nope"):
+        run_party(agent, "nope", timeout=0, say=said.append)
+    assert any("warning: the policy is report-only for sim" in s for s in said), said
+    res = CliRunner().invoke(app, ["job", "approve", "cli-unpinned", "--as", "hospital-b", "--profiles",
+                                   str(profiles)])  # its pinned policy: no warning
+    assert "NOT compared" not in res.output, res.output
+
+
 def test_cli_job_status_of_a_party_no_job_names_gives_a_hint(live, tmp_path):
     c, profiles, _ = live
     (tmp_path / "party.toml").write_text(f'id = "newcomer"\naggregator = "{c.target}"\n'
