@@ -69,3 +69,22 @@ def test_job_status_prints_server_text_verbatim(monkeypatch: pytest.MonkeyPatch)
     assert result.exit_code == 0
     assert "bad row [/x] in [bold]shard[/bold]" in result.output
     assert "[red]a" in result.output and "j[/i]" in result.output
+
+
+def _env_after_import(env: dict[str, str]) -> str:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import os, sys; import mpctrain.cli; assert 'grpc' not in sys.modules; "
+            "import mpctrain.cli.main; print(os.environ['GRPC_VERBOSITY'])")
+    env = {**{k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}, "PYTHONPATH": str(root), **env}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def test_grpc_core_logs_only_errors_in_the_cli_unless_the_user_chose():
+    assert _env_after_import({}) == "ERROR"  # set before grpc is imported: the C core reads it once
+    assert _env_after_import({"GRPC_VERBOSITY": "DEBUG"}) == "DEBUG"
