@@ -48,7 +48,29 @@ def test_aggregator_errors_keep_brackets(tmp_path: Path):
     (d / "aggregator.toml").write_text('attester = "sim"\n[sim]\nroot = "x"\n')
     result = invoke("aggregator", "serve", "--config", str(d / "aggregator.toml"))
     assert result.exit_code == 2
-    assert "unknown [sim] keys ['root']" in result.output
+    assert f"{d / 'aggregator.toml'}: unknown [sim] keys ['root']" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('id = "p"\n[rules]\nauto_approve = "yes"\n', "[rules] auto_approve must be true or false"),
+    ('id = "p"\nwho = 1\n', "unknown party config keys ['who']"),
+    ('aggregator = "x:1"\n', "party config needs an id"),
+])
+def test_party_config_errors_name_the_file(tmp_path: Path, text: str, message: str):
+    (tmp_path / "party.toml").write_text(text)
+    for args in (["party", "run", "--config"], ["job", "status", "j", "--as"]):
+        result = invoke(*args, str(tmp_path / "party.toml"))
+        assert result.exit_code == 2
+        assert f"error: {tmp_path / 'party.toml'}: {message}" in " ".join(result.output.split())
+
+
+def test_job_file_errors_name_the_file(tmp_path: Path):
+    from mpctrain.jobs import JobManifest, ManifestError
+
+    (tmp_path / "job.toml").write_text('job_id = "j"\nmode = "pooled"\nparties = 5\n')
+    with pytest.raises(ManifestError) as err:
+        JobManifest.from_toml(tmp_path / "job.toml")
+    assert str(err.value).startswith(f"{tmp_path / 'job.toml'}: ")
 
 
 def test_a_policy_error_keeps_its_table_name(tmp_path: Path):
