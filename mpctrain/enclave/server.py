@@ -209,6 +209,8 @@ class Aggregator:
 
     def start(self, address: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> int:
         """Bind and serve; with ``credentials`` the port speaks TLS (see ``tls_credentials``)."""
+        if port_in_use(address):  # said before gRPC tries: its C core would log its own error line first
+            raise ListenError(address, in_use=True)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="enclave"),
                              options=self.server_options(), interceptors=self.interceptors)
         self.add_services(server)

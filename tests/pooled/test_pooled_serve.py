@@ -86,9 +86,15 @@ def test_aggregator_serve_on_a_taken_port_says_so(tmp_path):
         taken.listen()
         address = f"127.0.0.1:{taken.getsockname()[1]}"
         res = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--listen", address])
-    assert res.exit_code == 1, res.output
-    assert " ".join(res.output.split()) == (f"error: {address} is in use (another aggregator?); stop it or pass "
-                                            "--listen HOST:PORT")
+        assert res.exit_code == 1, res.output
+        assert " ".join(res.output.split()) == (f"error: {address} is in use (another aggregator?); stop it or "
+                                                "pass --listen HOST:PORT")
+        proc = subprocess.run(  # the whole output, gRPC's own logging included, is that one line
+            [sys.executable, "-c", "from mpctrain.cli.main import app; app()", "aggregator", "serve", "--config",
+             str(cfg), "--listen", address], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith(f"error: {address} is in use") and proc.stdout.count("\n") == 1, proc.stdout
 
 
 def test_a_taken_port_is_a_typed_error(tmp_path):
