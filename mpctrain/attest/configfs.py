@@ -174,7 +174,7 @@ class ConfigfsTsmAttester:
             raise CollectionError(
                 f"configfs-tsm is not available ({self.root} missing): run inside an SEV-SNP or TDX guest on "
                 "Linux 6.7+ with configfs mounted (mount -t configfs none /sys/kernel/config), or set "
-                'tee = "sim" for simulation', field="root", actual=self.root) from exc
+                'attester = "sim" in aggregator.toml for a simulation', field="root", actual=self.root) from exc
         except OSError as exc:
             raise CollectionError(f"cannot create a configfs-tsm report entry under {self.root}: "
                                   f"{exc.strerror or exc}; the agent needs write access (root or a tsm group)",

@@ -18,7 +18,7 @@ vmpl = 0                           # anything else is a backend-specific option
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,20 @@ from mpctrain.attest.roots import DEFAULT_ROOTS
 REPORT_ONLY = "report-only"
 MAX_CLOCK_SKEW_SECONDS = 86400  # more would quietly stretch every certificate and collateral validity window
 _COMMON_KEYS = {"roots", "measurements", "allow_debug", "min_tcb"}
+_TOP_KEYS = {"backends", "min_gpus", "clock_skew_seconds", "collateral_dir"}
+# The size of a measurement per backend, so a truncated or mistyped one fails when the policy loads, not as
+# an unexplained mismatch later: sim, SNP (MEASUREMENT) and TDX (MRTD) launch digests and the GPU's
+# digest over its measurement blocks are all SHA-384.
+MEASUREMENT_BYTES = {"sim": 48, "snp": 48, "tdx": 48, "nvidia-gpu": 48}
+# Each backend's own keys (module, name of its set of key names, its validator). Imported only when a table
+# sets such a key, so a party loads just the backends it uses; validated at load, so a typo or a wrong type
+# is a policy error naming the file, never a failed attestation.
+_BACKEND_OPTIONS = {
+    "sim": ("mpctrain.attest.sim", "KNOWN_OPTIONS", "check_options"),
+    "snp": ("mpctrain.attest.snp.verifier", "OPTIONS", "check_options"),
+    "tdx": ("mpctrain.attest.tdx.options", "KNOWN", "check_options"),
+    "nvidia-gpu": ("mpctrain.attest.nvidia.verifier", "KNOWN_OPTIONS", "check_options"),
+}
 
 
 class PolicyError(ValueError):
@@ -66,6 +80,11 @@ class Policy:
             )
         return found
 
+    def report_only(self, backends: Iterable[str]) -> list[str]:
+        """Those of ``backends`` whose measurement this policy only reports: a pass says "genuine hardware",
+        not "the expected code"."""
+        return sorted({b for b in backends if self.backend(b).measurements is None})
+
     @classmethod
     def default(cls) -> Policy:
         """Real vendors only, vendor roots pinned, debug forbidden, measurements reported, no simulation."""
@@ -85,7 +104,10 @@ class Policy:
             data = tomllib.loads(path.read_text())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise PolicyError(f"cannot read policy {path}: {exc}") from exc
-        return cls.from_dict(data, base_dir=path.parent)
+        try:
+            return cls.from_dict(data, base_dir=path.parent)
+        except PolicyError as exc:  # name the file: a party or operator may hold several policies
+            raise PolicyError(f"policy {path}: {exc}") from exc
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> Policy:
@@ -112,9 +134,10 @@ class Policy:
             if not isinstance(coll, str) or not coll or "\x00" in coll:
                 raise PolicyError(f"policy key collateral_dir must be a path string, got {coll!r}")
             coll_path = Path(coll) if base_dir is None else (base_dir / coll)
-        unknown = set(data) - set(VERIFIERS) - {"backends", "min_gpus", "clock_skew_seconds", "collateral_dir"}
+        unknown = set(data) - set(VERIFIERS) - _TOP_KEYS
         if unknown:
-            raise PolicyError(f"unknown policy keys: {sorted(unknown)}")
+            raise PolicyError(f"unknown policy keys: {sorted(unknown)}; known: {', '.join(sorted(_TOP_KEYS))} and "
+                              f"the backend tables {', '.join(f'[{k}]' for k in VERIFIERS)}")
         return cls(
             backends=backends,
             tables=tables,
@@ -124,10 +147,30 @@ class Policy:
         )
 
 
+def report_only_warning(backends: Sequence[str], where: str = "the policy file") -> str:
+    """The one warning for evidence that passed a report-only policy (``attest verify``, ``job approve``, ...)."""
+    return (f"the policy is report-only for {', '.join(backends)}: the measurement was NOT compared with an "
+            "allowlist, so this could be any code on genuine hardware; pin measurements in "
+            f"{where} before trusting it with data")
+
+
 def _int(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise PolicyError(f"policy key {name} must be a non-negative integer, got {value!r}")
     return value
+
+
+def _check_backend_options(kind: str, options: Mapping[str, Any]) -> None:
+    """Refuse unknown keys in ``[kind]`` listing every key it takes, then let the backend check its values."""
+    import importlib
+
+    module_name, names, check = _BACKEND_OPTIONS[kind]
+    module = importlib.import_module(module_name)
+    unknown = set(options) - set(getattr(module, names))
+    if unknown:
+        known = sorted(_COMMON_KEYS) + sorted(getattr(module, names))
+        raise PolicyError(f"unknown key(s) {sorted(unknown)} in [{kind}]; known: {', '.join(known)}")
+    getattr(module, check)(options)
 
 
 def _backend_policy(kind: str, table: Any, skew: int) -> BackendPolicy:
@@ -149,6 +192,11 @@ def _backend_policy(kind: str, table: Any, skew: int) -> BackendPolicy:
             measurements = tuple(bytes.fromhex(m) for m in meas)
         except (TypeError, ValueError) as exc:
             raise PolicyError(f"[{kind}].measurements must be hex strings: {exc}") from exc
+        size = MEASUREMENT_BYTES.get(kind)
+        for m, raw in zip(meas, measurements, strict=True):
+            if size is not None and len(raw) != size:
+                raise PolicyError(f"[{kind}].measurements entry {m!r} is {len(raw)} bytes; a {kind} measurement is "
+                                  f"{size} bytes ({2 * size} hex digits): copy it whole")
     else:
         raise PolicyError(f'[{kind}].measurements must be a list of hex strings or "{REPORT_ONLY}"')
     allow_debug = table.get("allow_debug", False)
@@ -159,6 +207,8 @@ def _backend_policy(kind: str, table: Any, skew: int) -> BackendPolicy:
         raise PolicyError(f"[{kind}].min_tcb must be a table of component = version")
     min_tcb = {str(k): _int(v, f"{kind}.min_tcb.{k}") for k, v in min_tcb.items()}
     options = {k: v for k, v in table.items() if k not in _COMMON_KEYS}
+    if options:
+        _check_backend_options(kind, options)
     return BackendPolicy(
         kind=kind,
         roots=roots,

@@ -1,8 +1,8 @@
 """Which attester the aggregator uses, from its config, and the composite evidence bundle it serves.
 
-``tee = "auto"`` means "the hardware this VM runs on": configfs-tsm with a known provider, else an
-error. It never falls back to simulation silently, because simulated evidence protects nothing; the
-operator must write ``tee = "sim"`` to get it.
+``attester = "auto"`` in aggregator.toml (``tee`` here) means "the hardware this VM runs on":
+configfs-tsm with a known provider, else an error. It never falls back to simulation silently, because
+simulated evidence protects nothing; the operator must write ``attester = "sim"`` to get it.
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def select_attester(
     required: what the simulated measurement covers), ``debug`` (bool), ``tcb`` (name → version).
     """
     if tee not in TEE_CHOICES:
-        raise SelectionError(f"unknown tee {tee!r}", field="tee", expected=list(TEE_CHOICES), actual=tee)
+        raise SelectionError(f"unknown attester {tee!r}", field="tee", expected=list(TEE_CHOICES), actual=tee)
     if tee == "sim":
-        log.warning('tee = "sim": simulated TEE evidence protects nothing; only policies pinning this '
+        log.warning('attester = "sim": simulated TEE evidence protects nothing; only policies pinning this '
                     "simulated root will accept it")
         return _sim_attester(sim or {})
     try:
@@ -55,12 +55,13 @@ def select_attester(
         if tee == "auto":
             raise SelectionError(
                 f"no usable confidential-computing attestation interface ({exc}). If this machine is not an "
-                'SEV-SNP or TDX guest and a simulation (no protection at all) is wanted, set tee = "sim" explicitly.',
+                "SEV-SNP or TDX guest and a simulation (no protection at all) is wanted, set attester = \"sim\" "
+                "explicitly in aggregator.toml.",
                 field="tee", expected="snp or tdx guest", actual="none") from exc
-        raise SelectionError(f"tee = {tee!r} but configfs-tsm is not usable: {exc}", field="tee",
+        raise SelectionError(f"attester = {tee!r} but configfs-tsm is not usable: {exc}", field="tee",
                              expected=tee, actual="none") from exc
     if tee != "auto" and attester.kind != tee:
-        raise SelectionError(f"tee = {tee!r} but this VM is a {attester.kind} guest; fix the config",
+        raise SelectionError(f"attester = {tee!r} but this VM is a {attester.kind} guest; fix the config",
                              field="tee", expected=tee, actual=attester.kind)
     return attester
 
@@ -112,7 +113,7 @@ def _sim_attester(settings: Mapping[str, Any]) -> Attester:
                              expected=sorted(SIM_KEYS), actual=sorted(unknown))
     root_dir = settings.get("root_dir")
     if root_dir is None:
-        raise SelectionError('tee = "sim" needs sim root_dir (create one: mpctrain attest sim-root --out DIR)',
+        raise SelectionError('attester = "sim" needs [sim] root_dir (create one: mpctrain attest sim-root --out DIR)',
                              field="sim.root_dir")
     digest = settings.get("config_digest")
     if isinstance(digest, str):

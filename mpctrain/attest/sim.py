@@ -47,7 +47,7 @@ from mpctrain.attest.errors import (
 )
 from mpctrain.attest.evidence import Evidence
 from mpctrain.attest.measure import MEASUREMENT_BYTES, sim_measurement
-from mpctrain.attest.policy import BackendPolicy
+from mpctrain.attest.policy import BackendPolicy, PolicyError
 
 KIND = "sim"
 ROOT_CN = "mpctrain Simulated TEE Root"
@@ -74,8 +74,27 @@ _TCB_NAME = re.compile(rb"[a-z0-9_-]{1,32}")
 KNOWN_OPTIONS = frozenset({"max_report_age_seconds"})
 
 
+def check_options(options: Mapping[str, object]) -> None:
+    """Validate the ``[sim]`` policy knobs (a ``PolicyError`` for an unknown key or a wrong value)."""
+    unknown = set(options) - KNOWN_OPTIONS
+    if unknown:
+        raise PolicyError(f"unknown [sim] policy options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS)}")
+    max_age = options.get("max_report_age_seconds")
+    if max_age is not None and (not isinstance(max_age, int) or isinstance(max_age, bool) or max_age < 0):
+        raise PolicyError(f"[sim].max_report_age_seconds must be a non-negative integer, got {max_age!r}")
+
+
 class SimRootError(ValueError):
     """The simulated root's files are missing, unreadable or of the wrong type."""
+
+
+class SimRootExists(SimRootError):
+    """A root is already there; replacing it makes every policy that pins it refuse this TEE's evidence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(f"{directory} already holds a simulated root, which policies may pin; replace it only on "
+                         "purpose (overwrite=True; the CLI: --force)")
 
 
 # --------------------------------------------------------------------------- root
@@ -142,7 +161,7 @@ class SimRoot:
         directory.mkdir(parents=True, exist_ok=True)
         pem_path, key_path = directory / ROOT_PEM, directory / ROOT_KEY
         if not overwrite and (pem_path.exists() or key_path.exists()):
-            raise SimRootError(f"{directory} already holds a simulated root; pass overwrite to replace it")
+            raise SimRootExists(directory)
         key_pem = self.key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -352,9 +371,7 @@ class SimVerifier:
     def verify(self, evidence: Evidence, *, policy: BackendPolicy, at: datetime, collateral: Collateral) -> Claims:
         if evidence.kind != KIND:
             raise Malformed("not simulated evidence", field="kind", expected=KIND, actual=evidence.kind)
-        unknown = set(policy.options) - KNOWN_OPTIONS
-        if unknown:
-            raise PolicyViolation(f"unknown [sim] policy options {sorted(unknown)}; known: {sorted(KNOWN_OPTIONS)}")
+        check_options(policy.options)  # a policy file is checked when it loads; this covers a hand-made one
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
         skew = timedelta(seconds=policy.clock_skew_seconds)

@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from mpctrain.cli.output import error, plain_console, warning
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
-from mpctrain.enclave.server import Aggregator, tls_credentials
+from mpctrain.enclave.server import Aggregator, ListenError, tls_credentials
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
@@ -22,6 +22,7 @@ def serve(
     config: Path = typer.Option(..., "--config", "-c", help="aggregator.toml"),
     listen: str | None = typer.Option(None, help="override `listen` (host:port; port 0 picks one)"),
     write_policy: Path | None = typer.Option(None, help="write the enclave policy parties should pin (sim only)"),
+    force: bool = typer.Option(False, "--force", help="let --write-policy replace a file that holds another policy"),
 ) -> None:
     """Generate enclave keys, attest with the configured TEE, and serve until interrupted.
 
@@ -29,13 +30,20 @@ def serve(
     consented to is served through that Flower SuperLink: it waits for its
     run (flwr run), checks the run's code and config, and runs the rounds.
     """
-    console = Console(highlight=False)
+    console = plain_console()
     try:
         cfg = AggregatorConfig.load(config)
         agg = Aggregator.from_config(cfg)
+        policy_text = _sim_policy(cfg, agg) if write_policy is not None else None
+        if policy_text is not None:
+            _check_replace(write_policy, policy_text, force)
         port = agg.start(listen or cfg.listen, tls_credentials(cfg))
+    except ListenError as exc:
+        console.print(error(f"{exc}; stop it or pass --listen HOST:PORT" if exc.in_use else
+                            f"{exc}; fix `listen` in {config} or pass --listen HOST:PORT"))
+        raise typer.Exit(1 if exc.in_use else 2) from exc
     except (ConfigError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(error(exc))
         raise typer.Exit(2) from exc
     host = (listen or cfg.listen).rsplit(":", 1)[0]
     console.print(f"aggregator serving on {host}:{port} (attester {cfg.attester}; "
@@ -48,13 +56,16 @@ def serve(
     measurement = getattr(attester, "measurement", None)
     if measurement is not None:
         console.print(f"measurement {measurement.hex()}")
-    if write_policy is not None and cfg.attester == "sim" and cfg.sim_root_dir is not None:
-        from mpctrain.attest.sim import ROOT_PEM, root_pin
-        from mpctrain.party.profile import policy_toml
-
-        pin = root_pin(cfg.sim_root_dir / ROOT_PEM)
-        policy = {"backends": ["sim"], "sim": {"roots": [pin], "measurements": [measurement.hex()]}}
-        write_policy.write_text("# written by `mpctrain aggregator serve --write-policy`\n" + policy_toml(policy))
+    if write_policy is not None and policy_text is None:
+        console.print(warning(f"--write-policy: attester {cfg.attester!r} is no simulation; nothing written (pin "
+                              "the measurements you reviewed in each party's policy)"))
+    elif write_policy is not None and policy_text is not None:
+        try:
+            write_policy.write_text(policy_text)
+        except OSError as exc:
+            agg.stop(grace=0)
+            console.print(error(f"cannot write {write_policy}: {exc}"))
+            raise typer.Exit(2) from exc
         console.print(f"enclave policy for parties written to {write_policy}")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -62,3 +73,30 @@ def serve(
     stop.wait()
     agg.stop(grace=2.0)
     console.print("aggregator stopped")
+
+
+def _sim_policy(cfg: AggregatorConfig, agg: Aggregator) -> str | None:
+    """The policy pinning this simulated enclave's root and measurement; None when the TEE is not simulated."""
+    if cfg.attester != "sim":
+        return None
+    from mpctrain.attest.sim import ROOT_PEM, root_pin
+    from mpctrain.enclave.server import DEFAULT_SIM_ROOT
+    from mpctrain.party.profile import policy_toml
+
+    pin = root_pin((cfg.sim_root_dir or DEFAULT_SIM_ROOT) / ROOT_PEM)
+    measurement = agg.identity.attester.measurement.hex()
+    policy = {"backends": ["sim"], "sim": {"roots": [pin], "measurements": [measurement]}}
+    return "# written by `mpctrain aggregator serve --write-policy`\n" + policy_toml(policy)
+
+
+def _check_replace(path: Path, text: str, force: bool) -> None:
+    """Refuse to replace a file holding other text: it may be the policy parties pin (rewriting it is fine)."""
+    try:
+        current = path.read_text()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--write-policy {path}: cannot read the file already there ({exc})") from exc
+    if current != text and not force:
+        raise ConfigError(f"--write-policy {path} exists and holds another policy (perhaps one parties pin, or "
+                          "another aggregator's); pass --force to replace it, or write to another file")

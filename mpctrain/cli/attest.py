@@ -21,16 +21,19 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from mpctrain.attest.claims import AttestationResult, Claims
 from mpctrain.attest.collateral import Collateral
 from mpctrain.attest.errors import AttestationError
 from mpctrain.attest.evidence import BuildInfo, EvidenceBundle
 from mpctrain.attest.files import load_bundle, load_evidence
-from mpctrain.attest.policy import Policy, PolicyError
-from mpctrain.attest.sim import SimRootError, create_sim_root, root_pin
+from mpctrain.attest.policy import Policy, PolicyError, report_only_warning
+from mpctrain.attest.sim import SimRootError, SimRootExists, create_sim_root, root_pin
 from mpctrain.attest.verify import verify, verify_evidence
+from mpctrain.cli.output import error, warning
 from mpctrain.seal.binding import NONCE_BYTES, evidence_binding
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,7 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _usage(message: str) -> typer.Exit:
-    _console(stderr=True).print(f"[red]error:[/red] {message}")
+    _console(stderr=True).print(error(message))
     return typer.Exit(EXIT_USAGE)
 
 
@@ -72,12 +75,16 @@ def sim_root(
     """Create a simulated vendor root CA and print the SHA-256 a policy pins to trust it."""
     try:
         pem = create_sim_root(out, overwrite=force)
+    except SimRootExists:
+        raise _usage(f"{out} already holds a simulated root, which policies may pin; pass --force to replace it "
+                     "(every policy pinning the old one then refuses this enclave)") from None
     except (SimRootError, OSError) as exc:
         raise _usage(str(exc)) from None
     pin = root_pin(pem)
     con = _console()
-    con.print(f"certificate  {pem}")
-    con.print(f"private key  {pem.with_name('sim-root.key')}  (mode 0600; whoever holds it can forge evidence)")
+    con.print(f"certificate  {pem}", markup=False)
+    con.print(f"private key  {pem.with_name('sim-root.key')}  (mode 0600; whoever holds it can forge evidence)",
+              markup=False)
     con.print(f"sha256       {pin}")
     con.print("\npolicy snippet:\n")
     con.print(f'backends = ["sim"]\n\n[sim]\nroots = ["{pin}"]\nmeasurements = ["<expected measurement hex>"]',
@@ -177,14 +184,12 @@ def verify_cmd(
 
 def _unpinned(policy: Policy, claims: list[Claims]) -> list[str]:
     """Backends whose measurement the policy only reported: "passed" must not read as "is the expected code"."""
-    return sorted({c.backend for c in claims if policy.backend(c.backend).measurements is None})
+    return policy.report_only(c.backend for c in claims)
 
 
 def _warn_unpinned(con: Console, unpinned: list[str]) -> None:
     if unpinned:
-        con.print(f"[yellow]warning:[/yellow] the policy is report-only for {', '.join(unpinned)}: the measurement "
-                  "was NOT compared with an allowlist, so this could be any code on genuine hardware; pin "
-                  "measurements in a policy file (--policy) before trusting it with data")
+        con.print(warning(report_only_warning(unpinned, "a policy file (--policy)")))
 
 
 def _print_failure(check: str, message: str, field: str | None, json_out: bool) -> None:
@@ -197,20 +202,27 @@ def _print_failure(check: str, message: str, field: str | None, json_out: bool) 
 
 
 def claims_table(claims: Claims, title: str) -> Table:
-    """A two-column table of verified claims, for the CLI and the demo."""
+    """A two-column table of verified claims, for the CLI and the demo.
+
+    Cells are ``Text``: certificate subjects and details come from the evidence and print verbatim.
+    """
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("claim", style="bold")
     table.add_column("value", overflow="fold")
-    table.add_row("backend", claims.backend)
-    table.add_row("product", claims.product or "-")
-    table.add_row("measurement", claims.measurement.hex())
-    table.add_row("report_data", claims.report_data.hex())
-    table.add_row("debug", str(claims.debug).lower())
-    table.add_row("tcb", ", ".join(f"{k}={v}" for k, v in sorted(claims.tcb.items())) or "-")
+
+    def row(claim: str, value: str) -> None:
+        table.add_row(Text(claim), Text(value))
+
+    row("backend", claims.backend)
+    row("product", claims.product or "-")
+    row("measurement", claims.measurement.hex())
+    row("report_data", claims.report_data.hex())
+    row("debug", str(claims.debug).lower())
+    row("tcb", ", ".join(f"{k}={v}" for k, v in sorted(claims.tcb.items())) or "-")
     for i, cert in enumerate(claims.chain):
-        table.add_row(f"chain[{i}]", f"{cert.subject}  (sha256 {cert.sha256[:16]}…, until {cert.not_after:%Y-%m-%d})")
+        row(f"chain[{i}]", f"{cert.subject}  (sha256 {cert.sha256[:16]}…, until {cert.not_after:%Y-%m-%d})")
     for key, value in sorted(claims.details.items()):
-        table.add_row(key, json.dumps(value, sort_keys=True) if not isinstance(value, str) else value)
+        row(key, json.dumps(value, sort_keys=True) if not isinstance(value, str) else value)
     return table
 
 
@@ -239,9 +251,9 @@ def _print_bundle_result(result: AttestationResult, unpinned: list[str], json_ou
     keys = Table(title="attested enclave keys and build", show_header=False, title_justify="left")
     keys.add_column("field", style="bold")
     keys.add_column("value", overflow="fold")
-    keys.add_row("kem", f"{result.kem_alg} {result.kem_public.hex()}")
+    keys.add_row("kem", Text(f"{result.kem_alg} {result.kem_public.hex()}"))
     keys.add_row("sig", result.sig_public.hex())
-    keys.add_row("build", f"{result.build.version} {result.build.build_digest.hex()}")
+    keys.add_row("build", Text(f"{result.build.version} {result.build.build_digest.hex()}"))
     keys.add_row("evidence digest", result.evidence_digest.hex())
     con.print(keys)
     _warn_unpinned(con, unpinned)
@@ -296,7 +308,7 @@ def attest_demo() -> None:
     try:
         _run_demo(con)
     except (DemoFailed, AttestationError, SealError) as exc:
-        con.print(f"[bold red]demo failed[/bold red] ({type(exc).__name__}): {exc}", markup=True)
+        con.print(f"[bold red]demo failed[/bold red] ({type(exc).__name__}): {escape(str(exc))}")
         raise typer.Exit(EXIT_FAILED) from None
 
 

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from mpctrain.attest.errors import AttestationError
 from mpctrain.attest.fetch import Endpoints, HttpClient, InsecureUrl, fetch_collateral
@@ -21,6 +20,7 @@ from mpctrain.attest.fetch.nvidia import OCSP_URL, RIM_URL
 from mpctrain.attest.files import load_evidence
 from mpctrain.attest.snp.report import PRODUCTS
 from mpctrain.cli.attest import app
+from mpctrain.cli.output import error, labelled, plain_console
 
 log = logging.getLogger(__name__)
 
@@ -45,36 +45,36 @@ def fetch_collateral_cmd(
     timeout: float = typer.Option(30.0, "--timeout", min=1.0, help="seconds per request"),
 ) -> None:
     """Fetch VCEKs, cert chains, CRLs, TCB info, QE identity and RIMs for the given evidence files."""
-    con = Console(highlight=False, soft_wrap=True)
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    con = plain_console(soft_wrap=True)
+    err = plain_console(stderr=True, soft_wrap=True)
     if not (snp_report or tdx_quote or gpu_report):
-        err.print("[red]error:[/red] give at least one --snp-report, --tdx-quote or --gpu-report")
+        err.print(error("give at least one --snp-report, --tdx-quote or --gpu-report"))
         raise typer.Exit(EXIT_USAGE)
     if snp_product is not None and snp_product not in PRODUCTS:
-        err.print(f"[red]error:[/red] --snp-product must be one of {', '.join(PRODUCTS)}")
+        err.print(error(f"--snp-product must be one of {', '.join(PRODUCTS)}"))
         raise typer.Exit(EXIT_USAGE)
     try:
         snp = [load_evidence("snp", p).data for p in snp_report]
         tdx = [load_evidence("tdx", p).data for p in tdx_quote]
         gpus = [load_evidence("nvidia-gpu", p) for p in gpu_report]
     except AttestationError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(error(exc))
         raise typer.Exit(EXIT_USAGE) from None
     endpoints = Endpoints(amd_kds=amd_kds, intel_pcs=intel_pcs, nvidia_rim=nvidia_rim,
                           nvidia_ocsp=nvidia_ocsp or None)
     try:
         endpoints.check()
     except InsecureUrl as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(error(exc))
         raise typer.Exit(EXIT_USAGE) from None
     try:
         client = HttpClient(timeout=timeout, retries=retries, rate=rate or None)
         result = fetch_collateral(out, snp_reports=snp, tdx_quotes=tdx, gpu_evidence=gpus, endpoints=endpoints,
                                   client=client, snp_product=snp_product)
     except AttestationError as exc:
-        err.print(f"[red]FAILED[/red] {exc.check}: {exc}")
+        err.print(labelled("FAILED", "red", f"{exc.check}: {exc}"))
         raise typer.Exit(EXIT_FAILED) from None
     for name in result.written:
         con.print(f"  {name}")
-    con.print(f"[green]OK[/green] {len(result.written)} files in {out} (manifest: {result.manifest}); verify with "
-              f"`mpctrain attest verify --collateral {out} ...`")
+    con.print(labelled("OK", "green", f"{len(result.written)} files in {out} (manifest: {result.manifest}); verify "
+                                     f"with `mpctrain attest verify --collateral {out} ...`"))

@@ -7,6 +7,7 @@ Exit codes of ``verify``: 0 the log verifies; 1 a record fails (line, seq and ch
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -140,6 +141,18 @@ def verify_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
+_TARGET = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})")
+
+
+def check_target(target: str) -> None:
+    """An aggregator address is HOST:PORT; anything else (often a job id) would fail later as a DNS error."""
+    m = _TARGET.fullmatch(target)
+    if m is None or not 0 < int(m.group(2)) < 65536:
+        hint = " (a job id goes in --job)" if ":" not in target else ""
+        raise _usage(f"HOST:PORT must be the aggregator's address, such as 127.0.0.1:50051 (a party profile's "
+                     f"aggregator); got {target!r}{hint}")
+
+
 IDENTITY_FILES = ("identity.key", "identity.pem")  # what party profiles and `mpctrain keys generate` write
 
 
@@ -169,7 +182,9 @@ def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, Ide
 
 @app.command("fetch")
 def fetch_cmd(
-    target: str = typer.Argument(..., help="aggregator address host:port"),
+    target: str = typer.Argument(..., metavar="HOST:PORT",
+                                 help="the aggregator's gRPC address, e.g. 127.0.0.1:50051 (a party profile's "
+                                      "aggregator value); not a job id: that goes in --job"),
     out: Path = typer.Option(..., "--out", help="file to write the log to (verify it with `audit verify`)"),
     party: str = typer.Option(..., "--as", help="party id signing the request (profile parties/ID/party.toml) "
                                                 "or a path to a party.toml"),
@@ -181,15 +196,21 @@ def fetch_cmd(
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="PEM roots for the aggregator's transport TLS "
                                                               "(default: the party profile's tls_ca; none: plaintext)"),
 ) -> None:
-    """Copy the aggregator's audit log (or one job's view) to a file, byte for byte.
+    """Copy the audit log of the aggregator at HOST:PORT (or one job's view) to a file, byte for byte.
 
-    The request is signed: a job's view needs a party of that job; the whole log a party the aggregator
-    knows from one of its jobs, or one of its auditors.
+    HOST:PORT is the aggregator's gRPC address, as in a party profile
+    (e.g. 127.0.0.1:50051); a job id goes in --job.
+
+    The request is signed with the --as party's identity key. One job's
+    view (--job) is for the parties of that job. The whole log is for a
+    party named by any job on that aggregator, or for one of its auditors
+    (the auditors table of its aggregator.toml).
     """
     from mpctrain.party.audit_check import AuditCheckFailed, fetch_audit_log
     from mpctrain.party.config import PartyConfigError
     from mpctrain.party.profile import open_channel, tls_credentials
 
+    check_target(target)
     party_id, identity, profile_ca = load_signer(party, profiles, keys)
     try:
         credentials = tls_credentials(tls_ca or profile_ca, party_id)

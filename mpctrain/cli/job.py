@@ -10,11 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mpctrain.attest import PolicyError
+from mpctrain.attest.policy import report_only_warning
+from mpctrain.cli.output import error, labelled, plain_console, warning
+from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
-from mpctrain.party.errors import PartyError
-from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
+from mpctrain.party.errors import PartyError, Unauthenticated
+from mpctrain.party.profile import DEFAULT_PROFILES, POLICY_FILE, agent_from_config, profile_path, report_only
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
 
@@ -32,7 +35,7 @@ KEYS = typer.Option(None, "--keys", help="directory with this party's identity a
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    return plain_console()
 
 
 def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None,
@@ -46,12 +49,17 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
             config = dataclasses.replace(config, keys_dir=keys)
         return agent_from_config(config, aggregator, policy)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        _console().print(f"[red]error:[/red] {exc}")
+        _console().print(error(exc))
         raise typer.Exit(2) from exc
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {exc}")
+    message = str(exc)
+    if isinstance(exc, Unauthenticated) and UNKNOWN_PARTY in message:
+        # the aggregator knows party ids only from manifests, and says no more (it hides which jobs exist)
+        message += (" (no job on this aggregator names this party yet, or the job id is wrong; the key is not "
+                    "what failed)")
+    _console().print(error(message))
     return typer.Exit(1)
 
 
@@ -95,13 +103,16 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
     console = _console()
     try:
         agent.attest()
+        unpinned = report_only(agent)
+        if unpinned:  # as `attest verify`: consent to "genuine hardware" must not read as "the expected code"
+            console.print(warning(report_only_warning(unpinned, POLICY_FILE)))
         manifest = agent.manifest(job_id)
         problems = agent.review(manifest)
         unchecked = recipients_unchecked(agent.rules)
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
             problems.append(f"{unchecked} (this job's: {', '.join(manifest.recipients)})")
         for p in problems:
-            console.print(f"[yellow]note:[/yellow] {p}")
+            console.print(labelled("note:", "yellow", p))
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
         if problems and not force:
@@ -166,16 +177,25 @@ def fetch(job_id: str, party: str = AS, out: Path = typer.Option(..., "--out", h
     agent.outputs_dir = out
     try:
         agent.attest()
+        st = agent.client.get_job(job_id)
+        if st.state == "failed":  # said plainly: a failed job never gets outputs or a receipt
+            raise PartyError(f"job {job_id} failed: {st.error or 'no reason recorded'}; it has no outputs")
+        if st.state != "done":
+            raise PartyError(f"job {job_id} is {st.state}: its outputs exist once it is done (follow it with "
+                             f"`mpctrain job status {job_id} --as {party}`)")
         opened = agent.fetch(agent.manifest(job_id))
     except PartyError as exc:
         raise _fail(exc) from exc
+    console = _console()
     for name, data in opened.items():
-        _console().print(f"{name}: {len(data):,} bytes -> {out / job_id}")
+        console.print(f"{name}: {len(data):,} bytes -> {out / job_id}")
+    console.print(f"{agent.party_id}: outputs opened and receipt verified (signed by the attested enclave over "
+                  f"this job and these outputs) -> {out / job_id}")
 
 
 @app.command("app-digest")
 def app_digest(app_dir: Path = typer.Argument(..., help="a Flower app directory (its .py files)")) -> None:
-    """Print the code digest of a Flower app, for [training.flower] code_digest.
+    """Print the code digest of a Flower app, for code_digest in the job's training.flower table.
 
     It is SHA-384 over the directory's .py files, the same hash every bank
     and the enclave compute before any of that code runs.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from mpctrain.attest import PolicyError
+from mpctrain.cli.output import error, labelled, plain_console
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import AttestationRefused, ManifestRejected, PartyError
 from mpctrain.party.profile import agent_from_config, run_party
@@ -29,15 +29,15 @@ def run(
     policy: Path | None = typer.Option(None, help="override the profile's attestation policy file"),
 ) -> None:
     """Attest the aggregator, approve by local rules, upload, wait for training, open the outputs."""
-    console = Console(highlight=False)
+    console = plain_console()
     try:
         cfg = PartyConfig.load(config)
         agent = agent_from_config(cfg, aggregator, policy)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(error(exc))
         raise typer.Exit(2) from exc
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console,
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), console=console,
                       transient=True) as progress:
             task = progress.add_task(f"{cfg.id} → enclave", total=1, visible=False)
 
@@ -46,13 +46,13 @@ def run(
 
             run_party(agent, job, timeout=timeout, say=console.print, progress=bar)
     except AttestationRefused as exc:
-        console.print(f"[red]refused:[/red] {exc}\nnothing was sent to the aggregator")
+        console.print(labelled("refused:", "red", f"{exc}\nnothing was sent to the aggregator"))
         raise typer.Exit(1) from exc
     except ManifestRejected as exc:
-        console.print(f"[yellow]not approved:[/yellow] {exc}")
+        console.print(labelled("not approved:", "yellow", exc))
         raise typer.Exit(1) from exc
     except (PartyError, DataError, SealError) as exc:  # one line: never a traceback of keys or rows
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(error(exc))
         raise typer.Exit(1) from exc
     finally:
         agent.client.close()
@@ -76,7 +76,7 @@ def fl_audit(
     from mpctrain.party.flower.sent import read_sent
     from mpctrain.party.profile import aggregator_channel
 
-    console = Console(highlight=False)
+    console = plain_console()
     try:
         rt = load_profile(profile, job_id=job)
         if policy is not None:
@@ -89,17 +89,17 @@ def fl_audit(
                                   evidence=[enclave.evidence_digest])
         report = check_federated_audit(view, runtime=rt, enclave=enclave, sent=sent)
     except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(error(exc))
         raise typer.Exit(2) from exc
     except AuditCheckFailed as exc:
-        console.print(f"[red]audit check failed:[/red] {exc}")
+        console.print(labelled("audit check failed:", "red", exc))
         raise typer.Exit(1) from exc
     s = report.summary
     console.print(f"job {s.job_id}: {s.rounds} round(s); {len(report.accepted)} update(s) of {rt.party_id} on record, "
                   f"all sent by it; outputs to {sorted(s.outputs)}")
     for u in report.not_accepted:
-        console.print(f"[yellow]not on record:[/yellow] {u.object_id} (run {u.run_id}): sent, but the round went "
-                      "on without it")
+        console.print(labelled("not on record:", "yellow", f"{u.object_id} (run {u.run_id}): sent, but the round "
+                                                            "went on without it"))
 
 
 @app.command("flower-exec")
@@ -122,14 +122,14 @@ def flower_exec(
     from mpctrain.attest import Policy
     from mpctrain.party.flower.executor import ApprovedJobs, serve_tasks
 
-    console = Console(highlight=False)
+    console = plain_console()
     try:
         cfg = PartyConfig.load(profile / "party.toml")
         cfg.load_keys(create=False)  # a bank's keys exist before it approves anything
         jobs = ApprovedJobs(profile, Policy.load(policy) if policy is not None else None)
         roots = root_certificates.read_bytes() if root_certificates is not None else None
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(error(exc))
         raise typer.Exit(2) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -105,7 +105,10 @@ class AggregatorConfig:
             doc = tomllib.loads(raw.decode())
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read aggregator config {path}: {exc}") from exc
-        return cls.from_dict(doc, base_dir=path.parent, raw=raw)
+        try:
+            return cls.from_dict(doc, base_dir=path.parent, raw=raw)
+        except ConfigError as exc:  # name the file the mistake is in
+            raise ConfigError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base_dir: Path = Path("."), raw: bytes = b"") -> AggregatorConfig:

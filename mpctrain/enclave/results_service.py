@@ -31,6 +31,13 @@ def receipt_from_proto(p: results_pb2.Receipt) -> Receipt:
                    outputs=tuple((o.name, bytes(o.sha256)) for o in p.outputs), evidence=bytes(p.evidence))
 
 
+def _not_done(job: Job) -> str:
+    """Why a job has no outputs or receipt: a failed job's public error (never "yet": none will come)."""
+    if job.state == JobState.FAILED:
+        return f"job {job.job_id} failed: {job.error or 'no reason recorded'}; it has no outputs"
+    return f"job {job.job_id} is {job.state}, not done: no outputs and no receipt yet"
+
+
 class ResultsService(results_pb2_grpc.ResultsServicer):
     def __init__(self, store: JobStore, auth: RequestAuthenticator, events: EventSink,
                  limits: Limits | None = None) -> None:
@@ -48,7 +55,7 @@ class ResultsService(results_pb2_grpc.ResultsServicer):
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
                                f"{caller.party_id!r} is not a recipient of job {job.job_id}'s outputs")
             if job.state != JobState.DONE:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, f"job {job.job_id} is {job.state}, not done")
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, _not_done(job))
             obj = job.outputs.get((request.recipient, request.name))
             if obj is None:
                 raise Rejected(grpc.StatusCode.NOT_FOUND, f"job {job.job_id} has no output {request.name!r}")
@@ -76,6 +83,5 @@ class ResultsService(results_pb2_grpc.ResultsServicer):
             caller = authenticate(self.auth, self.store, context, RECEIPT, request)
             job = readable_job(self.store, request.job_id, caller)
             if job.receipt is None:
-                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"job {job.job_id} has no receipt yet ({job.state})")
+                raise Rejected(grpc.StatusCode.FAILED_PRECONDITION, _not_done(job))
             return receipt_to_proto(job.receipt)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections.abc import Mapping, Sequence
 from concurrent import futures
 from pathlib import Path
@@ -69,12 +71,15 @@ def tls_credentials(config: AggregatorConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(key, chain)])
 
 
+DEFAULT_SIM_ROOT = Path(".mpctrain/sim-root")  # the simulated root when [sim] names no root_dir
+
+
 def make_attester(config: AggregatorConfig) -> Attester:
     """The configured TEE backend's attester; the simulated root is created on first use."""
     if config.attester == "sim":
         from mpctrain.attest.sim import ROOT_PEM, SimAttester, create_sim_root
 
-        root_dir = config.sim_root_dir or Path(".mpctrain/sim-root")
+        root_dir = config.sim_root_dir or DEFAULT_SIM_ROOT
         if not (root_dir / ROOT_PEM).exists():
             create_sim_root(root_dir)
         return SimAttester(root_dir, config_digest=config.config_digest)
@@ -98,6 +103,37 @@ def make_gpu_attesters(config: AggregatorConfig) -> list[GpuAttester]:
         log.warning("no GPU evidence: %s", type(exc).__name__)
         return []
     return [gpu] if gpu is not None else []
+
+
+class ListenError(OSError):
+    """The server cannot bind its address; ``in_use`` when another process (often an aggregator) holds it."""
+
+    def __init__(self, address: str, *, in_use: bool) -> None:
+        self.address, self.in_use = address, in_use
+        super().__init__(f"{address} is in use (another aggregator?)" if in_use else
+                         f"cannot listen on {address}: check the host is an address of this machine and the port "
+                         "a number")
+
+
+def port_in_use(address: str) -> bool:
+    """Whether binding ``host:port`` fails because the port is taken (gRPC's own error does not say why)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return False
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError):
+        return False
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a TIME_WAIT port is free
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 UNARY_WORKERS = 16  # worker threads left for unary calls when every stream slot is taken
@@ -173,13 +209,18 @@ class Aggregator:
 
     def start(self, address: str = "127.0.0.1:0", credentials: grpc.ServerCredentials | None = None) -> int:
         """Bind and serve; with ``credentials`` the port speaks TLS (see ``tls_credentials``)."""
+        if port_in_use(address):  # said before gRPC tries: its C core would log its own error line first
+            raise ListenError(address, in_use=True)
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="enclave"),
                              options=self.server_options(), interceptors=self.interceptors)
         self.add_services(server)
-        port = (server.add_secure_port(address, credentials) if credentials is not None
-                else server.add_insecure_port(address))
+        try:
+            port = (server.add_secure_port(address, credentials) if credentials is not None
+                    else server.add_insecure_port(address))
+        except RuntimeError as exc:  # grpcio raises a bare RuntimeError("Failed to bind to address ...")
+            raise ListenError(address, in_use=port_in_use(address)) from exc
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise ListenError(address, in_use=port_in_use(address))
         server.start()
         self.server, self.port = server, port
         for name in ("", *SERVICE_NAMES):

@@ -198,7 +198,10 @@ class JobManifest:
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ManifestError(f"cannot read job file {path}: {exc}") from exc
-        return cls.from_authoring(doc, base_dir=path.parent)
+        try:
+            return cls.from_authoring(doc, base_dir=path.parent)
+        except ManifestError as exc:  # name the file the mistake is in
+            raise ManifestError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_authoring(cls, doc: Mapping[str, Any], base_dir: Path = Path(".")) -> JobManifest:

@@ -51,7 +51,10 @@ class PartyConfig:
             doc = tomllib.loads(path.read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise PartyConfigError(f"cannot read party config {path}: {exc}") from exc
-        return cls.from_dict(doc, path.parent)
+        try:
+            return cls.from_dict(doc, path.parent)
+        except PartyConfigError as exc:  # name the file: a machine often holds several parties' profiles
+            raise PartyConfigError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], base: Path) -> PartyConfig:

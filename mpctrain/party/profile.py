@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from mpctrain.attest import Policy, PolicyError
+from mpctrain.attest.policy import report_only_warning
 from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest
 from mpctrain.party.agent import PartyAgent
@@ -90,6 +91,16 @@ def _listed(agent: PartyAgent) -> list[Any]:
         return []
 
 
+POLICY_FILE = "this party's policy.toml (or the --policy file)"
+
+
+def report_only(agent: PartyAgent) -> list[str]:
+    """The attested backends whose measurement the party's policy only reported (none before attesting)."""
+    if agent.enclave is None:
+        return []
+    return agent.policy.report_only(c.backend for c in (agent.enclave.cpu, *agent.enclave.gpus))
+
+
 def manual_approval(rules: PartyRules) -> str | None:
     """Why this party's jobs need a person to approve them, or None when its rules may approve alone.
 
@@ -107,6 +118,9 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
     result = agent.attest()  # AttestationRefused propagates: nothing else is sent
     say(f"{agent.party_id}: aggregator attested ({result.cpu.backend}, measurement "
         f"{result.cpu.measurement.hex()[:16]}…, debug={result.cpu.debug})")
+    unpinned = report_only(agent)
+    if unpinned:
+        say(f"{agent.party_id}: warning: {report_only_warning(unpinned, POLICY_FILE)}")
     manifest = find_job(agent, job_id, timeout)
     problems = agent.review(manifest)
     status = agent.client.get_job(manifest.job_id)

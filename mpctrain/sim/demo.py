@@ -15,6 +15,7 @@ import tomllib
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -154,7 +155,8 @@ def _run(workdir: Path, console: Console, epochs: int | None) -> dict:
         for line in shown:
             console.print(f"  {line}")
         if state != "done":
-            console.print(f"[red]job ended {state}: {agents['hospital-a'].client.get_job(JOB_ID).error}")
+            reason = agents["hospital-a"].client.get_job(JOB_ID).error  # the server's text: never markup
+            console.print(f"[red]job ended {state}: {escape(reason)}")
             summary["state"] = state
             return summary
 
@@ -167,7 +169,7 @@ def _run(workdir: Path, console: Console, epochs: int | None) -> dict:
             out = agents[pid].fetch(manifest)
             opened[pid] = out
             where.add_row(pid, f"{len(out['model']):,} B", f"{len(out['metrics']):,} B",
-                          str(agents[pid].outputs_dir / JOB_ID))
+                          escape(str(agents[pid].outputs_dir / JOB_ID)))
         console.print(where)
         pooled = json.loads(next(iter(opened.values()))["metrics"])["validation"]
 
@@ -185,5 +187,6 @@ def _run(workdir: Path, console: Console, epochs: int | None) -> dict:
         summary.update(state=state, pooled=pooled, alone={p: alone[p] for p in HOSPITALS},
                        outputs={p: str(agents[p].outputs_dir / JOB_ID) for p in manifest.recipients},
                        events=events.kinds())
-    console.print(f"done in {time.monotonic() - t0:.1f}s; keys, simulated root and outputs under {workdir}")
+    console.print(f"done in {time.monotonic() - t0:.1f}s; keys, simulated root and outputs under "
+                  f"{escape(str(workdir))}")
     return summary

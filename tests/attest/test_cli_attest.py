@@ -77,7 +77,8 @@ def test_sim_root_prints_the_pin(tmp_path) -> None:
     assert stat.S_IMODE((tmp_path / "r" / "sim-root.key").stat().st_mode) == 0o600
     again = run("sim-root", "--out", str(tmp_path / "r"))
     assert again.exit_code == 2
-    assert "already holds" in again.output
+    assert "already holds" in again.output and "--force" in again.output and "overwrite" not in again.output
+    assert root_pin(tmp_path / "r" / "sim-root.pem") == pin
     assert run("sim-root", "--out", str(tmp_path / "r"), "--force").exit_code == 0
     assert root_pin(tmp_path / "r" / "sim-root.pem") != pin
 
@@ -446,3 +447,30 @@ def test_pinned_measurement_success_has_no_report_only_warning(env) -> None:
     assert "report-only" not in result.output
     result = sim_verify(env, "--expect-report-data", env["report_data"].hex(), "--json")
     assert json.loads(result.stdout)["measurement_unchecked"] == []
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _readme_commands(prefix: str) -> list[list[str]]:
+    """The README's sh command lines starting with ``prefix``, continuation lines joined, split as sh would."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith(prefix):
+                commands.append(shlex.split(line, comments=True))
+    return commands
+
+
+def test_the_readme_attest_verify_command_runs_as_written(vectors, monkeypatch) -> None:
+    commands = _readme_commands("mpctrain attest verify ")
+    assert commands, "README has no `mpctrain attest verify` example"
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # its paths are relative to the checkout
+    for argv in commands:
+        result = runner.invoke(app, argv[1:])
+        assert result.exit_code == 0, (argv, result.output)
+        assert "every check passed" in result.output

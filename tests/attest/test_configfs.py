@@ -290,7 +290,7 @@ def test_unknown_provider(snp_report, provider) -> None:
 
 
 def test_missing_configfs_is_actionable() -> None:
-    with pytest.raises(CollectionError, match='tee = "sim"'):
+    with pytest.raises(CollectionError, match=r'attester = "sim" in aggregator\.toml'):
         ConfigfsTsmAttester(ROOT, fs=FakeKernel("sev_guest", b"", present=False))
 
 

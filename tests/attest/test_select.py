@@ -301,7 +301,7 @@ def test_select_configfs_wrong_kind(vectors) -> None:
 
 
 def test_auto_never_falls_back_to_simulation(tmp_path) -> None:
-    with pytest.raises(SelectionError, match='set tee = "sim" explicitly') as err:
+    with pytest.raises(SelectionError, match=r'set attester = "sim" explicitly in aggregator\.toml') as err:
         select_attester("auto", configfs_root=tmp_path / "missing")
     assert err.value.check == "attester-selection"
     with pytest.raises(SelectionError, match="not usable"):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from mpctrain.attest import (
     AttestationError,
     BackendNotAllowed,
+    BackendPolicy,
     BadSignature,
     BindingMismatch,
     BuildInfo,
@@ -31,6 +32,7 @@ from mpctrain.attest import (
     Malformed,
     MeasurementNotAllowed,
     Policy,
+    PolicyError,
     PolicyViolation,
     TcbTooLow,
     UntrustedRoot,
@@ -38,6 +40,7 @@ from mpctrain.attest import (
     verify_evidence,
 )
 from mpctrain.attest.backend import get_verifier
+from mpctrain.attest.collateral import Collateral
 from mpctrain.attest.measure import code_digest, default_package_dir, sim_measurement
 from mpctrain.attest.sim import (
     AK_CN,
@@ -400,13 +403,17 @@ def test_max_report_age(root, attester, vector_time) -> None:
     assert verify_evidence(ev, None, policy, vector_time + timedelta(seconds=60)).backend == "sim"
     with pytest.raises(PolicyViolation, match="older"):
         verify_evidence(ev, None, policy, vector_time + timedelta(hours=1))
-    with pytest.raises(PolicyViolation, match="non-negative"):
-        verify_evidence(ev, None, sim_policy(root, max_report_age_seconds="soon"), vector_time)
+    with pytest.raises(PolicyError, match="non-negative"):  # when the policy loads
+        sim_policy(root, max_report_age_seconds="soon")
 
 
 def test_unknown_sim_policy_option_is_refused(root, attester, vector_time) -> None:
-    with pytest.raises(PolicyViolation, match="unknown"):
-        verify_evidence(attester.attest(b"\x00" * 64), None, sim_policy(root, max_age=5), vector_time)
+    with pytest.raises(PolicyError, match=r"unknown key\(s\) \['max_age'\] in \[sim\]; known: .*max_report_age"):
+        sim_policy(root, max_age=5)
+    hand_made = BackendPolicy(kind="sim", roots=(root.sha256,), options={"max_age": 5})
+    with pytest.raises(PolicyError, match="unknown"):
+        SimVerifier().verify(attester.attest(b"\x00" * 64), policy=hand_made, at=vector_time,
+                             collateral=Collateral())
 
 
 # --------------------------------------------------------------------------- malformed evidence

@@ -125,6 +125,25 @@ def test_fetch_is_signed_and_refused_to_strangers(sim, tmp_path):
         agg.stop(grace=0)
 
 
+@pytest.mark.parametrize("target", ["hospitals-pooled", "127.0.0.1", "127.0.0.1:99999", "host:port", "a b:1"])
+def test_fetch_wants_an_address_not_a_job_id(tmp_path, target):
+    _keys(tmp_path / "auditor")
+    res = invoke("fetch", target, "--out", str(tmp_path / "out.jsonl"), "--as", "auditor", "--keys",
+                 str(tmp_path / "auditor"))
+    assert res.exit_code == 2, res.output
+    text = " ".join(res.output.split())
+    assert "HOST:PORT must be the aggregator's address, such as 127.0.0.1:50051" in text and repr(target) in text
+    assert ("a job id goes in --job" in text) == (":" not in target)
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_fetch_help_says_what_the_target_is():
+    res = invoke("fetch", "--help")
+    assert res.exit_code == 0
+    text = " ".join(res.output.split())
+    assert "HOST:PORT" in text and "aggregator's gRPC address" in text and "127.0.0.1:50051" in text
+
+
 def test_head_pin_from_an_earlier_verify(files):
     log, policy = files
     res = invoke("verify", str(log), "--policy", str(policy), "--json")

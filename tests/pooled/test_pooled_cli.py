@@ -89,6 +89,30 @@ def test_cli_job_lifecycle(live, tmp_path):
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "cli-job" / "model.safetensors").is_file() and (out / "cli-job" / "metrics.json").is_file()
+    assert "receipt verified" in res.output
+
+
+def test_cli_fetch_of_a_failed_job_gives_its_error(live, tmp_path):
+    import numpy as np
+
+    from mpctrain.party.uploader import ShardUpload
+    from mpctrain.train.data import table_to_bytes
+
+    c, profiles, _ = live
+    m = c.manifest("cli-failed", parties=["hospital-a"], quorum=1)
+    a = c.agent("hospital-a")
+    a.client.propose(m)
+    a.attest()
+    a.approve(m)
+    shard = table_to_bytes(np.zeros((4, 3), dtype=np.float32), np.zeros(4, dtype=np.int64))  # wrong columns
+    assert ShardUpload(a.client, m.job_id, a.enclave, a.identity, "hospital-a", shard).send().complete
+    assert a.wait(m.job_id, ("done",), timeout=60) == "failed"
+    res = CliRunner().invoke(app, ["job", "fetch", "cli-failed", "--as", "hospital-a", "--profiles", str(profiles),
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "error: job cli-failed failed: TensorFormatError: a shard does not match" in text, text
+    assert text.endswith("; it has no outputs") and "FAILED_PRECONDITION" not in text
 
 
 def test_cli_party_refuses_unattested_aggregator(live):
@@ -104,6 +128,40 @@ def test_cli_party_refuses_unattested_aggregator(live):
     res = runner.invoke(app, ["job", "propose", str(profiles / "missing.toml"), "--as", "hospital-b",
                               "--profiles", str(profiles)])
     assert res.exit_code == 1 and "cannot read job file" in res.output
+
+
+def test_approve_and_run_warn_when_the_policy_only_reports_the_measurement(live, tmp_path):
+    from mpctrain.party.errors import PartyError
+
+    c, profiles, _ = live
+    report_only = c.enclave_policy()
+    report_only["sim"]["measurements"] = "report-only"
+    policy = tmp_path / "report-only.toml"
+    policy.write_text(policy_toml(report_only))
+    c.agent("hospital-b").client.propose(c.manifest("cli-unpinned", parties=["hospital-b"]))
+    res = CliRunner().invoke(app, ["job", "approve", "cli-unpinned", "--as", "hospital-b", "--profiles",
+                                   str(profiles), "--policy", str(policy)])
+    text = " ".join(res.output.split())
+    assert "warning: the policy is report-only for sim: the measurement was NOT compared" in text, text
+    said: list[str] = []
+    agent = agent_from_config(PartyConfig.load(profiles / "hospital-c" / "party.toml"), policy_file=policy)
+    with pytest.raises(PartyError, match="no job nope"):
+        run_party(agent, "nope", timeout=0, say=said.append)
+    assert any("warning: the policy is report-only for sim" in s for s in said), said
+    res = CliRunner().invoke(app, ["job", "approve", "cli-unpinned", "--as", "hospital-b", "--profiles",
+                                   str(profiles)])  # its pinned policy: no warning
+    assert "NOT compared" not in res.output, res.output
+
+
+def test_cli_job_status_of_a_party_no_job_names_gives_a_hint(live, tmp_path):
+    c, profiles, _ = live
+    (tmp_path / "party.toml").write_text(f'id = "newcomer"\naggregator = "{c.target}"\n'
+                                         f'policy = "{profiles / "sim-policy.toml"}"\n')
+    res = CliRunner().invoke(app, ["job", "status", "cli-jbo", "--as", str(tmp_path / "party.toml")])
+    assert res.exit_code == 1, res.output
+    text = " ".join(res.output.split())
+    assert "unknown party 'newcomer'" in text
+    assert "no job on this aggregator names this party yet, or the job id is wrong" in text
 
 
 def test_cli_job_status_is_signed_and_for_the_jobs_parties(live, tmp_path):

@@ -177,7 +177,7 @@ def test_parties_of_the_job_read_it_in_any_role(cluster, jobs, channel):
         req = results_pb2.GetReceiptRequest(job_id=job_id)
         code, details = _code(lambda: results_pb2_grpc.ResultsStub(channel).GetReceipt(
             req, metadata=_md(cluster, pid, RECEIPT, req), timeout=10))  # noqa: B023
-        assert code == grpc.StatusCode.FAILED_PRECONDITION and "no receipt yet" in details
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "no receipt yet" in details, details
 
 
 def test_list_shows_only_the_callers_jobs(cluster, jobs):

@@ -72,6 +72,89 @@ def test_aggregator_serve_bad_config(tmp_path):
     assert res.exit_code == 2 and "cannot read aggregator config" in res.output
 
 
+def test_aggregator_serve_on_a_taken_port_says_so(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+
+    cfg = tmp_path / "aggregator.toml"
+    cfg.write_text('attester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "sim-root"\n')
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        res = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--listen", address])
+        assert res.exit_code == 1, res.output
+        assert " ".join(res.output.split()) == (f"error: {address} is in use (another aggregator?); stop it or "
+                                                "pass --listen HOST:PORT")
+        proc = subprocess.run(  # the whole output, gRPC's own logging included, is that one line
+            [sys.executable, "-c", "from mpctrain.cli.main import app; app()", "aggregator", "serve", "--config",
+             str(cfg), "--listen", address], capture_output=True, text=True, timeout=120,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith(f"error: {address} is in use") and proc.stdout.count("\n") == 1, proc.stdout
+
+
+def test_a_taken_port_is_a_typed_error(tmp_path):
+    import socket
+
+    from mpctrain.enclave.server import ListenError, port_in_use
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert port_in_use(address)
+        err = ListenError(address, in_use=port_in_use(address))
+    assert isinstance(err, OSError) and err.in_use and str(err) == f"{address} is in use (another aggregator?)"
+    assert not port_in_use("127.0.0.1:0") and not port_in_use("nonsense")
+
+
+class _Stopped:
+    """An Event already set: `aggregator serve` returns as soon as it is up."""
+
+    def set(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+
+def test_write_policy_never_replaces_another_policy_unless_forced(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import mpctrain.cli.aggregator as cli_aggregator
+    from mpctrain.cli.main import app
+
+    monkeypatch.setattr(cli_aggregator, "threading", SimpleNamespace(Event=_Stopped))
+    monkeypatch.setattr(cli_aggregator.signal, "signal", lambda *a: None)
+    cfg = tmp_path / "aggregator.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\nattester = "sim"\ndevice = "cpu"\n[sim]\nroot_dir = "sim-root"\n')
+    policy = tmp_path / "policy.toml"
+
+    def serve(*extra: str):
+        return CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--write-policy", str(policy),
+                                        *extra])
+
+    first = serve()
+    assert first.exit_code == 0 and "policy for parties written" in first.output, first.output
+    written = policy.read_text()
+    again = serve()  # the same enclave again: the same policy, rewriting it is harmless
+    assert again.exit_code == 0 and policy.read_text() == written, again.output
+    production = 'backends = ["snp"]\n[snp]\nmeasurements = ["' + "ab" * 48 + '"]\n'
+    policy.write_text(production)
+    refused = serve()
+    assert refused.exit_code == 2, refused.output
+    assert "exists and holds another policy" in refused.output and "--force" in refused.output
+    assert "serving on" not in refused.output and policy.read_text() == production
+    forced = serve("--force")
+    assert forced.exit_code == 0 and policy.read_text() == written, forced.output
+
+
 def _self_signed(tmp_path):
     import datetime
     import ipaddress

@@ -96,6 +96,11 @@ class NvidiaOptions:
         )
 
 
+def check_options(options: Mapping[str, Any]) -> None:
+    """Validate the ``[nvidia-gpu]`` policy knobs when the policy loads (``Policy.from_dict``)."""
+    NvidiaOptions.from_policy(options)
+
+
 def _strings(options: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
     value = options.get(name)
     if value is None:

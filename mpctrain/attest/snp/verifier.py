@@ -178,6 +178,11 @@ def _bool(value: Any, name: str) -> bool:
     return value
 
 
+def check_options(raw: Mapping[str, Any]) -> None:
+    """Validate the ``[snp]`` policy knobs when the policy loads (``Policy.from_dict``)."""
+    _read_options(raw)
+
+
 def _read_options(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Validate the SNP knobs of a policy; a typo or wrong type is a ``PolicyError``, not a silent pass."""
     unknown = set(raw) - set(OPTIONS)

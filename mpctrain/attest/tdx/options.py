@@ -76,6 +76,11 @@ def _bool(value: Any, name: str) -> bool:
     return value
 
 
+def check_options(options: Mapping[str, Any]) -> None:
+    """Validate the ``[tdx]`` policy knobs when the policy loads (``Policy.from_dict``)."""
+    tdx_options(BackendPolicy(kind="tdx", options=options))
+
+
 def tdx_options(policy: BackendPolicy) -> TdxOptions:
     """Validate ``policy.options``; unknown keys are refused (a misspelt knob must not be ignored)."""
     opts = dict(policy.options)
