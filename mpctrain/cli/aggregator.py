@@ -8,7 +8,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from mpctrain.enclave.audit import AuditWriteError
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
 from mpctrain.enclave.server import Aggregator, tls_credentials
 
@@ -34,6 +36,9 @@ def serve(
         cfg = AggregatorConfig.load(config)
         agg = Aggregator.from_config(cfg)
         port = agg.start(listen or cfg.listen, tls_credentials(cfg))
+    except AuditWriteError as exc:  # checked before any port is bound: a second aggregator on one log
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
     except (ConfigError, OSError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
