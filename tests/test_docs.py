@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from pathlib import Path
 
 from mpctrain.attest import Policy
 from mpctrain.enclave.config import AggregatorConfig
+from mpctrain.enclave.limits import Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,3 +48,22 @@ def test_readme_describes_every_committed_party_policy():
         else:
             assert set(policy.backends) <= {"snp", "tdx"}, path
             assert shown in real.split("accept real SNP/TDX")[0], f"README does not say {shown} is SNP/TDX only"
+
+
+UNITS = {None: 1, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def test_pooled_doc_limits_table_lists_every_limit_with_its_default():
+    doc = (ROOT / "docs" / "pooled.md").read_text()
+    section = doc.split("### Limits (`[limits]` in aggregator.toml)", 1)[1]
+    rows = [line for line in section.strip().split("\n\n", 1)[0].splitlines() if line.startswith("| `")]
+    documented: dict[str, int] = {}
+    for row in rows:
+        names_cell, defaults_cell = row.split("|")[1:3]
+        names = re.findall(r"`(\w+)`", names_cell)
+        defaults = [re.match(r"\s*(\d+)\s*(MiB|GiB)?", d) for d in defaults_cell.split(",")]
+        assert len(names) == len(defaults) and all(defaults), row
+        documented.update({n: int(m[1]) * UNITS[m[2]] for n, m in zip(names, defaults, strict=True)})
+    expected = {f.name: f.default for f in dataclasses.fields(Limits)}
+    assert sorted(documented) == sorted(expected), "docs/pooled.md's [limits] table and Limits differ"
+    assert documented == expected
