@@ -143,11 +143,17 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     t = Table(title=f"job {st.job_id}")
     t.add_column("field")
     t.add_column("value")
+    mode = _mode(st.manifest)
     t.add_row("state", st.state)
+    if mode:
+        t.add_row("mode", mode)
     t.add_row("digest", st.manifest_digest.hex())
     t.add_row("consented", ", ".join(st.consented) or "-")
     t.add_row("missing consent", ", ".join(st.missing_consents) or "-")
-    t.add_row("uploaded", ", ".join(st.uploaded) or "-")
+    if mode == "federated":  # no shard is uploaded: each bank trains on its own data, updates go to the enclave
+        t.add_row("uploaded", "n/a (federated: data stays with each party)")
+    else:
+        t.add_row("uploaded", ", ".join(st.uploaded) or "-")
     for k, v in sorted(st.public_metrics.items()):
         t.add_row(k, f"{v:.4f}")
     if st.error:
@@ -155,6 +161,14 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     t.caption = ("as relayed by the host, unsigned: the enclave-signed record of states and metrics is the "
                  "audit log (`mpctrain audit fetch` then `audit verify`); outputs carry a signed receipt")
     _console().print(t)
+
+
+def _mode(manifest: bytes) -> str:
+    """The job's mode from the (unsigned, display-only) manifest in the status reply; "" when unreadable."""
+    try:
+        return JobManifest.from_bytes(manifest).mode
+    except (ManifestError, ValueError):
+        return ""
 
 
 @app.command()
