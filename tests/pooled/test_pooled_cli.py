@@ -89,6 +89,16 @@ def test_cli_job_lifecycle(live, tmp_path):
                               "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert (out / "cli-job" / "model.safetensors").is_file() and (out / "cli-job" / "metrics.json").is_file()
+    planted, elsewhere = tmp_path / "planted", tmp_path / "elsewhere"  # <out>/<job> is a link someone planted
+    planted.mkdir()
+    elsewhere.mkdir()
+    (planted / "cli-job").symlink_to(elsewhere)
+    res = runner.invoke(app, ["job", "fetch", "cli-job", "--as", "hospital-c", "--profiles", str(profiles),
+                              "--out", str(planted)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{planted / 'cli-job'} is a symbolic link; refusing to write through" in said, said
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_cli_party_refuses_unattested_aggregator(live):
