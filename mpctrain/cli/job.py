@@ -12,8 +12,9 @@ from rich.table import Table
 from mpctrain.attest import PolicyError
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
+from mpctrain.party.attestation import attest_for_job
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
-from mpctrain.party.errors import PartyError
+from mpctrain.party.errors import AttestationRefused, PartyError
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
@@ -57,13 +58,30 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
-            aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS) -> None:
-    """Serialise the manifest once and propose it; prints the digest every party will sign."""
+            aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS,
+            skip_enclave_check: bool = typer.Option(
+                False, "--skip-enclave-check", help="propose although the live enclave fails the job's "
+                "[enclave_policy] (e.g. the job is for an enclave not started yet)")) -> None:
+    """Serialise the manifest once and propose it; prints the digest every party will sign.
+
+    The live enclave is first attested under the job's own [enclave_policy],
+    as each party will before consenting: a job whose pins the enclave does
+    not meet is refused here, naming the check that failed and the values.
+    """
     agent = _agent(party, profiles, aggregator, keys=keys)  # first: creates this party's keys on first use
     try:
         manifest = JobManifest.from_toml(job_file)
     except ManifestError as exc:
         raise _fail(exc) from exc
+    if not skip_enclave_check:
+        try:
+            attest_for_job(agent.client, manifest)
+        except AttestationRefused as exc:
+            raise _fail(PartyError(
+                f"not proposed: the live enclave at {agent.client.target} fails the enclave_policy this job pins, "
+                f"so every party's approval would fail. {exc}. Fix the enclave_policy table in {job_file} (for the "
+                "simulated TEE: the file `aggregator serve --write-policy` writes), or pass --skip-enclave-check"
+            )) from None
     try:
         status = agent.client.propose(manifest)
     except PartyError as exc:
