@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from mpctrain.cli.output import error, plain_console, warning
+from mpctrain.enclave.audit import AuditWriteError
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
 from mpctrain.enclave.server import Aggregator, ListenError, tls_credentials
 
@@ -42,6 +43,9 @@ def serve(
         console.print(error(f"{exc}; stop it or pass --listen HOST:PORT" if exc.in_use else
                             f"{exc}; fix `listen` in {config} or pass --listen HOST:PORT"))
         raise typer.Exit(1 if exc.in_use else 2) from exc
+    except AuditWriteError as exc:  # checked before any port is bound: a second aggregator on one log
+        console.print(error(exc))
+        raise typer.Exit(1) from None
     except (ConfigError, OSError) as exc:
         console.print(error(exc))
         raise typer.Exit(2) from exc

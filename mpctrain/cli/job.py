@@ -15,8 +15,9 @@ from mpctrain.cli.output import error, labelled, plain_console, warning
 from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
+from mpctrain.party.attestation import attest_for_job
 from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
-from mpctrain.party.errors import PartyError, Unauthenticated
+from mpctrain.party.errors import AttestationRefused, PartyError, Unauthenticated
 from mpctrain.party.profile import DEFAULT_PROFILES, POLICY_FILE, agent_from_config, profile_path, report_only
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
@@ -65,13 +66,30 @@ def _fail(exc: Exception) -> typer.Exit:
 
 @app.command()
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
-            aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS) -> None:
-    """Serialise the manifest once and propose it; prints the digest every party will sign."""
+            aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS,
+            skip_enclave_check: bool = typer.Option(
+                False, "--skip-enclave-check", help="propose although the live enclave fails the job's "
+                "[enclave_policy] (e.g. the job is for an enclave not started yet)")) -> None:
+    """Serialise the manifest once and propose it; prints the digest every party will sign.
+
+    The live enclave is first attested under the job's own [enclave_policy],
+    as each party will before consenting: a job whose pins the enclave does
+    not meet is refused here, naming the check that failed and the values.
+    """
     agent = _agent(party, profiles, aggregator, keys=keys)  # first: creates this party's keys on first use
     try:
         manifest = JobManifest.from_toml(job_file)
     except ManifestError as exc:
         raise _fail(exc) from exc
+    if not skip_enclave_check:
+        try:
+            attest_for_job(agent.client, manifest)
+        except AttestationRefused as exc:
+            raise _fail(PartyError(
+                f"not proposed: the live enclave at {agent.client.target} fails the enclave_policy this job pins, "
+                f"so every party's approval would fail. {exc}. Fix the enclave_policy table in {job_file} (for the "
+                "simulated TEE: the file `aggregator serve --write-policy` writes), or pass --skip-enclave-check"
+            )) from None
     try:
         status = agent.client.propose(manifest)
     except PartyError as exc:
@@ -154,11 +172,17 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     t = Table(title=f"job {st.job_id}")
     t.add_column("field")
     t.add_column("value")
+    mode = _mode(st.manifest)
     t.add_row("state", st.state)
+    if mode:
+        t.add_row("mode", mode)
     t.add_row("digest", st.manifest_digest.hex())
     t.add_row("consented", ", ".join(st.consented) or "-")
     t.add_row("missing consent", ", ".join(st.missing_consents) or "-")
-    t.add_row("uploaded", ", ".join(st.uploaded) or "-")
+    if mode == "federated":  # no shard is uploaded: each bank trains on its own data, updates go to the enclave
+        t.add_row("uploaded", "n/a (federated: data stays with each party)")
+    else:
+        t.add_row("uploaded", ", ".join(st.uploaded) or "-")
     for k, v in sorted(st.public_metrics.items()):
         t.add_row(k, f"{v:.4f}")
     if st.error:
@@ -166,6 +190,14 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     t.caption = ("as relayed by the host, unsigned: the enclave-signed record of states and metrics is the "
                  "audit log (`mpctrain audit fetch` then `audit verify`); outputs carry a signed receipt")
     _console().print(t)
+
+
+def _mode(manifest: bytes) -> str:
+    """The job's mode from the (unsigned, display-only) manifest in the status reply; "" when unreadable."""
+    try:
+        return JobManifest.from_bytes(manifest).mode
+    except (ManifestError, ValueError):
+        return ""
 
 
 @app.command()

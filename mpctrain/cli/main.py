@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import typer
 
@@ -33,17 +34,30 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
 
 
 @app.command()
-def demo(mode: str = typer.Option("pooled", "--mode", help="pooled | federated (four-bank Flower example)")) -> None:
-    """Run the main job on the embedded default: simulated TEE, bundled data, loopback gRPC."""
-    if mode == "federated":
-        from mpctrain.enclave.federated.demo import run_federated_demo
+def demo(mode: str = typer.Option("pooled", "--mode", help="pooled | federated (four-bank Flower example)"),
+         out: Path | None = typer.Option(None, "--out", help="pooled: directory for the keys, simulated root, audit "
+                                         "log and opened outputs (default ./out/demo, in the current directory)"),
+         ) -> None:
+    """Run the main job on the embedded default: simulated TEE, bundled data, loopback gRPC.
 
-        run_federated_demo()
-        return
-    if mode != "pooled":
+    Needs the example data of a source checkout (examples/): an editable
+    install (`pip install -e .`, `make demo`) has it; a plain wheel does not.
+    """
+    from mpctrain.sim.demo import DemoError
+
+    if mode not in ("pooled", "federated"):
         raise typer.BadParameter(f"unknown mode {mode!r}; use pooled or federated", param_hint="--mode")
+    if mode == "federated" and out is not None:
+        raise typer.BadParameter("the federated demo writes nothing to disk (it runs in memory)", param_hint="--out")
     try:
+        if mode == "federated":
+            from mpctrain.enclave.federated.demo import run_federated_demo
+
+            run_federated_demo()
+            return
         from mpctrain.sim.demo import run_demo
-    except ImportError:
-        from mpctrain.cli.attest import attest_demo as run_demo  # until the pooled demo exists
-    run_demo()
+
+        run_demo(out)
+    except DemoError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -235,14 +235,16 @@ class Aggregator:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float | None = 1.0) -> None:
-        if self.server is None:
-            return
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        self.store.join(timeout=5)
-        self.throttle.flush()  # a flood of refusals that just stopped still has its count written
-        self.events.emit("aggregator.stopped")
-        self.server = None
+        """Stop serving, then release the audit log (its lock lets the next aggregator on this path open it)."""
+        if self.server is not None:
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace).wait()
+            self.store.join(timeout=5)
+            self.throttle.flush()  # a flood of refusals that just stopped still has its count written
+            self.events.emit("aggregator.stopped")
+            self.server = None
+        if self.audit is not None:
+            self.audit.close()
 
     def __enter__(self) -> Aggregator:
         if self.server is None:

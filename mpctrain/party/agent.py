@@ -14,10 +14,11 @@ from mpctrain.jobs import Consent, JobManifest, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
 from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
-from mpctrain.party.errors import ManifestRejected, PartyError
+from mpctrain.party.errors import ManifestRejected, OutputError, PartyError
 from mpctrain.party.outputs import fetch_outputs
 from mpctrain.party.rules import PartyRules, check_manifest
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
+from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import IdentityKey, KemKey, write_private
 
 log = logging.getLogger("mpctrain.party")
@@ -127,7 +128,10 @@ class PartyAgent:
         opened, _receipt = fetch_outputs(self.client, self._attested(), manifest, self.party_id, self.kem,
                                          policy=self.policy, at=self.at() if self.at else None)
         if self.outputs_dir is not None:  # plaintext derived from every party's data: owner-only, never via a link
-            d = self.outputs_dir / manifest.job_id
-            write_private(d / "model.safetensors", opened["model"])
-            write_private(d / "metrics.json", opened["metrics"])
+            d = self.outputs_dir / manifest.job_id  # the job directory too: a planted <outputs>/<job> link is refused
+            try:
+                write_private(d / "model.safetensors", opened["model"], root=self.outputs_dir)
+                write_private(d / "metrics.json", opened["metrics"], root=self.outputs_dir)
+            except (OSError, SealError) as exc:
+                raise OutputError(f"outputs of {manifest.job_id} not written: {exc}") from None
         return opened

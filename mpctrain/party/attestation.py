@@ -47,6 +47,17 @@ def attest_aggregator(client: AggregatorClient, policy: Policy, at: datetime | N
     return attest_aggregator_evidence(client, policy, at).result
 
 
+def attest_for_job(client: AggregatorClient, manifest: JobManifest, at: datetime | None = None) -> Attested:
+    """The live enclave verified under the policy ``manifest`` pins, as every party will verify it before it
+    consents: a proposer learns at once that a stale pin (another build, another simulated root) would make
+    every approval fail, instead of from each party later."""
+    try:
+        policy = Policy.from_dict(manifest.enclave_policy)
+    except PolicyError as exc:
+        raise AttestationRefused("job-policy", f"the job's enclave_policy is invalid: {exc}") from exc
+    return attest_aggregator_evidence(client, policy, at)
+
+
 def check_job_policy(attested: Attested, manifest: JobManifest) -> AttestationResult:
     """The attested evidence must also pass the enclave policy the job pins (what every party approved), in
     full: backends, roots, measurements, backend settings (RTMRs, VMPL, host data, TCB statuses, ...), the

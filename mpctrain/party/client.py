@@ -45,6 +45,7 @@ class AggregatorClient:
         if interceptors:
             channel = grpc.intercept_channel(channel, *interceptors)
         self.channel = channel
+        self.target = target
         self.party_id = party_id
         self.identity = identity
         self.timeout = timeout

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import stat
-import tempfile
 from pathlib import Path
 from typing import Literal, cast
 
@@ -23,6 +22,7 @@ from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 
 from mpctrain.seal.errors import BadSignature, InsecureKeyFile, KeyFormatError
+from mpctrain.seal.paths import atomic_file
 
 KemAlg = Literal["x25519", "mlkem768-x25519"]
 KEM_ALGS: tuple[str, ...] = ("x25519", "mlkem768-x25519")
@@ -45,21 +45,14 @@ def _key_id(public: bytes) -> str:
     return hashlib.sha256(public).digest()[:8].hex()
 
 
-def write_private(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600, atomically (temp file in the same dir, then rename)."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_private(path: str | os.PathLike[str], data: bytes, *, root: str | os.PathLike[str] | None = None) -> None:
+    """Write ``data`` to ``path`` with mode 0600, atomically (temp file in the same dir, then rename).
+
+    With ``root`` (an output directory the caller chose), no directory between it and ``path`` may be a
+    symbolic link (``LinkedPath``): a planted ``<root>/<job>`` link would otherwise redirect the write.
+    """
+    with atomic_file(path, root=root, suffix=".tmp") as f:
+        f.write(data)
 
 
 def _read_private(path: str | os.PathLike[str]) -> bytes:

@@ -14,13 +14,11 @@ import hashlib
 import hmac
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
-from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
@@ -49,6 +47,7 @@ from mpctrain.seal.keys import (
     KemKey,
     verify_signature,
 )
+from mpctrain.seal.paths import atomic_file
 from mpctrain.seal.wrap import WrapContext, unwrap_key, wrap_key
 
 STREAM_VERSION = 1
@@ -853,21 +852,11 @@ def iter_frame_file(f: IO[bytes], *, max_frame: int = MAX_CHUNK_SIZE + TAG_BYTES
     yield from _iter_frames(f, max_frame)
 
 
-@contextmanager
-def _atomic_output(out_path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """A mode-0600 temp file beside ``out_path``, renamed over it only if the block completes: never partial."""
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            yield out
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _atomic_output(out_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+                   ) -> AbstractContextManager[IO[bytes]]:
+    """A mode-0600 temp file beside ``out_path``, renamed over it only if the block completes: never partial.
+    With ``root``, no directory between it and ``out_path`` may be a symbolic link (``LinkedPath``)."""
+    return atomic_file(out_path, root=root)
 
 
 def seal_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], **kw: Any) -> StreamHeader:
@@ -895,9 +884,11 @@ def seal_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], **
     return sealer.header
 
 
-def open_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], **opener_kwargs: Any) -> StreamHeader:
-    """Open a frame file; ``out_path`` (mode 0600) appears only once the whole stream is verified."""
-    with _atomic_output(out_path) as out, open(path, "rb") as src:
+def open_file(path: str | os.PathLike[str], out_path: str | os.PathLike[str], *,
+              out_root: str | os.PathLike[str] | None = None, **opener_kwargs: Any) -> StreamHeader:
+    """Open a frame file; ``out_path`` (mode 0600) appears only once the whole stream is verified.
+    ``out_root``: the directory the caller chose; nothing between it and ``out_path`` may be a link."""
+    with _atomic_output(out_path, out_root) as out, open(path, "rb") as src:
         opener = StreamOpener(_read_frame_file_header(src), **opener_kwargs)
         frames = _iter_frames(src, opener.header.chunk_size + TAG_BYTES)
         for plaintext in opener.open_iter(frames):

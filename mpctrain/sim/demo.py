@@ -22,22 +22,49 @@ from rich.table import Table
 from mpctrain.enclave.events import MemoryEventSink
 from mpctrain.party.agent import PartyAgent, load_shard
 from mpctrain.party.errors import AttestationRefused
-from mpctrain.sim.cluster import EXAMPLE, HOSPITALS, REPO, SimCluster
+from mpctrain.sim.cluster import EXAMPLE, HOSPITALS, SimCluster
 
 JOB_ID = "hospitals-pooled"
 
 
-def _workdir() -> Path:
-    """``out/demo`` in the checkout (git-ignored); a temporary directory when that is not writable."""
-    d = REPO / "out" / "demo"
+DEFAULT_OUT = Path("out") / "demo"  # relative to the current directory: the checkout's out/demo under `make demo`
+
+
+class DemoError(Exception):
+    """The demo cannot run here (its example data is missing, or --out is not writable)."""
+
+
+def example_files(example: Path | None = None) -> list[Path]:
+    """What the pooled demo reads from the source checkout's examples/ (not shipped in a wheel)."""
+    example = EXAMPLE if example is None else example
+    return [example / "job.toml", example / "data" / "schema.toml",
+            *(example / "data" / f"{p}.csv" for p in HOSPITALS)]
+
+
+def check_example(example: Path | None = None) -> None:
+    """Fail with the missing files named, before any key or enclave is made: a non-editable install ships
+    the mpctrain package only, and the demo's hospital data lives in the checkout's examples/."""
+    missing = [str(f) for f in example_files(example) if not f.is_file()]
+    if missing:
+        raise DemoError(f"the demo's example data is missing: {', '.join(missing)}. It lives in examples/ of the "
+                        "source checkout, which a non-editable install does not ship: run `pip install -e .` (or "
+                        "`make demo`) in a checkout of mpctrain")
+
+
+def _workdir(out: Path | None = None) -> Path:
+    """``out`` when given (must be writable); else ``./out/demo``, or a temporary directory when that is not
+    writable."""
+    d = DEFAULT_OUT if out is None else out
     try:
         d.mkdir(parents=True, exist_ok=True)
         probe = d / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
-    except OSError:
+    except OSError as exc:
+        if out is not None:
+            raise DemoError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
         d = Path(tempfile.mkdtemp(prefix="mpctrain-demo-"))
-    return d
+    return d.absolute()
 
 
 def _alone_metrics(manifest, data: dict[str, Path]) -> dict[str, dict[str, float]]:
@@ -66,9 +93,14 @@ def _alone_metrics(manifest, data: dict[str, Path]) -> dict[str, dict[str, float
 
 
 def run_demo(workdir: Path | None = None, console: Console | None = None, epochs: int | None = None) -> dict:
-    """Run the pooled job end to end and print what happened; returns a summary for tests."""
+    """Run the pooled job end to end and print what happened; returns a summary for tests.
+
+    ``workdir`` (``mpctrain demo --out``) receives keys, the simulated root, the audit log and the opened
+    outputs; default ``./out/demo``. Raises ``DemoError`` when the example data or ``workdir`` is unusable.
+    """
     console = console or Console()
-    workdir = workdir or _workdir()
+    check_example()
+    workdir = _workdir(workdir)
     import torch
 
     # A 30-feature MLP on ~570 rows: thread start-up and contention cost more than they bring, and a

@@ -53,10 +53,12 @@ def two_segment_log(path: Path, sim: Sim, **kw: Any) -> tuple[EnclaveIdentity, E
     job_events(log, "job-1")
     log.emit("rejected", method="/mpctrain.v1.Data/Upload", code="PERMISSION_DENIED", reason="not named", caller="x")
     log.emit("aggregator.stopped")
+    log.close()
     second = sim.enclave()
     log2 = AuditLog(path, second, **kw)
     job_events(log2, "job-2", ("b", "c"))
     log2.emit("aggregator.stopped")
+    log2.close()
     return first, second
 
 

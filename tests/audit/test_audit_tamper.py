@@ -292,6 +292,7 @@ def test_restart_continues_the_sequence_and_starts_job_chains_afresh(sim, tmp_pa
     path = tmp_path / "audit.jsonl"
     first = AuditLog(path, sim.enclave())
     first.emit("job.proposed", job_id="j", digest="ab" * 32)
+    first.close()
     second = AuditLog(path, sim.enclave())
     second.emit("job.state", job_id="j", state="failed")
     recs = [json.loads(raw) for raw in read(path)]
@@ -353,6 +354,7 @@ def test_job_view_skips_an_older_build_and_trusts_nothing_it_signed(sim, tmp_pat
     old.emit("evidence.served", backend="sim", gpus=0, evidence_digest="cd" * 32, nonce_digest="ef" * 32)
     old.emit("job.proposed", job_id="job", digest="aa" * 32)
     old.emit("aggregator.stopped")
+    old.close()
     new = AuditLog(path, sim.enclave())
     new.emit("job.proposed", job_id="job", digest="bb" * 32)  # the same id after a restart: another job
     lines = read(path)

@@ -117,3 +117,24 @@ def test_flower_exec_refuses_a_profile_it_cannot_serve(tmp_path):
     res = cli.invoke(app, ["party", "flower-exec", "--profile", str(tmp_path / "again"), "--policy",
                            str(tmp_path / "missing-policy.toml")])
     assert res.exit_code == 2
+
+
+def test_job_status_of_a_federated_job_says_no_data_is_uploaded(tmp_path):
+    fed = build_federation(BANKS, job_id="st-fed", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 1, "strategy": "FedAvg",
+                                     "flower": {"initial_arrays": "task:initial_arrays", "run_config": RUN_CONFIG}})
+    agg = Aggregator(fed.enclave, events=fed.events)
+    agg.store.runners["federated"] = FederatedRunner(fed.enclave, agg.events, grid_for=lambda job: nullcontext(None),
+                                                     initial_arrays=lambda job, g: initial_arrays())
+    port = agg.start()
+    try:
+        profiles = tmp_path / "profiles"
+        fed.write_profile(fed.researcher, profiles / "researcher", f"127.0.0.1:{port}")
+        agg.store.add(fed.manifest, fed.manifest.to_bytes())
+        res = CliRunner().invoke(app, ["job", "status", "st-fed", "--as", "researcher", "--profiles", str(profiles)],
+                                 env={"COLUMNS": "200"})
+    finally:
+        agg.stop()
+    assert res.exit_code == 0, res.output
+    assert "federated" in res.output and "n/a (federated: data stays with each party)" in res.output, res.output
+    assert not any(line.split() == ["│", "uploaded", "│", "-", "│"] for line in res.output.splitlines())

@@ -170,14 +170,15 @@ def test_deployment_private_keys_are_never_readable_by_others(tmp_path, monkeypa
     (tmp_path / "keys").mkdir()
     (tmp_path / "keys" / "bank-a.key").symlink_to(decoy)
     created: list[int] = []
-    real_mkstemp = __import__("tempfile").mkstemp
+    real_open = os.open
 
-    def spying_mkstemp(*a, **k):
-        fd, name = real_mkstemp(*a, **k)
-        created.append(stat.S_IMODE(os.fstat(fd).st_mode))
-        return fd, name
+    def spying_open(path, flags, *a, **k):  # the mode a new file has at creation, before any chmod
+        fd = real_open(path, flags, *a, **k)
+        if flags & os.O_CREAT and stat.S_ISREG(os.fstat(fd).st_mode):
+            created.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return fd
 
-    monkeypatch.setattr("tempfile.mkstemp", spying_mkstemp)
+    monkeypatch.setattr("os.open", spying_open)
     priv, _ = supernode_keypair(tmp_path / "keys", "bank-a")
     files = tls_material(tmp_path / "tls", ("127.0.0.1",))
     assert created and all(m == 0o600 for m in created)

@@ -90,6 +90,16 @@ def test_cli_job_lifecycle(live, tmp_path):
     assert res.exit_code == 0, res.output
     assert (out / "cli-job" / "model.safetensors").is_file() and (out / "cli-job" / "metrics.json").is_file()
     assert "receipt verified" in res.output
+    planted, elsewhere = tmp_path / "planted", tmp_path / "elsewhere"  # <out>/<job> is a link someone planted
+    planted.mkdir()
+    elsewhere.mkdir()
+    (planted / "cli-job").symlink_to(elsewhere)
+    res = runner.invoke(app, ["job", "fetch", "cli-job", "--as", "hospital-c", "--profiles", str(profiles),
+                              "--out", str(planted)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and f"{planted / 'cli-job'} is a symbolic link; refusing to write through" in said, said
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_cli_fetch_of_a_failed_job_gives_its_error(live, tmp_path):
@@ -217,3 +227,24 @@ def test_job_approve_wants_force_while_the_rules_name_no_allowed_recipients(live
     res = runner.invoke(app, ["job", "approve", "cli-open", "--as", str(toml), "--profiles", str(profiles), "--force"])
     assert res.exit_code == 0, res.output
     assert set(job.consents) == {"hospital-b"}
+
+
+def test_cli_propose_refuses_a_job_whose_pinned_policy_the_live_enclave_fails(live, tmp_path):
+    """Every approval of such a job would fail: the proposer is told so at once, with what differs."""
+    c, profiles, job = live
+    other = sim_measurement(b"another build").hex()
+    stale = tmp_path / "stale.toml"
+    stale.write_text(job.read_text().replace('job_id = "cli-job"', 'job_id = "cli-stale"').replace(
+        c.attester.measurement.hex(), other))
+    runner = CliRunner()
+    propose = ["job", "propose", str(stale), "--as", "hospital-a", "--profiles", str(profiles)]
+    res = runner.invoke(app, propose)
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1 and "not proposed" in said and "measurement-not-allowed" in said, said
+    packed = "".join(res.output.split())  # long hex values wrap at the console width
+    assert other in packed and c.attester.measurement.hex() in packed  # pinned and live values, side by side
+    assert "Fix the enclave_policy table in" in said
+    assert "--skip-enclave-check" in said
+    assert "cli-stale" not in {j.manifest.job_id for j in c.aggregator.store.list()}
+    res = runner.invoke(app, [*propose, "--skip-enclave-check"])
+    assert res.exit_code == 0 and "proposed cli-stale" in res.output, res.output

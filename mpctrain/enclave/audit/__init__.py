@@ -4,7 +4,7 @@ Writing: :class:`AuditLog` (an ``EventSink``). Reading: :func:`read_lines`, :fun
 :func:`summarize`. Format and trust argument: docs/audit.md.
 """
 
-from mpctrain.enclave.audit.errors import AuditBroken, AuditError, AuditWriteError
+from mpctrain.enclave.audit.errors import AuditBroken, AuditError, AuditLogInUse, AuditWriteError
 from mpctrain.enclave.audit.head import HEAD_DOMAIN, HEAD_NONCE_BYTES, JobHead
 from mpctrain.enclave.audit.log import AuditLog
 from mpctrain.enclave.audit.reader import RawLine, lines_from_bytes, read_lines
@@ -19,6 +19,7 @@ __all__ = [
     "AuditBroken",
     "AuditError",
     "AuditLog",
+    "AuditLogInUse",
     "AuditRecord",
     "AuditReport",
     "AuditWriteError",

@@ -11,6 +11,18 @@ class AuditWriteError(AuditError):
     """The enclave cannot append to its audit log (unwritable path, or an existing log it cannot extend)."""
 
 
+class AuditLogInUse(AuditWriteError):
+    """Another live writer (a second aggregator on the same config) holds the log's lock: two writers would
+    interleave two hash chains in one file and the log would no longer verify."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(f"audit log {path} is in use by another aggregator ({holder}); stop it first, or point "
+                         "this one's audit_log at another file")
+        self.path = path
+        self.pid = pid
+
+
 class AuditBroken(AuditError):
     """The log fails verification at one record.
 

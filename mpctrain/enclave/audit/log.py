@@ -8,6 +8,8 @@ public keys and its evidence, attested over a nonce derived from the previous re
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import logging
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mpctrain.enclave.audit.errors import AuditWriteError
+from mpctrain.enclave.audit.errors import AuditLogInUse, AuditWriteError
 from mpctrain.enclave.audit.head import JobHead
 from mpctrain.enclave.audit.reader import read_lines
 from mpctrain.enclave.audit.record import SEGMENT_KIND, AuditRecord, RecordFormatError, sanitize, segment_nonce
@@ -26,6 +28,7 @@ from mpctrain.enclave.identity import EnclaveIdentity
 log = logging.getLogger("mpctrain.enclave.audit")
 
 EVIDENCE_DIR_SUFFIX = ".evidence"
+LOCK_SUFFIX = ".lock"
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a last record dated further ahead of this enclave's clock is refused
 
 
@@ -34,6 +37,9 @@ class AuditLog:
 
     ``embed_evidence=False`` keeps segment records small: the evidence bundle goes to
     ``<log>.evidence/<digest>.json`` and the record holds its digest (verifiers pass it with ``--evidence``).
+
+    One writer per file: ``<log>.lock`` is held (``flock``) from opening until :meth:`close`, so a second
+    aggregator on the same config fails with :class:`AuditLogInUse` instead of forking the chain.
     """
 
     def __init__(self, path: str | os.PathLike[str], identity: EnclaveIdentity, *,
@@ -50,14 +56,40 @@ class AuditLog:
         self._prev_hash = ""
         self._time_ms = 0
         self._jobs: dict[str, tuple[int, str]] = {}  # this segment's jobs: a restarted enclave holds none
-        self._resume()
-        self._start_segment()
+        self._lock_fd: int | None = None
+        self._lock_fd = _acquire(self.path)
+        try:
+            self._resume()
+            self._start_segment()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop writing and release the lock; later events are refused (another writer may own the file)."""
+        with self._lock:
+            if self._failed is None:
+                self._failed = "the log was closed"
+            fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- opening ------------------------------------------------------------------------------
     def _resume(self) -> None:
         """Continue after the last record already in the file (a restart): next seq, link hash, segment."""
         if not self.path.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             return
         last: AuditRecord | None = None
         try:
@@ -185,3 +217,40 @@ class AuditLog:
         """(next sequence number, hash of the last record): what a party may pin as an anchor."""
         with self._lock:
             return self._seq, self._prev_hash
+
+
+def _acquire(path: Path) -> int:
+    """Open ``<log>.lock`` and take an exclusive, non-blocking flock on it; its holder's pid is written in it.
+
+    A sibling file rather than the log itself: the lock stays with the path when an operator moves the log
+    aside, and the log holds nothing but records. The kernel drops the lock when the process dies.
+    """
+    lock = path.with_name(path.name + LOCK_SUFFIX)
+    shown = os.path.normpath(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise AuditWriteError(f"cannot open the audit log's lock file {lock}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = _read_pid(fd)
+        os.close(fd)
+        if isinstance(exc, BlockingIOError):
+            raise AuditLogInUse(shown, holder) from None
+        raise AuditWriteError(f"cannot lock the audit log {shown} ({lock}): {exc}") from exc
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only shown to a second writer; the lock itself is held
+    return fd
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

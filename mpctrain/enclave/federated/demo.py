@@ -2,7 +2,7 @@
 
 Simulated TEE, fresh keys, every bank attests the enclave, five rounds of FedAvg inside ``Confidential``,
 the final model sealed to the researcher, then the same run on plain Flower to show the models agree.
-Run from the repository root (the example app lives in ``examples/banks_federated``).
+The example app is read from the source checkout's ``examples/banks_federated`` (not shipped in a wheel).
 """
 
 from __future__ import annotations
@@ -18,13 +18,21 @@ RUN_CONFIG = {"local-epochs": 2, "lr": 0.1, "batch-size": 32, "data-seed": 7, "t
 
 
 def _example():
+    """The banks' Flower app from the checkout this package runs from (whatever the current directory)."""
+    from mpctrain.sim.demo import DemoError
+
     root = Path(__file__).resolve().parents[3]
+    app = root / "examples" / "banks_federated" / "app"
+    if not (app / "client_app.py").is_file():
+        raise DemoError(f"the federated demo's example app is missing: {app}. It lives in examples/ of the source "
+                        "checkout, which a non-editable install does not ship: run `pip install -e .` in a checkout "
+                        "of mpctrain")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     try:
         from examples.banks_federated.app import client_app, data, task
     except ImportError as exc:
-        raise SystemExit(f"the banks example is not importable ({exc}); run the demo from the repository root") from exc
+        raise DemoError(f"the banks example app in {app} is not importable: {exc}") from None
     return client_app, data, task
 
 
