@@ -12,11 +12,12 @@ from rich.table import Table
 from mpctrain.attest import PolicyError
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
-from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
+from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import PartyError
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
+from mpctrain.seal.keydir import no_keys_message, private_key_files
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
@@ -26,7 +27,7 @@ AS = typer.Option(..., "--as", help="party id (profile parties/ID/party.toml) or
 PROFILES = typer.Option(DEFAULT_PROFILES, help="directory of party profiles")
 AGGREGATOR = typer.Option(None, help="override the aggregator address of the profile")
 POLICY = typer.Option(None, help="override the profile's attestation policy file")
-KEYS = typer.Option(None, "--keys", help="directory with this party's identity and KEM keys (.key or .pem), "
+KEYS = typer.Option(None, "--keys", help="directory with this party's identity.key and kem.key, "
                                          "instead of the profile's keys_dir (every call, reads included, is "
                                          "signed with them)")
 
@@ -40,9 +41,8 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
     try:
         config = PartyConfig.load(profile_path(party, profiles))
         if keys is not None:  # given keys must exist: never generate a new identity in a directory named by hand
-            if key_files(keys) is None:
-                raise PartyConfigError(f"--keys {keys}: no identity and KEM key pair there (identity.key and kem.key, "
-                                       "or identity.pem and kem.pem from `mpctrain keys generate`)")
+            if private_key_files(keys) is None:
+                raise PartyConfigError(no_keys_message(keys, "--keys"))
             config = dataclasses.replace(config, keys_dir=keys)
         return agent_from_config(config, aggregator, policy)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:

@@ -134,9 +134,9 @@ def test_keys_generate_writes_all_files(tmp_path, kem):
     out = tmp_path / "keys"
     res = CliRunner().invoke(app, ["keys", "generate", "--out", str(out), "--kem", kem])
     assert res.exit_code == 0, res.output
-    for name in ("identity.pem", "kem.pem"):
+    for name in ("identity.key", "kem.key"):
         assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
-    ident, kem_key = IdentityKey.load(out / "identity.pem"), KemKey.load(out / "kem.pem")
+    ident, kem_key = IdentityKey.load(out / "identity.key"), KemKey.load(out / "kem.key")
     assert load_identity_public(out / "identity.pub") == ident.public_bytes()
     assert load_kem_public(out / "kem.pub") == (kem, kem_key.public_bytes())
     assert (out / "kem.pub").read_text().startswith(kem + " ")
@@ -152,7 +152,7 @@ def test_keys_generate_refuses_overwrite_without_force(tmp_path):
     res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
     assert res.exit_code == 1 and "--force" in res.output
     assert (tmp_path / "identity.pub").read_text() == before
-    (tmp_path / "identity.pem").unlink()
+    (tmp_path / "identity.key").unlink()
     res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
     assert res.exit_code == 1, "one remaining file is enough to refuse"
     res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--force"])
@@ -161,7 +161,7 @@ def test_keys_generate_refuses_overwrite_without_force(tmp_path):
 
 def test_keys_generate_rejects_unknown_kem(tmp_path):
     res = CliRunner().invoke(app, ["keys", "generate", "--out", str(tmp_path), "--kem", "rsa"])
-    assert res.exit_code == 2 and not (tmp_path / "identity.pem").exists()
+    assert res.exit_code == 2 and not (tmp_path / "identity.key").exists()
 
 
 def test_keys_generate_reports_unwritable_directory(tmp_path):
@@ -175,16 +175,16 @@ def test_keys_generate_reports_unwritable_directory(tmp_path):
 def test_keys_show_detects_problems(tmp_path):
     runner = CliRunner()
     runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
-    (tmp_path / "identity.pem").chmod(0o644)
+    (tmp_path / "identity.key").chmod(0o644)
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
     assert res.exit_code == 1 and "chmod 600" in res.output
-    (tmp_path / "identity.pem").chmod(0o600)
+    (tmp_path / "identity.key").chmod(0o600)
     (tmp_path / "identity.pub").write_text(IdentityKey.generate().public_bytes().hex())
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
     assert res.exit_code == 1 and "do not match" in res.output
-    (tmp_path / "kem.pem").unlink()
+    (tmp_path / "kem.key").unlink()
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
-    assert res.exit_code == 1 and "kem.pem" in res.output
+    assert res.exit_code == 1 and "kem.key" in res.output
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
