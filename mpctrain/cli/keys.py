@@ -8,8 +8,15 @@ from pathlib import Path
 import typer
 
 from mpctrain.seal.errors import SealError
-from mpctrain.seal.keydir import LEGACY_FILES, PRIVATE_FILES, PUBLIC_FILES, generate_pair, load_pair
-from mpctrain.seal.keys import load_identity_public, load_kem_public
+from mpctrain.seal.keydir import (
+    LEGACY_FILES,
+    PRIVATE_FILES,
+    PUBLIC_FILES,
+    generate_pair,
+    load_pair,
+    public_file_problems,
+)
+from mpctrain.seal.keys import write_public_files
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
@@ -48,17 +55,33 @@ def generate(
 
 
 @app.command()
-def show(directory: Path = typer.Argument(..., help="directory written by `mpctrain keys generate`")) -> None:
-    """Print the key ids of a key directory, checking that private and public files match."""
+def show(
+    directory: Path = typer.Argument(..., help="a key directory (a party profile's keys_dir)"),
+    fix: bool = typer.Option(False, "--fix", help="rewrite identity.pub and kem.pub from the private keys where "
+                                                  "they are missing or do not match"),
+) -> None:
+    """Print the key ids of a key directory, checking that the public files match the private keys.
+
+    The private keys are the identity: a mismatch is fixed by re-deriving the public files from them (--fix)
+    or by restoring the private key the public files name, never by generating new keys.
+    """
     try:
         identity, kem_key = load_pair(directory, where="the directory")
-        identity_pub = load_identity_public(directory / "identity.pub")
-        kem_alg, kem_pub = load_kem_public(directory / "kem.pub")
+        problems = public_file_problems(directory, identity, kem_key)
+        if problems and fix:
+            write_public_files(directory, identity, kem_key)
+            typer.echo(f"rewrote identity.pub and kem.pub in {directory} from the private keys ({'; '.join(problems)})")
+            problems = []
     except (SealError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=1) from None
-    if identity_pub != identity.public_bytes() or (kem_alg, kem_pub) != (kem_key.alg, kem_key.public_bytes()):
-        typer.echo(f"error: public files in {directory} do not match the private keys; regenerate them", err=True)
+    if problems:
+        for p in problems:
+            typer.echo(f"error: {directory}: {p}", err=True)
+        typer.echo("the private keys are this party's identity, so do not generate new ones. If the public files are "
+                   f"what is wrong, rewrite them from the private keys: `mpctrain keys show {directory} --fix`. If a "
+                   "job manifest or another party already has the key the public file names, that is your "
+                   "identity: restore its private key from a backup instead.", err=True)
         raise typer.Exit(code=1)
     typer.echo(f"identity  ed25519  {identity.key_id()}")
     typer.echo(f"kem       {kem_key.alg:<8} {kem_key.key_id()}")

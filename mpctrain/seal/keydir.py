@@ -11,7 +11,14 @@ import os
 from pathlib import Path
 
 from mpctrain.seal.errors import SealError
-from mpctrain.seal.keys import IdentityKey, KemKey, load_identity_public, write_public_files
+from mpctrain.seal.keys import (
+    IdentityKey,
+    KemKey,
+    load_identity_public,
+    load_kem_public,
+    public_key_id,
+    write_public_files,
+)
 
 PRIVATE_FILES = ("identity.key", "kem.key")
 LEGACY_FILES = ("identity.pem", "kem.pem")  # older `mpctrain keys generate`: read, never written
@@ -77,6 +84,32 @@ def generate_pair(keys_dir: str | os.PathLike[str], kem_alg: str = "x25519") -> 
     for name in LEGACY_FILES:
         (d / name).unlink(missing_ok=True)
     return identity, kem
+
+
+def _read_public(path: Path) -> tuple[str, bytes]:
+    return ("ed25519", load_identity_public(path)) if path.name == "identity.pub" else load_kem_public(path)
+
+
+def public_file_problems(keys_dir: str | os.PathLike[str], identity: IdentityKey, kem: KemKey) -> list[str]:
+    """What is wrong with ``identity.pub``/``kem.pub`` next to these private keys, one line per file (empty: fine)."""
+    d = Path(keys_dir)
+    found = private_key_files(d)
+    names = (found[0].name, found[1].name) if found else PRIVATE_FILES
+    wanted = (("ed25519", identity.public_bytes()), (kem.alg, kem.public_bytes()))
+    problems = []
+    for pub, private, want in zip(PUBLIC_FILES, names, wanted, strict=True):
+        if not (d / pub).exists():
+            problems.append(f"{pub} is missing")
+            continue
+        try:
+            alg, public = _read_public(d / pub)
+        except (SealError, OSError) as exc:
+            problems.append(f"{pub} is unreadable: {exc}")
+            continue
+        if (alg, public) != want:
+            problems.append(f"{pub} names {alg} key {public_key_id(public)}, but {private} is {want[0]} key "
+                            f"{public_key_id(want[1])}")
+    return problems
 
 
 def _both_namings(d: Path, new: list[str], old: list[str]) -> str:
