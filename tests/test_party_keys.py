@@ -33,7 +33,7 @@ def test_keys_generate_force_over_a_party_run_directory_leaves_one_identity(tmp_
     """The review's repro: `party run` made keys/, `keys generate --force` replaced them; every loader must then
     sign with the key identity.pub names (before, the profile kept signing with the stale identity.key)."""
     cfg = _profile(tmp_path)
-    first, _ = cfg.load_keys()  # as the first `party run`
+    first, _ = cfg.load_keys(create=True)  # as the first `party run`
     keys = tmp_path / "keys"
     res = CliRunner().invoke(app, ["keys", "generate", "--out", str(keys), "--force"])
     assert res.exit_code == 0, res.output
@@ -64,7 +64,7 @@ def test_an_older_pem_pair_is_read_and_replaced_by_force(tmp_path):
 
 def test_keys_under_both_namings_are_an_error_naming_the_pair_to_keep(tmp_path):
     cfg = _profile(tmp_path)
-    cfg.load_keys()
+    cfg.load_keys(create=True)
     keys = tmp_path / "keys"
     IdentityKey.generate().save(keys / "identity.pem")  # a stray older pair beside the published one
     KemKey.generate().save(keys / "kem.pem")
@@ -82,29 +82,29 @@ def test_first_use_generates_a_pair_once(tmp_path):
     cfg = _profile(tmp_path)
     with pytest.raises(PartyConfigError, match="mpctrain keys generate --out"):
         cfg.load_keys(create=False)
-    first, _ = cfg.load_keys()
-    again, _ = cfg.load_keys()
+    first, _ = cfg.load_keys(create=True)
+    again, _ = cfg.load_keys(create=True)
     assert first.public_bytes() == again.public_bytes()
     assert (tmp_path / "keys" / "identity.key").stat().st_mode & 0o077 == 0
 
 
 def test_half_a_pair_is_an_error_not_a_new_identity(tmp_path):
     cfg = _profile(tmp_path)
-    cfg.load_keys()
+    cfg.load_keys(create=True)
     (tmp_path / "keys" / "kem.key").unlink()
     before = (tmp_path / "keys" / "identity.pub").read_bytes()
     with pytest.raises(PartyConfigError, match=r"holds identity\.key but not the matching kem\.key"):
-        cfg.load_keys()
+        cfg.load_keys(create=True)
     assert (tmp_path / "keys" / "identity.pub").read_bytes() == before
     assert not (tmp_path / "keys" / "kem.key").exists()
 
 
 def test_public_files_without_private_keys_are_not_overwritten(tmp_path):
     cfg = _profile(tmp_path)
-    cfg.load_keys()
+    cfg.load_keys(create=True)
     before = (tmp_path / "keys" / "identity.pub").read_bytes()
     for name in ("identity.key", "kem.key"):
         (tmp_path / "keys" / name).unlink()
     with pytest.raises(PartyConfigError, match="no private keys: restore"):
-        cfg.load_keys()
+        cfg.load_keys(create=True)
     assert (tmp_path / "keys" / "identity.pub").read_bytes() == before

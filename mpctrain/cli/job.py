@@ -37,14 +37,15 @@ def _console() -> Console:
 
 
 def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None,
-           keys: Path | None = None) -> PartyAgent:
+           keys: Path | None = None, create_keys: bool = False) -> PartyAgent:
+    """The profile's agent; keys are created only for ``create_keys`` (propose) and never in a ``--keys`` dir."""
     try:
         config = PartyConfig.load(profile_path(party, profiles))
         if keys is not None:  # given keys must exist: never generate a new identity in a directory named by hand
             if private_key_files(keys) is None:
                 raise PartyConfigError(no_keys_message(keys, "--keys"))
             config = dataclasses.replace(config, keys_dir=keys)
-        return agent_from_config(config, aggregator, policy)
+        return agent_from_config(config, aggregator, policy, create_keys=create_keys and keys is None)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
         _console().print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -58,8 +59,12 @@ def _fail(exc: Exception) -> typer.Exit:
 @app.command()
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
             aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS) -> None:
-    """Serialise the manifest once and propose it; prints the digest every party will sign."""
-    agent = _agent(party, profiles, aggregator, keys=keys)  # first: creates this party's keys on first use
+    """Serialise the manifest once and propose it; prints the digest every party will sign.
+
+    The proposer's keys are created in its profile's keys_dir when it has none yet, as the manifest names its
+    public files (the other job commands never create keys: they need the identity the job names).
+    """
+    agent = _agent(party, profiles, aggregator, keys=keys, create_keys=True)  # before the manifest reads its .pub
     try:
         manifest = JobManifest.from_toml(job_file)
     except ManifestError as exc:

@@ -81,9 +81,11 @@ class PartyConfig:
                    outputs_dir=base / str(doc.get("outputs_dir", "outputs")), rules=rules,
                    tls_ca=(base / str(doc["tls_ca"])) if "tls_ca" in doc else None)
 
-    def load_keys(self, create: bool = True) -> tuple[IdentityKey, KemKey]:
+    def load_keys(self, create: bool = False) -> tuple[IdentityKey, KemKey]:
         """Load the party's keys (``identity.key``, ``kem.key``); with ``create``, generate them when the directory
-        holds none (private files 0600, public files beside).
+        holds none (private files 0600, public files beside). Only the commands that start a party's part in a job
+        (``party run``, ``job propose``) create: any other command would sign with an identity no job names, and a
+        typo in ``keys_dir`` would leave a stray identity behind.
 
         Half a pair, or keys under both namings, is an error (``seal.keydir``), never a reason to make a new identity.
         """

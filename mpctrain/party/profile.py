@@ -53,8 +53,10 @@ def aggregator_channel(config: PartyConfig, target: str | None = None) -> grpc.C
     return open_channel(target or config.aggregator, channel_credentials(config))
 
 
-def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None) -> PartyAgent:
-    identity, kem = config.load_keys()
+def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None, *,
+                      create_keys: bool = False) -> PartyAgent:
+    """The agent of a profile; ``create_keys`` for ``party run`` and ``job propose`` only (see ``load_keys``)."""
+    identity, kem = config.load_keys(create=create_keys)
     try:
         policy = Policy.load(policy_file or config.policy)
     except PolicyError as exc:

@@ -159,3 +159,34 @@ def test_job_approve_wants_force_while_the_rules_name_no_allowed_recipients(live
     res = runner.invoke(app, ["job", "approve", "cli-open", "--as", str(toml), "--profiles", str(profiles), "--force"])
     assert res.exit_code == 0, res.output
     assert set(job.consents) == {"hospital-b"}
+
+
+def test_only_party_run_and_propose_create_keys(live, tmp_path):
+    """A typo in keys_dir must not mint a new identity: status/approve/fetch say there are no keys (and how to make
+    them) and create nothing; `job propose` (the documented researcher flow) and `party run` still create them."""
+    c, profiles, job = live
+    typo = tmp_path / "party-typo.toml"
+    typo.write_text((profiles / "hospital-b" / "party.toml").read_text().replace(
+        f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"', 'keys_dir = "kyes"'))
+    assert 'keys_dir = "kyes"' in typo.read_text()
+    runner = CliRunner()
+    for args in (["status", "cli-job"], ["approve", "cli-job"], ["fetch", "cli-job", "--out", str(tmp_path / "o")]):
+        res = runner.invoke(app, ["job", *args, "--as", str(typo), "--profiles", str(profiles)])
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert f"no keys in {tmp_path / 'kyes'}" in flat and f"keys generate --out {tmp_path / 'kyes'}" in flat
+        assert "Traceback" not in res.output and not (tmp_path / "kyes").exists()
+
+    fresh = tmp_path / "clinic-z"  # a new proposer: the manifest names its public files, made by propose
+    fresh.mkdir()
+    (fresh / "party.toml").write_text(f'id = "clinic-z"\naggregator = "{c.target}"\n'
+                                      f'policy = "{profiles / "sim-policy.toml"}"\nkeys_dir = "keys"\n')
+    text = job.read_text().replace('job_id = "cli-job"', 'job_id = "cli-fresh"').replace(
+        'proposer = "hospital-a"', 'proposer = "clinic-z"')
+    pub = fresh / "keys"
+    text = text.replace("[schema]", f'[[parties]]\nid = "clinic-z"\nrole = "researcher"\nidentity_public_file = '
+                                    f'"{pub / "identity.pub"}"\nkem_public_file = "{pub / "kem.pub"}"\n[schema]', 1)
+    (tmp_path / "job.toml").write_text(text)
+    res = runner.invoke(app, ["job", "propose", str(tmp_path / "job.toml"), "--as", str(fresh / "party.toml")])
+    assert res.exit_code == 0, res.output
+    assert (fresh / "keys" / "identity.key").is_file() and (fresh / "keys" / "identity.pub").is_file()
