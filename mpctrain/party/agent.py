@@ -8,13 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.jobs import Consent, JobManifest, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
 from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
-from mpctrain.party.errors import ManifestRejected, PartyError
+from mpctrain.party.errors import AggregatorError, ManifestRejected, PartyError, WaitTimeout
 from mpctrain.party.outputs import fetch_outputs
 from mpctrain.party.rules import PartyRules, check_manifest
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
@@ -30,6 +33,21 @@ def load_shard(path: Path, manifest: JobManifest) -> bytes:
 
     X, y = validate(read_table(path), table_schema(manifest.schema))
     return table_to_bytes(X, y)
+
+
+def describe_wait(status: Any) -> str:
+    """A job's state and what it still lacks, from its status alone (party ids, never data)."""
+    if status.state == "proposed":
+        return f"state proposed; missing consent: {', '.join(status.missing_consents) or '-'}"
+    if status.state == "open":
+        manifest = JobManifest.from_bytes(status.manifest)
+        missing = [p.id for p in manifest.data_parties() if p.id not in status.uploaded]
+        need = max(manifest.quorum - len(status.uploaded), 0)
+        quorum = f", {need} more needed for the quorum of {manifest.quorum}" if need < len(missing) else ""
+        return f"state open; missing upload: {', '.join(missing) or '-'}{quorum}"
+    if status.state == "training":
+        return "state training: the enclave is still training"
+    return f"state {status.state}"
 
 
 @dataclass
@@ -102,17 +120,30 @@ class PartyAgent:
 
     def wait(self, job_id: str, states: tuple[str, ...], timeout: float = 300.0,
              on_event: Callable[[object], None] | None = None) -> str:
-        """Follow WatchJob until the job reaches one of ``states`` (or a terminal one)."""
+        """Follow WatchJob until the job reaches one of ``states`` (or a terminal one).
+
+        Raises ``WaitTimeout`` past ``timeout``, naming the job's state and what it lacks (consents, shards): the
+        stream's own DEADLINE_EXCEEDED says neither.
+        """
         deadline = time.monotonic() + timeout
-        for ev in self.client.watch(job_id, timeout=timeout):
-            if on_event is not None:
-                on_event(ev)
-            if ev.kind == "state" and (ev.state in states or ev.state in ("done", "failed")):
-                return self.check_audit(job_id) if ev.state == "done" else ev.state
-            if time.monotonic() > deadline:
-                break
-        state = self.client.get_job(job_id).state
-        return self.check_audit(job_id) if state == "done" else state
+        try:
+            for ev in self.client.watch(job_id, timeout=timeout):
+                if on_event is not None:
+                    on_event(ev)
+                if ev.kind == "state" and (ev.state in states or ev.state in ("done", "failed")):
+                    return self.check_audit(job_id) if ev.state == "done" else ev.state
+                if time.monotonic() > deadline:
+                    break
+        except AggregatorError as exc:
+            if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        status = self.client.get_job(job_id)
+        if status.state == "done":
+            return self.check_audit(job_id)
+        if status.state not in states and status.state != "failed" and time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for job {job_id} to be {' or '.join(states)} "
+                              f"({describe_wait(status)})", job_id, status.state)
+        return status.state
 
     def check_audit(self, job_id: str) -> str:
         """Before reporting ``done``: the enclave's audit log must show this party's job as it did it."""

@@ -15,7 +15,7 @@ from mpctrain.jobs import JobManifest
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.config import PartyConfig, PartyConfigError
-from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated
+from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated, WaitTimeout
 from mpctrain.party.rules import PartyRules, recipients_unchecked
 
 DEFAULT_PROFILES = Path("parties")
@@ -69,6 +69,7 @@ def agent_from_config(config: PartyConfig, target: str | None = None, policy_fil
 def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float = 1.0) -> JobManifest:
     """The named job, or the first proposed job that names this party (waiting up to ``timeout``)."""
     deadline = time.monotonic() + timeout
+    seen = ""  # the named job's state, when it is listed but past taking consents and data
     while True:
         for status in _listed(agent):
             if job_id is not None and status.job_id != job_id:
@@ -76,9 +77,13 @@ def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float 
             manifest = JobManifest.from_bytes(status.manifest)
             if manifest.has_party(agent.party_id) and status.state in ("proposed", "open"):
                 return manifest
+            seen = status.state if job_id is not None else seen
         if time.monotonic() > deadline:
-            raise PartyError(f"no {'job ' + job_id if job_id else 'proposed job'} naming {agent.party_id} "
-                             f"appeared within {timeout:.0f}s")
+            what = f"job {job_id}" if job_id else "a job"
+            now = (f"it is {seen}, past taking consents and data" if seen else
+                   "none is: propose it with `mpctrain job propose`, or check --job and the aggregator address")
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what} naming {agent.party_id} to be "
+                              f"proposed ({now})", job_id or "", seen)
         time.sleep(poll)
 
 

@@ -190,3 +190,27 @@ def test_only_party_run_and_propose_create_keys(live, tmp_path):
     res = runner.invoke(app, ["job", "propose", str(tmp_path / "job.toml"), "--as", str(fresh / "party.toml")])
     assert res.exit_code == 0, res.output
     assert (fresh / "keys" / "identity.key").is_file() and (fresh / "keys" / "identity.pub").is_file()
+
+
+def test_party_run_timeout_names_the_state_and_what_is_missing(live):
+    """`party run --timeout` used to end in the watch stream's bare DEADLINE_EXCEEDED, whatever it waited for."""
+    c, profiles, _ = live
+    m = c.manifest("cli-timeout", parties=["hospital-b", "hospital-c"])
+    c.agent("hospital-b").client.propose(m)
+    runner = CliRunner()
+    run = ["party", "run", "--config", str(profiles / "hospital-b" / "party.toml"), "--job", "cli-timeout",
+           "--timeout", "2"]
+    res = runner.invoke(app, run)
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "DEADLINE_EXCEEDED" not in flat, res.output
+    assert ("timed out after 2 s waiting for job cli-timeout to be open or training (state proposed; missing "
+            "consent: hospital-c)") in flat
+    other = c.agent("hospital-c")
+    other.attest()
+    other.approve(m)
+    res = runner.invoke(app, run)  # uploads, then waits for hospital-c's shard
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "DEADLINE_EXCEEDED" not in flat, res.output
+    assert "timed out after 2 s waiting for job cli-timeout to be done (state open; missing upload: hospital-c)" in flat
+    res = runner.invoke(app, [*run[:-4], "--job", "cli-no-such-job", "--timeout", "1"])
+    assert res.exit_code == 1 and "timed out after 1 s waiting for job cli-no-such-job naming hospital-b" in res.output
