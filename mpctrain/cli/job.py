@@ -7,13 +7,14 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mpctrain.attest import PolicyError
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.config import PartyConfig, PartyConfigError
-from mpctrain.party.errors import PartyError
+from mpctrain.party.errors import PartyError, ShardRefused
 from mpctrain.party.profile import DEFAULT_PROFILES, agent_from_config, profile_path
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
@@ -47,12 +48,12 @@ def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | No
             config = dataclasses.replace(config, keys_dir=keys)
         return agent_from_config(config, aggregator, policy, create_keys=create_keys and keys is None)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        _console().print(f"[red]error:[/red] {exc}")
+        _console().print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    _console().print(f"[red]error:[/red] {exc}")
+    _console().print(f"[red]error:[/red] {escape(str(exc))}")
     return typer.Exit(1)
 
 
@@ -75,6 +76,17 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
         raise _fail(exc) from exc
     _console().print(f"proposed {status.job_id}: digest {manifest.digest().hex()}\n"
                      f"waiting for consent of {', '.join(status.missing_consents)}")
+
+
+def _data_problem(agent: PartyAgent, manifest: JobManifest) -> str | None:
+    """Why this data party's table would not fit a pooled job (as ``party run`` checks before consenting)."""
+    if manifest.mode != "pooled" or manifest.party(agent.party_id).role != "data" or agent.data_path is None:
+        return None
+    try:
+        agent.check_data(manifest)
+    except ShardRefused as exc:
+        return f"this party's data does not fit the job: {exc}"
+    return None
 
 
 @app.command()
@@ -106,14 +118,19 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
             problems.append(f"{unchecked} (this job's: {', '.join(manifest.recipients)})")
         for p in problems:
-            console.print(f"[yellow]note:[/yellow] {p}")
+            console.print(f"[yellow]note:[/yellow] {escape(p)}")
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
-        if problems and not force:
+        data = _data_problem(agent, manifest)
+        if data:
+            console.print(f"[yellow]note:[/yellow] {escape(data)}")
+        if (problems or data) and not force:
             fix = (" (or name allowed_recipients, their keys in [rules.known_parties], in the profile)"
                    if unchecked else "")
-            raise PartyError(f"refusing to consent: the job breaks {len(problems)} of this party's rules (listed "
-                             f"above); review them, then re-run with --force to consent anyway{fix}")
+            why = [f"the job breaks {len(problems)} of this party's rules"] * bool(problems) + \
+                  ["this party's data does not fit it"] * bool(data)
+            raise PartyError(f"refusing to consent: {' and '.join(why)} (listed above); review them, then re-run "
+                             f"with --force to consent anyway{fix}")
         federated = manifest.mode == "federated"
         if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
             # the last consent starts the rounds at once
@@ -156,7 +173,7 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     for k, v in sorted(st.public_metrics.items()):
         t.add_row(k, f"{v:.4f}")
     if st.error:
-        t.add_row("error", st.error)
+        t.add_row("error", escape(st.error))
     t.caption = ("as relayed by the host, unsigned: the enclave-signed record of states and metrics is the "
                  "audit log (`mpctrain audit fetch` then `audit verify`); outputs carry a signed receipt")
     _console().print(t)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from mpctrain.attest import PolicyError
@@ -34,7 +35,7 @@ def run(
         cfg = PartyConfig.load(config)
         agent = agent_from_config(cfg, aggregator, policy, create_keys=True)  # a party's first run makes its keys
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console,
@@ -44,15 +45,15 @@ def run(
             def bar(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total, visible=True)
 
-            run_party(agent, job, timeout=timeout, say=console.print, progress=bar)
+            run_party(agent, job, timeout=timeout, say=lambda line: console.print(escape(line)), progress=bar)
     except AttestationRefused as exc:
-        console.print(f"[red]refused:[/red] {exc}\nnothing was sent to the aggregator")
+        console.print(f"[red]refused:[/red] {escape(str(exc))}\nnothing was sent to the aggregator")
         raise typer.Exit(1) from exc
     except ManifestRejected as exc:
-        console.print(f"[yellow]not approved:[/yellow] {exc}")
+        console.print(f"[yellow]not approved:[/yellow] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     except (PartyError, DataError, SealError) as exc:  # one line: never a traceback of keys or rows
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     finally:
         agent.client.close()
@@ -89,10 +90,10 @@ def fl_audit(
                                   evidence=[enclave.evidence_digest])
         report = check_federated_audit(view, runtime=rt, enclave=enclave, sent=sent)
     except (FederatedError, PartyConfigError, PolicyError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     except AuditCheckFailed as exc:
-        console.print(f"[red]audit check failed:[/red] {exc}")
+        console.print(f"[red]audit check failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from exc
     s = report.summary
     console.print(f"job {s.job_id}: {s.rounds} round(s); {len(report.accepted)} update(s) of {rt.party_id} on record, "
@@ -129,7 +130,7 @@ def flower_exec(
         jobs = ApprovedJobs(profile, Policy.load(policy) if policy is not None else None)
         roots = root_certificates.read_bytes() if root_certificates is not None else None
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,32 @@ class ValidationTooSmall(Exception):
     def __init__(self) -> None:
         super().__init__(f"fewer than {MIN_VAL_ROWS} validation rows in all or {MIN_VAL_ROWS_PER_PARTY} from some "
                          "party's shard; raise [training] val_fraction or bring more rows")
+
+
+def own_shard_floor(y: np.ndarray, m: JobManifest) -> str | None:
+    """Why the enclave would refuse this one shard under the validation floors (``ValidationTooSmall``), or None.
+
+    For the party holding the shard, before it consents: the split is the enclave's (same function, fraction and
+    seed), so its own held-out count is exact. The overall floor depends on the other shards too; it follows from
+    the per-party one when the quorum is two or more, and is this shard's alone when it is one."""
+    from mpctrain.train.data import stratified_split
+    from mpctrain.train.loop import ConfigError, TrainConfig
+
+    if m.mode != "pooled" or m.privacy:  # a DP job holds nothing out
+        return None
+    try:
+        cfg = TrainConfig.from_dict(dict(m.training))
+    except ConfigError:
+        return None  # refused at propose time; nothing to check here
+    held_out = len(stratified_split(np.empty((len(y), 0)), y, cfg.val_fraction, cfg.seed).y_val)
+    floor = MIN_VAL_ROWS if m.quorum <= 1 else MIN_VAL_ROWS_PER_PARTY
+    if held_out >= floor:
+        return None
+    about = f" (about {math.ceil(floor / cfg.val_fraction)} in all)" if cfg.val_fraction > 0 else ""
+    return (f"the job holds out val_fraction {cfg.val_fraction:g} of each class for validation, {held_out} of this "
+            f"table's {len(y)} rows, and the enclave needs at least {floor} from each party"
+            f"{' (the quorum is one shard)' if m.quorum <= 1 else ''}: bring more rows{about} or ask the proposer to "
+            "raise [training] val_fraction")
 
 
 def table_schema(schema: Mapping[str, Any]) -> Any:

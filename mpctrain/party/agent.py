@@ -17,7 +17,7 @@ from mpctrain.jobs import Consent, JobManifest, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
 from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
-from mpctrain.party.errors import AggregatorError, ManifestRejected, PartyError, WaitTimeout
+from mpctrain.party.errors import AggregatorError, ManifestRejected, PartyError, ShardRefused, WaitTimeout
 from mpctrain.party.outputs import fetch_outputs
 from mpctrain.party.rules import PartyRules, check_manifest
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
@@ -26,13 +26,19 @@ from mpctrain.seal.keys import IdentityKey, KemKey, write_private
 log = logging.getLogger("mpctrain.party")
 
 
-def load_shard(path: Path, manifest: JobManifest) -> bytes:
-    """Read the party's table (CSV/Parquet), validate it against the job schema, encode the shard."""
+def load_table(path: Path, manifest: JobManifest) -> tuple[Any, Any]:
+    """Read the party's table (CSV/Parquet) and validate it against the job schema: (X, y)."""
     from mpctrain.enclave.pooled import table_schema
-    from mpctrain.train.data import read_table, table_to_bytes, validate
+    from mpctrain.train.data import read_table, validate
 
-    X, y = validate(read_table(path), table_schema(manifest.schema))
-    return table_to_bytes(X, y)
+    return validate(read_table(path), table_schema(manifest.schema))
+
+
+def load_shard(path: Path, manifest: JobManifest) -> bytes:
+    """Read and validate the party's table, encode the shard."""
+    from mpctrain.train.data import table_to_bytes
+
+    return table_to_bytes(*load_table(path, manifest))
 
 
 def describe_wait(status: Any) -> str:
@@ -107,12 +113,32 @@ class PartyAgent:
         self.client.approve(consent)
         return consent
 
-    def upload(self, manifest: JobManifest, progress: Progress | None = None, *,
-               chunk_size: int = 1 << 20) -> UploadResult:
-        enclave = self._attested()
+    def check_data(self, manifest: JobManifest) -> bytes:
+        """This party's shard for ``manifest``, checked as far as the party can before it consents: the schema, and
+        the validation floors the enclave applies to each shard (``enclave.pooled.own_shard_floor``). Otherwise
+        the job fails only once every party uploaded. Raises ``ShardRefused`` (the message carries no values)."""
+        from mpctrain.enclave.pooled import own_shard_floor
+        from mpctrain.train.data import DataError, table_to_bytes
+
         if self.data_path is None:
-            raise PartyError(f"{self.party_id} has no data file configured")
-        shard = load_shard(self.data_path, manifest)
+            raise ShardRefused(f"{self.party_id} has no data file configured: set data in its party.toml")
+        try:
+            X, y = load_table(self.data_path, manifest)
+        except DataError as exc:
+            raise ShardRefused(f"{self.data_path}: {exc}") from None
+        problem = own_shard_floor(y, manifest)
+        if problem is not None:
+            raise ShardRefused(f"{self.data_path}: {problem}")
+        return table_to_bytes(X, y)
+
+    def upload(self, manifest: JobManifest, progress: Progress | None = None, *,
+               chunk_size: int = 1 << 20, shard: bytes | None = None) -> UploadResult:
+        """Seal and upload this party's shard (``shard``: already checked by ``check_data``, else loaded here)."""
+        enclave = self._attested()
+        if shard is None:
+            if self.data_path is None:
+                raise PartyError(f"{self.party_id} has no data file configured")
+            shard = load_shard(self.data_path, manifest)
         result = upload_shard(self.client, manifest.job_id, enclave, self.identity, self.party_id, shard,
                               progress=progress, chunk_size=chunk_size)
         self.sent.setdefault(manifest.job_id, []).append(SentInput.from_upload(result))

@@ -15,7 +15,7 @@ from mpctrain.jobs import JobManifest
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.config import PartyConfig, PartyConfigError
-from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated, WaitTimeout
+from mpctrain.party.errors import ManifestRejected, PartyError, ShardRefused, Unauthenticated, WaitTimeout
 from mpctrain.party.rules import PartyRules, recipients_unchecked
 
 DEFAULT_PROFILES = Path("parties")
@@ -117,9 +117,18 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
     manifest = find_job(agent, job_id, timeout)
     problems = agent.review(manifest)
     status = agent.client.get_job(manifest.job_id)
-    if agent.party_id not in status.consented:
-        if problems:
-            raise ManifestRejected(problems)
+    consented = agent.party_id in status.consented
+    if problems and not consented:
+        raise ManifestRejected(problems)
+    shard = None
+    if manifest.mode == "pooled" and manifest.party(agent.party_id).role == "data" and \
+            agent.party_id not in status.uploaded:  # before consent: a table the job cannot use is refused here
+        try:
+            shard = agent.check_data(manifest)
+        except ShardRefused as exc:
+            raise ShardRefused(f"{'not uploading to' if consented else 'not approving'} job {manifest.job_id}: "
+                               f"{exc} (nothing was sent)") from None
+    if not consented:
         manual = manual_approval(agent.rules)
         if manual:
             force = recipients_unchecked(agent.rules) is not None  # then `job approve` consents only with --force
@@ -134,7 +143,7 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
         raise PartyError(f"job {manifest.job_id} is {state}; nothing uploaded")
     if manifest.party(agent.party_id).role == "data" and agent.party_id not in agent.client.get_job(
             manifest.job_id).uploaded:
-        res = agent.upload(manifest, progress)
+        res = agent.upload(manifest, progress, shard=shard)
         say(f"{agent.party_id}: uploaded {res.total_size:,} bytes sealed to the enclave ({res.sent_bytes:,} on the "
             f"wire, {res.chunks} chunks)")
     state = agent.wait(manifest.job_id, ("done",), timeout=timeout)

@@ -136,7 +136,8 @@ def test_job_approve_wants_force_while_the_rules_name_no_allowed_recipients(live
     toml = tmp_path / "open" / "party.toml"
     toml.parent.mkdir()
     toml.write_text(f'id = "hospital-b"\naggregator = "{c.target}"\npolicy = "{profiles / "sim-policy.toml"}"\n'
-                    f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"\n[rules]\nauto_approve = true\n')
+                    f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"\n'
+                    f'data = "{EXAMPLE / "data" / "hospital-b.csv"}"\n[rules]\nauto_approve = true\n')
     m = c.manifest("cli-open", parties=["hospital-b", "hospital-c"])
     c.agent("hospital-b").client.propose(m)
     job = c.aggregator.store.get("cli-open")
@@ -214,3 +215,38 @@ def test_party_run_timeout_names_the_state_and_what_is_missing(live):
     assert "timed out after 2 s waiting for job cli-timeout to be done (state open; missing upload: hospital-c)" in flat
     res = runner.invoke(app, [*run[:-4], "--job", "cli-no-such-job", "--timeout", "1"])
     assert res.exit_code == 1 and "timed out after 1 s waiting for job cli-no-such-job naming hospital-b" in res.output
+
+
+@pytest.mark.parametrize("defect", ["missing-column", "29-rows"])
+def test_party_run_checks_its_table_before_approving(live, tmp_path, defect):
+    """A table the job cannot use is refused before consent: no consent reaches the aggregator (it used to approve,
+    then fail on the schema; a 29-row shard failed the whole job with ValidationTooSmall after every upload)."""
+    import pandas as pd
+
+    c, profiles, _ = live
+    table = pd.read_csv(EXAMPLE / "data" / "hospital-b.csv")
+    table = table.drop(columns=["mean_radius"]) if defect == "missing-column" else table.head(29)
+    table.to_csv(tmp_path / "b.csv", index=False)
+    toml = tmp_path / "party.toml"
+    toml.write_text((profiles / "hospital-b" / "party.toml").read_text().replace(
+        str(EXAMPLE / "data" / "hospital-b.csv"), str(tmp_path / "b.csv")).replace(
+        'policy = "../sim-policy.toml"', f'policy = "{profiles / "sim-policy.toml"}"'))
+    job_id = f"cli-data-{defect}"
+    c.agent("hospital-b").client.propose(c.manifest(job_id, parties=["hospital-b", "hospital-c"],
+                                                    training={"epochs": 1, "batch_size": 32, "lr": 0.01, "seed": 7,
+                                                              "val_fraction": 0.2}))
+    res = CliRunner().invoke(app, ["party", "run", "--config", str(toml), "--job", job_id, "--timeout", "10"])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    assert f"error: not approving job {job_id}: {tmp_path / 'b.csv'}:" in flat and "nothing was sent" in flat
+    assert "approved job" not in flat
+    if defect == "missing-column":
+        assert "missing column(s) ['mean_radius']" in flat
+    else:
+        assert "of this table's 29 rows" in flat and "at least 10 from each party" in flat
+        assert "raise [training] val_fraction" in flat  # printed as text, not taken for rich markup
+    assert c.aggregator.store.get(job_id).consents == {}
+    res = CliRunner().invoke(app, ["job", "approve", job_id, "--as", str(toml)])  # the same check by hand
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "this party's data does not fit the job" in flat, res.output
+    assert c.aggregator.store.get(job_id).consents == {}

@@ -9,9 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpctrain.enclave.pooled import DP_NOTE, WITHHELD, ValidationTooSmall
+from mpctrain.enclave.pooled import (
+    DP_NOTE,
+    MIN_VAL_ROWS,
+    MIN_VAL_ROWS_PER_PARTY,
+    WITHHELD,
+    ValidationTooSmall,
+    own_shard_floor,
+    pool_shards,
+)
+from mpctrain.party.agent import load_table
 from mpctrain.party.errors import InvalidArgument
 from mpctrain.train import registry
+from mpctrain.train.data import table_to_bytes
 from pooled_kit import FAST_TRAINING, run_job
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
@@ -139,6 +149,33 @@ def test_too_few_validation_rows_fail_the_job_without_counts(cluster):
     assert status.state == "failed"
     assert status.error == f"ValidationTooSmall: {ValidationTooSmall()}"
     assert not status.public_metrics
+
+
+@pytest.mark.parametrize("quorum", [1, 2])
+def test_a_party_checks_its_own_validation_floor_as_the_enclave_will(cluster, quorum):
+    """`party run` refuses before consenting exactly the shards the enclave's floors would fail after every upload
+    (per party; overall too when the quorum is one shard); it reports its own count, to itself only."""
+    parties = ["hospital-b", "hospital-c"][:quorum]
+    m = cluster.manifest("floor", parties=parties, quorum=quorum, training=FAST_TRAINING)
+    X, y = load_table(EXAMPLE_DATA / "hospital-b.csv", m)
+    others = {"hospital-c": table_to_bytes(X, y)} if quorum == 2 else {}
+    verdicts = set()
+    for n in range(20, 140, 3):
+        local = own_shard_floor(y[:n], m)
+        try:
+            pool_shards({**others, "hospital-b": table_to_bytes(X[:n], y[:n])}, m.schema, 0.2, 7,
+                        min_val_rows=MIN_VAL_ROWS, min_val_rows_per_party=MIN_VAL_ROWS_PER_PARTY)
+            enclave_ok = True
+        except ValidationTooSmall:
+            enclave_ok = False
+        assert (local is None) == enclave_ok, n
+        verdicts.add(enclave_ok)
+        if local is not None:
+            assert f"of this table's {n} rows" in local and "val_fraction" in local
+    assert verdicts == {True, False}  # the range crosses the floor
+    dp = cluster.manifest("floor-dp", parties=parties, quorum=quorum, privacy=DP_PRIVACY, training=DP_TRAINING,
+                          public_metrics=["epsilon_spent"], schema={**m.schema, "label_values": [0, 1]})
+    assert own_shard_floor(y[:5], dp) is None  # a DP job holds nothing out
 
 
 def test_settings_and_oversized_models_are_refused_at_propose(cluster, monkeypatch):
