@@ -144,6 +144,30 @@ class PartyAgent:
         self.sent.setdefault(manifest.job_id, []).append(SentInput.from_upload(result))
         return result
 
+    def accepted_chunks(self, job_id: str) -> int | None:
+        """How many chunks of this party's shard the enclave accepted for ``job_id``: its own signed
+        ``shard.accepted`` record in the job's audit view (None when the view cannot tell)."""
+        from mpctrain.enclave.audit.record import AuditRecord, RecordFormatError
+        from mpctrain.party.audit_check import fetch_audit_log
+        from mpctrain.seal.errors import SealError
+
+        enclave = self._attested()
+        try:
+            lines = fetch_audit_log(self.client.channel, job_id, party_id=self.party_id, identity=self.identity)
+        except PartyError:
+            return None
+        for _, raw in lines:
+            try:
+                rec = AuditRecord.from_line(raw.rstrip(b"\n"))
+                if rec.kind != "shard.accepted" or rec.job_id != job_id or rec.fields.get("party") != self.party_id:
+                    continue
+                rec.verify_signature(enclave.sig_public)
+            except (RecordFormatError, SealError, ValueError):
+                continue
+            chunks = rec.fields.get("chunks")
+            return chunks if isinstance(chunks, int) and not isinstance(chunks, bool) else None
+        return None
+
     def wait(self, job_id: str, states: tuple[str, ...], timeout: float = 300.0,
              on_event: Callable[[object], None] | None = None) -> str:
         """Follow WatchJob until the job reaches one of ``states`` (or a terminal one).

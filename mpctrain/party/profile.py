@@ -67,23 +67,30 @@ def agent_from_config(config: PartyConfig, target: str | None = None, policy_fil
 
 
 def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float = 1.0) -> JobManifest:
-    """The named job, or the first proposed job that names this party (waiting up to ``timeout``)."""
+    """The named job, or the first proposed job that names this party (waiting up to ``timeout``).
+
+    A named job past taking data is followed to its end when this party consented to it (a re-run after its
+    upload: it fetches the outputs), and refused at once otherwise (states never go back)."""
     deadline = time.monotonic() + timeout
-    seen = ""  # the named job's state, when it is listed but past taking consents and data
     while True:
         for status in _listed(agent):
             if job_id is not None and status.job_id != job_id:
                 continue
             manifest = JobManifest.from_bytes(status.manifest)
-            if manifest.has_party(agent.party_id) and status.state in ("proposed", "open"):
+            if not manifest.has_party(agent.party_id):
+                continue
+            if status.state in ("proposed", "open"):
                 return manifest
-            seen = status.state if job_id is not None else seen
+            if job_id is not None:
+                if agent.party_id in status.consented:
+                    return manifest
+                raise PartyError(f"job {job_id} is {status.state} and {agent.party_id} never consented to it: it "
+                                 "takes no more consents or data")
         if time.monotonic() > deadline:
             what = f"job {job_id}" if job_id else "a job"
-            now = (f"it is {seen}, past taking consents and data" if seen else
-                   "none is: propose it with `mpctrain job propose`, or check --job and the aggregator address")
             raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what} naming {agent.party_id} to be "
-                              f"proposed ({now})", job_id or "", seen)
+                              "proposed (none is: propose it with `mpctrain job propose`, or check --job and the "
+                              "aggregator address)", job_id or "", "")
         time.sleep(poll)
 
 
@@ -141,11 +148,15 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
     state = agent.wait(manifest.job_id, ("open", "training"), timeout=timeout)
     if state not in ("open", "training"):
         raise PartyError(f"job {manifest.job_id} is {state}; nothing uploaded")
-    if manifest.party(agent.party_id).role == "data" and agent.party_id not in agent.client.get_job(
-            manifest.job_id).uploaded:
-        res = agent.upload(manifest, progress, shard=shard)
-        say(f"{agent.party_id}: uploaded {res.total_size:,} bytes sealed to the enclave ({res.sent_bytes:,} on the "
-            f"wire, {res.chunks} chunks)")
+    if manifest.party(agent.party_id).role == "data":
+        if agent.party_id not in agent.client.get_job(manifest.job_id).uploaded:
+            res = agent.upload(manifest, progress, shard=shard)
+            say(f"{agent.party_id}: uploaded {res.total_size:,} bytes sealed to the enclave ({res.sent_bytes:,} on "
+                f"the wire, {_count(res.chunks, 'chunk')})")
+        else:  # a re-run: the enclave takes one shard per party
+            chunks = agent.accepted_chunks(manifest.job_id)
+            what = _count(chunks, "chunk") if chunks is not None else "its shard"
+            say(f"{agent.party_id}: already uploaded {what} for job {manifest.job_id}; not uploading again")
     state = agent.wait(manifest.job_id, ("done",), timeout=timeout)
     if state != "done":
         raise PartyError(f"job {manifest.job_id} ended {state}: {agent.client.get_job(manifest.job_id).error}")
@@ -155,6 +166,10 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
         return opened
     say(f"{agent.party_id}: job done; this party is not a recipient of its outputs")
     return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def policy_toml(policy: Mapping[str, Any]) -> str:

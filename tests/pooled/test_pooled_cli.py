@@ -250,3 +250,30 @@ def test_party_run_checks_its_table_before_approving(live, tmp_path, defect):
     flat = " ".join(res.output.split())
     assert res.exit_code == 1 and "this party's data does not fit the job" in flat, res.output
     assert c.aggregator.store.get(job_id).consents == {}
+
+
+def test_party_run_again_says_it_already_uploaded_and_follows_the_job(live):
+    """A re-run after its upload says so (it skipped silently), counts chunks in proper English, and, once the job
+    is done, still follows it to its outputs (a named job past taking data is followed when consented to)."""
+    c, profiles, _ = live
+    m = c.manifest("cli-rerun", parties=["hospital-b", "hospital-c"],
+                   training={"epochs": 1, "batch_size": 32, "lr": 0.01, "seed": 7, "val_fraction": 0.2})
+    c.agent("hospital-b").client.propose(m)
+    other = c.agent("hospital-c")
+    other.attest()
+    other.approve(m)
+    runner = CliRunner()
+    run = ["party", "run", "--config", str(profiles / "hospital-b" / "party.toml"), "--job", "cli-rerun"]
+    res = runner.invoke(app, [*run, "--timeout", "2"])
+    flat = " ".join(res.output.split())
+    assert "on the wire, 1 chunk)" in flat and "1 chunks" not in flat, res.output
+    res = runner.invoke(app, [*run, "--timeout", "2"])
+    flat = " ".join(res.output.split())
+    assert "hospital-b: already uploaded 1 chunk for job cli-rerun; not uploading again" in flat, res.output
+    assert "missing upload: hospital-c" in flat
+    other.upload(m)
+    assert other.wait(m.job_id, ("done",), timeout=60) == "done"
+    res = runner.invoke(app, [*run, "--timeout", "30"])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "already uploaded 1 chunk for job cli-rerun" in flat and "outputs opened and receipt verified" in flat
