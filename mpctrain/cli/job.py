@@ -113,6 +113,10 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
     try:
         agent.attest()
         manifest = agent.manifest(job_id)
+        if agent.party_id in agent.client.get_job(job_id).consented:  # a consent is final: never sent twice
+            console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}); "
+                          "nothing sent")
+            return
         problems = agent.review(manifest)
         unchecked = recipients_unchecked(agent.rules)
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable

@@ -180,8 +180,8 @@ class JobStore:
     def add_consent(self, job: Job, consent: Consent) -> None:
         verify_consent(job.manifest, consent)  # ConsentError on wrong digest / party / signature
         with job.cond:  # record the consent and, if it was the last one, open the job: one atomic step
-            if job.state != JobState.PROPOSED and consent.party_id in job.consents:
-                return
+            if consent.party_id in job.consents:  # verified for the same digest and key: the same consent again,
+                return  # which must not add a second record to the job's audit view
             job.consents[consent.party_id] = consent
             self.record(job, "consent", party_id=consent.party_id)
             opened = job.state == JobState.PROPOSED and not job.missing()

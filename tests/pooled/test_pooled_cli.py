@@ -277,3 +277,29 @@ def test_party_run_again_says_it_already_uploaded_and_follows_the_job(live):
     flat = " ".join(res.output.split())
     assert res.exit_code == 0, res.output
     assert "already uploaded 1 chunk for job cli-rerun" in flat and "outputs opened and receipt verified" in flat
+
+
+def test_job_approve_twice_says_already_approved_and_sends_nothing(live):
+    """The second `job approve` printed 'approved' again and the audit view got a second consent record."""
+    c, profiles, _ = live
+    m = c.manifest("cli-twice", parties=["hospital-a", "hospital-b"])
+    c.agent("hospital-a").client.propose(m)
+    job = c.aggregator.store.get("cli-twice")
+    runner = CliRunner()
+    approve = ["job", "approve", "cli-twice", "--as", "hospital-a", "--profiles", str(profiles)]
+    res = runner.invoke(app, approve)
+    assert res.exit_code == 0 and "hospital-a approved cli-twice" in res.output, res.output
+    res = runner.invoke(app, approve)
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert f"hospital-a already approved cli-twice (consent digest {m.digest().hex()}); nothing sent" in flat
+
+    def consents():
+        return ([e.party_id for e in job.events if e.kind == "consent"],
+                [f["party"] for k, f in c.events.events if k == "job.consent" and f["job_id"] == "cli-twice"])
+
+    assert consents() == (["hospital-a"], ["hospital-a"])
+    a = c.agent("hospital-a")  # a client that sends its consent again anyway: the enclave records it once
+    a.attest()
+    a.approve(m)
+    assert consents() == (["hospital-a"], ["hospital-a"])
