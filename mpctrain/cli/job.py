@@ -176,6 +176,14 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     t.add_row("uploaded", ", ".join(st.uploaded) or "-")
     for k, v in sorted(st.public_metrics.items()):
         t.add_row(k, f"{v:.4f}")
+    if st.state == "done":  # a requested metric the job could not compute is said to be missing, and why
+        from mpctrain.enclave.pooled import unavailable_reason
+
+        manifest = JobManifest.from_bytes(st.manifest)
+        if manifest.mode == "pooled":
+            for k in manifest.public_metrics:
+                if k not in st.public_metrics and not (k == "train_loss" and not manifest.privacy):
+                    t.add_row(escape(k), escape(f"not computed: {unavailable_reason(k, manifest)}"))
     if st.error:
         t.add_row("error", escape(st.error))
     t.caption = ("as relayed by the host, unsigned: the enclave-signed record of states and metrics is the "

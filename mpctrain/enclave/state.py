@@ -62,6 +62,7 @@ class Job:
     outputs: dict[tuple[str, str], Any] = field(default_factory=dict)  # (recipient, name) -> sealed object
     receipt: Any = None
     public_metrics: dict[str, float] = field(default_factory=dict)
+    unavailable_metrics: dict[str, str] = field(default_factory=dict)  # requested public metric -> why it is missing
     error: str = ""
     events: list[JobEventRecord] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -242,7 +243,8 @@ class JobStore:
                 wipe = getattr(shard, "wipe", None)
                 if wipe is not None:
                     wipe()
-        self.events.emit("training.finished", job_id=job.job_id, metrics=dict(job.public_metrics))
+        missing = {"unavailable": sorted(job.unavailable_metrics)} if job.unavailable_metrics else {}
+        self.events.emit("training.finished", job_id=job.job_id, metrics=dict(job.public_metrics), **missing)
         self.set_state(job, JobState.DONE)
 
     def set_state(self, job: Job, state: JobState, message: str = "") -> None:
