@@ -66,16 +66,24 @@ def test_keys_under_both_namings_are_an_error_naming_the_pair_to_keep(tmp_path):
     cfg = _profile(tmp_path)
     cfg.load_keys(create=True)
     keys = tmp_path / "keys"
+
+    def refused(pattern):
+        with pytest.raises(PartyConfigError, match=pattern):
+            cfg.load_keys()
+
     IdentityKey.generate().save(keys / "identity.pem")  # a stray older pair beside the published one
     KemKey.generate().save(keys / "kem.pem")
-    with pytest.raises(PartyConfigError, match=r"belongs to identity\.key: remove identity\.pem and kem\.pem"):
-        cfg.load_keys()
+    refused(r"belong to identity\.key and kem\.key: remove identity\.pem and kem\.pem")
     res = CliRunner().invoke(app, ["keys", "show", str(keys)])
     assert res.exit_code == 1 and "both namings" in res.output
     ident, kem = IdentityKey.load(keys / "identity.pem"), KemKey.load(keys / "kem.pem")
     write_public_files(keys, ident, kem)  # now the .pem pair is the published one
-    with pytest.raises(PartyConfigError, match=r"belongs to identity\.pem: move identity\.key and kem\.key out"):
-        cfg.load_keys()
+    refused(r"belong to identity\.pem and kem\.pem: move identity\.key and kem\.key out")
+    for name in ("identity", "kem"):  # a copy of the same keys under the old names
+        (keys / f"{name}.pem").write_bytes((keys / f"{name}.key").read_bytes())
+        (keys / f"{name}.pem").chmod(0o600)
+    write_public_files(keys, IdentityKey.load(keys / "identity.key"), KemKey.load(keys / "kem.key"))
+    refused(r"kem\.key \(the same keys\): remove identity\.pem and kem\.pem")
 
 
 def test_first_use_generates_a_pair_once(tmp_path):

@@ -112,21 +112,26 @@ def public_file_problems(keys_dir: str | os.PathLike[str], identity: IdentityKey
     return problems
 
 
-def _both_namings(d: Path, new: list[str], old: list[str]) -> str:
-    """Which of the two identities ``identity.pub`` names, and how to keep that one only."""
-    owner = None
+def _pair_matches(d: Path, pair: tuple[str, str]) -> bool:
+    """Whether ``pair`` (both files present, loadable) is the identity and KEM key the public files name."""
     try:
-        published = load_identity_public(d / "identity.pub")
-        for name in (PRIVATE_FILES[0], LEGACY_FILES[0]):
-            if (d / name).exists() and IdentityKey.load(d / name).public_bytes() == published:
-                owner = name
+        identity, kem = IdentityKey.load(d / pair[0]), KemKey.load(d / pair[1])
+        return (load_identity_public(d / "identity.pub") == identity.public_bytes()
+                and load_kem_public(d / "kem.pub") == (kem.alg, kem.public_bytes()))
     except (SealError, OSError):
-        pass
+        return False
+
+
+def _both_namings(d: Path, new: list[str], old: list[str]) -> str:
+    """Which of the two pairs the public files name, and how to keep that one only."""
     head = (f"{d} holds keys under both namings ({', '.join(new + old)}): commands would sign with the .key pair "
             "whatever identity.pub says. ")
-    if owner == PRIVATE_FILES[0]:
-        return head + f"identity.pub belongs to identity.key: remove {' and '.join(old)}"
-    if owner == LEGACY_FILES[0]:
-        return head + ("identity.pub belongs to identity.pem: move identity.key and kem.key out of the directory, "
-                       "then rename identity.pem to identity.key and kem.pem to kem.key")
-    return head + "identity.pub belongs to neither: keep the pair your job manifests name and move the other away"
+    new_ok, old_ok = _pair_matches(d, PRIVATE_FILES), _pair_matches(d, LEGACY_FILES)
+    if new_ok:
+        return head + (f"identity.pub and kem.pub belong to identity.key and kem.key{' (the same keys)' * old_ok}: "
+                       f"remove {' and '.join(old)}")
+    if old_ok:
+        return head + ("identity.pub and kem.pub belong to identity.pem and kem.pem: move identity.key and kem.key "
+                       "out of the directory, then rename identity.pem to identity.key and kem.pem to kem.key")
+    return head + ("identity.pub and kem.pub belong to neither pair: keep the pair your job manifests name, move the "
+                   "other away, then check with `mpctrain keys show`")
