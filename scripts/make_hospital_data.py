@@ -102,7 +102,10 @@ def write(out: Path, parts: dict[str, pd.DataFrame], features: list[str]) -> Non
     feats = ",\n".join(f'  "{f}"' for f in features)
     (out / "schema.toml").write_text(
         "# Columns of the hospital tables: label 1 = malignant, 0 = benign; 30 numeric features.\n"
-        f'label = "{LABEL}"\nfeatures = [\n{feats},\n]\n'
+        f'label = "{LABEL}"\n'
+        "# The classes, pinned: a row with any other label (a typo such as 7) is refused at its hospital, naming the\n"
+        "# line, instead of training an 8-class model without an auc. DP jobs require this too.\n"
+        f'label_values = [0, 1]\nfeatures = [\n{feats},\n]\n'
     )
 
 

@@ -17,6 +17,7 @@ from mpctrain.attest import AttestationError, EvidenceBundle, Policy, PolicyErro
 from mpctrain.enclave.audit import AuditBroken, cross_check, printable, read_lines, render, summarize, verify_log
 from mpctrain.enclave.audit.reader import RawLine
 from mpctrain.seal.errors import SealError
+from mpctrain.seal.keydir import identity_key_file
 from mpctrain.seal.keys import IdentityKey
 
 app = typer.Typer(
@@ -151,11 +152,6 @@ def check_target(target: str) -> None:
         hint = " (a job id goes in --job)" if ":" not in target else ""
         raise _usage(f"HOST:PORT must be the aggregator's address, such as 127.0.0.1:50051 (a party profile's "
                      f"aggregator); got {target!r}{hint}")
-
-
-IDENTITY_FILES = ("identity.key", "identity.pem")  # what party profiles and `mpctrain keys generate` write
-
-
 def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, IdentityKey, Path | None]:
     """(party id, identity key, the profile's ``tls_ca``) for a signed request: the key from ``--keys DIR`` when
     given, else from the party's profile."""
@@ -171,13 +167,16 @@ def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, Ide
         except PartyConfigError as exc:
             raise _usage(f"{exc} (or pass --keys DIR with the identity key)") from None
         party_id, keys_dir, tls_ca = cfg.id, keys or cfg.keys_dir, cfg.tls_ca
-    found = [keys_dir / n for n in IDENTITY_FILES if (keys_dir / n).exists()]
-    if not found:
-        raise _usage(f"no identity key ({' or '.join(IDENTITY_FILES)}) in {keys_dir}")
     try:
-        return party_id, IdentityKey.load(found[0]), tls_ca
+        found = identity_key_file(keys_dir)
+    except SealError as exc:
+        raise _usage(str(exc)) from None
+    if found is None:
+        raise _usage(f"no identity key (identity.key) in {keys_dir}")
+    try:
+        return party_id, IdentityKey.load(found), tls_ca
     except (SealError, OSError) as exc:
-        raise _usage(f"cannot load the identity key {found[0]}: {exc}") from None
+        raise _usage(f"cannot load the identity key {found}: {exc}") from None
 
 
 @app.command("fetch")
@@ -189,8 +188,8 @@ def fetch_cmd(
     party: str = typer.Option(..., "--as", help="party id signing the request (profile parties/ID/party.toml) "
                                                 "or a path to a party.toml"),
     profiles: Path = typer.Option(Path("parties"), "--profiles", help="directory of party profiles"),
-    keys: Path | None = typer.Option(None, "--keys", help="directory holding the identity key (identity.key or "
-                                                          "identity.pem), instead of the profile's keys_dir"),
+    keys: Path | None = typer.Option(None, "--keys", help="directory holding the identity key (identity.key), "
+                                                          "instead of the profile's keys_dir"),
     job: str = typer.Option("", "--job", help="only this job's view (then verify with --partial)"),
     timeout: float = typer.Option(60.0, "--timeout", help="seconds"),
     tls_ca: Path | None = typer.Option(None, "--tls-ca", help="PEM roots for the aggregator's transport TLS "

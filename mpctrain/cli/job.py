@@ -16,11 +16,12 @@ from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.attestation import attest_for_job
-from mpctrain.party.config import PartyConfig, PartyConfigError, key_files
-from mpctrain.party.errors import AttestationRefused, PartyError, Unauthenticated
+from mpctrain.party.config import PartyConfig, PartyConfigError
+from mpctrain.party.errors import AttestationRefused, PartyError, ShardRefused, Unauthenticated
 from mpctrain.party.profile import DEFAULT_PROFILES, POLICY_FILE, agent_from_config, profile_path, report_only
 from mpctrain.party.rules import recipients_unchecked
 from mpctrain.seal.errors import SealError
+from mpctrain.seal.keydir import no_keys_message, private_key_files
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
@@ -30,7 +31,7 @@ AS = typer.Option(..., "--as", help="party id (profile parties/ID/party.toml) or
 PROFILES = typer.Option(DEFAULT_PROFILES, help="directory of party profiles")
 AGGREGATOR = typer.Option(None, help="override the aggregator address of the profile")
 POLICY = typer.Option(None, help="override the profile's attestation policy file")
-KEYS = typer.Option(None, "--keys", help="directory with this party's identity and KEM keys (.key or .pem), "
+KEYS = typer.Option(None, "--keys", help="directory with this party's identity.key and kem.key, "
                                          "instead of the profile's keys_dir (every call, reads included, is "
                                          "signed with them)")
 
@@ -40,15 +41,15 @@ def _console() -> Console:
 
 
 def _agent(party: str, profiles: Path, aggregator: str | None, policy: Path | None = None,
-           keys: Path | None = None) -> PartyAgent:
+           keys: Path | None = None, create_keys: bool = False) -> PartyAgent:
+    """The profile's agent; keys are created only for ``create_keys`` (propose) and never in a ``--keys`` dir."""
     try:
         config = PartyConfig.load(profile_path(party, profiles))
         if keys is not None:  # given keys must exist: never generate a new identity in a directory named by hand
-            if key_files(keys) is None:
-                raise PartyConfigError(f"--keys {keys}: no identity and KEM key pair there (identity.key and kem.key, "
-                                       "or identity.pem and kem.pem from `mpctrain keys generate`)")
+            if private_key_files(keys) is None:
+                raise PartyConfigError(no_keys_message(keys, "--keys"))
             config = dataclasses.replace(config, keys_dir=keys)
-        return agent_from_config(config, aggregator, policy)
+        return agent_from_config(config, aggregator, policy, create_keys=create_keys and keys is None)
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
         _console().print(error(exc))
         raise typer.Exit(2) from exc
@@ -75,8 +76,11 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
     The live enclave is first attested under the job's own [enclave_policy],
     as each party will before consenting: a job whose pins the enclave does
     not meet is refused here, naming the check that failed and the values.
+    The proposer's keys are created in its profile's keys_dir when it has
+    none yet, as the manifest names its public files (the other job commands
+    never create keys: they need the identity the job names).
     """
-    agent = _agent(party, profiles, aggregator, keys=keys)  # first: creates this party's keys on first use
+    agent = _agent(party, profiles, aggregator, keys=keys, create_keys=True)  # before the manifest reads its .pub
     try:
         manifest = JobManifest.from_toml(job_file)
     except ManifestError as exc:
@@ -96,6 +100,17 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
         raise _fail(exc) from exc
     _console().print(f"proposed {status.job_id}: digest {manifest.digest().hex()}\n"
                      f"waiting for consent of {', '.join(status.missing_consents)}")
+
+
+def _data_problem(agent: PartyAgent, manifest: JobManifest) -> str | None:
+    """Why this data party's table would not fit a pooled job (as ``party run`` checks before consenting)."""
+    if manifest.mode != "pooled" or manifest.party(agent.party_id).role != "data" or agent.data_path is None:
+        return None
+    try:
+        agent.check_data(manifest)
+    except ShardRefused as exc:
+        return f"this party's data does not fit the job: {exc}"
+    return None
 
 
 @app.command()
@@ -125,6 +140,10 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         if unpinned:  # as `attest verify`: consent to "genuine hardware" must not read as "the expected code"
             console.print(warning(report_only_warning(unpinned, POLICY_FILE)))
         manifest = agent.manifest(job_id)
+        if agent.party_id in agent.client.get_job(job_id).consented:  # a consent is final: never sent twice
+            console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}); "
+                          "nothing sent")
+            return
         problems = agent.review(manifest)
         unchecked = recipients_unchecked(agent.rules)
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
@@ -133,11 +152,16 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
             console.print(labelled("note:", "yellow", p))
         if any("attest" in p or "measurement" in p for p in problems):
             raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
-        if problems and not force:
+        data = _data_problem(agent, manifest)
+        if data:
+            console.print(labelled("note:", "yellow", data))
+        if (problems or data) and not force:
             fix = (" (or name allowed_recipients, their keys in [rules.known_parties], in the profile)"
                    if unchecked else "")
-            raise PartyError(f"refusing to consent: the job breaks {len(problems)} of this party's rules (listed "
-                             f"above); review them, then re-run with --force to consent anyway{fix}")
+            why = [f"the job breaks {len(problems)} of this party's rules"] * bool(problems) + \
+                  ["this party's data does not fit it"] * bool(data)
+            raise PartyError(f"refusing to consent: {' and '.join(why)} (listed above); review them, then re-run "
+                             f"with --force to consent anyway{fix}")
         federated = manifest.mode == "federated"
         if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
             # the last consent starts the rounds at once
@@ -185,6 +209,14 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
         t.add_row("uploaded", ", ".join(st.uploaded) or "-")
     for k, v in sorted(st.public_metrics.items()):
         t.add_row(k, f"{v:.4f}")
+    if st.state == "done":  # a requested metric the job could not compute is said to be missing, and why
+        from mpctrain.enclave.pooled import unavailable_reason
+
+        manifest = JobManifest.from_bytes(st.manifest)
+        if manifest.mode == "pooled":
+            for k in manifest.public_metrics:
+                if k not in st.public_metrics and not (k == "train_loss" and not manifest.privacy):
+                    t.add_row(k, f"not computed: {unavailable_reason(k, manifest)}")
     if st.error:
         t.add_row("error", st.error)
     t.caption = ("as relayed by the host, unsigned: the enclave-signed record of states and metrics is the "

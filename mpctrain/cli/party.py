@@ -32,7 +32,7 @@ def run(
     console = plain_console()
     try:
         cfg = PartyConfig.load(config)
-        agent = agent_from_config(cfg, aggregator, policy)
+        agent = agent_from_config(cfg, aggregator, policy, create_keys=True)  # a party's first run makes its keys
     except (PartyConfigError, PolicyError, SealError, OSError) as exc:
         console.print(error(exc))
         raise typer.Exit(2) from exc

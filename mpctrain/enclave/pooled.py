@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,21 @@ DP_NOTE = ("DP job: validation metrics, loss history and row counts are withheld
            "accounting are released")
 
 
+POOLED_METRICS = ("accuracy", "auc", "f1", "loss", "train_loss")
+"""What ``public_metrics`` may name in a pooled job without DP: ``train.loop.evaluate``'s metrics, and the per-epoch
+``train_loss``. A DP job may name ``epsilon_spent`` only (``jobs.manifest``)."""
+
+
+def unavailable_reason(name: str, m: JobManifest) -> str:
+    """Why the public metric ``name`` of ``m`` was not computed. Fixed per name and manifest: the metric's absence
+    is public anyway, and the reason must say nothing more about the rows."""
+    if name == "auc":
+        hint = ("" if m.schema.get("label_values") is not None else
+                "; pin [schema] label_values (e.g. [0, 1]) so that a row with another label is refused at its party")
+        return "auc is defined only for two classes, both present among the validation rows" + hint
+    return "not computed by this job"
+
+
 class ValidationTooSmall(Exception):
     """The held-out part is under ``MIN_VAL_ROWS`` overall or ``MIN_VAL_ROWS_PER_PARTY`` for a shard. The message
     is fixed: it names no party and no count, since it is shown to every party of the job."""
@@ -51,6 +67,32 @@ class ValidationTooSmall(Exception):
     def __init__(self) -> None:
         super().__init__(f"fewer than {MIN_VAL_ROWS} validation rows in all or {MIN_VAL_ROWS_PER_PARTY} from some "
                          "party's shard; raise [training] val_fraction or bring more rows")
+
+
+def own_shard_floor(y: np.ndarray, m: JobManifest) -> str | None:
+    """Why the enclave would refuse this one shard under the validation floors (``ValidationTooSmall``), or None.
+
+    For the party holding the shard, before it consents: the split is the enclave's (same function, fraction and
+    seed), so its own held-out count is exact. The overall floor depends on the other shards too; it follows from
+    the per-party one when the quorum is two or more, and is this shard's alone when it is one."""
+    from mpctrain.train.data import stratified_split
+    from mpctrain.train.loop import ConfigError, TrainConfig
+
+    if m.mode != "pooled" or m.privacy:  # a DP job holds nothing out
+        return None
+    try:
+        cfg = TrainConfig.from_dict(dict(m.training))
+    except ConfigError:
+        return None  # refused at propose time; nothing to check here
+    held_out = len(stratified_split(np.empty((len(y), 0)), y, cfg.val_fraction, cfg.seed).y_val)
+    floor = MIN_VAL_ROWS if m.quorum <= 1 else MIN_VAL_ROWS_PER_PARTY
+    if held_out >= floor:
+        return None
+    about = f" (about {math.ceil(floor / cfg.val_fraction)} in all)" if cfg.val_fraction > 0 else ""
+    return (f"the job holds out val_fraction {cfg.val_fraction:g} of each class for validation, {held_out} of this "
+            f"table's {len(y)} rows, and the enclave needs at least {floor} from each party"
+            f"{' (the quorum is one shard)' if m.quorum <= 1 else ''}: bring more rows{about} or ask the proposer to "
+            "raise [training] val_fraction")
 
 
 def table_schema(schema: Mapping[str, Any]) -> Any:
@@ -148,6 +190,15 @@ class PooledRunner:
             plan(m)
         except (ValueError, TypeError) as exc:
             raise ManifestError(f"{type(exc).__name__}: {exc}") from None
+        if not m.privacy:  # a DP job's public metrics are checked by the manifest itself
+            unknown = sorted(set(m.public_metrics) - set(POOLED_METRICS))
+            if unknown:
+                raise ManifestError(f"public_metrics {unknown} are not metrics of a pooled job; it computes "
+                                    f"{list(POOLED_METRICS)}")
+            labels = m.schema.get("label_values")
+            if "auc" in m.public_metrics and labels is not None and len(labels) != 2:
+                raise ManifestError(f"public_metrics lists auc, defined for two classes only, and [schema] "
+                                    f"label_values lists {len(labels)}")
 
     def __call__(self, job: Job, store: JobStore) -> None:
         from mpctrain.train.device import pick_device
@@ -203,17 +254,22 @@ class PooledRunner:
             doc["privacy"] = {**metrics, "delta": result.delta, "noise_multiplier": result.noise_multiplier,
                               "steps": result.steps, "sample_rate": dp.sample_rate}
             doc["note"] = DP_NOTE
-        outputs = {
-            "model": state_to_bytes(result.state),
-            "metrics": json.dumps(doc, sort_keys=True, indent=2).encode(),
-        }
+        public = {k: _rounded(v) for k, v in metrics.items() if k in m.public_metrics}
+        # a requested metric that could not be computed (auc of a job whose labels were not two classes) is said
+        # to be missing, with a fixed reason, instead of vanishing (train_loss went out with the epochs)
+        unavailable = {k: unavailable_reason(k, m) for k in m.public_metrics
+                       if k not in metrics and not (k == "train_loss" and show_loss)}
+        if unavailable:
+            doc["unavailable"] = unavailable
+        outputs = {"model": state_to_bytes(result.state), "metrics": json.dumps(doc, sort_keys=True, indent=2).encode()}
         for up in job.shards.values():
             up.wipe()
         seal_outputs(job, self.identity, outputs, self.events)
-        public = {k: _rounded(v) for k, v in metrics.items() if k in m.public_metrics}
         with job.cond:
             job.public_metrics = public
-        store.record(job, "metrics", values=public)
+            job.unavailable_metrics = unavailable
+        store.record(job, "metrics", values=public,
+                     message="; ".join(f"{k} not computed: {why}" for k, why in sorted(unavailable.items())))
 
 
 def _is_number(v: object) -> bool:

@@ -62,6 +62,7 @@ class Job:
     outputs: dict[tuple[str, str], Any] = field(default_factory=dict)  # (recipient, name) -> sealed object
     receipt: Any = None
     public_metrics: dict[str, float] = field(default_factory=dict)
+    unavailable_metrics: dict[str, str] = field(default_factory=dict)  # requested public metric -> why it is missing
     error: str = ""
     events: list[JobEventRecord] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
@@ -180,8 +181,8 @@ class JobStore:
     def add_consent(self, job: Job, consent: Consent) -> None:
         verify_consent(job.manifest, consent)  # ConsentError on wrong digest / party / signature
         with job.cond:  # record the consent and, if it was the last one, open the job: one atomic step
-            if job.state != JobState.PROPOSED and consent.party_id in job.consents:
-                return
+            if consent.party_id in job.consents:  # verified for the same digest and key: the same consent again,
+                return  # which must not add a second record to the job's audit view
             job.consents[consent.party_id] = consent
             self.record(job, "consent", party_id=consent.party_id)
             opened = job.state == JobState.PROPOSED and not job.missing()
@@ -242,7 +243,8 @@ class JobStore:
                 wipe = getattr(shard, "wipe", None)
                 if wipe is not None:
                     wipe()
-        self.events.emit("training.finished", job_id=job.job_id, metrics=dict(job.public_metrics))
+        missing = {"unavailable": sorted(job.unavailable_metrics)} if job.unavailable_metrics else {}
+        self.events.emit("training.finished", job_id=job.job_id, metrics=dict(job.public_metrics), **missing)
         self.set_state(job, JobState.DONE)
 
     def set_state(self, job: Job, state: JobState, message: str = "") -> None:

@@ -8,13 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.jobs import Consent, JobManifest, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
 from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
-from mpctrain.party.errors import ManifestRejected, OutputError, PartyError
+from mpctrain.party.errors import AggregatorError, ManifestRejected, OutputError, PartyError, ShardRefused, WaitTimeout
 from mpctrain.party.outputs import fetch_outputs
 from mpctrain.party.rules import PartyRules, check_manifest
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
@@ -24,13 +27,34 @@ from mpctrain.seal.keys import IdentityKey, KemKey, write_private
 log = logging.getLogger("mpctrain.party")
 
 
-def load_shard(path: Path, manifest: JobManifest) -> bytes:
-    """Read the party's table (CSV/Parquet), validate it against the job schema, encode the shard."""
+def load_table(path: Path, manifest: JobManifest) -> tuple[Any, Any]:
+    """Read the party's table (CSV/Parquet) and validate it against the job schema: (X, y)."""
     from mpctrain.enclave.pooled import table_schema
-    from mpctrain.train.data import read_table, table_to_bytes, validate
+    from mpctrain.train.data import first_data_line, read_table, validate
 
-    X, y = validate(read_table(path), table_schema(manifest.schema))
-    return table_to_bytes(X, y)
+    return validate(read_table(path), table_schema(manifest.schema), first_line=first_data_line(path))
+
+
+def load_shard(path: Path, manifest: JobManifest) -> bytes:
+    """Read and validate the party's table, encode the shard."""
+    from mpctrain.train.data import table_to_bytes
+
+    return table_to_bytes(*load_table(path, manifest))
+
+
+def describe_wait(status: Any) -> str:
+    """A job's state and what it still lacks, from its status alone (party ids, never data)."""
+    if status.state == "proposed":
+        return f"state proposed; missing consent: {', '.join(status.missing_consents) or '-'}"
+    if status.state == "open":
+        manifest = JobManifest.from_bytes(status.manifest)
+        missing = [p.id for p in manifest.data_parties() if p.id not in status.uploaded]
+        need = max(manifest.quorum - len(status.uploaded), 0)
+        quorum = f", {need} more needed for the quorum of {manifest.quorum}" if need < len(missing) else ""
+        return f"state open; missing upload: {', '.join(missing) or '-'}{quorum}"
+    if status.state == "training":
+        return "state training: the enclave is still training"
+    return f"state {status.state}"
 
 
 @dataclass
@@ -90,30 +114,87 @@ class PartyAgent:
         self.client.approve(consent)
         return consent
 
-    def upload(self, manifest: JobManifest, progress: Progress | None = None, *,
-               chunk_size: int = 1 << 20) -> UploadResult:
-        enclave = self._attested()
+    def check_data(self, manifest: JobManifest) -> bytes:
+        """This party's shard for ``manifest``, checked as far as the party can before it consents: the schema, and
+        the validation floors the enclave applies to each shard (``enclave.pooled.own_shard_floor``). Otherwise
+        the job fails only once every party uploaded. Raises ``ShardRefused`` (the message carries no values)."""
+        from mpctrain.enclave.pooled import own_shard_floor
+        from mpctrain.train.data import DataError, table_to_bytes
+
         if self.data_path is None:
-            raise PartyError(f"{self.party_id} has no data file configured")
-        shard = load_shard(self.data_path, manifest)
+            raise ShardRefused(f"{self.party_id} has no data file configured: set data in its party.toml")
+        try:
+            X, y = load_table(self.data_path, manifest)
+        except DataError as exc:
+            raise ShardRefused(f"{self.data_path}: {exc}") from None
+        problem = own_shard_floor(y, manifest)
+        if problem is not None:
+            raise ShardRefused(f"{self.data_path}: {problem}")
+        return table_to_bytes(X, y)
+
+    def upload(self, manifest: JobManifest, progress: Progress | None = None, *,
+               chunk_size: int = 1 << 20, shard: bytes | None = None) -> UploadResult:
+        """Seal and upload this party's shard (``shard``: already checked by ``check_data``, else loaded here)."""
+        enclave = self._attested()
+        if shard is None:
+            if self.data_path is None:
+                raise PartyError(f"{self.party_id} has no data file configured")
+            shard = load_shard(self.data_path, manifest)
         result = upload_shard(self.client, manifest.job_id, enclave, self.identity, self.party_id, shard,
                               progress=progress, chunk_size=chunk_size)
         self.sent.setdefault(manifest.job_id, []).append(SentInput.from_upload(result))
         return result
 
+    def accepted_chunks(self, job_id: str) -> int | None:
+        """How many chunks of this party's shard the enclave accepted for ``job_id``: its own signed
+        ``shard.accepted`` record in the job's audit view (None when the view cannot tell)."""
+        from mpctrain.enclave.audit.record import AuditRecord, RecordFormatError
+        from mpctrain.party.audit_check import fetch_audit_log
+        from mpctrain.seal.errors import SealError
+
+        enclave = self._attested()
+        try:
+            lines = fetch_audit_log(self.client.channel, job_id, party_id=self.party_id, identity=self.identity)
+        except PartyError:
+            return None
+        for _, raw in lines:
+            try:
+                rec = AuditRecord.from_line(raw.rstrip(b"\n"))
+                if rec.kind != "shard.accepted" or rec.job_id != job_id or rec.fields.get("party") != self.party_id:
+                    continue
+                rec.verify_signature(enclave.sig_public)
+            except (RecordFormatError, SealError, ValueError):
+                continue
+            chunks = rec.fields.get("chunks")
+            return chunks if isinstance(chunks, int) and not isinstance(chunks, bool) else None
+        return None
+
     def wait(self, job_id: str, states: tuple[str, ...], timeout: float = 300.0,
              on_event: Callable[[object], None] | None = None) -> str:
-        """Follow WatchJob until the job reaches one of ``states`` (or a terminal one)."""
+        """Follow WatchJob until the job reaches one of ``states`` (or a terminal one).
+
+        Raises ``WaitTimeout`` past ``timeout``, naming the job's state and what it lacks (consents, shards): the
+        stream's own DEADLINE_EXCEEDED says neither.
+        """
         deadline = time.monotonic() + timeout
-        for ev in self.client.watch(job_id, timeout=timeout):
-            if on_event is not None:
-                on_event(ev)
-            if ev.kind == "state" and (ev.state in states or ev.state in ("done", "failed")):
-                return self.check_audit(job_id) if ev.state == "done" else ev.state
-            if time.monotonic() > deadline:
-                break
-        state = self.client.get_job(job_id).state
-        return self.check_audit(job_id) if state == "done" else state
+        try:
+            for ev in self.client.watch(job_id, timeout=timeout):
+                if on_event is not None:
+                    on_event(ev)
+                if ev.kind == "state" and (ev.state in states or ev.state in ("done", "failed")):
+                    return self.check_audit(job_id) if ev.state == "done" else ev.state
+                if time.monotonic() > deadline:
+                    break
+        except AggregatorError as exc:
+            if exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        status = self.client.get_job(job_id)
+        if status.state == "done":
+            return self.check_audit(job_id)
+        if status.state not in states and status.state != "failed" and time.monotonic() >= deadline:
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for job {job_id} to be {' or '.join(states)} "
+                              f"({describe_wait(status)})", job_id, status.state)
+        return status.state
 
     def check_audit(self, job_id: str) -> str:
         """Before reporting ``done``: the enclave's audit log must show this party's job as it did it."""

@@ -5,7 +5,7 @@ id = "hospital-a"
 aggregator = "127.0.0.1:50051"
 policy = "policy.toml"          # the party's own attestation policy
 data = "../../examples/hospitals_pooled/data/hospital-a.csv"   # .csv or .parquet
-keys_dir = "keys"               # identity.key + kem.key, created on first run (never commit them)
+keys_dir = "keys"               # identity.key, kem.key (+ .pub): `mpctrain keys generate` or the first `party run`
 outputs_dir = "outputs"         # where opened outputs go when this party is a recipient
 tls_ca = "aggregator-ca.pem"    # optional: the aggregator's transport TLS roots
 [rules]
@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from mpctrain.party.rules import PartyRules
-from mpctrain.seal.keys import IdentityKey, KemKey, write_public_files
+from mpctrain.seal.keydir import PUBLIC_FILES, KeyDirError, generate_pair, load_pair, private_key_files
+from mpctrain.seal.keys import IdentityKey, KemKey
 
 
 class PartyConfigError(ValueError):
@@ -83,38 +84,22 @@ class PartyConfig:
                    outputs_dir=base / str(doc.get("outputs_dir", "outputs")), rules=rules,
                    tls_ca=(base / str(doc["tls_ca"])) if "tls_ca" in doc else None)
 
-    def load_keys(self, create: bool = True) -> tuple[IdentityKey, KemKey]:
-        """Load the party's keys; generate them on first run (private files 0600, public files beside).
+    def load_keys(self, create: bool = False) -> tuple[IdentityKey, KemKey]:
+        """Load the party's keys (``identity.key``, ``kem.key``); with ``create``, generate them when the directory
+        holds none (private files 0600, public files beside). Only the commands that start a party's part in a job
+        (``party run``, ``job propose``) create: any other command would sign with an identity no job names, and a
+        typo in ``keys_dir`` would leave a stray identity behind.
 
-        ``identity.key``/``kem.key`` (written here) or ``identity.pem``/``kem.pem`` (``mpctrain keys
-        generate``). Half a pair is an error, never a reason to generate a new identity over it.
+        Half a pair, or keys under both namings, is an error (``seal.keydir``), never a reason to make a new identity.
         """
-        found = key_files(self.keys_dir)
-        if found is not None:
-            ident, kem = found
-            return IdentityKey.load(ident), KemKey.load(kem)
-        partial = sorted(n for n in PRIVATE_KEY_FILES if (self.keys_dir / n).exists())
-        if partial:
-            raise PartyConfigError(f"{self.keys_dir} holds {', '.join(partial)} but not the matching identity and KEM "
-                                   "key: restore the missing file (or `mpctrain keys generate --force`)")
-        if not create:
-            raise PartyConfigError(f"no keys in {self.keys_dir}; run `mpctrain keys generate --out {self.keys_dir}`")
-        ident, kem = self.keys_dir / "identity.key", self.keys_dir / "kem.key"
-        i, k = IdentityKey.generate(), KemKey.generate()
-        i.save(ident)
-        k.save(kem)
-        write_public_files(self.keys_dir, i, k)
-        return IdentityKey.load(ident), KemKey.load(kem)
-
-
-PRIVATE_KEY_FILES = ("identity.key", "kem.key", "identity.pem", "kem.pem")
-
-
-def key_files(keys_dir: Path) -> tuple[Path, Path] | None:
-    """The (identity, KEM) private key files in ``keys_dir``: a party's ``.key`` pair or ``keys generate``'s
-    ``.pem`` pair; None when neither pair is complete."""
-    for ext in (".key", ".pem"):
-        ident, kem = keys_dir / f"identity{ext}", keys_dir / f"kem{ext}"
-        if ident.is_file() and kem.is_file():
-            return ident, kem
-    return None
+        try:
+            if create and private_key_files(self.keys_dir) is None:
+                published = [n for n in PUBLIC_FILES if (self.keys_dir / n).exists()]
+                if published:  # someone handed these out: a new pair here would be an identity nobody knows
+                    raise KeyDirError(f"{self.keys_dir} holds {', '.join(published)} but no private keys: restore "
+                                      "identity.key and kem.key from a backup (or `mpctrain keys generate --out "
+                                      f"{self.keys_dir} --force` for a new identity)")
+                return generate_pair(self.keys_dir)
+            return load_pair(self.keys_dir)
+        except KeyDirError as exc:
+            raise PartyConfigError(str(exc)) from None

@@ -25,6 +25,20 @@ class ManifestRejected(PartyError):
         self.problems = problems
 
 
+class ShardRefused(PartyError):
+    """This party's own table does not fit the job (schema, or too few rows for its validation floors): found
+    before it consents or uploads, where it can be fixed."""
+
+
+class WaitTimeout(PartyError):
+    """The job did not reach the awaited state in time; the message names its state and what it still lacks."""
+
+    def __init__(self, message: str, job_id: str, state: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.state = state
+
+
 class OutputError(PartyError):
     """An output could not be fetched, opened or verified against the receipt."""
 

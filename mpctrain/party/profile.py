@@ -16,7 +16,7 @@ from mpctrain.jobs import JobManifest
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.config import PartyConfig, PartyConfigError
-from mpctrain.party.errors import ManifestRejected, PartyError, Unauthenticated
+from mpctrain.party.errors import ManifestRejected, PartyError, ShardRefused, Unauthenticated, WaitTimeout
 from mpctrain.party.rules import PartyRules, recipients_unchecked
 
 DEFAULT_PROFILES = Path("parties")
@@ -54,8 +54,10 @@ def aggregator_channel(config: PartyConfig, target: str | None = None) -> grpc.C
     return open_channel(target or config.aggregator, channel_credentials(config))
 
 
-def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None) -> PartyAgent:
-    identity, kem = config.load_keys()
+def agent_from_config(config: PartyConfig, target: str | None = None, policy_file: Path | None = None, *,
+                      create_keys: bool = False) -> PartyAgent:
+    """The agent of a profile; ``create_keys`` for ``party run`` and ``job propose`` only (see ``load_keys``)."""
+    identity, kem = config.load_keys(create=create_keys)
     try:
         policy = Policy.load(policy_file or config.policy)
     except PolicyError as exc:
@@ -66,18 +68,30 @@ def agent_from_config(config: PartyConfig, target: str | None = None, policy_fil
 
 
 def find_job(agent: PartyAgent, job_id: str | None, timeout: float, poll: float = 1.0) -> JobManifest:
-    """The named job, or the first proposed job that names this party (waiting up to ``timeout``)."""
+    """The named job, or the first proposed job that names this party (waiting up to ``timeout``).
+
+    A named job past taking data is followed to its end when this party consented to it (a re-run after its
+    upload: it fetches the outputs), and refused at once otherwise (states never go back)."""
     deadline = time.monotonic() + timeout
     while True:
         for status in _listed(agent):
             if job_id is not None and status.job_id != job_id:
                 continue
             manifest = JobManifest.from_bytes(status.manifest)
-            if manifest.has_party(agent.party_id) and status.state in ("proposed", "open"):
+            if not manifest.has_party(agent.party_id):
+                continue
+            if status.state in ("proposed", "open"):
                 return manifest
+            if job_id is not None:
+                if agent.party_id in status.consented:
+                    return manifest
+                raise PartyError(f"job {job_id} is {status.state} and {agent.party_id} never consented to it: it "
+                                 "takes no more consents or data")
         if time.monotonic() > deadline:
-            raise PartyError(f"no {'job ' + job_id if job_id else 'proposed job'} naming {agent.party_id} "
-                             f"appeared within {timeout:.0f}s")
+            what = f"job {job_id}" if job_id else "a job"
+            raise WaitTimeout(f"timed out after {timeout:g} s waiting for {what} naming {agent.party_id} to be "
+                              "proposed (none is: propose it with `mpctrain job propose`, or check --job and the "
+                              "aggregator address)", job_id or "", "")
         time.sleep(poll)
 
 
@@ -124,9 +138,18 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
     manifest = find_job(agent, job_id, timeout)
     problems = agent.review(manifest)
     status = agent.client.get_job(manifest.job_id)
-    if agent.party_id not in status.consented:
-        if problems:
-            raise ManifestRejected(problems)
+    consented = agent.party_id in status.consented
+    if problems and not consented:
+        raise ManifestRejected(problems)
+    shard = None
+    if manifest.mode == "pooled" and manifest.party(agent.party_id).role == "data" and \
+            agent.party_id not in status.uploaded:  # before consent: a table the job cannot use is refused here
+        try:
+            shard = agent.check_data(manifest)
+        except ShardRefused as exc:
+            raise ShardRefused(f"{'not uploading to' if consented else 'not approving'} job {manifest.job_id}: "
+                               f"{exc} (nothing was sent)") from None
+    if not consented:
         manual = manual_approval(agent.rules)
         if manual:
             force = recipients_unchecked(agent.rules) is not None  # then `job approve` consents only with --force
@@ -139,11 +162,15 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
     state = agent.wait(manifest.job_id, ("open", "training"), timeout=timeout)
     if state not in ("open", "training"):
         raise PartyError(f"job {manifest.job_id} is {state}; nothing uploaded")
-    if manifest.party(agent.party_id).role == "data" and agent.party_id not in agent.client.get_job(
-            manifest.job_id).uploaded:
-        res = agent.upload(manifest, progress)
-        say(f"{agent.party_id}: uploaded {res.total_size:,} bytes sealed to the enclave ({res.sent_bytes:,} on the "
-            f"wire, {res.chunks} chunks)")
+    if manifest.party(agent.party_id).role == "data":
+        if agent.party_id not in agent.client.get_job(manifest.job_id).uploaded:
+            res = agent.upload(manifest, progress, shard=shard)
+            say(f"{agent.party_id}: uploaded {res.total_size:,} bytes sealed to the enclave ({res.sent_bytes:,} on "
+                f"the wire, {_count(res.chunks, 'chunk')})")
+        else:  # a re-run: the enclave takes one shard per party
+            chunks = agent.accepted_chunks(manifest.job_id)
+            what = _count(chunks, "chunk") if chunks is not None else "its shard"
+            say(f"{agent.party_id}: already uploaded {what} for job {manifest.job_id}; not uploading again")
     state = agent.wait(manifest.job_id, ("done",), timeout=timeout)
     if state != "done":
         raise PartyError(f"job {manifest.job_id} ended {state}: {agent.client.get_job(manifest.job_id).error}")
@@ -153,6 +180,10 @@ def run_party(agent: PartyAgent, job_id: str | None = None, *, timeout: float = 
         return opened
     say(f"{agent.party_id}: job done; this party is not a recipient of its outputs")
     return None
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def policy_toml(policy: Mapping[str, Any]) -> str:

@@ -144,7 +144,7 @@ def check_manifest(manifest: JobManifest, rules: PartyRules, party_id: str, iden
             problems.append(f"recipients {unpinned} are allowed by name only: a job can give a name any key, so pin "
                             "their keys in [rules.known_parties]")
     if rules.schema:
-        for key in ("label", "features"):
+        for key in ("label", "features", "label_values"):  # label_values: a job without them takes any label
             if key in rules.schema and manifest.schema.get(key) != rules.schema[key]:
                 problems.append(f"the job's schema {key} differs from this party's schema")
     if rules.allowed_measurements:

@@ -45,6 +45,11 @@ def _key_id(public: bytes) -> str:
     return hashlib.sha256(public).digest()[:8].hex()
 
 
+def public_key_id(public: bytes) -> str:
+    """The short id (as ``IdentityKey.key_id``/``KemKey.key_id``) of raw public key bytes, e.g. from a .pub file."""
+    return _key_id(bytes(public))
+
+
 def write_private(path: str | os.PathLike[str], data: bytes, *, root: str | os.PathLike[str] | None = None) -> None:
     """Write ``data`` to ``path`` with mode 0600, atomically (temp file in the same dir, then rename).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +32,7 @@ __all__ = [
     "SchemaError",
     "Split",
     "TableSchema",
+    "first_data_line",
     "load_schema",
     "read_table",
     "stratified_split",
@@ -153,12 +154,22 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"cannot read table {p}: {type(exc).__name__}: {exc}") from None
 
 
-def validate(df: pd.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndarray]:
+def first_data_line(path: str | Path) -> int | None:
+    """For :func:`validate`: the line of a CSV's first data row (its header is line 1); None for Parquet."""
+    return None if Path(path).suffix.lower() in (".parquet", ".pq") else 2
+
+
+def validate(df: pd.DataFrame, schema: TableSchema, *, first_line: int | None = 2) -> tuple[np.ndarray, np.ndarray]:
     """Check ``df`` against ``schema`` and return ``(X float32 n x d, y int64)`` in the schema's feature order.
 
     Strict: missing or extra columns, non-numeric or non-finite feature values, missing or unknown labels and
-    empty tables all raise :class:`SchemaError` naming the first offending column and row.
+    empty tables all raise :class:`SchemaError` naming the first offending column and where it is: ``line N`` of
+    the file, as an editor (and pandas' own parse errors) count it, ``first_line`` being the first data row's line
+    (2: a CSV with its header on line 1); with ``first_line=None`` (Parquet: no lines) ``row N``, counted from 1.
     """
+    def where(i: int) -> str:
+        return f"line {i + first_line}" if first_line is not None else f"row {i + 1}"
+
     if not isinstance(df, pd.DataFrame):
         raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}")
     columns = [str(c) for c in df.columns]
@@ -178,12 +189,12 @@ def validate(df: pd.DataFrame, schema: TableSchema) -> tuple[np.ndarray, np.ndar
 
     X = np.empty((len(df), len(schema.features)), dtype=np.float32)
     for j, name in enumerate(schema.features):
-        X[:, j] = _numeric_column(df[name], name)
-    y = _encode_labels(df[schema.label], schema)
+        X[:, j] = _numeric_column(df[name], name, where)
+    y = _encode_labels(df[schema.label], schema, where)
     return X, y
 
 
-def _numeric_column(col: pd.Series, name: str) -> np.ndarray:
+def _numeric_column(col: pd.Series, name: str, where: Callable[[int], str]) -> np.ndarray:
     if pd.api.types.is_bool_dtype(col.dtype):
         raise SchemaError(f"feature column {name!r} is boolean; encode it as 0/1 numbers")
     values = pd.to_numeric(col, errors="coerce")
@@ -191,12 +202,12 @@ def _numeric_column(col: pd.Series, name: str) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         # the row, never the value: error messages end up in logs, and a cell may hold a name or a record number
-        raise SchemaError(f"feature column {name!r} has a non-numeric value at row {row}")
+        raise SchemaError(f"feature column {name!r} has a non-numeric value at {where(row)}")
     arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
     nonfinite = ~np.isfinite(arr)
     if nonfinite.any():
         row = int(np.flatnonzero(nonfinite)[0])
-        raise SchemaError(f"feature column {name!r} has a missing or infinite value at row {row}; impute or drop it")
+        raise SchemaError(f"feature column {name!r} has a missing or infinite value at {where(row)}; impute or drop it")
     if np.abs(arr).max(initial=0.0) > np.finfo(np.float32).max:
         raise SchemaError(f"feature column {name!r} has values beyond float32 range")
     return arr.astype(np.float32)
@@ -218,11 +229,11 @@ def _label_key(v: Any) -> str:
     return str(int(f)) if math.isfinite(f) and f.is_integer() else s
 
 
-def _encode_labels(col: pd.Series, schema: TableSchema) -> np.ndarray:
+def _encode_labels(col: pd.Series, schema: TableSchema, where: Callable[[int], str]) -> np.ndarray:
     name = schema.label
     missing = col.isna().to_numpy()
     if missing.any():
-        raise SchemaError(f"label column {name!r} has a missing value at row {int(np.flatnonzero(missing)[0])}")
+        raise SchemaError(f"label column {name!r} has a missing value at {where(int(np.flatnonzero(missing)[0]))}")
     if schema.label_values is not None:
         index = {_label_key(v): i for i, v in enumerate(schema.label_values)}
         keys = [_label_key(v) for v in col.tolist()]
@@ -230,7 +241,7 @@ def _encode_labels(col: pd.Series, schema: TableSchema) -> np.ndarray:
         for row, k in enumerate(keys):
             if k not in index:
                 raise SchemaError(
-                    f"label column {name!r} has a label outside label_values at row {row}; "
+                    f"label column {name!r} has a label outside label_values at {where(row)}; "
                     f"allowed: {list(schema.label_values)}"
                 )
             y[row] = index[k]
@@ -240,7 +251,7 @@ def _encode_labels(col: pd.Series, schema: TableSchema) -> np.ndarray:
     if not ok.all():
         row = int(np.flatnonzero(~ok)[0])
         raise SchemaError(
-            f"label column {name!r} has an unknown label at row {row}; labels must be integers "
+            f"label column {name!r} has an unknown label at {where(row)}; labels must be integers "
             "0..K-1, or set label_values in the schema"
         )
     return values.astype(np.int64)

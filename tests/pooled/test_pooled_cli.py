@@ -204,7 +204,8 @@ def test_job_approve_wants_force_while_the_rules_name_no_allowed_recipients(live
     toml = tmp_path / "open" / "party.toml"
     toml.parent.mkdir()
     toml.write_text(f'id = "hospital-b"\naggregator = "{c.target}"\npolicy = "{profiles / "sim-policy.toml"}"\n'
-                    f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"\n[rules]\nauto_approve = true\n')
+                    f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"\n'
+                    f'data = "{EXAMPLE / "data" / "hospital-b.csv"}"\n[rules]\nauto_approve = true\n')
     m = c.manifest("cli-open", parties=["hospital-b", "hospital-c"])
     c.agent("hospital-b").client.propose(m)
     job = c.aggregator.store.get("cli-open")
@@ -248,3 +249,144 @@ def test_cli_propose_refuses_a_job_whose_pinned_policy_the_live_enclave_fails(li
     assert "cli-stale" not in {j.manifest.job_id for j in c.aggregator.store.list()}
     res = runner.invoke(app, [*propose, "--skip-enclave-check"])
     assert res.exit_code == 0 and "proposed cli-stale" in res.output, res.output
+def test_only_party_run_and_propose_create_keys(live, tmp_path):
+    """A typo in keys_dir must not mint a new identity: status/approve/fetch say there are no keys (and how to make
+    them) and create nothing; `job propose` (the documented researcher flow) and `party run` still create them."""
+    c, profiles, job = live
+    typo = tmp_path / "party-typo.toml"
+    typo.write_text((profiles / "hospital-b" / "party.toml").read_text().replace(
+        f'keys_dir = "{c.parties["hospital-b"].dir / "keys"}"', 'keys_dir = "kyes"'))
+    assert 'keys_dir = "kyes"' in typo.read_text()
+    runner = CliRunner()
+    for args in (["status", "cli-job"], ["approve", "cli-job"], ["fetch", "cli-job", "--out", str(tmp_path / "o")]):
+        res = runner.invoke(app, ["job", *args, "--as", str(typo), "--profiles", str(profiles)])
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 2, res.output
+        assert f"no keys in {tmp_path / 'kyes'}" in flat and f"keys generate --out {tmp_path / 'kyes'}" in flat
+        assert "Traceback" not in res.output and not (tmp_path / "kyes").exists()
+
+    fresh = tmp_path / "clinic-z"  # a new proposer: the manifest names its public files, made by propose
+    fresh.mkdir()
+    (fresh / "party.toml").write_text(f'id = "clinic-z"\naggregator = "{c.target}"\n'
+                                      f'policy = "{profiles / "sim-policy.toml"}"\nkeys_dir = "keys"\n')
+    text = job.read_text().replace('job_id = "cli-job"', 'job_id = "cli-fresh"').replace(
+        'proposer = "hospital-a"', 'proposer = "clinic-z"')
+    pub = fresh / "keys"
+    text = text.replace("[schema]", f'[[parties]]\nid = "clinic-z"\nrole = "researcher"\nidentity_public_file = '
+                                    f'"{pub / "identity.pub"}"\nkem_public_file = "{pub / "kem.pub"}"\n[schema]', 1)
+    (tmp_path / "job.toml").write_text(text)
+    res = runner.invoke(app, ["job", "propose", str(tmp_path / "job.toml"), "--as", str(fresh / "party.toml")])
+    assert res.exit_code == 0, res.output
+    assert (fresh / "keys" / "identity.key").is_file() and (fresh / "keys" / "identity.pub").is_file()
+
+
+def test_party_run_timeout_names_the_state_and_what_is_missing(live):
+    """`party run --timeout` used to end in the watch stream's bare DEADLINE_EXCEEDED, whatever it waited for."""
+    c, profiles, _ = live
+    m = c.manifest("cli-timeout", parties=["hospital-b", "hospital-c"])
+    c.agent("hospital-b").client.propose(m)
+    runner = CliRunner()
+    run = ["party", "run", "--config", str(profiles / "hospital-b" / "party.toml"), "--job", "cli-timeout",
+           "--timeout", "2"]
+    res = runner.invoke(app, run)
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "DEADLINE_EXCEEDED" not in flat, res.output
+    assert ("timed out after 2 s waiting for job cli-timeout to be open or training (state proposed; missing "
+            "consent: hospital-c)") in flat
+    other = c.agent("hospital-c")
+    other.attest()
+    other.approve(m)
+    res = runner.invoke(app, run)  # uploads, then waits for hospital-c's shard
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "DEADLINE_EXCEEDED" not in flat, res.output
+    assert "timed out after 2 s waiting for job cli-timeout to be done (state open; missing upload: hospital-c)" in flat
+    res = runner.invoke(app, [*run[:-4], "--job", "cli-no-such-job", "--timeout", "1"])
+    assert res.exit_code == 1 and "timed out after 1 s waiting for job cli-no-such-job naming hospital-b" in res.output
+
+
+@pytest.mark.parametrize("defect", ["missing-column", "29-rows"])
+def test_party_run_checks_its_table_before_approving(live, tmp_path, defect):
+    """A table the job cannot use is refused before consent: no consent reaches the aggregator (it used to approve,
+    then fail on the schema; a 29-row shard failed the whole job with ValidationTooSmall after every upload)."""
+    import pandas as pd
+
+    c, profiles, _ = live
+    table = pd.read_csv(EXAMPLE / "data" / "hospital-b.csv")
+    table = table.drop(columns=["mean_radius"]) if defect == "missing-column" else table.head(29)
+    table.to_csv(tmp_path / "b.csv", index=False)
+    toml = tmp_path / "party.toml"
+    toml.write_text((profiles / "hospital-b" / "party.toml").read_text().replace(
+        str(EXAMPLE / "data" / "hospital-b.csv"), str(tmp_path / "b.csv")).replace(
+        'policy = "../sim-policy.toml"', f'policy = "{profiles / "sim-policy.toml"}"'))
+    job_id = f"cli-data-{defect}"
+    c.agent("hospital-b").client.propose(c.manifest(job_id, parties=["hospital-b", "hospital-c"],
+                                                    training={"epochs": 1, "batch_size": 32, "lr": 0.01, "seed": 7,
+                                                              "val_fraction": 0.2}))
+    res = CliRunner().invoke(app, ["party", "run", "--config", str(toml), "--job", job_id, "--timeout", "10"])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    assert f"error: not approving job {job_id}: {tmp_path / 'b.csv'}:" in flat and "nothing was sent" in flat
+    assert "approved job" not in flat
+    if defect == "missing-column":
+        assert "missing column(s) ['mean_radius']" in flat
+    else:
+        assert "of this table's 29 rows" in flat and "at least 10 from each party" in flat
+        assert "raise [training] val_fraction" in flat  # printed as text, not taken for rich markup
+    assert c.aggregator.store.get(job_id).consents == {}
+    res = CliRunner().invoke(app, ["job", "approve", job_id, "--as", str(toml)])  # the same check by hand
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1 and "this party's data does not fit the job" in flat, res.output
+    assert c.aggregator.store.get(job_id).consents == {}
+
+
+def test_party_run_again_says_it_already_uploaded_and_follows_the_job(live):
+    """A re-run after its upload says so (it skipped silently), counts chunks in proper English, and, once the job
+    is done, still follows it to its outputs (a named job past taking data is followed when consented to)."""
+    c, profiles, _ = live
+    m = c.manifest("cli-rerun", parties=["hospital-b", "hospital-c"],
+                   training={"epochs": 1, "batch_size": 32, "lr": 0.01, "seed": 7, "val_fraction": 0.2})
+    c.agent("hospital-b").client.propose(m)
+    other = c.agent("hospital-c")
+    other.attest()
+    other.approve(m)
+    runner = CliRunner()
+    run = ["party", "run", "--config", str(profiles / "hospital-b" / "party.toml"), "--job", "cli-rerun"]
+    res = runner.invoke(app, [*run, "--timeout", "2"])
+    flat = " ".join(res.output.split())
+    assert "on the wire, 1 chunk)" in flat and "1 chunks" not in flat, res.output
+    res = runner.invoke(app, [*run, "--timeout", "2"])
+    flat = " ".join(res.output.split())
+    assert "hospital-b: already uploaded 1 chunk for job cli-rerun; not uploading again" in flat, res.output
+    assert "missing upload: hospital-c" in flat
+    other.upload(m)
+    assert other.wait(m.job_id, ("done",), timeout=60) == "done"
+    res = runner.invoke(app, [*run, "--timeout", "30"])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "already uploaded 1 chunk for job cli-rerun" in flat and "outputs opened and receipt verified" in flat
+
+
+def test_job_approve_twice_says_already_approved_and_sends_nothing(live):
+    """The second `job approve` printed 'approved' again and the audit view got a second consent record."""
+    c, profiles, _ = live
+    m = c.manifest("cli-twice", parties=["hospital-a", "hospital-b"])
+    c.agent("hospital-a").client.propose(m)
+    job = c.aggregator.store.get("cli-twice")
+    runner = CliRunner()
+    approve = ["job", "approve", "cli-twice", "--as", "hospital-a", "--profiles", str(profiles)]
+    res = runner.invoke(app, approve)
+    assert res.exit_code == 0 and "hospital-a approved cli-twice" in res.output, res.output
+    res = runner.invoke(app, approve)
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert f"hospital-a already approved cli-twice (consent digest {m.digest().hex()}); nothing sent" in flat
+
+    def consents():
+        return ([e.party_id for e in job.events if e.kind == "consent"],
+                [f["party"] for k, f in c.events.events if k == "job.consent" and f["job_id"] == "cli-twice"])
+
+    assert consents() == (["hospital-a"], ["hospital-a"])
+    a = c.agent("hospital-a")  # a client that sends its consent again anyway: the enclave records it once
+    a.attest()
+    a.approve(m)
+    assert consents() == (["hospital-a"], ["hospital-a"])

@@ -9,9 +9,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mpctrain.enclave.pooled import DP_NOTE, WITHHELD, ValidationTooSmall
+from mpctrain.enclave.pooled import (
+    DP_NOTE,
+    MIN_VAL_ROWS,
+    MIN_VAL_ROWS_PER_PARTY,
+    WITHHELD,
+    ValidationTooSmall,
+    own_shard_floor,
+    pool_shards,
+)
+from mpctrain.party.agent import load_table
 from mpctrain.party.errors import InvalidArgument
 from mpctrain.train import registry
+from mpctrain.train.data import SchemaError, table_to_bytes
 from pooled_kit import FAST_TRAINING, run_job
 
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
@@ -139,6 +149,79 @@ def test_too_few_validation_rows_fail_the_job_without_counts(cluster):
     assert status.state == "failed"
     assert status.error == f"ValidationTooSmall: {ValidationTooSmall()}"
     assert not status.public_metrics
+
+
+@pytest.mark.parametrize("quorum", [1, 2])
+def test_a_party_checks_its_own_validation_floor_as_the_enclave_will(cluster, quorum):
+    """`party run` refuses before consenting exactly the shards the enclave's floors would fail after every upload
+    (per party; overall too when the quorum is one shard); it reports its own count, to itself only."""
+    parties = ["hospital-b", "hospital-c"][:quorum]
+    m = cluster.manifest("floor", parties=parties, quorum=quorum, training=FAST_TRAINING)
+    X, y = load_table(EXAMPLE_DATA / "hospital-b.csv", m)
+    others = {"hospital-c": table_to_bytes(X, y)} if quorum == 2 else {}
+    verdicts = set()
+    for n in range(20, 140, 3):
+        local = own_shard_floor(y[:n], m)
+        try:
+            pool_shards({**others, "hospital-b": table_to_bytes(X[:n], y[:n])}, m.schema, 0.2, 7,
+                        min_val_rows=MIN_VAL_ROWS, min_val_rows_per_party=MIN_VAL_ROWS_PER_PARTY)
+            enclave_ok = True
+        except ValidationTooSmall:
+            enclave_ok = False
+        assert (local is None) == enclave_ok, n
+        verdicts.add(enclave_ok)
+        if local is not None:
+            assert f"of this table's {n} rows" in local and "val_fraction" in local
+    assert verdicts == {True, False}  # the range crosses the floor
+    dp = cluster.manifest("floor-dp", parties=parties, quorum=quorum, privacy=DP_PRIVACY, training=DP_TRAINING,
+                          public_metrics=["epsilon_spent"], schema={**m.schema, "label_values": [0, 1]})
+    assert own_shard_floor(y[:5], dp) is None  # a DP job holds nothing out
+
+
+def test_a_public_metric_the_job_cannot_compute_is_reported_not_dropped(cluster, tmp_path):
+    """One label typed 7 for 1 in a schema without label_values trains an 8-class model, which has no auc: the job
+    says so (watch event, audit record, the recipients' metrics, `job status`) with a fixed reason, not silently."""
+    from typer.testing import CliRunner
+
+    from mpctrain.cli.main import app
+    from mpctrain.enclave.audit import summarize
+    from mpctrain.enclave.audit.record import AuditRecord
+    from mpctrain.party.profile import policy_toml
+
+    table = pd.read_csv(EXAMPLE_DATA / "hospital-c.csv")
+    table.loc[3, "diagnosis"] = 7
+    table.to_csv(tmp_path / "c.csv", index=False)
+    loose = {k: v for k, v in cluster.manifest().schema.items() if k != "label_values"}
+    m, agents = run_job(cluster, "typo-label", data={"hospital-c": tmp_path / "c.csv"}, schema=loose,
+                        public_metrics=["accuracy", "auc"])
+    a = agents["hospital-a"]
+    status = a.client.get_job(m.job_id)
+    assert "accuracy" in status.public_metrics and "auc" not in status.public_metrics
+    reason = "auc is defined only for two classes, both present among the validation rows; pin [schema] label_values"
+    [event] = [e for e in a.client.watch(m.job_id, timeout=10) if e.kind == "metrics"]
+    assert event.message.startswith(f"auc not computed: {reason}")
+    assert [f.get("unavailable") for f in _events(cluster, m.job_id, "training.finished")] == [["auc"]]
+    assert json.loads(a.fetch(m)["metrics"])["unavailable"]["auc"].startswith(reason)
+    records = [(n, AuditRecord.from_line(line.rstrip(b"\n"))) for n, line in
+               enumerate((cluster.workdir / "audit.jsonl").read_bytes().splitlines(keepends=True), 1)]
+    assert summarize(records)["typo-label"].unavailable == ["auc"]
+    (tmp_path / "policy.toml").write_text(policy_toml(cluster.enclave_policy()))
+    (tmp_path / "party.toml").write_text(f'id = "hospital-a"\naggregator = "{cluster.target}"\n'
+                                         f'keys_dir = "{cluster.parties["hospital-a"].dir / "keys"}"\n')
+    res = CliRunner().invoke(app, ["job", "status", m.job_id, "--as", str(tmp_path / "party.toml")])
+    flat = " ".join(res.output.replace("│", " ").split())
+    assert res.exit_code == 0 and "auc not computed: auc is defined only for two classes" in flat, res.output
+    # with the classes pinned (the example schema now does), the typo is refused at its hospital instead
+    with pytest.raises(SchemaError, match="outside label_values"):
+        load_table(tmp_path / "c.csv", cluster.manifest("pinned"))
+
+
+def test_public_metrics_a_pooled_job_cannot_compute_are_refused_at_propose(cluster):
+    with pytest.raises(InvalidArgument, match=r"public_metrics \['acc'\] are not metrics of a pooled job"):
+        _propose(cluster, "typo-metric", public_metrics=["acc"])
+    three = {**cluster.manifest().schema, "label_values": [0, 1, 2]}
+    with pytest.raises(InvalidArgument, match=r"auc, defined for two classes only, and .* lists 3"):
+        _propose(cluster, "three-auc", schema=three, public_metrics=["auc"])
 
 
 def test_settings_and_oversized_models_are_refused_at_propose(cluster, monkeypatch):

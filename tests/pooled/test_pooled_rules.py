@@ -46,6 +46,17 @@ def test_acceptable_job_has_no_problems():
     assert check_manifest(_manifest(me), rules, "hospital-a", *me) == []
 
 
+def test_a_job_without_the_partys_label_values_breaks_its_rules():
+    """A party whose schema pins its classes does not consent to a job that takes any label: there a typo such as 7
+    for 1 would train on a class that does not exist instead of being refused at the party."""
+    me = IdentityKey.generate(), KemKey.generate()
+    rules = PartyRules(schema={**SCHEMA, "label_values": [0, 1]}, allowed_recipients=("hospital-a", "hospital-b"),
+                       known_parties=KNOWN_B)
+    assert check_manifest(_manifest(me, schema={**SCHEMA, "label_values": [0, 1]}), rules, "hospital-a", *me) == []
+    problems = check_manifest(_manifest(me), rules, "hospital-a", *me)
+    assert problems == ["the job's schema label_values differs from this party's schema"]
+
+
 def test_every_violation_is_named():
     me = IdentityKey.generate(), KemKey.generate()
     rules = PartyRules(schema={"label": "diagnosis", "features": ["a"]}, allowed_recipients=("hospital-a",),

@@ -134,9 +134,9 @@ def test_keys_generate_writes_all_files(tmp_path, kem):
     out = tmp_path / "keys"
     res = CliRunner().invoke(app, ["keys", "generate", "--out", str(out), "--kem", kem])
     assert res.exit_code == 0, res.output
-    for name in ("identity.pem", "kem.pem"):
+    for name in ("identity.key", "kem.key"):
         assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
-    ident, kem_key = IdentityKey.load(out / "identity.pem"), KemKey.load(out / "kem.pem")
+    ident, kem_key = IdentityKey.load(out / "identity.key"), KemKey.load(out / "kem.key")
     assert load_identity_public(out / "identity.pub") == ident.public_bytes()
     assert load_kem_public(out / "kem.pub") == (kem, kem_key.public_bytes())
     assert (out / "kem.pub").read_text().startswith(kem + " ")
@@ -152,7 +152,7 @@ def test_keys_generate_refuses_overwrite_without_force(tmp_path):
     res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
     assert res.exit_code == 1 and "--force" in res.output
     assert (tmp_path / "identity.pub").read_text() == before
-    (tmp_path / "identity.pem").unlink()
+    (tmp_path / "identity.key").unlink()
     res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
     assert res.exit_code == 1, "one remaining file is enough to refuse"
     res = runner.invoke(app, ["keys", "generate", "--out", str(tmp_path), "--force"])
@@ -161,7 +161,7 @@ def test_keys_generate_refuses_overwrite_without_force(tmp_path):
 
 def test_keys_generate_rejects_unknown_kem(tmp_path):
     res = CliRunner().invoke(app, ["keys", "generate", "--out", str(tmp_path), "--kem", "rsa"])
-    assert res.exit_code == 2 and not (tmp_path / "identity.pem").exists()
+    assert res.exit_code == 2 and not (tmp_path / "identity.key").exists()
 
 
 def test_keys_generate_reports_unwritable_directory(tmp_path):
@@ -175,16 +175,41 @@ def test_keys_generate_reports_unwritable_directory(tmp_path):
 def test_keys_show_detects_problems(tmp_path):
     runner = CliRunner()
     runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
-    (tmp_path / "identity.pem").chmod(0o644)
+    (tmp_path / "identity.key").chmod(0o644)
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
     assert res.exit_code == 1 and "chmod 600" in res.output
-    (tmp_path / "identity.pem").chmod(0o600)
+    (tmp_path / "identity.key").chmod(0o600)
     (tmp_path / "identity.pub").write_text(IdentityKey.generate().public_bytes().hex())
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
-    assert res.exit_code == 1 and "do not match" in res.output
-    (tmp_path / "kem.pem").unlink()
+    assert res.exit_code == 1 and "identity.pub names ed25519 key" in res.output
+    (tmp_path / "kem.key").unlink()
     res = runner.invoke(app, ["keys", "show", str(tmp_path)])
-    assert res.exit_code == 1 and "kem.pem" in res.output
+    assert res.exit_code == 1 and "kem.key" in res.output
+
+
+def test_keys_show_names_the_mismatched_file_and_fixes_it_from_the_private_keys(tmp_path):
+    """A public file that does not match is named with both key ids; the advice is to re-derive it (--fix) or
+    restore the private key, never to regenerate (that would replace the identity itself)."""
+    runner = CliRunner()
+    runner.invoke(app, ["keys", "generate", "--out", str(tmp_path)])
+    ident, kem_key = IdentityKey.load(tmp_path / "identity.key"), KemKey.load(tmp_path / "kem.key")
+    stranger = KemKey.generate()
+    (tmp_path / "kem.pub").write_text(f"x25519 {stranger.public_bytes().hex()}\n")
+    res = runner.invoke(app, ["keys", "show", str(tmp_path)])
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 1
+    assert f"kem.pub names x25519 key {stranger.key_id()}, but kem.key is x25519 key {kem_key.key_id()}" in flat
+    assert "identity.pub" not in flat.split("kem.pub names")[0]  # only the wrong file is named
+    assert "--fix" in flat and "restore its private key" in flat and "regenerate" not in flat
+    res = runner.invoke(app, ["keys", "show", str(tmp_path), "--fix"])
+    assert res.exit_code == 0 and "rewrote" in res.output and kem_key.key_id() in res.output
+    assert load_kem_public(tmp_path / "kem.pub") == ("x25519", kem_key.public_bytes())
+    assert load_identity_public(tmp_path / "identity.pub") == ident.public_bytes()
+    (tmp_path / "identity.pub").unlink()
+    res = runner.invoke(app, ["keys", "show", str(tmp_path)])
+    assert res.exit_code == 1 and "identity.pub is missing" in res.output
+    assert runner.invoke(app, ["keys", "show", str(tmp_path), "--fix"]).exit_code == 0
+    assert load_identity_public(tmp_path / "identity.pub") == ident.public_bytes()
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -47,6 +47,7 @@ class JobSummary:
     fetched: list[tuple[str, str]] = field(default_factory=list)  # (recipient, name)
     states: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    unavailable: list[str] = field(default_factory=list)  # requested public metrics the job could not compute
     rounds: int = 0
     trained_manifests: list[str] = field(default_factory=list)  # manifest digest of each federated run started
     rejections: int = 0
@@ -69,6 +70,7 @@ class JobSummary:
             "rounds": self.rounds, "trained_manifests": self.trained_manifests, "rejections": self.rejections,
             "output_digest": self.output_digest,
             "records": self.records,
+            **({"unavailable": self.unavailable} if self.unavailable else {}),
         }
 
 
@@ -137,6 +139,9 @@ def summarize(records: Iterable[tuple[int, AuditRecord]]) -> dict[str, JobSummar
             metrics = f.get("metrics")
             if isinstance(metrics, dict):
                 js.metrics.update(metrics)
+            unavailable = f.get("unavailable")
+            if isinstance(unavailable, list):
+                js.unavailable = [str(u) for u in unavailable]
             js.rounds = max(js.rounds, _int(f.get("rounds")))
         elif kind == "fl.round_aggregated":
             js.rounds = max(js.rounds, _int(f.get("round")))
@@ -174,6 +179,8 @@ def render(summary: JobSummary) -> list[str]:
                        f"(seq {e.seq})")
     if summary.metrics:
         out.append("  public metrics: " + ", ".join(f"{p(k)}={p(v)}" for k, v in sorted(summary.metrics.items())))
+    if summary.unavailable:
+        out.append("  public metrics not computed: " + ", ".join(p(u) for u in summary.unavailable))
     if summary.rounds:
         out.append(f"  rounds: {summary.rounds}")
     if summary.rejections:
