@@ -83,7 +83,7 @@ def test_a_policy_error_keeps_its_table_name(tmp_path: Path):
 
 def test_job_status_prints_server_text_verbatim(monkeypatch: pytest.MonkeyPatch):
     status = SimpleNamespace(job_id="j[/i]", state="failed", manifest_digest=b"\x01", consented=["[red]a"],
-                             missing_consents=[], uploaded=[], public_metrics={},
+                             missing_consents=[], uploaded=[], public_metrics={}, manifest=b"",
                              error="bad row [/x] in [bold]shard[/bold]")
     agent = SimpleNamespace(client=SimpleNamespace(get_job=lambda job_id: status))
     monkeypatch.setattr(cli_job, "_agent", lambda *a, **k: agent)

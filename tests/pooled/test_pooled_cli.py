@@ -155,7 +155,7 @@ def test_approve_and_run_warn_when_the_policy_only_reports_the_measurement(live,
     assert "warning: the policy is report-only for sim: the measurement was NOT compared" in text, text
     said: list[str] = []
     agent = agent_from_config(PartyConfig.load(profiles / "hospital-c" / "party.toml"), policy_file=policy)
-    with pytest.raises(PartyError, match="no job nope"):
+    with pytest.raises(PartyError, match="waiting for job nope"):
         run_party(agent, "nope", timeout=0, say=said.append)
     assert any("warning: the policy is report-only for sim" in s for s in said), said
     res = CliRunner().invoke(app, ["job", "approve", "cli-unpinned", "--as", "hospital-b", "--profiles",
@@ -167,6 +167,8 @@ def test_cli_job_status_of_a_party_no_job_names_gives_a_hint(live, tmp_path):
     c, profiles, _ = live
     (tmp_path / "party.toml").write_text(f'id = "newcomer"\naggregator = "{c.target}"\n'
                                          f'policy = "{profiles / "sim-policy.toml"}"\n')
+    res = CliRunner().invoke(app, ["keys", "generate", "--out", str(tmp_path / "keys")])
+    assert res.exit_code == 0, res.output
     res = CliRunner().invoke(app, ["job", "status", "cli-jbo", "--as", str(tmp_path / "party.toml")])
     assert res.exit_code == 1, res.output
     text = " ".join(res.output.split())
