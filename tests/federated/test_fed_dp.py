@@ -225,3 +225,22 @@ def test_a_bank_whose_update_has_no_finite_nonzero_norm_is_rejected(sim_root, si
     assert len(rejected) == 1 and reason in str(rejected[0])
     assert "fl.training_ended" in [k for k, _ in job.events.events]
     assert np.all(np.isfinite(job.open_output(result)["w"].numpy()))
+
+
+def test_a_huge_but_finite_update_is_clipped_not_rejected(sim_root, sim_attester):
+    """An update of 1e20s is finite, but its float32 norm overflows, and Flower's clipping would pass it
+    unscaled (clip / inf = 0 scales it to nothing, or a NaN spreads): the enclave scales it in float64 to
+    twice the clipping norm, so Flower clips it as any large update. The job goes on, the model stays finite."""
+    from flwr.app import Array, ArrayRecord
+
+    def tamper(msg, context, call_next):
+        out = call_next(msg, context)
+        if not out.has_error() and msg.metadata.message_type.startswith("train"):
+            sent = msg.content["arrays"]
+            out.content["arrays"] = ArrayRecord({k: Array(np.full_like(a.numpy(), 1e20)) for k, a in sent.items()})
+        return out
+
+    job, result = _run_with_bank_a_tampering(sim_root, sim_attester, tamper)
+    assert result.rejected == [] and result.rounds_completed == 2, (result.rejected, result.stop_reason)
+    model = job.open_output(result)["w"].numpy()
+    assert np.all(np.isfinite(model)) and np.abs(model).max() < 1e3

@@ -37,7 +37,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore.differential_privacy import get_norm
 
 from mpctrain.enclave.events import EventSink, LogEventSink
-from mpctrain.enclave.federated.codec import CodecError, array_view
+from mpctrain.enclave.federated.codec import CodecError, array_view, to_flower_array
 from mpctrain.enclave.federated.errors import EnvelopeError, JobNotReady, ReplyRejected
 from mpctrain.enclave.federated.fedavg import (
     InconsistentUpdate,
@@ -382,7 +382,9 @@ class Confidential(Strategy):
                         raise InconsistentUpdate(str(exc)) from None
                     sent = self._sent.get(server_round) if category == "train" else None
                     if sent is not None:
-                        _check_update_norm(arrays, sent)
+                        rescaled = _check_update_norm(arrays, sent, float(self.inner.clipping_norm))
+                        if rescaled is not None:
+                            content[name] = arrays = rescaled
                 metric_name, metrics = next(iter(content.metric_records.items()))
                 weight = metrics.get(key) if key else 0
                 if not is_weight(weight) or (uniform and weight == 0):
@@ -691,15 +693,27 @@ def _clips_updates(strategy: Strategy) -> bool:
                                  DifferentialPrivacyServerSideAdaptiveClipping))
 
 
-def _check_update_norm(arrays: ArrayRecord, sent: list[np.ndarray]) -> None:
-    """Flower's server-side clipping scales an update by ``clip / norm``: a norm of 0 (the model sent back
-    unchanged) raises ZeroDivisionError there and would end the job, and a NaN or infinite one passes
-    unscaled, so the clipping bound the accounting relies on fails and the noised model turns NaN. The
-    norm is Flower's own (``get_norm`` of reply minus model sent), so both sides agree on it exactly."""
-    norm = get_norm([np.subtract(x, y) for x, y in zip(arrays.to_numpy_ndarrays(), sent, strict=True)])
-    if not (math.isfinite(norm) and norm > 0):
-        raise InconsistentUpdate(f"the update's L2 norm is {norm}: central DP clips an update by scaling it by "
-                                 "clip / norm, which needs a finite non-zero norm")
+def _check_update_norm(arrays: ArrayRecord, sent: list[np.ndarray], clip: float) -> ArrayRecord | None:
+    """Flower's server-side clipping scales an update by ``clip / norm``, its norm taken in the arrays'
+    own float32: a norm of 0 (the model sent back unchanged) raises ZeroDivisionError there and would end
+    the job, and a NaN or infinite one passes unscaled, so the bound the accounting relies on fails. Such
+    updates are rejected. An update that is finite but so large that its float32 norm overflows is what
+    clipping is for: it is scaled in float64 to norm ``2 * clip`` (returned, to replace the reply), so
+    Flower still clips it, and counts it as clipped, exactly as it would a large finite update."""
+    replies = arrays.to_numpy_ndarrays()
+    norm = get_norm([np.subtract(x, y) for x, y in zip(replies, sent, strict=True)])
+    if math.isfinite(norm) and norm > 0:
+        return None
+    diffs = [np.subtract(x, y, dtype=np.float64) for x, y in zip(replies, sent, strict=True)]
+    norm64 = math.sqrt(math.fsum(float(np.square(d).sum()) for d in diffs))
+    if math.isfinite(norm64) and norm64 > 0:
+        scale = 2 * clip / norm64
+        scaled = [(np.asarray(y, np.float64) + d * scale).astype(y.dtype) for y, d in zip(sent, diffs, strict=True)]
+        norm = get_norm([np.subtract(x, y) for x, y in zip(scaled, sent, strict=True)])
+        if math.isfinite(norm) and norm > 0:
+            return ArrayRecord({key: to_flower_array(a) for key, a in zip(arrays.keys(), scaled, strict=True)})
+    raise InconsistentUpdate(f"the update's L2 norm is {norm}: central DP clips an update by scaling it by "
+                             "clip / norm, which needs a finite non-zero norm")
 
 
 def _uniform_weights(strategy: Strategy) -> bool:
