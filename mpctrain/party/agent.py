@@ -30,9 +30,9 @@ log = logging.getLogger("mpctrain.party")
 def load_table(path: Path, manifest: JobManifest) -> tuple[Any, Any]:
     """Read the party's table (CSV/Parquet) and validate it against the job schema: (X, y)."""
     from mpctrain.enclave.pooled import table_schema
-    from mpctrain.train.data import first_data_line, read_table, validate
+    from mpctrain.train.data import read_table, row_locator, validate
 
-    return validate(read_table(path), table_schema(manifest.schema), first_line=first_data_line(path))
+    return validate(read_table(path), table_schema(manifest.schema), where=row_locator(path))
 
 
 def load_shard(path: Path, manifest: JobManifest) -> bytes:

@@ -7,6 +7,7 @@ shard with :func:`table_from_bytes`, which re-checks everything because it canno
 
 from __future__ import annotations
 
+import csv
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -32,9 +33,9 @@ __all__ = [
     "SchemaError",
     "Split",
     "TableSchema",
-    "first_data_line",
     "load_schema",
     "read_table",
+    "row_locator",
     "stratified_split",
     "table_from_bytes",
     "table_to_bytes",
@@ -154,21 +155,49 @@ def read_table(path: str | Path) -> pd.DataFrame:
         raise DataError(f"cannot read table {p}: {type(exc).__name__}: {exc}") from None
 
 
-def first_data_line(path: str | Path) -> int | None:
-    """For :func:`validate`: the line of a CSV's first data row (its header is line 1); None for Parquet."""
-    return None if Path(path).suffix.lower() in (".parquet", ".pq") else 2
+def row_locator(path: str | Path) -> Callable[[int], str]:
+    """For :func:`validate`: where data row ``i`` (0-based, as pandas read it) is in the file, as its user looks
+    for it: a CSV's line in an editor, a Parquet file's row counted from 1. pandas skips blank lines and a quoted
+    field may span lines, so a CSV's line is found by re-reading the file with the csv module, only when an error
+    is reported; if that fails, the 1-based data row is named instead."""
+    if Path(path).suffix.lower() in (".parquet", ".pq"):
+        return lambda i: f"row {i + 1}"
+
+    def blank(record: list[str]) -> bool:
+        return not record or (len(record) == 1 and not record[0].strip())
+
+    def where(i: int) -> str:
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                seen_header, n, start = False, -1, 1
+                for record in reader:
+                    if not blank(record):
+                        if not seen_header:
+                            seen_header = True
+                        else:
+                            n += 1
+                            if n == i:
+                                return f"line {start}"
+                    start = reader.line_num + 1
+        except (OSError, UnicodeDecodeError, csv.Error):
+            pass
+        return f"data row {i + 1}"
+
+    return where
 
 
-def validate(df: pd.DataFrame, schema: TableSchema, *, first_line: int | None = 2) -> tuple[np.ndarray, np.ndarray]:
+def validate(df: pd.DataFrame, schema: TableSchema, *,
+             where: Callable[[int], str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Check ``df`` against ``schema`` and return ``(X float32 n x d, y int64)`` in the schema's feature order.
 
     Strict: missing or extra columns, non-numeric or non-finite feature values, missing or unknown labels and
-    empty tables all raise :class:`SchemaError` naming the first offending column and where it is: ``line N`` of
-    the file, as an editor (and pandas' own parse errors) count it, ``first_line`` being the first data row's line
-    (2: a CSV with its header on line 1); with ``first_line=None`` (Parquet: no lines) ``row N``, counted from 1.
+    empty tables all raise :class:`SchemaError` naming the first offending column and where it is: ``where(i)``
+    for data row ``i`` (:func:`row_locator` of the file: its line, as an editor counts it), else ``row N`` from 1.
     """
-    def where(i: int) -> str:
-        return f"line {i + first_line}" if first_line is not None else f"row {i + 1}"
+    if where is None:
+        def where(i: int) -> str:
+            return f"row {i + 1}"
 
     if not isinstance(df, pd.DataFrame):
         raise SchemaError(f"expected a pandas DataFrame, got {type(df).__name__}")

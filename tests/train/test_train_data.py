@@ -13,9 +13,9 @@ from mpctrain.train.data import (
     DataError,
     SchemaError,
     TableSchema,
-    first_data_line,
     load_schema,
     read_table,
+    row_locator,
     stratified_split,
     table_from_bytes,
     table_to_bytes,
@@ -141,15 +141,15 @@ def test_validate_maps_label_values():
     [
         (frame().drop(columns=["b"]), r"missing column\(s\) \['b'\]"),
         (frame().assign(extra=1), r"not in the job's schema: \['extra'\]"),
-        (frame(a=[1, "x", 3, 4]), "non-numeric value at line 3"),
-        (frame(c=[1.0, 2.0, np.nan, 4.0]), "'c' has a missing or infinite value at line 4"),
-        (frame(c=[1.0, np.inf, 2.0, 4.0]), "'c' has a missing or infinite value at line 3"),
+        (frame(a=[1, "x", 3, 4]), "non-numeric value at row 2"),
+        (frame(c=[1.0, 2.0, np.nan, 4.0]), "'c' has a missing or infinite value at row 3"),
+        (frame(c=[1.0, np.inf, 2.0, 4.0]), "'c' has a missing or infinite value at row 2"),
         (frame(a=[1.0, 2.0, 1e39, 0.0]), "beyond float32"),
         (frame(b=[True, False, True, False]), "boolean"),
-        (frame(label=[0, 1, 2.5, 0]), "unknown label at line 4"),
-        (frame(label=[0, -1, 1, 0]), "unknown label at line 3"),
-        (frame(label=[0, "yes", 1, 0]), "unknown label at line 3"),
-        (frame(label=[0, None, 1, 0]), "missing value at line 3"),
+        (frame(label=[0, 1, 2.5, 0]), "unknown label at row 3"),
+        (frame(label=[0, -1, 1, 0]), "unknown label at row 2"),
+        (frame(label=[0, "yes", 1, 0]), "unknown label at row 2"),
+        (frame(label=[0, None, 1, 0]), "missing value at row 2"),
         (frame().iloc[:0], "no rows"),
         (pd.DataFrame([[0, 1, 2, 3]], columns=["label", "a", "a", "c"]), "duplicate column"),
     ],
@@ -162,7 +162,7 @@ def test_validate_rejects(df, match):
 
 def test_validate_rejects_unknown_label_value_and_non_frame():
     schema = TableSchema("label", ("a", "b", "c"), label_values=(0, 1))
-    with pytest.raises(SchemaError, match=r"label outside label_values at line 2; allowed: \[0, 1\]"):
+    with pytest.raises(SchemaError, match=r"label outside label_values at row 1; allowed: \[0, 1\]"):
         validate(frame(label=[2, 0, 1, 0]), schema)
     with pytest.raises(SchemaError, match="DataFrame"):
         validate({"label": [0]}, SCHEMA)
@@ -176,7 +176,7 @@ def test_a_bad_cell_is_named_by_the_line_an_editor_shows(tmp_path):
     df.loc[2, "c"] = "n/a?"  # the third data row: line 4 of the CSV
     df.to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(SchemaError, match=r"'c' has a non-numeric value at line 4$"):
-        validate(read_table(tmp_path / "t.csv"), SCHEMA, first_line=first_data_line(tmp_path / "t.csv"))
+        validate(read_table(tmp_path / "t.csv"), SCHEMA, where=row_locator(tmp_path / "t.csv"))
     lines = (tmp_path / "t.csv").read_text().splitlines()
     assert lines[3].endswith("n/a?")  # line 4, as an editor numbers it
     lines[3] += ",1"  # one field too many on line 4: pandas says the same line
@@ -187,7 +187,20 @@ def test_a_bad_cell_is_named_by_the_line_an_editor_shows(tmp_path):
     df["c"] = df["c"].astype(float)
     df.to_parquet(tmp_path / "t.parquet")
     with pytest.raises(SchemaError, match="at row 3;"):
-        validate(read_table(tmp_path / "t.parquet"), SCHEMA, first_line=first_data_line(tmp_path / "t.parquet"))
+        validate(read_table(tmp_path / "t.parquet"), SCHEMA, where=row_locator(tmp_path / "t.parquet"))
+
+
+def test_the_line_counts_blank_lines_and_fields_spanning_lines(tmp_path):
+    """pandas skips blank lines and reads a quoted field across lines: the line named is still the editor's."""
+    cols = ",".join([SCHEMA.label, *SCHEMA.features])
+    good = ",".join(["0"] + ["1.5"] * len(SCHEMA.features))
+    bad = ",".join(["0", "oops"] + ["1.5"] * (len(SCHEMA.features) - 1))
+    text = f"\n{cols}\n{good}\n\n{good}\n\n{bad}\n"  # header on line 2, the bad cell on line 7
+    (tmp_path / "t.csv").write_text(text)
+    assert text.splitlines()[6] == bad
+    with pytest.raises(SchemaError, match=r"at line 7$"):
+        validate(read_table(tmp_path / "t.csv"), SCHEMA, where=row_locator(tmp_path / "t.csv"))
+    assert row_locator(tmp_path / "missing.csv")(0) == "data row 1"
 
 
 # --- shard bytes ----------------------------------------------------------------------------------------
@@ -303,7 +316,7 @@ def test_one_bad_cell_is_reported_with_its_column_and_row(rows, col, bad, data):
     name = "abc"[col]
     df[name] = df[name].astype(object)
     df.loc[row, name] = bad
-    with pytest.raises(SchemaError, match=rf"'{name}' has .* at line {row + 2}\b"):
+    with pytest.raises(SchemaError, match=rf"'{name}' has .* at row {row + 1}\b"):
         validate(df, SCHEMA)
 
 
