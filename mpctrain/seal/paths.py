@@ -40,7 +40,10 @@ def _refuse(where: Path, what: str) -> LinkedPath:
 
 def open_dir_beneath(root: Path, parts: Sequence[str], mode: int = 0o700) -> int:
     """A descriptor of ``root/parts...``: each part is created (``mode``) if missing and must be a real
-    directory, never a symbolic link. The caller closes the descriptor."""
+    directory, never a symbolic link, owned by this user and not writable by every user (a directory planted by
+    another user, or one anyone may write to, would let them rename or replace the files written into it;
+    group write is left to the user's umask, as many systems give each user a group of their own).
+    The caller closes the descriptor."""
     fd = _open_root(root, mode)
     here = root
     try:
@@ -60,6 +63,9 @@ def open_dir_beneath(root: Path, parts: Sequence[str], mode: int = 0o700) -> int
                 raise
             os.close(fd)
             fd = child
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_mode & stat.S_IWOTH:
+                raise _refuse(here, "a directory another user owns or may write to")
     except BaseException:
         os.close(fd)
         raise

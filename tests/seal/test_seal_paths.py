@@ -27,6 +27,26 @@ def test_a_linked_job_directory_is_refused(tmp_path):
     assert _tree(elsewhere) == []  # nothing written, not even a temporary file
 
 
+@pytest.mark.parametrize("planted", ["anyone-may-write", "another-owner"])
+def test_a_job_directory_others_control_is_refused(tmp_path, planted):
+    """A real directory planted at <out>/<job> by another user (or left writable by anyone) would let them
+    rename or replace the files written into it: refused."""
+    out = tmp_path / "out"
+    (out / "job-1").mkdir(parents=True)
+    if planted == "another-owner":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a directory to another user")
+        os.chown(out / "job-1", os.geteuid() + 1, -1)
+    else:
+        os.chmod(out / "job-1", 0o777)
+    with pytest.raises(LinkedPath, match=r"job-1 is a directory another user owns or may write to"):
+        write_private(out / "job-1" / "model.safetensors", b"plaintext", root=out)
+    assert _tree(out / "job-1") == []
+    os.chmod(out / "job-1", 0o700)
+    os.chown(out / "job-1", os.geteuid(), -1)
+    write_private(out / "job-1" / "model.safetensors", b"plaintext", root=out)  # the party's own: fine
+
+
 def test_a_linked_directory_deeper_down_is_refused(tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     (out / "a").mkdir(parents=True)
