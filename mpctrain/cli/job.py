@@ -212,8 +212,12 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     if st.state == "done":  # a requested metric the job could not compute is said to be missing, and why
         from mpctrain.enclave.pooled import unavailable_reason
 
-        manifest = JobManifest.from_bytes(st.manifest)
-        if manifest.mode == "pooled":
+        try:  # the status reply is unsigned and display-only: an unreadable manifest skips these rows
+            manifest: JobManifest | None = JobManifest.from_bytes(st.manifest)
+        except ManifestError:
+            manifest = None
+            t.add_row("manifest", "unreadable in the aggregator's reply (metrics not computed cannot be named)")
+        if manifest is not None and manifest.mode == "pooled":
             for k in manifest.public_metrics:
                 if k not in st.public_metrics and not (k == "train_loss" and not manifest.privacy):
                     t.add_row(k, f"not computed: {unavailable_reason(k, manifest)}")
@@ -228,7 +232,7 @@ def _mode(manifest: bytes) -> str:
     """The job's mode from the (unsigned, display-only) manifest in the status reply; "" when unreadable."""
     try:
         return JobManifest.from_bytes(manifest).mode
-    except (ManifestError, ValueError):
+    except ManifestError:  # a ValueError: the host relays this reply unsigned
         return ""
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 
 from mpctrain.attest import AttestationResult, Policy
-from mpctrain.jobs import Consent, JobManifest, sign_consent
+from mpctrain.jobs import Consent, JobManifest, ManifestError, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
 from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
@@ -47,7 +47,11 @@ def describe_wait(status: Any) -> str:
     if status.state == "proposed":
         return f"state proposed; missing consent: {', '.join(status.missing_consents) or '-'}"
     if status.state == "open":
-        manifest = JobManifest.from_bytes(status.manifest)
+        try:  # the host relays the reply unsigned: a manifest it garbled must not hide the timeout behind a traceback
+            manifest = JobManifest.from_bytes(status.manifest)
+        except ManifestError:
+            return ("state open; missing uploads unknown (the aggregator's reply carries a manifest that does not "
+                    "parse; uploaded so far: " + (", ".join(status.uploaded) or "-") + ")")
         missing = [p.id for p in manifest.data_parties() if p.id not in status.uploaded]
         need = max(manifest.quorum - len(status.uploaded), 0)
         quorum = f", {need} more needed for the quorum of {manifest.quorum}" if need < len(missing) else ""
