@@ -65,6 +65,14 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+# attestation checks that fail before any evidence is verified (``attest_aggregator_evidence``): no policy is at fault
+_NO_EVIDENCE = {
+    "unreachable": "the aggregator at {target} did not answer; check the address (the profile's aggregator, or "
+                   "--aggregator) and that it is running, then propose again",
+    "busy": "the aggregator at {target} is busy (it limits how often it serves evidence); propose again shortly",
+}
+
+
 @app.command()
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
             aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS,
@@ -75,7 +83,9 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
 
     The live enclave is first attested under the job's own [enclave_policy],
     as each party will before consenting: a job whose pins the enclave does
-    not meet is refused here, naming the check that failed and the values.
+    not meet is refused here, naming the check that failed and the values;
+    an aggregator that does not answer (or is busy) is said to be so, as no
+    pin is at fault then.
     The proposer's keys are created in its profile's keys_dir when it has
     none yet, as the manifest names its public files (the other job commands
     never create keys: they need the identity the job names).
@@ -89,6 +99,9 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
         try:
             attest_for_job(agent.client, manifest)
         except AttestationRefused as exc:
+            if exc.check in _NO_EVIDENCE:  # the enclave was never checked: neither its pins nor the job's are at fault
+                raise _fail(PartyError(f"not proposed: {_NO_EVIDENCE[exc.check].format(target=agent.client.target)}"
+                                       f" ({exc})")) from None
             raise _fail(PartyError(
                 f"not proposed: the live enclave at {agent.client.target} fails the enclave_policy this job pins, "
                 f"so every party's approval would fail. {exc}. Fix the enclave_policy table in {job_file} (for the "

@@ -251,6 +251,26 @@ def test_cli_propose_refuses_a_job_whose_pinned_policy_the_live_enclave_fails(li
     assert "cli-stale" not in {j.manifest.job_id for j in c.aggregator.store.list()}
     res = runner.invoke(app, [*propose, "--skip-enclave-check"])
     assert res.exit_code == 0 and "proposed cli-stale" in res.output, res.output
+
+
+def test_cli_propose_to_an_unreachable_aggregator_says_so_not_that_the_policy_is_wrong(live):
+    """A refused connection was reported as the job's enclave_policy failing ("fix the enclave_policy table"),
+    with --skip-enclave-check as the way out: neither is the fix when nothing answers."""
+    import socket
+
+    _, profiles, job = live
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = CliRunner().invoke(app, ["job", "propose", str(job), "--as", "hospital-a", "--profiles", str(profiles),
+                                   "--aggregator", f"127.0.0.1:{port}"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    assert f"not proposed: the aggregator at 127.0.0.1:{port} did not answer" in said, said
+    assert "unreachable" in said and "then propose again" in said
+    assert "enclave_policy" not in said and "--skip-enclave-check" not in said
+
+
 def test_only_party_run_and_propose_create_keys(live, tmp_path):
     """A typo in keys_dir must not mint a new identity: status/approve/fetch say there are no keys (and how to make
     them) and create nothing; `job propose` (the documented researcher flow) and `party run` still create them."""
