@@ -131,7 +131,8 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
             policy: Path | None = POLICY, keys: Path | None = KEYS,
             force: bool = typer.Option(False, "--force", help="consent although the job breaks this party's "
                                        "local rules, or the rules name no allowed_recipients (never when the "
-                                       "enclave fails its policy)")) -> None:
+                                       "enclave fails the job's policy, or that policy breaks this party's "
+                                       "allowed_measurements)")) -> None:
     """Attest the aggregator, review the job under local rules, then sign consent by hand.
 
     A job that breaks the profile's rules is refused unless --force is given
@@ -157,14 +158,18 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
             console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}); "
                           "nothing sent")
             return
-        problems = agent.review(manifest)
+        review = agent.assess(manifest)
+        problems = review.problems
         unchecked = recipients_unchecked(agent.rules)
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
             problems.append(f"{unchecked} (this job's: {', '.join(manifest.recipients)})")
         for p in problems:
             console.print(labelled("note:", "yellow", p))
-        if any("attest" in p or "measurement" in p for p in problems):
-            raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
+        if review.enclave:  # typed by the check that found it: a problem's text (a recipient's name) decides nothing
+            raise PartyError(f"refusing to consent, with or without --force: {len(review.enclave)} of the problems "
+                             "listed above concern the enclave (it fails the job's enclave_policy, or that policy "
+                             "accepts measurements this party's allowed_measurements do not); attest the aggregator "
+                             "again, or have the job re-proposed with an enclave_policy this party accepts")
         data = _data_problem(agent, manifest)
         if data:
             console.print(labelled("note:", "yellow", data))

@@ -19,7 +19,7 @@ from mpctrain.party.audit_check import SentInput, confirm_job
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import AggregatorError, ManifestRejected, OutputError, PartyError, ShardRefused, WaitTimeout
 from mpctrain.party.outputs import fetch_outputs
-from mpctrain.party.rules import PartyRules, check_manifest
+from mpctrain.party.rules import PartyRules, measurement_problems, rule_problems
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
 from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import IdentityKey, KemKey, write_private
@@ -61,6 +61,21 @@ def describe_wait(status: Any) -> str:
     return f"state {status.state}"
 
 
+@dataclass(frozen=True)
+class Review:
+    """A job's problems, the enclave's apart: ``--force`` may override the ``rules`` ones after a person reviewed
+    them, never the ``enclave`` ones (the enclave fails the job's policy, or that policy accepts measurements
+    this party's rules do not). Typed, as a problem's text (a recipient called ``attestation-lab``) decides
+    nothing."""
+
+    rules: list[str]
+    enclave: list[str]
+
+    @property
+    def problems(self) -> list[str]:
+        return [*self.rules, *self.enclave]
+
+
 @dataclass
 class PartyAgent:
     """One party: its keys, its policy, its data, its rules, and a client to the aggregator."""
@@ -99,15 +114,21 @@ class PartyAgent:
                              f"{manifest.job_id!r}: refusing it (a host or aggregator substituting jobs)")
         return manifest
 
-    def review(self, manifest: JobManifest) -> list[str]:
-        problems = check_manifest(manifest, self.rules, self.party_id, self.identity, self.kem)
+    def assess(self, manifest: JobManifest) -> Review:
+        """``manifest``'s problems under this party's rules, the enclave's apart (see ``Review``)."""
+        rules = rule_problems(manifest, self.rules, self.party_id, self.identity, self.kem)
+        enclave = measurement_problems(manifest, self.rules)
         try:
             if self.attested is None or self.attested.result is not self._attested():
                 raise PartyError("attest the aggregator first: the job's policy is checked on its evidence")
             check_job_policy(self.attested, manifest)
         except PartyError as exc:
-            problems.append(str(exc))
-        return problems
+            enclave.append(str(exc))
+        return Review(rules, enclave)
+
+    def review(self, manifest: JobManifest) -> list[str]:
+        """Every reason this party would refuse ``manifest`` (empty: acceptable)."""
+        return self.assess(manifest).problems
 
     def approve(self, manifest: JobManifest, *, force: bool = False) -> Consent:
         """Sign consent over the manifest digest: automatic when the rules pass, else only with ``force``."""
