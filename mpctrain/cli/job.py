@@ -16,6 +16,7 @@ from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.attestation import attest_for_job
+from mpctrain.party.audit_check import AuditCheckFailed
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import AttestationRefused, PartyError, ShardRefused, Unauthenticated
 from mpctrain.party.profile import DEFAULT_PROFILES, POLICY_FILE, agent_from_config, profile_path, report_only
@@ -126,6 +127,20 @@ def _data_problem(agent: PartyAgent, manifest: JobManifest) -> str | None:
     return None
 
 
+def _consent_confirmed(agent: PartyAgent, manifest: JobManifest, console: Console) -> bool:
+    """Whether the enclave-signed audit view records this party's consent to ``manifest``; the host's unsigned
+    ``consented`` list alone is not believed. Unconfirmed, the consent is sent anyway after the usual review:
+    the enclave records a party's consent once, so a true claim costs nothing and a false one cannot block it."""
+    try:
+        agent.confirm_consent(manifest)
+    except AuditCheckFailed as exc:
+        console.print(labelled("note:", "yellow", f"the aggregator reports {agent.party_id} already consented to "
+                               f"{manifest.job_id}; not confirmed by a signed record ({exc}). Reviewing the job and "
+                               "sending the consent (the enclave records a party's consent once)"))
+        return False
+    return True
+
+
 @app.command()
 def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
             policy: Path | None = POLICY, keys: Path | None = KEYS,
@@ -143,6 +158,10 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
     A federated job is approved only when the ClientApp code named by the
     profile's flower.toml has the digest the manifest pins; the manifest
     and the consent are then stored for the bank's SuperNode too.
+
+    A consent the enclave's signed audit log already records is not sent
+    again; one only the aggregator's unsigned reply claims is reviewed and
+    sent (the enclave records a party's consent once).
     """
     from mpctrain.enclave.federated.errors import FederatedError  # imports Flower: only when approving
 
@@ -154,9 +173,9 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         if unpinned:  # as `attest verify`: consent to "genuine hardware" must not read as "the expected code"
             console.print(warning(report_only_warning(unpinned, POLICY_FILE)))
         manifest = agent.manifest(job_id)
-        if agent.party_id in agent.client.get_job(job_id).consented:  # a consent is final: never sent twice
-            console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}); "
-                          "nothing sent")
+        if agent.party_id in agent.client.get_job(job_id).consented and _consent_confirmed(agent, manifest, console):
+            console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}, "
+                          "confirmed by the enclave's audit log); nothing sent")
             return
         review = agent.assess(manifest)
         problems = review.problems

@@ -15,7 +15,7 @@ import grpc
 from mpctrain.attest import AttestationResult, Policy
 from mpctrain.jobs import Consent, JobManifest, ManifestError, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
-from mpctrain.party.audit_check import SentInput, confirm_job
+from mpctrain.party.audit_check import SentInput, confirm_consent, confirm_job
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import AggregatorError, ManifestRejected, OutputError, PartyError, ShardRefused, WaitTimeout
 from mpctrain.party.outputs import fetch_outputs
@@ -138,6 +138,12 @@ class PartyAgent:
         consent = sign_consent(manifest, self.party_id, self.identity)
         self.client.approve(consent)
         return consent
+
+    def confirm_consent(self, manifest: JobManifest) -> None:
+        """Raise ``AuditCheckFailed`` unless the enclave-signed audit view of the job records this party's consent
+        to ``manifest`` (``audit_check.confirm_consent``): the host's ``consented`` list is not signed."""
+        confirm_consent(self.client.channel, manifest=manifest, party_id=self.party_id, identity=self.identity,
+                        enclave=self._attested(), policy=self.policy, at=self.at() if self.at else None)
 
     def check_data(self, manifest: JobManifest) -> bytes:
         """This party's shard for ``manifest``, checked as far as the party can before it consents: the schema, and

@@ -120,3 +120,27 @@ def test_force_never_overrides_an_enclave_that_fails_the_jobs_policy(served):
         assert res.exit_code == 1 and "with or without --force" in flat, res.output
         assert "measurement" in flat
     assert stale.consents == {}
+
+
+def test_without_an_audit_log_an_earlier_consent_is_not_claimed_as_signed(tmp_path):
+    """An aggregator with no audit log cannot confirm the consent it reports: approve says so instead of claiming a
+    signed digest, and sends the consent again, which the enclave records once."""
+    fed = build_federation(["bank-a", "bank-b"], job_id="cli-fed", code_digest=app_code_digest(EXAMPLE / "app"),
+                           training={"rounds": 1})
+    agg = Aggregator(fed.enclave, events=fed.events)
+    agg.store.runners["federated"] = object()
+    port = agg.start()
+    try:
+        profiles = tmp_path / "profiles"
+        fed.write_profile(fed.parties[0], profiles / "bank-a", f"127.0.0.1:{port}", EXAMPLE / "app")
+        job = agg.store.add(fed.manifest, fed.manifest.to_bytes())
+        assert _approve(profiles, "cli-fed").exit_code == 0
+        res = _approve(profiles, "cli-fed")
+        flat = " ".join(res.output.split())
+        assert res.exit_code == 0, res.output
+        assert "reports bank-a already consented to cli-fed; not confirmed by a signed record" in flat
+        assert "cannot fetch the audit log" in flat and "already approved" not in flat
+        assert set(job.consents) == {"bank-a"}
+        assert [f["party"] for k, f in fed.events.events if k == "job.consent"] == ["bank-a"]
+    finally:
+        agg.stop()

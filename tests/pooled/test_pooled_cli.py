@@ -401,7 +401,8 @@ def test_job_approve_twice_says_already_approved_and_sends_nothing(live):
     res = runner.invoke(app, approve)
     flat = " ".join(res.output.split())
     assert res.exit_code == 0, res.output
-    assert f"hospital-a already approved cli-twice (consent digest {m.digest().hex()}); nothing sent" in flat
+    assert (f"hospital-a already approved cli-twice (consent digest {m.digest().hex()}, confirmed by the enclave's "
+            "audit log); nothing sent") in flat
 
     def consents():
         return ([e.party_id for e in job.events if e.kind == "consent"],
@@ -412,3 +413,36 @@ def test_job_approve_twice_says_already_approved_and_sends_nothing(live):
     a.attest()
     a.approve(m)
     assert consents() == (["hospital-a"], ["hospital-a"])
+
+
+def test_job_approve_does_not_take_the_hosts_word_for_an_earlier_consent(live, monkeypatch):
+    """"already approved" trusted the unsigned GetJob reply: a host listing the party as consented stopped its
+    consent from ever being sent, and the digest printed was only the fetched manifest's. Unconfirmed by the
+    enclave-signed audit view, the claim is said to be unconfirmed and the consent is sent (recorded once)."""
+    from mpctrain.party.client import AggregatorClient
+
+    c, profiles, _ = live
+    m = c.manifest("cli-claim", parties=["hospital-a", "hospital-b"])
+    c.agent("hospital-a").client.propose(m)
+    job = c.aggregator.store.get("cli-claim")
+    real = AggregatorClient.get_job
+
+    def lying(self, job_id):  # the host adds hospital-a to the (unsigned) consented list
+        status = real(self, job_id)
+        if "hospital-a" not in status.consented:
+            status.consented.append("hospital-a")
+        return status
+
+    monkeypatch.setattr(AggregatorClient, "get_job", lying)
+    approve = ["job", "approve", "cli-claim", "--as", "hospital-a", "--profiles", str(profiles)]
+    res = CliRunner().invoke(app, approve)
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "the aggregator reports hospital-a already consented to cli-claim; not confirmed by a signed record" in flat
+    assert "already approved" not in flat and "hospital-a approved cli-claim" in flat
+    assert set(job.consents) == {"hospital-a"}
+    res = CliRunner().invoke(app, approve)  # now the signed record is there: nothing is sent again
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0 and "confirmed by the enclave's audit log); nothing sent" in flat, res.output
+    assert [f["party"] for k, f in c.events.events if k == "job.consent" and f["job_id"] == "cli-claim"] == \
+        ["hospital-a"]
