@@ -160,8 +160,9 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
     and the consent are then stored for the bank's SuperNode too.
 
     A consent the enclave's signed audit log already records is not sent
-    again; one only the aggregator's unsigned reply claims is reviewed and
-    sent (the enclave records a party's consent once).
+    again (for a federated job the local copy is still checked and stored,
+    restoring a lost one); one only the aggregator's unsigned reply claims
+    is reviewed and sent (the enclave records a party's consent once).
     """
     from mpctrain.enclave.federated.errors import FederatedError  # imports Flower: only when approving
 
@@ -173,9 +174,14 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         if unpinned:  # as `attest verify`: consent to "genuine hardware" must not read as "the expected code"
             console.print(warning(report_only_warning(unpinned, POLICY_FILE)))
         manifest = agent.manifest(job_id)
+        federated = manifest.mode == "federated"
+        profile = profile_path(party, profiles).parent
         if agent.party_id in agent.client.get_job(job_id).consented and _consent_confirmed(agent, manifest, console):
             console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}, "
                           "confirmed by the enclave's audit log); nothing sent")
+            if federated:  # the bank's SuperNode still needs its local copy, which may be lost or elsewhere
+                _restore_federated(profile, manifest, agent, console)
+                _flower_hint(profile, job_id, console)
             return
         review = agent.assess(manifest)
         problems = review.problems
@@ -199,26 +205,42 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
                   ["this party's data does not fit it"] * bool(data)
             raise PartyError(f"refusing to consent: {' and '.join(why)} (listed above); review them, then re-run "
                              f"with --force to consent anyway{fix}")
-        federated = manifest.mode == "federated"
         if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
             # the last consent starts the rounds at once
             from mpctrain.party.flower.profile import approve_federated_job
 
-            profile = profile_path(party, profiles).parent
             approve_federated_job(profile, manifest, agent.identity)
         agent.approve(manifest, force=True)
     except (PartyError, FederatedError) as exc:
         raise _fail(exc) from exc
     console.print(f"{agent.party_id} approved {job_id} (digest {manifest.digest().hex()})")
     if federated:
-        import tomllib
+        _flower_hint(profile, job_id, console)
 
-        try:
-            named = tomllib.loads((profile / "flower.toml").read_text()).get("job")
-        except (OSError, tomllib.TOMLDecodeError):
-            named = None
-        console.print(f"{profile / 'flower.toml'} names this job: its SuperNode serves it" if named == job_id else
-                      f'set job = "{job_id}" in {profile / "flower.toml"} for its SuperNode to serve this job')
+
+def _restore_federated(profile: Path, manifest: JobManifest, agent: PartyAgent, console: Console) -> None:
+    """For a consent the enclave already records: the local steps alone (the app code check, the manifest and
+    consent stored for the SuperNode, which ``flower-exec`` needs), so a lost ``jobs/<id>`` record or another
+    copy of the profile can still serve the job. Nothing is sent. Raises ``FederatedError``."""
+    from mpctrain.party.flower.profile import approve_federated_job, approved_job_dir, holds_approval
+
+    held = holds_approval(profile, manifest)
+    approve_federated_job(profile, manifest, agent.identity)  # local only: checks the code, signs, stores
+    if not held:
+        console.print(f"stored the manifest and this party's consent in {approved_job_dir(profile, manifest.job_id)} "
+                      "for its SuperNode (they were missing or stale there)")
+
+
+def _flower_hint(profile: Path, job_id: str, console: Console) -> None:
+    """Whether the profile's flower.toml names the job: the SuperNode serves only that one."""
+    import tomllib
+
+    try:
+        named = tomllib.loads((profile / "flower.toml").read_text()).get("job")
+    except (OSError, tomllib.TOMLDecodeError):
+        named = None
+    console.print(f"{profile / 'flower.toml'} names this job: its SuperNode serves it" if named == job_id else
+                  f'set job = "{job_id}" in {profile / "flower.toml"} for its SuperNode to serve this job')
 
 
 @app.command()

@@ -144,3 +144,33 @@ def test_without_an_audit_log_an_earlier_consent_is_not_claimed_as_signed(tmp_pa
         assert [f["party"] for k, f in fed.events.events if k == "job.consent"] == ["bank-a"]
     finally:
         agg.stop()
+
+
+def test_approve_again_restores_a_lost_local_record_without_a_second_consent(served, monkeypatch):
+    """`job approve` run again on a consented federated job returned before writing jobs/<id>/manifest.json and
+    consent.json, which `party flower-exec` (load_profile) needs: a bank that lost them could never serve the job.
+    The local steps run again; nothing is sent."""
+    import shutil
+
+    from mpctrain.enclave.federated.errors import JobNotReady
+    from mpctrain.party.flower.profile import load_profile
+
+    profile = served.profiles / "bank-a"
+    assert _approve(served.profiles, "cli-fed").exit_code == 0
+    shutil.rmtree(profile / "jobs" / "cli-fed")
+    with pytest.raises(JobNotReady):
+        load_profile(profile, job_id="cli-fed")
+    sent = []
+    real = AggregatorClient.approve
+    monkeypatch.setattr(AggregatorClient, "approve", lambda self, consent: sent.append(consent) or real(self, consent))
+    res = _approve(served.profiles, "cli-fed")
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "bank-a already approved cli-fed" in flat and "confirmed by the enclave's audit log); nothing sent" in flat
+    assert f"stored the manifest and this party's consent in {profile / 'jobs' / 'cli-fed'}" in flat
+    rt = load_profile(profile, job_id="cli-fed")
+    assert rt.manifest.digest() == served.fed.manifest.digest() and rt.consent.party_id == "bank-a"
+    assert sent == [] and set(served.good.consents) == {"bank-a"}
+    assert [f["party"] for k, f in served.fed.events.events if k == "job.consent"] == ["bank-a"]
+    res = _approve(served.profiles, "cli-fed")  # the record held: said once only
+    assert res.exit_code == 0 and "stored the manifest" not in res.output and sent == [], res.output
