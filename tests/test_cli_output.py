@@ -136,3 +136,39 @@ def test_every_positional_argument_shows_its_help():
             assert " ".join(text.split())[:30] in out, (path, text)
             checked += 1
     assert checked >= 3
+
+
+def test_job_status_of_a_done_job_with_a_garbled_manifest_is_no_traceback(monkeypatch: pytest.MonkeyPatch):
+    """The host relays the status reply unsigned: manifest bytes that do not parse raised ManifestError (a
+    traceback) on the done-state rows; they are display-only, so the table says the manifest is unreadable."""
+    status = SimpleNamespace(job_id="j", state="done", manifest_digest=b"\x01", consented=["a"],
+                             missing_consents=[], uploaded=["a"], public_metrics={"accuracy": 0.5},
+                             manifest=b"\xffgarbage{", error="")
+    agent = SimpleNamespace(client=SimpleNamespace(get_job=lambda job_id: status))
+    monkeypatch.setattr(cli_job, "_agent", lambda *a, **k: agent)
+    result = invoke("job", "status", "j", "--as", "p")
+    assert result.exit_code == 0, result.output
+    flat = " ".join(result.output.split())
+    assert "accuracy" in flat and "unreadable in the aggregator's reply" in flat, result.output
+
+
+def test_a_wait_timeout_with_a_garbled_manifest_still_names_the_job():
+    """describe_wait parsed the relayed manifest on the timeout path: garbage bytes raised ManifestError instead of
+    the typed WaitTimeout naming the job and its state."""
+    import grpc
+
+    from mpctrain.party.agent import PartyAgent
+    from mpctrain.party.errors import AggregatorError, WaitTimeout
+
+    def watch(job_id, timeout):
+        raise AggregatorError("DEADLINE_EXCEEDED: deadline", grpc.StatusCode.DEADLINE_EXCEEDED)
+        yield  # a generator, as the real stream
+
+    status = SimpleNamespace(job_id="j", state="open", manifest=b"not a manifest", uploaded=["a"],
+                             missing_consents=[], consented=["a", "b"])
+    client = SimpleNamespace(watch=watch, get_job=lambda job_id: status)
+    agent = PartyAgent(party_id="a", identity=None, kem=None, policy=None, client=client)  # type: ignore[arg-type]
+    with pytest.raises(WaitTimeout) as caught:
+        agent.wait("j", ("done",), timeout=0.0)
+    assert "job j" in str(caught.value) and "state open" in str(caught.value)
+    assert "does not parse; uploaded so far: a" in str(caught.value)

@@ -16,6 +16,7 @@ from mpctrain.enclave.auth import UNKNOWN_PARTY
 from mpctrain.jobs import JobManifest, ManifestError
 from mpctrain.party.agent import PartyAgent
 from mpctrain.party.attestation import attest_for_job
+from mpctrain.party.audit_check import AuditCheckFailed
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.party.errors import AttestationRefused, PartyError, ShardRefused, Unauthenticated
 from mpctrain.party.profile import DEFAULT_PROFILES, POLICY_FILE, agent_from_config, profile_path, report_only
@@ -65,6 +66,14 @@ def _fail(exc: Exception) -> typer.Exit:
     return typer.Exit(1)
 
 
+# attestation checks that fail before any evidence is verified (``attest_aggregator_evidence``): no policy is at fault
+_NO_EVIDENCE = {
+    "unreachable": "the aggregator at {target} did not answer; check the address (the profile's aggregator, or "
+                   "--aggregator) and that it is running, then propose again",
+    "busy": "the aggregator at {target} is busy (it limits how often it serves evidence); propose again shortly",
+}
+
+
 @app.command()
 def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = AS, profiles: Path = PROFILES,
             aggregator: str | None = AGGREGATOR, keys: Path | None = KEYS,
@@ -75,7 +84,9 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
 
     The live enclave is first attested under the job's own [enclave_policy],
     as each party will before consenting: a job whose pins the enclave does
-    not meet is refused here, naming the check that failed and the values.
+    not meet is refused here, naming the check that failed and the values;
+    an aggregator that does not answer (or is busy) is said to be so, as no
+    pin is at fault then.
     The proposer's keys are created in its profile's keys_dir when it has
     none yet, as the manifest names its public files (the other job commands
     never create keys: they need the identity the job names).
@@ -89,6 +100,9 @@ def propose(job_file: Path = typer.Argument(..., help="job.toml"), party: str = 
         try:
             attest_for_job(agent.client, manifest)
         except AttestationRefused as exc:
+            if exc.check in _NO_EVIDENCE:  # the enclave was never checked: neither its pins nor the job's are at fault
+                raise _fail(PartyError(f"not proposed: {_NO_EVIDENCE[exc.check].format(target=agent.client.target)}"
+                                       f" ({exc})")) from None
             raise _fail(PartyError(
                 f"not proposed: the live enclave at {agent.client.target} fails the enclave_policy this job pins, "
                 f"so every party's approval would fail. {exc}. Fix the enclave_policy table in {job_file} (for the "
@@ -113,12 +127,27 @@ def _data_problem(agent: PartyAgent, manifest: JobManifest) -> str | None:
     return None
 
 
+def _consent_confirmed(agent: PartyAgent, manifest: JobManifest, console: Console) -> bool:
+    """Whether the enclave-signed audit view records this party's consent to ``manifest``; the host's unsigned
+    ``consented`` list alone is not believed. Unconfirmed, the consent is sent anyway after the usual review:
+    the enclave records a party's consent once, so a true claim costs nothing and a false one cannot block it."""
+    try:
+        agent.confirm_consent(manifest)
+    except AuditCheckFailed as exc:
+        console.print(labelled("note:", "yellow", f"the aggregator reports {agent.party_id} already consented to "
+                               f"{manifest.job_id}; not confirmed by a signed record ({exc}). Reviewing the job and "
+                               "sending the consent (the enclave records a party's consent once)"))
+        return False
+    return True
+
+
 @app.command()
 def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: str | None = AGGREGATOR,
             policy: Path | None = POLICY, keys: Path | None = KEYS,
             force: bool = typer.Option(False, "--force", help="consent although the job breaks this party's "
                                        "local rules, or the rules name no allowed_recipients (never when the "
-                                       "enclave fails its policy)")) -> None:
+                                       "enclave fails the job's policy, or that policy breaks this party's "
+                                       "allowed_measurements)")) -> None:
     """Attest the aggregator, review the job under local rules, then sign consent by hand.
 
     A job that breaks the profile's rules is refused unless --force is given
@@ -129,6 +158,11 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
     A federated job is approved only when the ClientApp code named by the
     profile's flower.toml has the digest the manifest pins; the manifest
     and the consent are then stored for the bank's SuperNode too.
+
+    A consent the enclave's signed audit log already records is not sent
+    again (for a federated job the local copy is still checked and stored,
+    restoring a lost one); one only the aggregator's unsigned reply claims
+    is reviewed and sent (the enclave records a party's consent once).
     """
     from mpctrain.enclave.federated.errors import FederatedError  # imports Flower: only when approving
 
@@ -140,18 +174,27 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
         if unpinned:  # as `attest verify`: consent to "genuine hardware" must not read as "the expected code"
             console.print(warning(report_only_warning(unpinned, POLICY_FILE)))
         manifest = agent.manifest(job_id)
-        if agent.party_id in agent.client.get_job(job_id).consented:  # a consent is final: never sent twice
-            console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}); "
-                          "nothing sent")
+        federated = manifest.mode == "federated"
+        profile = profile_path(party, profiles).parent
+        if agent.party_id in agent.client.get_job(job_id).consented and _consent_confirmed(agent, manifest, console):
+            console.print(f"{agent.party_id} already approved {job_id} (consent digest {manifest.digest().hex()}, "
+                          "confirmed by the enclave's audit log); nothing sent")
+            if federated:  # the bank's SuperNode still needs its local copy, which may be lost or elsewhere
+                _restore_federated(profile, manifest, agent, console)
+                _flower_hint(profile, job_id, console)
             return
-        problems = agent.review(manifest)
+        review = agent.assess(manifest)
+        problems = review.problems
         unchecked = recipients_unchecked(agent.rules)
         if unchecked:  # as run_party: rules that checked no recipient do not make a job acceptable
             problems.append(f"{unchecked} (this job's: {', '.join(manifest.recipients)})")
         for p in problems:
             console.print(labelled("note:", "yellow", p))
-        if any("attest" in p or "measurement" in p for p in problems):
-            raise PartyError("the enclave does not satisfy the job's policy; refusing to consent")
+        if review.enclave:  # typed by the check that found it: a problem's text (a recipient's name) decides nothing
+            raise PartyError(f"refusing to consent, with or without --force: {len(review.enclave)} of the problems "
+                             "listed above concern the enclave (it fails the job's enclave_policy, or that policy "
+                             "accepts measurements this party's allowed_measurements do not); attest the aggregator "
+                             "again, or have the job re-proposed with an enclave_policy this party accepts")
         data = _data_problem(agent, manifest)
         if data:
             console.print(labelled("note:", "yellow", data))
@@ -162,26 +205,42 @@ def approve(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator:
                   ["this party's data does not fit it"] * bool(data)
             raise PartyError(f"refusing to consent: {' and '.join(why)} (listed above); review them, then re-run "
                              f"with --force to consent anyway{fix}")
-        federated = manifest.mode == "federated"
         if federated:  # the ClientApp must be the consented code; the SuperNode's copy is stored first, as
             # the last consent starts the rounds at once
             from mpctrain.party.flower.profile import approve_federated_job
 
-            profile = profile_path(party, profiles).parent
             approve_federated_job(profile, manifest, agent.identity)
         agent.approve(manifest, force=True)
     except (PartyError, FederatedError) as exc:
         raise _fail(exc) from exc
     console.print(f"{agent.party_id} approved {job_id} (digest {manifest.digest().hex()})")
     if federated:
-        import tomllib
+        _flower_hint(profile, job_id, console)
 
-        try:
-            named = tomllib.loads((profile / "flower.toml").read_text()).get("job")
-        except (OSError, tomllib.TOMLDecodeError):
-            named = None
-        console.print(f"{profile / 'flower.toml'} names this job: its SuperNode serves it" if named == job_id else
-                      f'set job = "{job_id}" in {profile / "flower.toml"} for its SuperNode to serve this job')
+
+def _restore_federated(profile: Path, manifest: JobManifest, agent: PartyAgent, console: Console) -> None:
+    """For a consent the enclave already records: the local steps alone (the app code check, the manifest and
+    consent stored for the SuperNode, which ``flower-exec`` needs), so a lost ``jobs/<id>`` record or another
+    copy of the profile can still serve the job. Nothing is sent. Raises ``FederatedError``."""
+    from mpctrain.party.flower.profile import approve_federated_job, approved_job_dir, holds_approval
+
+    held = holds_approval(profile, manifest)
+    approve_federated_job(profile, manifest, agent.identity)  # local only: checks the code, signs, stores
+    if not held:
+        console.print(f"stored the manifest and this party's consent in {approved_job_dir(profile, manifest.job_id)} "
+                      "for its SuperNode (they were missing or stale there)")
+
+
+def _flower_hint(profile: Path, job_id: str, console: Console) -> None:
+    """Whether the profile's flower.toml names the job: the SuperNode serves only that one."""
+    import tomllib
+
+    try:
+        named = tomllib.loads((profile / "flower.toml").read_text()).get("job")
+    except (OSError, tomllib.TOMLDecodeError):
+        named = None
+    console.print(f"{profile / 'flower.toml'} names this job: its SuperNode serves it" if named == job_id else
+                  f'set job = "{job_id}" in {profile / "flower.toml"} for its SuperNode to serve this job')
 
 
 @app.command()
@@ -212,8 +271,12 @@ def status(job_id: str, party: str = AS, profiles: Path = PROFILES, aggregator: 
     if st.state == "done":  # a requested metric the job could not compute is said to be missing, and why
         from mpctrain.enclave.pooled import unavailable_reason
 
-        manifest = JobManifest.from_bytes(st.manifest)
-        if manifest.mode == "pooled":
+        try:  # the status reply is unsigned and display-only: an unreadable manifest skips these rows
+            manifest: JobManifest | None = JobManifest.from_bytes(st.manifest)
+        except ManifestError:
+            manifest = None
+            t.add_row("manifest", "unreadable in the aggregator's reply (metrics not computed cannot be named)")
+        if manifest is not None and manifest.mode == "pooled":
             for k in manifest.public_metrics:
                 if k not in st.public_metrics and not (k == "train_loss" and not manifest.privacy):
                     t.add_row(k, f"not computed: {unavailable_reason(k, manifest)}")
@@ -228,7 +291,7 @@ def _mode(manifest: bytes) -> str:
     """The job's mode from the (unsigned, display-only) manifest in the status reply; "" when unreadable."""
     try:
         return JobManifest.from_bytes(manifest).mode
-    except (ManifestError, ValueError):
+    except ManifestError:  # a ValueError: the host relays this reply unsigned
         return ""
 
 

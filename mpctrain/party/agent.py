@@ -13,13 +13,13 @@ from typing import Any
 import grpc
 
 from mpctrain.attest import AttestationResult, Policy
-from mpctrain.jobs import Consent, JobManifest, sign_consent
+from mpctrain.jobs import Consent, JobManifest, ManifestError, sign_consent
 from mpctrain.party.attestation import Attested, attest_aggregator_evidence, check_job_policy
-from mpctrain.party.audit_check import SentInput, confirm_job
+from mpctrain.party.audit_check import SentInput, confirm_consent, confirm_job
 from mpctrain.party.client import AggregatorClient
 from mpctrain.party.errors import AggregatorError, ManifestRejected, OutputError, PartyError, ShardRefused, WaitTimeout
 from mpctrain.party.outputs import fetch_outputs
-from mpctrain.party.rules import PartyRules, check_manifest
+from mpctrain.party.rules import PartyRules, measurement_problems, rule_problems
 from mpctrain.party.uploader import Progress, UploadResult, upload_shard
 from mpctrain.seal.errors import SealError
 from mpctrain.seal.keys import IdentityKey, KemKey, write_private
@@ -47,7 +47,11 @@ def describe_wait(status: Any) -> str:
     if status.state == "proposed":
         return f"state proposed; missing consent: {', '.join(status.missing_consents) or '-'}"
     if status.state == "open":
-        manifest = JobManifest.from_bytes(status.manifest)
+        try:  # the host relays the reply unsigned: a manifest it garbled must not hide the timeout behind a traceback
+            manifest = JobManifest.from_bytes(status.manifest)
+        except ManifestError:
+            return ("state open; missing uploads unknown (the aggregator's reply carries a manifest that does not "
+                    "parse; uploaded so far: " + (", ".join(status.uploaded) or "-") + ")")
         missing = [p.id for p in manifest.data_parties() if p.id not in status.uploaded]
         need = max(manifest.quorum - len(status.uploaded), 0)
         quorum = f", {need} more needed for the quorum of {manifest.quorum}" if need < len(missing) else ""
@@ -55,6 +59,21 @@ def describe_wait(status: Any) -> str:
     if status.state == "training":
         return "state training: the enclave is still training"
     return f"state {status.state}"
+
+
+@dataclass(frozen=True)
+class Review:
+    """A job's problems, the enclave's apart: ``--force`` may override the ``rules`` ones after a person reviewed
+    them, never the ``enclave`` ones (the enclave fails the job's policy, or that policy accepts measurements
+    this party's rules do not). Typed, as a problem's text (a recipient called ``attestation-lab``) decides
+    nothing."""
+
+    rules: list[str]
+    enclave: list[str]
+
+    @property
+    def problems(self) -> list[str]:
+        return [*self.rules, *self.enclave]
 
 
 @dataclass
@@ -95,15 +114,21 @@ class PartyAgent:
                              f"{manifest.job_id!r}: refusing it (a host or aggregator substituting jobs)")
         return manifest
 
-    def review(self, manifest: JobManifest) -> list[str]:
-        problems = check_manifest(manifest, self.rules, self.party_id, self.identity, self.kem)
+    def assess(self, manifest: JobManifest) -> Review:
+        """``manifest``'s problems under this party's rules, the enclave's apart (see ``Review``)."""
+        rules = rule_problems(manifest, self.rules, self.party_id, self.identity, self.kem)
+        enclave = measurement_problems(manifest, self.rules)
         try:
             if self.attested is None or self.attested.result is not self._attested():
                 raise PartyError("attest the aggregator first: the job's policy is checked on its evidence")
             check_job_policy(self.attested, manifest)
         except PartyError as exc:
-            problems.append(str(exc))
-        return problems
+            enclave.append(str(exc))
+        return Review(rules, enclave)
+
+    def review(self, manifest: JobManifest) -> list[str]:
+        """Every reason this party would refuse ``manifest`` (empty: acceptable)."""
+        return self.assess(manifest).problems
 
     def approve(self, manifest: JobManifest, *, force: bool = False) -> Consent:
         """Sign consent over the manifest digest: automatic when the rules pass, else only with ``force``."""
@@ -113,6 +138,12 @@ class PartyAgent:
         consent = sign_consent(manifest, self.party_id, self.identity)
         self.client.approve(consent)
         return consent
+
+    def confirm_consent(self, manifest: JobManifest) -> None:
+        """Raise ``AuditCheckFailed`` unless the enclave-signed audit view of the job records this party's consent
+        to ``manifest`` (``audit_check.confirm_consent``): the host's ``consented`` list is not signed."""
+        confirm_consent(self.client.channel, manifest=manifest, party_id=self.party_id, identity=self.identity,
+                        enclave=self._attested(), policy=self.policy, at=self.at() if self.at else None)
 
     def check_data(self, manifest: JobManifest) -> bytes:
         """This party's shard for ``manifest``, checked as far as the party can before it consents: the schema, and

@@ -252,6 +252,20 @@ def confirm_job(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, 
         time.sleep(0.05)
 
 
+def confirm_consent(channel: grpc.Channel, *, manifest: JobManifest, party_id: str, identity: IdentityKey,
+                    enclave: AttestationResult, policy: Policy, at: datetime | None = None) -> JobSummary:
+    """This party's consent to ``manifest`` as the enclave signed it: a ``job.consent`` record of ``party_id``
+    whose signature is its own over this manifest's digest, in the segment of the enclave it attested, the view
+    reaching the job's signed head. The host's unsigned ``GetJob`` reply claiming the consent proves nothing;
+    raises ``AuditCheckFailed`` (``fetch`` too when the aggregator keeps no audit log)."""
+    view = fetch_job_view(channel, manifest.job_id, party_id=party_id, identity=identity,
+                          evidence=[enclave.evidence_digest])
+    job = check_job_audit(view, manifest=manifest, party_id=party_id, enclave=enclave, policy=policy, at=at,
+                          require_done=False)
+    _check_own_consent(job, manifest, party_id)  # whatever the role: check_job_audit checks data parties only
+    return job
+
+
 def _check_inputs(job: JobSummary, party_id: str, sent: Sequence[SentInput]) -> None:
     recorded = list(job.inputs.get(party_id, []))
     for s in sent:

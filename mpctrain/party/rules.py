@@ -113,6 +113,12 @@ def _flag(d: Mapping[str, Any], key: str, default: bool) -> bool:
 def check_manifest(manifest: JobManifest, rules: PartyRules, party_id: str, identity: IdentityKey,
                    kem: KemKey) -> list[str]:
     """Every reason this party would refuse the job (empty: acceptable)."""
+    return rule_problems(manifest, rules, party_id, identity, kem) + measurement_problems(manifest, rules)
+
+
+def rule_problems(manifest: JobManifest, rules: PartyRules, party_id: str, identity: IdentityKey,
+                  kem: KemKey) -> list[str]:
+    """``check_manifest`` less ``measurement_problems``: what ``job approve --force`` may override."""
     problems: list[str] = []
     try:
         me = manifest.party(party_id)
@@ -147,15 +153,19 @@ def check_manifest(manifest: JobManifest, rules: PartyRules, party_id: str, iden
         for key in ("label", "features", "label_values"):  # label_values: a job without them takes any label
             if key in rules.schema and manifest.schema.get(key) != rules.schema[key]:
                 problems.append(f"the job's schema {key} differs from this party's schema")
-    if rules.allowed_measurements:
-        pinned = _pinned_measurements(manifest.enclave_policy)
-        if pinned is None:
-            problems.append("the job's enclave policy accepts any measurement (report-only)")
-        else:
-            bad = [m for m in pinned if m not in rules.allowed_measurements]
-            if bad:
-                problems.append(f"the job's enclave policy allows measurements this party does not: {bad}")
     return problems
+
+
+def measurement_problems(manifest: JobManifest, rules: PartyRules) -> list[str]:
+    """Where the job's enclave policy accepts measurements ``allowed_measurements`` does not: apart from the
+    other rules, as ``job approve --force`` never overrides them (the job would run on an enclave refused here)."""
+    if not rules.allowed_measurements:
+        return []
+    pinned = _pinned_measurements(manifest.enclave_policy)
+    if pinned is None:
+        return ["the job's enclave policy accepts any measurement (report-only)"]
+    bad = [m for m in pinned if m not in rules.allowed_measurements]
+    return [f"the job's enclave policy allows measurements this party does not: {bad}"] if bad else []
 
 
 def recipients_unchecked(rules: PartyRules) -> str | None:

@@ -251,6 +251,26 @@ def test_cli_propose_refuses_a_job_whose_pinned_policy_the_live_enclave_fails(li
     assert "cli-stale" not in {j.manifest.job_id for j in c.aggregator.store.list()}
     res = runner.invoke(app, [*propose, "--skip-enclave-check"])
     assert res.exit_code == 0 and "proposed cli-stale" in res.output, res.output
+
+
+def test_cli_propose_to_an_unreachable_aggregator_says_so_not_that_the_policy_is_wrong(live):
+    """A refused connection was reported as the job's enclave_policy failing ("fix the enclave_policy table"),
+    with --skip-enclave-check as the way out: neither is the fix when nothing answers."""
+    import socket
+
+    _, profiles, job = live
+    with socket.socket() as s:  # a loopback port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    res = CliRunner().invoke(app, ["job", "propose", str(job), "--as", "hospital-a", "--profiles", str(profiles),
+                                   "--aggregator", f"127.0.0.1:{port}"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1, res.output
+    assert f"not proposed: the aggregator at 127.0.0.1:{port} did not answer" in said, said
+    assert "unreachable" in said and "then propose again" in said
+    assert "enclave_policy" not in said and "--skip-enclave-check" not in said
+
+
 def test_only_party_run_and_propose_create_keys(live, tmp_path):
     """A typo in keys_dir must not mint a new identity: status/approve/fetch say there are no keys (and how to make
     them) and create nothing; `job propose` (the documented researcher flow) and `party run` still create them."""
@@ -381,7 +401,8 @@ def test_job_approve_twice_says_already_approved_and_sends_nothing(live):
     res = runner.invoke(app, approve)
     flat = " ".join(res.output.split())
     assert res.exit_code == 0, res.output
-    assert f"hospital-a already approved cli-twice (consent digest {m.digest().hex()}); nothing sent" in flat
+    assert (f"hospital-a already approved cli-twice (consent digest {m.digest().hex()}, confirmed by the enclave's "
+            "audit log); nothing sent") in flat
 
     def consents():
         return ([e.party_id for e in job.events if e.kind == "consent"],
@@ -392,3 +413,36 @@ def test_job_approve_twice_says_already_approved_and_sends_nothing(live):
     a.attest()
     a.approve(m)
     assert consents() == (["hospital-a"], ["hospital-a"])
+
+
+def test_job_approve_does_not_take_the_hosts_word_for_an_earlier_consent(live, monkeypatch):
+    """"already approved" trusted the unsigned GetJob reply: a host listing the party as consented stopped its
+    consent from ever being sent, and the digest printed was only the fetched manifest's. Unconfirmed by the
+    enclave-signed audit view, the claim is said to be unconfirmed and the consent is sent (recorded once)."""
+    from mpctrain.party.client import AggregatorClient
+
+    c, profiles, _ = live
+    m = c.manifest("cli-claim", parties=["hospital-a", "hospital-b"])
+    c.agent("hospital-a").client.propose(m)
+    job = c.aggregator.store.get("cli-claim")
+    real = AggregatorClient.get_job
+
+    def lying(self, job_id):  # the host adds hospital-a to the (unsigned) consented list
+        status = real(self, job_id)
+        if "hospital-a" not in status.consented:
+            status.consented.append("hospital-a")
+        return status
+
+    monkeypatch.setattr(AggregatorClient, "get_job", lying)
+    approve = ["job", "approve", "cli-claim", "--as", "hospital-a", "--profiles", str(profiles)]
+    res = CliRunner().invoke(app, approve)
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "the aggregator reports hospital-a already consented to cli-claim; not confirmed by a signed record" in flat
+    assert "already approved" not in flat and "hospital-a approved cli-claim" in flat
+    assert set(job.consents) == {"hospital-a"}
+    res = CliRunner().invoke(app, approve)  # now the signed record is there: nothing is sent again
+    flat = " ".join(res.output.split())
+    assert res.exit_code == 0 and "confirmed by the enclave's audit log); nothing sent" in flat, res.output
+    assert [f["party"] for k, f in c.events.events if k == "job.consent" and f["job_id"] == "cli-claim"] == \
+        ["hospital-a"]

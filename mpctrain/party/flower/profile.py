@@ -43,6 +43,26 @@ def _job_dir(profile: Path, settings: dict[str, Any], job_id: str) -> Path:
     return profile / str(settings.get("jobs_dir", "jobs")) / job_id
 
 
+def approved_job_dir(profile: str | Path, job_id: str) -> Path:
+    """Where ``approve_federated_job`` stores ``job_id``'s manifest and consent (``load_profile`` reads them)."""
+    profile = Path(profile)
+    return _job_dir(profile, _flower_settings(profile), job_id)
+
+
+def holds_approval(profile: str | Path, manifest: JobManifest) -> bool:
+    """Whether the profile already stores ``manifest`` and a consent over its digest, so ``job approve`` run
+    again need not rewrite them; False for anything missing, unreadable or another job's."""
+    try:
+        job_dir = approved_job_dir(profile, manifest.job_id)
+        raw = (job_dir / "consent.json").read_bytes()
+        consent = json.loads(raw) if len(raw) <= MAX_CONSENT_BYTES else {}
+        return ((job_dir / "manifest.json").read_bytes() == manifest.to_bytes() and isinstance(consent, dict)
+                and consent.get("manifest_digest") == manifest.digest().hex()
+                and consent.get("job_id") == manifest.job_id and isinstance(consent.get("signature"), str))
+    except (OSError, ValueError, JobNotReady):
+        return False
+
+
 def check_federated_profile(profile: str | Path, manifest: JobManifest) -> None:
     """Before consenting: the profile can serve this job, and its app code is the code the manifest pins."""
     profile = Path(profile)
