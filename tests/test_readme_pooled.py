@@ -7,15 +7,11 @@ collide with another run on the same machine; the documented commands are the on
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from walkthrough import run_block
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSPITALS = ("hospital-a", "hospital-b", "hospital-c")
@@ -40,28 +36,18 @@ def test_docs_pooled_shows_the_readme_block():
 
 
 def test_the_readme_pooled_block_runs_as_written(tmp_path):
-    work = tmp_path / "repo"
-    shutil.copytree(ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "parties", work / "parties", ignore=shutil.ignore_patterns("keys", "jobs", "outputs"))
-    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
     port = str(_free_port())
-    for path in [work / "examples" / "hospitals_pooled" / "aggregator.toml",
-                 *(work / "parties" / h / "party.toml" for h in HOSPITALS)]:
-        path.write_text(path.read_text().replace("50051", port))
+
+    def use_free_port(work: Path) -> None:
+        for path in [work / "examples" / "hospitals_pooled" / "aggregator.toml",
+                     *(work / "parties" / h / "party.toml" for h in HOSPITALS)]:
+            path.write_text(path.read_text().replace("50051", port))
+
     script = _block(ROOT / "README.md").replace("50051", port)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "VIRTUAL_ENV"))}
-    env.update(PYTHONPATH=str(ROOT), COLUMNS="200")
-    proc = subprocess.Popen(["bash", "-e", "-c", script], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=150)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # whatever the script left running
-        except ProcessLookupError:
-            pass
+    work, returncode, out = run_block(tmp_path, script, timeout=150, pythonpath=ROOT, prepare=use_free_port,
+                                      COLUMNS="200")
     logs = "".join(f"\n--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted((work / "out").glob("*.log")))
-    assert proc.returncode == 0, out[-4000:] + logs
+    assert returncode == 0, out[-4000:] + logs
     said = " ".join(out.split())
     assert "proposed hospitals-pooled" in said and "│ state │ done" in said, said
     assert said.count("OK ") >= 1 and "audit log broken" not in said, said

@@ -9,15 +9,11 @@ so the checkout is left as it was; the documented commands are the ones tested.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from walkthrough import run_block
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "examples" / "banks_federated" / "README.md"
@@ -32,22 +28,8 @@ def _script() -> str:
 
 
 def test_the_documented_deployment_runs_as_written(tmp_path):
-    work = tmp_path / "repo"
-    shutil.copytree(ROOT / "examples", work / "examples", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "parties", work / "parties", ignore=shutil.ignore_patterns("keys", "jobs", "outputs"))
-    (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "VIRTUAL_ENV"))}
-    env["PYTHONPATH"] = str(work)
-    proc = subprocess.Popen(["bash", "-e", "-c", _script()], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=420)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # whatever the script left running
-        except ProcessLookupError:
-            pass
-    assert proc.returncode == 0, out[-4000:]
+    work, returncode, out = run_block(tmp_path, _script(), timeout=420)
+    assert returncode == 0, out[-4000:]
     metrics = json.loads((work / "out" / "results" / "banks-federated" / "metrics.json").read_text())
     assert metrics["rounds"] == 5 and metrics["stop_reason"] == "completed"
     assert abs(metrics["evaluate"]["5"]["accuracy"] - 0.8625) < 1e-9  # the demo's model, in deployment
