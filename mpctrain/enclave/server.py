@@ -162,7 +162,7 @@ class Aggregator:
         self.auth = RequestAuthenticator(window_s=self.limits.auth_window_s)
         self.uploads = UploadTable()
         self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers),
-                                page_bytes=list_page_bytes(self.limits.max_message_bytes))
+                                page_bytes=list_page_bytes(self.limits.reply_bytes))
         self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
         self.results = ResultsService(self.store, self.auth, self.events, self.limits)
         self.attestation = AttestationService(identity, self.events, self.limits)
