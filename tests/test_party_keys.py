@@ -4,6 +4,13 @@ are none, and never writes a new identity over half a pair."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -11,6 +18,8 @@ from mpctrain.cli.audit import load_signer
 from mpctrain.cli.main import app
 from mpctrain.party.config import PartyConfig, PartyConfigError
 from mpctrain.seal.keys import IdentityKey, KemKey, load_identity_public, write_public_files
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _profile(tmp_path):
@@ -21,8 +30,8 @@ def _profile(tmp_path):
 def test_keys_from_mpctrain_keys_generate_are_the_profile_keys(tmp_path):
     res = CliRunner().invoke(app, ["keys", "generate", "--out", str(tmp_path / "keys")])
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["identity.key", "identity.pub", "kem.key",
-                                                                     "kem.pub"]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [".lock", "identity.key", "identity.pub",
+                                                                     "kem.key", "kem.pub"]
     published = (tmp_path / "keys" / "identity.pub").read_bytes()
     identity, _ = _profile(tmp_path).load_keys()
     assert (tmp_path / "keys" / "identity.pub").read_bytes() == published  # the registered key is kept
@@ -116,3 +125,66 @@ def test_public_files_without_private_keys_are_not_overwritten(tmp_path):
     with pytest.raises(PartyConfigError, match="no private keys: restore"):
         cfg.load_keys(create=True)
     assert (tmp_path / "keys" / "identity.pub").read_bytes() == before
+
+
+def test_two_first_runs_at_once_end_with_one_consistent_pair(tmp_path, monkeypatch):
+    """Two `party run` starting together on an empty key directory: the pair is four files written one by one,
+    so without the directory's lock each run kept its own identity (or the files mixed two pairs). Writes are
+    slowed here so the two runs overlap for sure."""
+    import mpctrain.seal.keys as keys_module
+    from mpctrain.seal.keydir import load_pair, public_file_problems
+
+    write = keys_module.write_private
+
+    def slow_write(*args, **kwargs):
+        time.sleep(0.2)
+        write(*args, **kwargs)
+
+    monkeypatch.setattr(keys_module, "write_private", slow_write)
+    cfgs = [_profile(tmp_path), _profile(tmp_path)]
+    start = threading.Barrier(2)
+    got: list[object] = [None, None]
+
+    def first_run(i: int) -> None:
+        start.wait()
+        try:
+            got[i] = cfgs[i].load_keys(create=True)
+        except Exception as exc:
+            got[i] = exc
+
+    threads = [threading.Thread(target=first_run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(isinstance(g, tuple) for g in got), got
+    (ida, kema), (idb, kemb) = got
+    assert ida.public_bytes() == idb.public_bytes() and kema.public_bytes() == kemb.public_bytes()
+    on_disk_id, on_disk_kem = load_pair(tmp_path / "keys")
+    assert on_disk_id.public_bytes() == ida.public_bytes() and on_disk_kem.public_bytes() == kema.public_bytes()
+    assert public_file_problems(tmp_path / "keys", on_disk_id, on_disk_kem) == []
+
+
+def test_two_processes_creating_keys_at_once_agree(tmp_path):
+    """The same across processes (flock, not a lock inside one interpreter)."""
+    from mpctrain.seal.keydir import load_pair
+
+    _profile(tmp_path)
+    code = ("import sys, time\n"
+            "import mpctrain.seal.keys as k\n"
+            "w = k.write_private\n"
+            "k.write_private = lambda *a, **kw: (time.sleep(0.2), w(*a, **kw))[1]\n"
+            "from mpctrain.party.config import PartyConfig\n"
+            "cfg = PartyConfig.load(sys.argv[1])\n"
+            "while time.time() < float(sys.argv[2]): time.sleep(0.005)\n"
+            "i, kem = cfg.load_keys(create=True)\n"
+            "print(i.public_bytes().hex(), kem.public_bytes().hex())\n")
+    at = str(time.time() + 3)  # both start together, once imported
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "party.toml"), at], text=True, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert outs[0][0] == outs[1][0]
+    identity, kem = load_pair(tmp_path / "keys")
+    assert outs[0][0].split() == [identity.public_bytes().hex(), kem.public_bytes().hex()]

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import typer
 
+from mpctrain.attest.backend import Attester
 from mpctrain.cli.output import error, plain_console, warning
 from mpctrain.enclave.audit import AuditWriteError
 from mpctrain.enclave.config import AggregatorConfig, ConfigError
-from mpctrain.enclave.server import Aggregator, ListenError, tls_credentials
+from mpctrain.enclave.server import Aggregator, ListenError, make_attester, port_in_use, tls_credentials
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals in a traceback would print key bytes and data rows
@@ -34,11 +35,18 @@ def serve(
     console = plain_console()
     try:
         cfg = AggregatorConfig.load(config)
-        agg = Aggregator.from_config(cfg)
-        policy_text = _sim_policy(cfg, agg) if write_policy is not None else None
+        address = listen or cfg.listen
+        # every refusal that is cheap to foresee comes before the audit log is opened: a refused start leaves
+        # no segment record (each one is a signed "an enclave started here" in the log parties verify)
+        attester = make_attester(cfg)
+        policy_text = _sim_policy(cfg, attester) if write_policy is not None else None
         if policy_text is not None:
             _check_replace(write_policy, policy_text, force)
-        port = agg.start(listen or cfg.listen, tls_credentials(cfg))
+        credentials = tls_credentials(cfg)
+        if port_in_use(address):
+            raise ListenError(address, in_use=True)
+        agg = Aggregator.from_config(cfg, attester=attester)
+        port = agg.start(address, credentials)
     except ListenError as exc:
         console.print(error(f"{exc}; stop it or pass --listen HOST:PORT" if exc.in_use else
                             f"{exc}; fix `listen` in {config} or pass --listen HOST:PORT"))
@@ -49,14 +57,13 @@ def serve(
     except (ConfigError, OSError) as exc:
         console.print(error(exc))
         raise typer.Exit(2) from exc
-    host = (listen or cfg.listen).rsplit(":", 1)[0]
+    host = address.rsplit(":", 1)[0]
     console.print(f"aggregator serving on {host}:{port} (attester {cfg.attester}; "
                   f"{'TLS' if cfg.tls_cert else 'plaintext transport'}; health and reflection on)")
     if cfg.federated is not None:
         console.print(f"federated jobs: served through the SuperLink at {cfg.federated.superlink} "
                       f"({'TLS' if cfg.federated.root_certificates else 'plaintext transport'}); each waits for "
                       "its `flwr run` once every party has consented")
-    attester = agg.identity.attester
     measurement = getattr(attester, "measurement", None)
     if measurement is not None:
         console.print(f"measurement {measurement.hex()}")
@@ -79,7 +86,7 @@ def serve(
     console.print("aggregator stopped")
 
 
-def _sim_policy(cfg: AggregatorConfig, agg: Aggregator) -> str | None:
+def _sim_policy(cfg: AggregatorConfig, attester: Attester) -> str | None:
     """The policy pinning this simulated enclave's root and measurement; None when the TEE is not simulated."""
     if cfg.attester != "sim":
         return None
@@ -88,7 +95,7 @@ def _sim_policy(cfg: AggregatorConfig, agg: Aggregator) -> str | None:
     from mpctrain.party.profile import policy_toml
 
     pin = root_pin((cfg.sim_root_dir or DEFAULT_SIM_ROOT) / ROOT_PEM)
-    measurement = agg.identity.attester.measurement.hex()
+    measurement = attester.measurement.hex()
     policy = {"backends": ["sim"], "sim": {"roots": [pin], "measurements": [measurement]}}
     return "# written by `mpctrain aggregator serve --write-policy`\n" + policy_toml(policy)
 

@@ -142,16 +142,27 @@ def verify_cmd(
         raise typer.Exit(EXIT_FAILED)
 
 
-_TARGET = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(\d{1,5})")
+# a bare HOST:PORT: a DNS name (underscores too: gRPC's resolver takes them), an IPv4 address, or an
+# IPv6 address in brackets with an optional zone id ([fe80::1%eth0]:50051)
+_TARGET = re.compile(r"(\[[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.~-]+)?\]|[A-Za-z0-9_][A-Za-z0-9_.-]*):(\d{1,5})")
+# gRPC target URIs, passed through as they are: gRPC parses them (dns:///agg:50051, unix:/run/agg.sock)
+TARGET_SCHEMES = ("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:")
 
 
 def check_target(target: str) -> None:
-    """An aggregator address is HOST:PORT; anything else (often a job id) would fail later as a DNS error."""
+    """An aggregator address is what gRPC dials: HOST:PORT or a target URI (``dns:``, ``unix:``, ...). Anything
+    else, often a job id, would fail later as an unhelpful DNS error, so it is refused here with a hint."""
+    scheme = next((s for s in TARGET_SCHEMES if target.startswith(s)), None)
+    if scheme is not None and target[len(scheme):].strip("/") and not any(c.isspace() for c in target):
+        return
     m = _TARGET.fullmatch(target)
     if m is None or not 0 < int(m.group(2)) < 65536:
         hint = " (a job id goes in --job)" if ":" not in target else ""
         raise _usage(f"HOST:PORT must be the aggregator's address, such as 127.0.0.1:50051 (a party profile's "
-                     f"aggregator); got {target!r}{hint}")
+                     f"aggregator), or a gRPC target URI such as dns:///agg.example:50051 or unix:/run/agg.sock; "
+                     f"got {target!r}{hint}")
+
+
 def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, IdentityKey, Path | None]:
     """(party id, identity key, the profile's ``tls_ca``) for a signed request: the key from ``--keys DIR`` when
     given, else from the party's profile."""
@@ -183,7 +194,8 @@ def load_signer(party: str, profiles: Path, keys: Path | None) -> tuple[str, Ide
 def fetch_cmd(
     target: str = typer.Argument(..., metavar="HOST:PORT",
                                  help="the aggregator's gRPC address, e.g. 127.0.0.1:50051 (a party profile's "
-                                      "aggregator value); not a job id: that goes in --job"),
+                                      "aggregator value) or a gRPC target URI (dns:///HOST:PORT, unix:PATH); "
+                                      "not a job id: that goes in --job"),
     out: Path = typer.Option(..., "--out", help="file to write the log to (verify it with `audit verify`)"),
     party: str = typer.Option(..., "--as", help="party id signing the request (profile parties/ID/party.toml) "
                                                 "or a path to a party.toml"),
@@ -198,7 +210,8 @@ def fetch_cmd(
     """Copy the audit log of the aggregator at HOST:PORT (or one job's view) to a file, byte for byte.
 
     HOST:PORT is the aggregator's gRPC address, as in a party profile
-    (e.g. 127.0.0.1:50051); a job id goes in --job.
+    (e.g. 127.0.0.1:50051), or a gRPC target URI (dns:///HOST:PORT,
+    unix:PATH); a job id goes in --job.
 
     The request is signed with the --as party's identity key. One job's
     view (--job) is for the parties of that job. The whole log is for a

@@ -47,7 +47,7 @@ def generate(
         raise typer.Exit(code=1)
     try:
         identity, kem_key = generate_pair(out, kem.value)
-    except OSError as e:
+    except (OSError, SealError) as e:  # SealError: the directory's lock file cannot be created
         typer.echo(f"error: cannot write keys to {out}: {e}", err=True)
         raise typer.Exit(code=1) from None
     typer.echo(f"identity  ed25519  {identity.key_id()}  {out / PRIVATE_FILES[0]}")

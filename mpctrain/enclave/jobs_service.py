@@ -29,7 +29,8 @@ MAX_JOB_ID = 256
 
 
 def list_page_bytes(max_message_bytes: int) -> int:
-    """How many bytes of jobs a ListJobs page may hold under the server's message limit.
+    """How many bytes of jobs a ListJobs page may hold under a message limit: the smaller of the server's and
+    the party client's (``Limits.reply_bytes``), since a page the client cannot receive lists nothing.
 
     The rest (64 KiB or an eighth of the limit, whichever is more) covers the page token and framing; at
     least half the limit is kept for jobs, so a small limit still pages rather than sending one job a page.

@@ -6,6 +6,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 MiB = 1 << 20
+# what a party's client accepts in one reply (``mpctrain.party.client``): fixed, whatever an aggregator's
+# ``max_message_bytes`` says, so replies built to a size (ListJobs pages) stay under it too
+CLIENT_MAX_MESSAGE_BYTES = 4 * MiB
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,12 @@ class Limits:
     rejections_per_minute: int = 600         # refusals recorded in the audit log; the rest are counted
     max_upload_streams: int = 256            # upload streams (new or resumed) one party opens per job
     max_output_fetches: int = 32             # fetches of one output by its recipient
+
+    @property
+    def reply_bytes(self) -> int:
+        """The largest reply a party's client receives from this aggregator: a larger ``max_message_bytes``
+        lets parties send more, but their client still refuses replies over its own fixed limit."""
+        return min(self.max_message_bytes, CLIENT_MAX_MESSAGE_BYTES)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Limits:

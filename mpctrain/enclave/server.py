@@ -162,7 +162,7 @@ class Aggregator:
         self.auth = RequestAuthenticator(window_s=self.limits.auth_window_s)
         self.uploads = UploadTable()
         self.jobs = JobsService(self.store, self.auth, self.events, self.limits.max_watchers, tuple(proposers),
-                                page_bytes=list_page_bytes(self.limits.max_message_bytes))
+                                page_bytes=list_page_bytes(self.limits.reply_bytes))
         self.data = DataService(self.store, self.auth, self.events, identity, self.limits, self.uploads)
         self.results = ResultsService(self.store, self.auth, self.events, self.limits)
         self.attestation = AttestationService(identity, self.events, self.limits)
@@ -176,8 +176,11 @@ class Aggregator:
         self.port: int = 0
 
     @classmethod
-    def from_config(cls, config: AggregatorConfig, events: EventSink | None = None) -> Aggregator:
-        attester = make_attester(config)
+    def from_config(cls, config: AggregatorConfig, events: EventSink | None = None, *,
+                    attester: Attester | None = None) -> Aggregator:
+        """Keys, evidence and the audit log's new segment for ``config``; ``attester`` when the caller made it
+        already (``serve`` does, to check --write-policy before a segment record is written)."""
+        attester = attester or make_attester(config)
         identity = EnclaveIdentity.generate(attester, build_info(config.config_digest, config.version),
                                             kem_alg=config.kem_alg, gpus=make_gpu_attesters(config))
         agg = cls(identity, limits=config.limits, events=events, device=config.device, audit_log=config.audit_log,

@@ -10,6 +10,7 @@ import grpc
 
 from mpctrain.attest import EvidenceBundle
 from mpctrain.enclave.auth import auth_metadata
+from mpctrain.enclave.limits import CLIENT_MAX_MESSAGE_BYTES
 from mpctrain.enclave.receipt import Receipt
 from mpctrain.enclave.results_service import receipt_from_proto
 from mpctrain.jobs import Consent, JobManifest
@@ -28,7 +29,7 @@ from mpctrain.wire import (
 from mpctrain.wire.convert import bundle_from_proto
 
 T = TypeVar("T")
-MAX_MESSAGE_BYTES = 4 << 20
+MAX_MESSAGE_BYTES = CLIENT_MAX_MESSAGE_BYTES  # the aggregator sizes its ListJobs pages to fit it
 MAX_OUTPUT_BYTES = 1 << 30
 
 

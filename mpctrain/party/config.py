@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mpctrain.party.rules import PartyRules
-from mpctrain.seal.keydir import PUBLIC_FILES, KeyDirError, generate_pair, load_pair, private_key_files
+from mpctrain.seal.keydir import KeyDirError, load_or_generate_pair, load_pair
 from mpctrain.seal.keys import IdentityKey, KemKey
 
 
@@ -93,13 +93,8 @@ class PartyConfig:
         Half a pair, or keys under both namings, is an error (``seal.keydir``), never a reason to make a new identity.
         """
         try:
-            if create and private_key_files(self.keys_dir) is None:
-                published = [n for n in PUBLIC_FILES if (self.keys_dir / n).exists()]
-                if published:  # someone handed these out: a new pair here would be an identity nobody knows
-                    raise KeyDirError(f"{self.keys_dir} holds {', '.join(published)} but no private keys: restore "
-                                      "identity.key and kem.key from a backup (or `mpctrain keys generate --out "
-                                      f"{self.keys_dir} --force` for a new identity)")
-                return generate_pair(self.keys_dir)
+            if create:  # checked and created under the directory's lock: two first runs end with one identity
+                return load_or_generate_pair(self.keys_dir)
             return load_pair(self.keys_dir)
         except KeyDirError as exc:
             raise PartyConfigError(str(exc)) from None

@@ -3,11 +3,19 @@
 Every command (``keys generate``, ``party run``, ``job``, ``audit``) uses this one naming scheme, so they all sign
 with the key the manifest names. ``identity.pem``/``kem.pem``, which ``keys generate`` wrote before, are still
 read, but only where no ``.key`` file is: two identities in one directory are an error, never a silent choice.
+
+Creating keys holds an exclusive ``flock`` on ``<keys_dir>/.lock``: the pair is four files written one by
+one, and two first runs at once (two ``party run``, or ``party run`` beside ``job propose``) would otherwise
+each keep a different identity, or leave the identity of one beside the KEM key of the other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mpctrain.seal.errors import SealError
@@ -23,6 +31,7 @@ from mpctrain.seal.keys import (
 PRIVATE_FILES = ("identity.key", "kem.key")
 LEGACY_FILES = ("identity.pem", "kem.pem")  # older `mpctrain keys generate`: read, never written
 PUBLIC_FILES = ("identity.pub", "kem.pub")
+LOCK_FILE = ".lock"  # flock'd while keys are created (never holds a key; safe to delete when no command runs)
 
 
 class KeyDirError(SealError):
@@ -73,10 +82,58 @@ def load_pair(keys_dir: str | os.PathLike[str], where: str = "keys_dir in the pa
     return IdentityKey.load(found[0]), KemKey.load(found[1])
 
 
+@contextmanager
+def locked(keys_dir: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``keys_dir`` (created 0700 if missing): another process creating keys there
+    waits until this block ends, and then sees the finished pair."""
+    d = Path(keys_dir)
+    lock = d / LOCK_FILE
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise KeyDirError(f"cannot lock the key directory {d} ({lock}: {exc.strerror or exc}): check that it is a "
+                          "directory you can write to") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a concurrent first run takes a moment, then we read its pair
+        yield d
+    finally:
+        os.close(fd)
+
+
 def generate_pair(keys_dir: str | os.PathLike[str], kem_alg: str = "x25519") -> tuple[IdentityKey, KemKey]:
     """Write a new pair and its public files; an older ``.pem`` pair there is removed, as it is no longer
-    the identity the public files name (callers decide beforehand whether replacing keys is allowed)."""
+    the identity the public files name (callers decide beforehand whether replacing keys is allowed).
+    Holds the directory's lock, so the four files are always one pair."""
+    with locked(keys_dir) as d:
+        return _generate(d, kem_alg)
+
+
+def load_or_generate_pair(keys_dir: str | os.PathLike[str], kem_alg: str = "x25519") -> tuple[IdentityKey, KemKey]:
+    """The directory's pair, generated first when it holds none: a party's first run.
+
+    A complete pair is loaded without the lock; otherwise the check and the creation happen under the
+    directory's lock, so two first runs at once end with one identity (the second waits, then loads the pair
+    the first wrote). Public files without private keys are refused: someone
+    handed them out, and a new pair here would be an identity nobody knows.
+    """
     d = Path(keys_dir)
+    with contextlib.suppress(KeyDirError):  # half a pair may be a first run still writing: decided under the lock
+        if private_key_files(d) is not None:  # lock-free when the pair is there: a key directory may be read-only
+            return load_pair(d)
+    with locked(d):
+        if private_key_files(d) is not None:
+            return load_pair(d)
+        published = [n for n in PUBLIC_FILES if (d / n).exists()]
+        if published:
+            raise KeyDirError(f"{d} holds {', '.join(published)} but no private keys: restore identity.key and "
+                              f"kem.key from a backup (or `mpctrain keys generate --out {d} --force` for a new "
+                              "identity)")
+        return _generate(d, kem_alg)
+
+
+def _generate(d: Path, kem_alg: str) -> tuple[IdentityKey, KemKey]:
+    """Write a new pair; the caller holds the directory's lock."""
     identity, kem = IdentityKey.generate(), KemKey.generate(kem_alg)
     identity.save(d / PRIVATE_FILES[0])
     kem.save(d / PRIVATE_FILES[1])

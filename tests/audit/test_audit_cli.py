@@ -125,7 +125,8 @@ def test_fetch_is_signed_and_refused_to_strangers(sim, tmp_path):
         agg.stop(grace=0)
 
 
-@pytest.mark.parametrize("target", ["hospitals-pooled", "127.0.0.1", "127.0.0.1:99999", "host:port", "a b:1"])
+@pytest.mark.parametrize("target", ["hospitals-pooled", "127.0.0.1", "127.0.0.1:99999", "host:port", "a b:1",
+                                    "my_host", "dns:", "unix:", "dns:/// agg:1", "[fe80::1%]:1", "[fe80::1%a b]:1"])
 def test_fetch_wants_an_address_not_a_job_id(tmp_path, target):
     _keys(tmp_path / "auditor")
     res = invoke("fetch", target, "--out", str(tmp_path / "out.jsonl"), "--as", "auditor", "--keys",
@@ -135,6 +136,37 @@ def test_fetch_wants_an_address_not_a_job_id(tmp_path, target):
     assert "HOST:PORT must be the aggregator's address, such as 127.0.0.1:50051" in text and repr(target) in text
     assert ("a job id goes in --job" in text) == (":" not in target)
     assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("target", ["my_host:50051", "agg.example:443", "[::1]:50051", "[fe80::1%eth0]:50051",
+                                    "dns:///agg:50051", "dns:agg:50051", "unix:/run/agg.sock", "unix:///run/agg.sock",
+                                    "unix-abstract:agg", "ipv4:127.0.0.1:50051", "ipv6:[::1]:50051"])
+def test_fetch_takes_any_grpc_target(target):
+    """Underscores, zone ids and target URIs are addresses gRPC dials: refusing them kept valid setups out."""
+    from mpctrain.cli.audit import check_target
+
+    check_target(target)
+
+
+def test_fetch_through_target_uris(sim, tmp_path):
+    """The URIs reach the aggregator: over a unix socket, and by ipv4: and dns: to a TCP port."""
+    path = tmp_path / "audit.jsonl"
+    auditor = _keys(tmp_path / "auditor")
+    sock = tmp_path / "agg.sock"
+    signer = ["--as", "auditor", "--keys", str(tmp_path / "auditor")]
+    for address, targets in ((f"unix:{sock}", [f"unix:{sock}", f"unix://{sock}"]),
+                             ("127.0.0.1:0", ["ipv4:127.0.0.1:{port}", "dns:///127.0.0.1:{port}"])):
+        agg = Aggregator(sim.enclave(), events=MemoryEventSink(), audit_log=path,
+                         auditors={"auditor": auditor.public_bytes()})
+        port = agg.start(address)
+        try:
+            for target in targets:
+                out = tmp_path / "copy.jsonl"
+                res = invoke("fetch", target.format(port=port), "--out", str(out), *signer)
+                assert res.exit_code == 0, (target, res.output)
+                assert out.read_bytes() == path.read_bytes()
+        finally:
+            agg.stop(grace=0)
 
 
 def test_fetch_help_says_what_the_target_is():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from auditkit import Sim, edit, numbered, read, two_segment_log
@@ -318,18 +319,25 @@ def test_unwritable_log_is_a_typed_error(sim, tmp_path):
 
 
 def test_failed_append_stops_the_log_instead_of_leaving_a_gap(sim, tmp_path):
+    """The writer appends through its locked descriptor: a failed write there (the disk filled up, here
+    /dev/full in its place) stops the log, and records after space came back would leave a gap."""
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, sim.enclave())
     log.emit("job.proposed", job_id="j", digest="ab" * 32)
-    moved = path.rename(tmp_path / "kept.jsonl")
-    path.mkdir()  # the host swapped the file for something unwritable
-    with pytest.raises(AuditWriteError, match="cannot append"):
-        log.emit("job.state", job_id="j", state="open")
-    path.rmdir()
+    saved = os.dup(log._fd)
+    full = os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(full, log._fd)
+        with pytest.raises(AuditWriteError, match="cannot append"):
+            log.emit("job.state", job_id="j", state="open")
+        os.dup2(saved, log._fd)  # space again
+    finally:
+        os.close(full)
+        os.close(saved)
     with pytest.raises(AuditWriteError, match="stopped after a failed write"):
         log.emit("job.state", job_id="j", state="open")
-    assert not path.exists()
-    verify_log(read_lines(moved), sim.policy())
+    log.close()
+    assert len(verify_log(read_lines(path), sim.policy()).records) == 2
 
 
 def test_pinned_head_catches_a_cut_tail_and_a_rewrite(built, sim):

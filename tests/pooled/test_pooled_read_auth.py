@@ -344,6 +344,29 @@ def test_list_pages_follow_a_smaller_message_limit(tmp_path):
             assert [j.job_id for j in client.list_jobs()] == sorted(proposed)
 
 
+def test_list_pages_fit_the_party_client_under_a_larger_message_limit(tmp_path):
+    """`max_message_bytes = 16 MiB` lets parties send more, but their client still receives at most 4 MiB:
+    pages sized to the server's limit (14 MiB) made every ListJobs fail with RESOURCE_EXHAUSTED once a
+    party's jobs passed 4 MiB. Pages follow the smaller of the two limits."""
+    from mpctrain.enclave.jobs_service import list_page_bytes
+    from mpctrain.enclave.limits import CLIENT_MAX_MESSAGE_BYTES, Limits
+    from mpctrain.party.client import MAX_MESSAGE_BYTES
+    from mpctrain.sim.cluster import SimCluster
+
+    big = Limits(max_message_bytes=16 << 20)
+    assert MAX_MESSAGE_BYTES == CLIENT_MAX_MESSAGE_BYTES == big.reply_bytes == 4 << 20
+    with SimCluster(tmp_path, limits=big, events=MemoryEventSink()) as c:
+        assert c.aggregator.jobs.page_bytes == list_page_bytes(4 << 20)
+        proposed = []
+        for i in range(6):  # 6 x 800 KiB of manifests: past the client's 4 MiB in one reply
+            m = c.manifest(f"big-limit-{i}", parties=["hospital-a", "hospital-b"], training=FAST_TRAINING)
+            m = m.from_obj({**json.loads(m.to_bytes()), "schema": {**m.schema, "notes": "x" * (800 << 10)}})
+            c.agent("hospital-a").client.propose(m)
+            proposed.append(m.job_id)
+        with AggregatorClient(c.target, "hospital-b", c.parties["hospital-b"].identity) as client:
+            assert [j.job_id for j in client.list_jobs()] == sorted(proposed)
+
+
 def test_list_refuses_an_oversized_page_token(cluster, jobs, channel):
     req = jobs_pb2.ListJobsRequest(page_token="j" * 257)
     code, details = _code(lambda: jobs_pb2_grpc.JobsStub(channel).ListJobs(

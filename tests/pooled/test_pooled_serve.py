@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -153,6 +154,41 @@ def test_write_policy_never_replaces_another_policy_unless_forced(tmp_path, monk
     assert "serving on" not in refused.output and policy.read_text() == production
     forced = serve("--force")
     assert forced.exit_code == 0 and policy.read_text() == written, forced.output
+
+
+def test_a_refused_start_writes_no_audit_segment(tmp_path, monkeypatch):
+    """--write-policy refusing to replace a policy, and a taken port, are found before the audit log is
+    opened: each start writes a signed segment record, and a start that never served must not leave one."""
+    import socket
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import mpctrain.cli.aggregator as cli_aggregator
+    from mpctrain.cli.main import app
+    from mpctrain.enclave.audit import read_lines
+
+    monkeypatch.setattr(cli_aggregator, "threading", SimpleNamespace(Event=_Stopped))
+    monkeypatch.setattr(cli_aggregator.signal, "signal", lambda *a: None)
+    cfg = tmp_path / "aggregator.toml"
+    cfg.write_text('listen = "127.0.0.1:0"\nattester = "sim"\ndevice = "cpu"\naudit_log = "out/audit.jsonl"\n'
+                   '[sim]\nroot_dir = "sim-root"\n')
+    audit = tmp_path / "out" / "audit.jsonl"
+    policy = tmp_path / "policy.toml"
+    policy.write_text('backends = ["snp"]\n[snp]\nmeasurements = ["' + "ab" * 48 + '"]\n')
+    refused = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--write-policy", str(policy)])
+    assert refused.exit_code == 2 and "exists and holds another policy" in refused.output, refused.output
+    assert not audit.exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        res = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg), "--listen", address])
+    assert res.exit_code == 1 and "is in use" in res.output, res.output
+    assert not audit.exists()
+    served = CliRunner().invoke(app, ["aggregator", "serve", "--config", str(cfg)])
+    assert served.exit_code == 0 and "serving on" in served.output, served.output
+    assert [json.loads(raw)["seq"] for _, raw in read_lines(audit)][:1] == [0]  # the first start is segment 0
 
 
 def _self_signed(tmp_path):

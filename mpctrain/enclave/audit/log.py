@@ -9,11 +9,13 @@ public keys and its evidence, attested over a nonce derived from the previous re
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +30,6 @@ from mpctrain.enclave.identity import EnclaveIdentity
 log = logging.getLogger("mpctrain.enclave.audit")
 
 EVIDENCE_DIR_SUFFIX = ".evidence"
-LOCK_SUFFIX = ".lock"
 MAX_AHEAD_MS = 24 * 3600 * 1000  # a last record dated further ahead of this enclave's clock is refused
 
 
@@ -38,8 +39,10 @@ class AuditLog:
     ``embed_evidence=False`` keeps segment records small: the evidence bundle goes to
     ``<log>.evidence/<digest>.json`` and the record holds its digest (verifiers pass it with ``--evidence``).
 
-    One writer per file: ``<log>.lock`` is held (``flock``) from opening until :meth:`close`, so a second
-    aggregator on the same config fails with :class:`AuditLogInUse` instead of forking the chain.
+    One writer per file: the log is opened once and an exclusive ``flock`` is held on that descriptor from
+    opening until :meth:`close`, and every record is appended through it. ``flock`` locks the file itself
+    (its inode), so a second aggregator fails with :class:`AuditLogInUse` whichever name it uses for the
+    file (the same path, or a hard link); a log path that is itself a symbolic link is refused.
     """
 
     def __init__(self, path: str | os.PathLike[str], identity: EnclaveIdentity, *,
@@ -56,8 +59,8 @@ class AuditLog:
         self._prev_hash = ""
         self._time_ms = 0
         self._jobs: dict[str, tuple[int, str]] = {}  # this segment's jobs: a restarted enclave holds none
-        self._lock_fd: int | None = None
-        self._lock_fd = _acquire(self.path)
+        self._fd: int | None = None
+        self._fd = _open_locked(self.path)
         try:
             self._resume()
             self._start_segment()
@@ -70,12 +73,12 @@ class AuditLog:
         with self._lock:
             if self._failed is None:
                 self._failed = "the log was closed"
-            fd, self._lock_fd = self._lock_fd, None
+            fd, self._fd = self._fd, None
         if fd is not None:
             os.close(fd)  # closing the descriptor releases the flock
 
     def __del__(self) -> None:
-        fd = getattr(self, "_lock_fd", None)
+        fd = getattr(self, "_fd", None)
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -179,14 +182,12 @@ class AuditLog:
                           prev_hash=self._prev_hash, fields=fields, job_id=job_id, job_seq=job_seq,
                           job_prev=job_prev).signed(self.identity.sig)
         line = rec.to_line()
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                written = os.write(fd, line)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self._fd is None:
+            raise AuditWriteError(f"audit log {self.path} is closed")
+        try:  # through the locked descriptor (O_APPEND): the file this writer locked, whatever the path holds now
+            written = os.write(self._fd, line)
+            if self.fsync:
+                os.fsync(self._fd)
         except OSError as exc:
             self._failed = str(exc)
             raise AuditWriteError(f"cannot append to the audit log {self.path}: {exc}") from exc
@@ -219,38 +220,64 @@ class AuditLog:
             return self._seq, self._prev_hash
 
 
-def _acquire(path: Path) -> int:
-    """Open ``<log>.lock`` and take an exclusive, non-blocking flock on it; its holder's pid is written in it.
+def _open_locked(path: Path) -> int:
+    """Open the log for appending (created if absent) and take an exclusive, non-blocking ``flock`` on it.
 
-    A sibling file rather than the log itself: the lock stays with the path when an operator moves the log
-    aside, and the log holds nothing but records. The kernel drops the lock when the process dies.
+    The lock is on the log itself, not on a sibling lock file named after the path: ``flock`` locks the
+    open file, so a second writer reaching the same file by a hard link is refused too. A symbolic link at
+    the log path is refused (``O_NOFOLLOW``) rather than resolved: the evidence directory, ``audit fetch``
+    and the operator's ``mv`` all work on the path, and they should name the file that is written. The
+    descriptor is ``O_CLOEXEC``: a child process would otherwise hold the lock after the writer closed it.
+    The kernel drops the lock when the process dies.
     """
-    lock = path.with_name(path.name + LOCK_SUFFIX)
     shown = os.path.normpath(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        # O_NONBLOCK: opening a FIFO planted at the path fails (ENXIO) instead of hanging; a no-op for files
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     0o644)
     except OSError as exc:
-        raise AuditWriteError(f"cannot open the audit log's lock file {lock}: {exc}") from exc
+        if exc.errno == errno.ELOOP and path.is_symlink():
+            raise AuditWriteError(f"audit log {shown} is a symbolic link (to {os.readlink(path)}); set audit_log "
+                                  "to the file itself: the log's lock, its evidence directory and `audit fetch` "
+                                  "go by the path") from None
+        if exc.errno in (errno.ENXIO, errno.EISDIR):  # a FIFO with no reader, a directory
+            raise AuditWriteError(f"audit log {shown} is not a regular file; set audit_log to a file path") from None
+        raise AuditWriteError(f"cannot open the audit log {shown}: {exc}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = _read_pid(fd)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AuditWriteError(f"audit log {shown} is not a regular file; set audit_log to a file path")
+        os.set_blocking(fd, True)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AuditLogInUse(shown, _lock_holder(st)) from None
+        except OSError as exc:
+            raise AuditWriteError(f"cannot lock the audit log {shown}: {exc}") from exc
+    except BaseException:
         os.close(fd)
-        if isinstance(exc, BlockingIOError):
-            raise AuditLogInUse(shown, holder) from None
-        raise AuditWriteError(f"cannot lock the audit log {shown} ({lock}): {exc}") from exc
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass  # the pid is only shown to a second writer; the lock itself is held
+        raise
     return fd
 
 
-def _read_pid(fd: int) -> int | None:
+def _lock_holder(st: os.stat_result, locks: str = "/proc/locks") -> int | None:
+    """The pid holding a ``flock`` write lock on the file ``st`` describes, from the kernel's lock table
+    (Linux); None where the table is absent or names no holder (another pid namespace shows 0)."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        with open(locks, encoding="ascii", errors="replace") as f:
+            table = f.read(1 << 22)
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    for line in table.splitlines():
+        parts = line.split()  # "N: FLOCK ADVISORY WRITE PID MAJ:MIN:INODE 0 EOF"; waiters ("N: -> FLOCK ...") skipped
+        if len(parts) < 6 or parts[1] != "FLOCK" or parts[3] != "WRITE":
+            continue
+        try:
+            major, minor, inode = parts[5].split(":")
+            pid, dev, ino = int(parts[4]), (int(major, 16), int(minor, 16)), int(inode)
+        except ValueError:
+            continue
+        if ino == st.st_ino and dev == (os.major(st.st_dev), os.minor(st.st_dev)) and pid > 0:
+            return pid
+    return None
