@@ -138,7 +138,7 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
     from flwr.common.serde import context_from_proto, context_to_proto, run_from_proto
     from flwr.proto.runtime_pb2 import AcquireTaskRequest, PullTaskInputRequest, PushTaskOutputRequest
     from flwr.supercore.constant import TaskType
-    from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+    from flwr.supercore.heartbeat import HeartbeatSender
     from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
     from flwr.supercore.retry import make_simple_http_retry_invoker
     from flwr.supercore.runtime import RuntimeHttpClient
@@ -148,7 +148,7 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
     from mpctrain.enclave.federated.apps import check_fab
 
     insecure = root_certificates is None
-    retry = make_simple_http_retry_invoker()
+    retry = _never_signal_self(make_simple_http_retry_invoker())
     retry.max_tries = 1  # this loop retries, within the job's deadline (Flower's own invoker would not stop)
     client = RuntimeHttpClient.from_server_address(
         server_address=runtime_api_address, insecure=insecure, root_certificates=root_certificates,
@@ -176,7 +176,8 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
         client.close()
     grid = HttpGrid(runtime_api_address=runtime_api_address, insecure=insecure,
                     root_certificates=root_certificates, token=token)
-    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(grid._runtime_client))
+    grid._retry_invoker = _never_signal_self(grid._retry_invoker)  # before its client is made, on first use
+    heartbeat = HeartbeatSender(_task_heartbeat(grid._runtime_client))
     heartbeat.start()
     context = None
     status, details = SubStatus.FAILED, "federated job failed"
@@ -206,13 +207,55 @@ def superlink_task(runtime_api_address: str, *, root_certificates: bytes | None,
         details = f"{type(exc).__name__}: {exc}"[:500]
         raise
     finally:
+        heartbeat.stop()  # first: a heartbeat after the task ended would be told the task is gone
         try:
             grid._runtime_client.PushTaskOutput(PushTaskOutputRequest(
                 context=context_to_proto(context) if context is not None else None, sub_status=status,
                 details=details))
         finally:
-            heartbeat.stop()
             grid.close()
+
+
+def _never_signal_self(invoker: Any) -> Any:
+    """Flower's HTTP retry invoker answers a 401 (the task's token is no longer valid) by sending SIGINT to
+    its own process: right for a ServerApp process of its own, fatal here, where the ServerApp runs inside
+    the aggregator and SIGINT stops it serving every job. A 401 now just ends that call."""
+    import httpx
+
+    giveup = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return giveup(exc) if giveup is not None else True
+
+    invoker.should_giveup = should_giveup
+    return invoker
+
+
+def _task_heartbeat(client: Any) -> Any:
+    """Flower's task heartbeat, less its ``raise_signal(SIGINT)`` when the SuperLink no longer knows the task
+    (after it ended, or ``flwr stop``): that would stop the whole aggregator. The run's next call then fails
+    with Flower's own RunNotRunningException, which ends this job alone."""
+    import httpx
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
+    request = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            reply = client.SendTaskHeartbeat(request)
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code in (httpx.codes.SERVICE_UNAVAILABLE, httpx.codes.GATEWAY_TIMEOUT):
+                return False
+            raise
+        if not reply.success:
+            log.warning("the SuperLink no longer knows this ServerApp task (ended, or stopped with flwr stop)")
+        return True
+
+    return beat
 
 
 def task_initial_arrays(manifest: JobManifest, task: ServerTask) -> ArrayRecord:
