@@ -701,7 +701,8 @@ def _check_update_norm(arrays: ArrayRecord, sent: list[np.ndarray], clip: float)
     clipping is for: it is scaled in float64 to norm ``2 * clip`` (returned, to replace the reply), so
     Flower still clips it, and counts it as clipped, exactly as it would a large finite update."""
     replies = arrays.to_numpy_ndarrays()
-    norm = get_norm([np.subtract(x, y) for x, y in zip(replies, sent, strict=True)])
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing norm is handled below, not warned about
+        norm = get_norm([np.subtract(x, y) for x, y in zip(replies, sent, strict=True)])
     if math.isfinite(norm) and norm > 0:
         return None
     diffs = [np.subtract(x, y, dtype=np.float64) for x, y in zip(replies, sent, strict=True)]
