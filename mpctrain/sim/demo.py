@@ -6,8 +6,10 @@ three party agents that attest it, approve the job, seal and upload their shards
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
 import tempfile
 import threading
 import time
@@ -113,11 +115,31 @@ def run_demo(workdir: Path | None = None, console: Console | None = None, epochs
         torch.set_num_threads(threads)
 
 
+def _fresh_audit_log(path: Path) -> None:
+    """Each demo run is a fresh enclave with a fresh audit log; but a log another run is still writing (its
+    ``flock`` held) is that run's record, and deleting it would break the chain it is building."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    except OSError:
+        path.unlink(missing_ok=True)  # a link or something else in its place: not a log being written
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise DemoError(f"{path} is being written by another demo or aggregator still running; stop it, or "
+                        "pass --out with another directory") from None
+    finally:
+        os.close(fd)
+    path.unlink(missing_ok=True)
+
+
 def _run(workdir: Path, console: Console, epochs: int | None) -> dict:
     t0 = time.monotonic()
     events = MemoryEventSink()
     summary: dict = {"workdir": str(workdir)}
-    (workdir / "audit.jsonl").unlink(missing_ok=True)  # each demo run is a fresh enclave with a fresh audit log
+    _fresh_audit_log(workdir / "audit.jsonl")
     console.rule("[bold]mpctrain demo: three hospitals, one model, nobody sees another's records")
     with SimCluster(workdir, HOSPITALS, events=events, device="auto") as cluster:
         console.print(f"aggregator (simulated TEE) on [cyan]{cluster.target}[/]  "

@@ -65,3 +65,21 @@ def test_demo_without_the_example_data_names_what_is_missing(tmp_path):
                          timeout=120)
     said = " ".join((res.stdout + res.stderr).split())
     assert res.returncode == 1 and "example app is missing" in said and "Traceback" not in said, said
+
+
+def test_demo_leaves_a_log_another_run_is_writing(tmp_path):
+    """A second demo on the same --out used to delete the audit log a running one was still writing (every
+    writer holds an exclusive flock on its log, as the aggregator's AuditLog does)."""
+    import fcntl
+
+    import pytest
+
+    from mpctrain.sim.demo import DemoError
+
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b'{"seq":0}\n')
+    with open(path, "ab") as running:
+        fcntl.flock(running.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(DemoError, match="being written by another demo or aggregator"):
+            run_demo(workdir=tmp_path, console=Console(file=io.StringIO(), width=160), epochs=1)
+        assert path.read_bytes() == b'{"seq":0}\n'
